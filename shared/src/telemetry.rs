@@ -1,0 +1,263 @@
+//! Self-metrics: the counters, gauges and histograms each binary keeps about
+//! its own health, rendered in the text format on `/metrics`. Lock-free on
+//! the hot path (atomics); labelled families take a short lock to find their
+//! cell. It never stores history: that is the collector's job.
+
+use crate::exposition::{write_header, write_sample};
+use crate::model::MetricKind;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A monotonically increasing count.
+#[derive(Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Clone, Default)]
+pub struct Gauge(Arc<AtomicU64>);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A histogram with fixed upper bounds, in the base unit (seconds).
+#[derive(Clone)]
+pub struct Histogram(Arc<HistogramCells>);
+
+struct HistogramCells {
+    bounds: Vec<f64>,
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum: Mutex<f64>,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        Histogram(Arc::new(HistogramCells {
+            bounds: bounds.to_vec(),
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: Mutex::new(0.0),
+        }))
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, v: f64) {
+        let c = &self.0;
+        if let Some(i) = c.bounds.iter().position(|b| v <= *b) {
+            c.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        c.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = c.sum.lock() {
+            *s += v;
+        }
+    }
+
+    /// Number of observations so far.
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+/// A counter family with one or more labels.
+#[derive(Clone)]
+pub struct CounterVec {
+    labels: &'static [&'static str],
+    cells: Arc<Mutex<BTreeMap<Vec<String>, Counter>>>,
+}
+
+impl CounterVec {
+    /// The counter for these label values (in the order the family declared).
+    pub fn with(&self, values: &[&str]) -> Counter {
+        debug_assert_eq!(values.len(), self.labels.len());
+        let key: Vec<String> = values.iter().map(|s| s.to_string()).collect();
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells.entry(key).or_default().clone()
+    }
+}
+
+type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;
+
+enum Family {
+    Counter(Counter),
+    CounterVec(CounterVec),
+    Gauge(Gauge),
+    GaugeFn(GaugeFn),
+    Histogram(Histogram),
+}
+
+struct Entry {
+    name: String,
+    help: String,
+    family: Family,
+}
+
+/// The set of a binary's own metrics.
+#[derive(Clone, Default)]
+pub struct Registry {
+    entries: Arc<Mutex<Vec<Entry>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&self, name: &str, help: &str, family: Family) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        e.push(Entry {
+            name: name.to_string(),
+            help: help.to_string(),
+            family,
+        });
+    }
+
+    /// Registers a counter. `name` should end in `_total`.
+    pub fn counter(&self, name: &str, help: &str) -> Counter {
+        let c = Counter::default();
+        self.push(name, help, Family::Counter(c.clone()));
+        c
+    }
+
+    /// Registers a labelled counter family.
+    pub fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &'static [&'static str],
+    ) -> CounterVec {
+        let v = CounterVec {
+            labels,
+            cells: Arc::default(),
+        };
+        self.push(name, help, Family::CounterVec(v.clone()));
+        v
+    }
+
+    /// Registers a gauge.
+    pub fn gauge(&self, name: &str, help: &str) -> Gauge {
+        let g = Gauge::default();
+        self.push(name, help, Family::Gauge(g.clone()));
+        g
+    }
+
+    /// Registers a gauge whose value is computed at each scrape.
+    pub fn gauge_fn(&self, name: &str, help: &str, f: impl Fn() -> f64 + Send + Sync + 'static) {
+        self.push(name, help, Family::GaugeFn(Box::new(f)));
+    }
+
+    /// Registers a histogram with the given upper bounds (ascending).
+    pub fn histogram(&self, name: &str, help: &str, bounds: &[f64]) -> Histogram {
+        let h = Histogram::new(bounds);
+        self.push(name, help, Family::Histogram(h.clone()));
+        h
+    }
+
+    /// The whole registry in the text exposition format.
+    pub fn render(&self) -> String {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(4096);
+        for e in entries.iter() {
+            match &e.family {
+                Family::Counter(c) => {
+                    write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
+                    write_sample(&mut out, &e.name, &[], c.get() as f64);
+                }
+                Family::CounterVec(v) => {
+                    write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
+                    let cells = v.cells.lock().unwrap_or_else(|p| p.into_inner());
+                    for (values, c) in cells.iter() {
+                        let pairs: Vec<(&str, &str)> = v
+                            .labels
+                            .iter()
+                            .copied()
+                            .zip(values.iter().map(String::as_str))
+                            .collect();
+                        write_sample(&mut out, &e.name, &pairs, c.get() as f64);
+                    }
+                }
+                Family::Gauge(g) => {
+                    write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
+                    write_sample(&mut out, &e.name, &[], g.get());
+                }
+                Family::GaugeFn(f) => {
+                    write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
+                    write_sample(&mut out, &e.name, &[], f());
+                }
+                Family::Histogram(h) => {
+                    write_header(&mut out, &e.name, MetricKind::Histogram, &e.help);
+                    let c = &h.0;
+                    let bucket = format!("{}_bucket", e.name);
+                    let mut cumulative = 0u64;
+                    for (b, n) in c.bounds.iter().zip(&c.buckets) {
+                        cumulative += n.load(Ordering::Relaxed);
+                        let le = crate::exposition::format_value(*b);
+                        write_sample(&mut out, &bucket, &[("le", &le)], cumulative as f64);
+                    }
+                    let count = c.count.load(Ordering::Relaxed);
+                    write_sample(&mut out, &bucket, &[("le", "+Inf")], count as f64);
+                    let sum = c.sum.lock().map(|s| *s).unwrap_or(0.0);
+                    write_sample(&mut out, &format!("{}_sum", e.name), &[], sum);
+                    write_sample(&mut out, &format!("{}_count", e.name), &[], count as f64);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Upper bounds for latencies of local work (commits, requests), seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_kind_in_the_text_format() {
+        let r = Registry::new();
+        r.counter("a_total", "A count.").add(3);
+        r.counter_vec("b_total", "By reason.", &["reason"])
+            .with(&["bad"])
+            .inc();
+        r.gauge("c", "A gauge.").set(1.5);
+        let h = r.histogram("d_seconds", "Latency.", &[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(5.0);
+        let text = r.render();
+        assert!(text.contains("# TYPE a_total counter\na_total 3\n"));
+        assert!(text.contains("b_total{reason=\"bad\"} 1\n"));
+        assert!(text.contains("c 1.5\n"));
+        assert!(text.contains("d_seconds_bucket{le=\"0.1\"} 1\n"));
+        assert!(text.contains("d_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("d_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("d_seconds_count 3\n"));
+    }
+}
