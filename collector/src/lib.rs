@@ -1,1 +1,5 @@
-//! placeholder
+//! nines-collector: ingest -> storage -> query, with the HTTP API at the edge.
+
+#![warn(missing_docs)]
+
+pub mod query;

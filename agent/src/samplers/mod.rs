@@ -1,0 +1,77 @@
+//! Samplers: each reads one part of the host and reports metric families
+//! into a [`Samples`] buffer. They never send, batch or store anything; the
+//! batcher adds the `instance` and `job` labels and numbers the series.
+
+pub mod host;
+
+use nines_shared::{Labels, MetricKind, MetricMetadata};
+
+/// One sampled value of one series, before `instance`/`job` are added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Metric name and the sampler's own labels.
+    pub labels: Labels,
+    /// The value.
+    pub value: f64,
+}
+
+/// What a sampling round produced: values plus each family's metadata.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// Values, in the order the samplers reported them.
+    pub observations: Vec<Observation>,
+    /// One entry per metric family reported.
+    pub metadata: Vec<MetricMetadata>,
+}
+
+impl Samples {
+    /// Declares a metric family (type, help, unit) once per round.
+    pub fn family(&mut self, name: &str, kind: MetricKind, help: &str, unit: &str) {
+        if !self.metadata.iter().any(|m| m.name == name) {
+            self.metadata.push(MetricMetadata {
+                name: name.to_string(),
+                kind,
+                help: help.to_string(),
+                unit: unit.to_string(),
+            });
+        }
+    }
+
+    /// Reports one value of `metric` with the given labels.
+    pub fn push(&mut self, metric: &str, labels: &[(&str, &str)], value: f64) {
+        self.observations.push(Observation {
+            labels: Labels::new(metric, labels.iter().copied()),
+            value,
+        });
+    }
+
+    /// The value reported for a series, if any (for tests).
+    pub fn value_of(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want = Labels::new(metric, labels.iter().copied());
+        self.observations
+            .iter()
+            .find(|o| o.labels == want)
+            .map(|o| o.value)
+    }
+}
+
+/// Why a sampler could not read what it needs.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// A file under /proc or /sys could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file had content this sampler does not understand.
+    #[error("parsing {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+}

@@ -1,0 +1,3 @@
+//! PromQL evaluation over a [`querier::Querier`].
+
+pub mod querier;
