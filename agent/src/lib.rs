@@ -1,6 +1,13 @@
 //! nines-agent: samples this host and pushes batches to nines collectors.
-//! Pipeline: `samplers -> batch -> ship`.
+//! Pipeline: `samplers -> batch -> ship`, driven by `run`.
 
 #![warn(missing_docs)]
 
+pub mod batch;
+pub mod config;
+pub mod identity;
+pub mod logging;
+pub mod process;
+pub mod run;
 pub mod samplers;
+pub mod ship;

@@ -106,6 +106,7 @@ enum Family {
     CounterVec(CounterVec),
     Gauge(Gauge),
     GaugeFn(GaugeFn),
+    CounterFn(GaugeFn),
     Histogram(Histogram),
 }
 
@@ -170,6 +171,12 @@ impl Registry {
         self.push(name, help, Family::GaugeFn(Box::new(f)));
     }
 
+    /// Registers a counter whose value is computed at each scrape (for
+    /// counts kept elsewhere, such as the kernel's CPU time).
+    pub fn counter_fn(&self, name: &str, help: &str, f: impl Fn() -> f64 + Send + Sync + 'static) {
+        self.push(name, help, Family::CounterFn(Box::new(f)));
+    }
+
     /// Registers a histogram with the given upper bounds (ascending).
     pub fn histogram(&self, name: &str, help: &str, bounds: &[f64]) -> Histogram {
         let h = Histogram::new(bounds);
@@ -206,6 +213,10 @@ impl Registry {
                 }
                 Family::GaugeFn(f) => {
                     write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
+                    write_sample(&mut out, &e.name, &[], f());
+                }
+                Family::CounterFn(f) => {
+                    write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
                     write_sample(&mut out, &e.name, &[], f());
                 }
                 Family::Histogram(h) => {

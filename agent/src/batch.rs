@@ -1,0 +1,195 @@
+//! The batcher: turns a sampling round into a [`Batch`]. It adds the
+//! `instance` and `job` labels, numbers each series once per stream (a
+//! [`SeriesRef`]), attaches definitions and metadata the first time a series
+//! or family appears, and gives each batch the next sequence number.
+//!
+//! It never sends anything; [`SeriesTable`] lets a shipper re-attach every
+//! definition when a collector asks for them again.
+
+use crate::samplers::Samples;
+use nines_shared::{
+    Batch, Labels, MetricMetadata, SampleGroup, Seq, SeriesDefinition, SeriesRef, StreamId,
+    UnixMillis,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Every series and family this stream has defined, by ref.
+#[derive(Default)]
+pub struct SeriesTable {
+    labels: Vec<Labels>,
+    ids: HashMap<Labels, SeriesRef>,
+    metadata: HashMap<String, MetricMetadata>,
+}
+
+impl SeriesTable {
+    fn family_of(&self, metric: &str) -> Option<&MetricMetadata> {
+        if let Some(m) = self.metadata.get(metric) {
+            return Some(m);
+        }
+        ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .filter_map(|s| metric.strip_suffix(s))
+            .find_map(|base| self.metadata.get(base))
+    }
+
+    /// The batch with a definition for every ref it uses and the metadata
+    /// of their families: what to send when a collector has lost the refs.
+    pub fn with_all_definitions(&self, batch: &Batch) -> Batch {
+        let mut used: Vec<SeriesRef> = batch
+            .groups
+            .iter()
+            .flat_map(|g| g.values.iter().map(|(r, _)| *r))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let definitions: Vec<SeriesDefinition> = used
+            .iter()
+            .filter_map(|r| {
+                self.labels.get(r.0 as usize).map(|l| SeriesDefinition {
+                    series: *r,
+                    labels: l.clone(),
+                })
+            })
+            .collect();
+        let mut families = HashSet::new();
+        let metadata = definitions
+            .iter()
+            .filter_map(|d| d.labels.metric_name().and_then(|m| self.family_of(m)))
+            .filter(|m| families.insert(m.name.clone()))
+            .cloned()
+            .collect();
+        Batch {
+            definitions,
+            metadata,
+            ..batch.clone()
+        }
+    }
+}
+
+/// Builds batches for one stream.
+pub struct Batcher {
+    stream: StreamId,
+    next_seq: u64,
+    instance: String,
+    job: String,
+    table: Arc<Mutex<SeriesTable>>,
+}
+
+impl Batcher {
+    /// A batcher for a new stream of `agent_id`, starting now.
+    pub fn new(agent_id: &str, instance: &str, job: &str) -> Self {
+        Batcher {
+            stream: StreamId {
+                agent: agent_id.to_string(),
+                epoch: UnixMillis::now(),
+            },
+            next_seq: 0,
+            instance: instance.to_string(),
+            job: job.to_string(),
+            table: Arc::default(),
+        }
+    }
+
+    /// The stream this batcher numbers.
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// The series table, for shippers that must re-send definitions.
+    pub fn table(&self) -> Arc<Mutex<SeriesTable>> {
+        self.table.clone()
+    }
+
+    /// One batch from one sampling round taken at `at`.
+    pub fn batch(&mut self, round: Samples, at: UnixMillis) -> Batch {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut definitions = Vec::new();
+        let mut metadata = Vec::new();
+        for m in round.metadata {
+            let changed = table.metadata.get(&m.name) != Some(&m);
+            if changed {
+                table.metadata.insert(m.name.clone(), m.clone());
+                metadata.push(m);
+            }
+        }
+        let mut values = Vec::with_capacity(round.observations.len());
+        let mut seen = HashSet::with_capacity(round.observations.len());
+        for o in round.observations {
+            let mut labels = o.labels;
+            if labels.get("instance").is_none() {
+                labels.set("instance", &self.instance);
+            }
+            if labels.get("job").is_none() {
+                labels.set("job", &self.job);
+            }
+            let r = match table.ids.get(&labels) {
+                Some(r) => *r,
+                None => {
+                    let r = SeriesRef(table.labels.len() as u32);
+                    table.labels.push(labels.clone());
+                    table.ids.insert(labels.clone(), r);
+                    definitions.push(SeriesDefinition { series: r, labels });
+                    r
+                }
+            };
+            // A sampler reporting the same series twice in a round keeps
+            // the first value: one value per series per timestamp.
+            if seen.insert(r) {
+                values.push((r, o.value));
+            }
+        }
+        let seq = Seq(self.next_seq);
+        self.next_seq += 1;
+        Batch {
+            stream: self.stream.clone(),
+            seq,
+            sent_at: at,
+            definitions,
+            metadata,
+            groups: vec![SampleGroup { at, values }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nines_shared::MetricKind;
+
+    fn round(v: f64) -> Samples {
+        let mut s = Samples::default();
+        s.family("node_load1", MetricKind::Gauge, "Load.", "");
+        s.push("node_load1", &[], v);
+        s.push("node_cpu_seconds_total", &[("cpu", "0"), ("mode", "idle")], 3.0);
+        s
+    }
+
+    #[test]
+    fn series_are_defined_once_and_sequence_numbers_increase() {
+        let mut b = Batcher::new("agent-1", "host-a", "node");
+        let first = b.batch(round(1.0), UnixMillis(1000));
+        assert_eq!(first.seq, Seq(0));
+        assert_eq!(first.definitions.len(), 2);
+        assert_eq!(first.metadata.len(), 1);
+        let l = &first.definitions[0].labels;
+        assert_eq!(l.get("instance"), Some("host-a"));
+        assert_eq!(l.get("job"), Some("node"));
+        let second = b.batch(round(2.0), UnixMillis(2000));
+        assert_eq!(second.seq, Seq(1));
+        assert!(second.definitions.is_empty());
+        assert!(second.metadata.is_empty());
+        assert_eq!(second.groups[0].values.len(), 2);
+    }
+
+    #[test]
+    fn all_definitions_can_be_reattached() {
+        let mut b = Batcher::new("agent-1", "host-a", "node");
+        b.batch(round(1.0), UnixMillis(1000));
+        let second = b.batch(round(2.0), UnixMillis(2000));
+        let full = b.table().lock().unwrap().with_all_definitions(&second);
+        assert_eq!(full.definitions.len(), 2);
+        assert_eq!(full.metadata.len(), 1);
+        assert_eq!(full.seq, second.seq);
+    }
+}

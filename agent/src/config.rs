@@ -1,0 +1,315 @@
+//! The agent's settings: a TOML file (`--config`), each key overridable by a
+//! flag or an environment variable. Defaults are documented here and in
+//! `deploy/nines-agent.toml`. A bad file or value stops the agent at start
+//! with the file, the key and the reason; nothing here reads /proc.
+
+use nines_shared::duration::parse_duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default sampling and push interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default address for the agent's own `/metrics` and `/healthz`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9798";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/nines-agent";
+
+/// The settings as a TOML file spells them. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Base URL of the collector, e.g. `http://10.0.0.5:9797`.
+    pub collector: Option<String>,
+    /// Bearer token the collector expects.
+    pub token: Option<String>,
+    /// Sampling and push interval, e.g. `10s`.
+    pub interval: Option<String>,
+    /// Directory for the agent's id (and, later, its spool).
+    pub state_dir: Option<PathBuf>,
+    /// The `instance` label; the host name when empty.
+    pub instance: Option<String>,
+    /// Address for `/metrics` and `/healthz`; `""` turns the listener off.
+    pub listen: Option<String>,
+    /// Log format: `text` or `json`.
+    pub log_format: Option<String>,
+    /// Most batches held in memory while no collector answers.
+    pub max_queued_batches: Option<usize>,
+}
+
+/// Why the configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("setting `{key}`{origin}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Where it came from, e.g. " (in /etc/nines/agent.toml)".
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A required setting is missing.
+    #[error("setting `{0}` is required (flag --{1}, or `{0}` in the config file)")]
+    Missing(&'static str, &'static str),
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+}
+
+/// Settings given on the command line or in the environment; they win over
+/// the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML config file.
+    #[arg(long, env = "NINES_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Collector base URL, e.g. http://127.0.0.1:9797.
+    #[arg(long, env = "NINES_COLLECTOR")]
+    pub collector: Option<String>,
+    /// Bearer token the collector expects.
+    #[arg(long, env = "NINES_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Sampling and push interval (default 10s).
+    #[arg(long, env = "NINES_INTERVAL")]
+    pub interval: Option<String>,
+    /// State directory (default /var/lib/nines-agent).
+    #[arg(long, env = "NINES_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The `instance` label (default: host name).
+    #[arg(long, env = "NINES_INSTANCE")]
+    pub instance: Option<String>,
+    /// Address for /metrics and /healthz (default 127.0.0.1:9798; "" = off).
+    #[arg(long, env = "NINES_AGENT_LISTEN")]
+    pub listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "NINES_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The resolved settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Collector base URL, without a trailing slash.
+    pub collector: String,
+    /// Bearer token.
+    pub token: String,
+    /// Sampling and push interval.
+    pub interval: Duration,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// `instance` label.
+    pub instance: String,
+    /// Listener for /metrics; None when off.
+    pub listen: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Most batches held in memory while no collector answers.
+    pub max_queued_batches: usize,
+}
+
+impl AgentConfig {
+    /// Merges the file (if `--config` was given) with the overrides and
+    /// checks every value.
+    pub fn resolve(o: &Overrides) -> Result<AgentConfig, ConfigError> {
+        let (file, origin) = match &o.config {
+            Some(p) => (FileConfig::load(p)?, format!(" (in {})", p.display())),
+            None => (FileConfig::default(), String::new()),
+        };
+        // A value from a flag names no file; one from the file names it.
+        let pick = |flag: &Option<String>, file: &Option<String>| -> (Option<String>, String) {
+            match (flag, file) {
+                (Some(v), _) => (Some(v.clone()), String::new()),
+                (None, Some(v)) => (Some(v.clone()), origin.clone()),
+                (None, None) => (None, String::new()),
+            }
+        };
+        let invalid = |key, origin: &str, reason: String| ConfigError::Invalid {
+            key,
+            origin: origin.to_string(),
+            reason,
+        };
+
+        let (collector, from) = pick(&o.collector, &file.collector);
+        let collector = collector.ok_or(ConfigError::Missing("collector", "collector"))?;
+        let collector = collector.trim_end_matches('/').to_string();
+        if !(collector.starts_with("http://") || collector.starts_with("https://"))
+            || collector.len() <= "http://".len()
+        {
+            return Err(invalid(
+                "collector",
+                &from,
+                format!("{collector:?} is not an http:// or https:// URL"),
+            ));
+        }
+
+        let (token, _) = pick(&o.token, &file.token);
+        let token = token.unwrap_or_default();
+
+        let (interval, from) = pick(&o.interval, &file.interval);
+        let interval = match interval {
+            Some(s) => parse_duration(&s).map_err(|e| invalid("interval", &from, e.to_string()))?,
+            None => DEFAULT_INTERVAL,
+        };
+        if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                "interval",
+                &from,
+                format!("{interval:?} is outside 100ms..1h"),
+            ));
+        }
+
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or(file.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+
+        let (instance, _) = pick(&o.instance, &file.instance);
+        let instance = match instance.filter(|s| !s.is_empty()) {
+            Some(i) => i,
+            None => host_name(),
+        };
+
+        let (listen, from) = pick(&o.listen, &file.listen);
+        let listen = listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = if listen.is_empty() {
+            None
+        } else {
+            Some(listen.parse::<SocketAddr>().map_err(|e| {
+                invalid("listen", &from, format!("{listen:?} is not an address:port ({e})"))
+            })?)
+        };
+
+        let (log_format, from) = pick(&o.log_format, &file.log_format);
+        let log_format = parse_log_format(log_format.as_deref())
+            .map_err(|r| invalid("log_format", &from, r))?;
+
+        let max_queued_batches = file.max_queued_batches.unwrap_or(8640);
+        if max_queued_batches == 0 {
+            return Err(invalid(
+                "max_queued_batches",
+                &origin,
+                "must be at least 1".into(),
+            ));
+        }
+
+        Ok(AgentConfig {
+            collector,
+            token,
+            interval,
+            state_dir,
+            instance,
+            listen,
+            log_format,
+            max_queued_batches,
+        })
+    }
+}
+
+/// Reads `text`/`json` (None means text).
+pub fn parse_log_format(s: Option<&str>) -> Result<LogFormat, String> {
+    match s {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(format!("{other:?} is not one of text, json")),
+    }
+}
+
+/// This host's name, as the kernel reports it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> (tempfile::NamedTempFile, Overrides) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        let o = Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        (f, o)
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let (_f, mut o) = with_file("collector = \"http://a:1\"\ninterval = \"5s\"\n");
+        o.interval = Some("2s".into());
+        let c = AgentConfig::resolve(&o).unwrap();
+        assert_eq!(c.collector, "http://a:1");
+        assert_eq!(c.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_file_and_the_key() {
+        let (f, o) = with_file("collector = \"http://a:1\"\nintervall = \"5s\"\n");
+        let e = AgentConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_reason() {
+        let (_f, o) = with_file("collector = \"http://a:1\"\ninterval = \"fast\"\n");
+        let e = AgentConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("`interval`") && e.contains("fast"), "{e}");
+        let o = Overrides {
+            collector: Some("ftp://x".into()),
+            ..Overrides::default()
+        };
+        let e = AgentConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("`collector`"), "{e}");
+    }
+
+    #[test]
+    fn the_collector_is_required() {
+        let e = AgentConfig::resolve(&Overrides::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Missing("collector", _)));
+    }
+}

@@ -1,0 +1,219 @@
+//! The agent's main loop: sample every interval, batch, hand batches to the
+//! shipper; serve `/metrics` and `/healthz`. Also used by the collector to
+//! run an agent for its own host in-process.
+
+use crate::batch::Batcher;
+use crate::config::AgentConfig;
+use crate::samplers::{host::HostSampler, Samples};
+use crate::ship::{ShipMetrics, Shipper};
+use nines_shared::exposition::TEXT_CONTENT_TYPE;
+use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, Registry, LATENCY_BUCKETS};
+use nines_shared::{Batch, UnixMillis};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// The sampling loop's own metrics.
+#[derive(Clone)]
+pub struct SamplingMetrics {
+    rounds: Counter,
+    errors: CounterVec,
+    duration: Histogram,
+    series: Gauge,
+}
+
+impl SamplingMetrics {
+    /// Registers the metrics.
+    pub fn register(r: &Registry) -> Self {
+        SamplingMetrics {
+            rounds: r.counter(
+                "nines_agent_sampling_rounds_total",
+                "Sampling rounds completed.",
+            ),
+            errors: r.counter_vec(
+                "nines_agent_sampler_errors_total",
+                "Sampler failures, by sampler.",
+                &["sampler"],
+            ),
+            duration: r.histogram(
+                "nines_agent_sampling_duration_seconds",
+                "Time one sampling round took.",
+                LATENCY_BUCKETS,
+            ),
+            series: r.gauge(
+                "nines_agent_series",
+                "Series reported in the last round.",
+            ),
+        }
+    }
+}
+
+/// Samples the host at `root` every `interval` and sends one batch per
+/// round to `tx`, until `stop` turns true or `tx` closes.
+pub async fn sample_forever(
+    root: PathBuf,
+    mut batcher: Batcher,
+    interval: Duration,
+    tx: mpsc::Sender<Batch>,
+    metrics: SamplingMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sampler = Some(HostSampler::new(root));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => {
+                if *stop.borrow() { return; }
+                continue;
+            }
+        }
+        let at = UnixMillis::now();
+        let started = Instant::now();
+        let Some(mut s) = sampler.take() else { return };
+        // /proc reads and statvfs can block (a hung network mount): keep
+        // them off the async workers.
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut out = Samples::default();
+            let res = s.sample(&mut out);
+            (s, out, res)
+        })
+        .await;
+        let Ok((s, out, res)) = joined else {
+            tracing::error!("host sampler panicked; stopping sampling");
+            return;
+        };
+        sampler = Some(s);
+        if let Err(e) = res {
+            metrics.errors.with(&["host"]).inc();
+            tracing::warn!(error = %e, "host sampler failed");
+        }
+        metrics.duration.observe(started.elapsed().as_secs_f64());
+        metrics.rounds.inc();
+        metrics.series.set(out.observations.len() as f64);
+        if out.observations.is_empty() {
+            continue;
+        }
+        if tx.send(batcher.batch(out, at)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `/metrics` (the registry) and `/healthz` on `addr` until `stop`.
+pub async fn serve_self_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let r = registry.clone();
+                async move { ([("content-type", TEXT_CONTENT_TYPE)], r.render()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+}
+
+/// Runs the agent until `stop` turns true: sampling, shipping and the
+/// `/metrics` listener.
+pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let agent_id = crate::identity::load_or_create(&cfg.state_dir).with_context(|| {
+        format!(
+            "state dir {}: cannot read or create the agent id",
+            cfg.state_dir.display()
+        )
+    })?;
+    let registry = Registry::new();
+    crate::process::register(&registry);
+    let sampling = SamplingMetrics::register(&registry);
+    let ship_metrics = ShipMetrics::register(&registry);
+
+    let listener = match cfg.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+
+    let batcher = Batcher::new(&agent_id, &cfg.instance, "node");
+    let shipper = Shipper::new(
+        &cfg.collector,
+        &cfg.token,
+        batcher.table(),
+        ship_metrics,
+        cfg.max_queued_batches,
+    )
+    .context("cannot build the HTTP client")?;
+    tracing::info!(
+        agent = %agent_id,
+        stream = %batcher.stream(),
+        collector = %cfg.collector,
+        instance = %cfg.instance,
+        interval_ms = cfg.interval.as_millis() as u64,
+        "agent started"
+    );
+
+    let (tx, rx) = mpsc::channel(64);
+    let sampling_task = tokio::spawn(sample_forever(
+        PathBuf::from("/"),
+        batcher,
+        cfg.interval,
+        tx,
+        sampling,
+        stop.clone(),
+    ));
+    let ship_task = tokio::spawn(shipper.run(rx, stop.clone()));
+    let server = listener.map(|l| tokio::spawn(serve_self_metrics(l, registry, stop.clone())));
+
+    let _ = sampling_task.await;
+    let _ = ship_task.await;
+    if let Some(s) = server {
+        s.await??;
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(addr = %l.local_addr()?, "serving /metrics and /healthz");
+    Ok(l)
+}
+
+/// A watch channel that turns true on SIGINT or SIGTERM.
+pub fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        let _ = tx.send(true);
+    });
+    rx
+}

@@ -1,0 +1,359 @@
+//! The writer thread: the only code that writes to SQLite. It takes batches
+//! from a channel, applies each inside its own savepoint (a batch is applied
+//! whole or not at all), commits the round, updates the in-memory index and
+//! stream maps only after the commit, and then answers each caller.
+//!
+//! It never answers before the commit: an acknowledged batch is on disk.
+
+use super::index::{Index, SeriesId};
+use super::StorageMetrics;
+use nines_shared::{Batch, Label, Labels, MetricKind, SeriesRef, StreamId, UnixMillis};
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::{HashMap, HashSet};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Most batches committed in one transaction.
+const MAX_BATCHES_PER_ROUND: usize = 64;
+/// How long a batch's (stream, seq) is remembered for de-duplication.
+const DEDUP_WINDOW_MS: i64 = 2 * 24 * 3600 * 1000;
+
+/// What happened to a batch that was not refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Committed now.
+    Stored {
+        /// Samples written.
+        samples: usize,
+        /// Series created.
+        new_series: usize,
+    },
+    /// This (stream, seq) was applied before; nothing was written.
+    Duplicate,
+}
+
+/// Why a batch was not written. Nothing of it was.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// Samples refer to series refs that neither this batch nor an earlier
+    /// one of the stream defined; the agent must send the definitions.
+    #[error("unknown series refs {0:?}: resend the batch with series definitions")]
+    UnknownRefs(Vec<u32>),
+    /// SQLite failed; the batch may be retried.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The writer has stopped.
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+struct Request {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+/// Sends batches to the writer thread.
+pub(super) struct Handle {
+    tx: mpsc::SyncSender<Request>,
+}
+
+impl Handle {
+    pub(super) async fn write(&self, batch: Batch) -> Result<Applied, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        // A full queue blocks this task briefly: back-pressure on pushers
+        // rather than unbounded memory.
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(Request { batch, reply }))
+            .await
+            .map_err(|_| WriteError::Closed)?
+            .map_err(|_| WriteError::Closed)?;
+        rx.await.map_err(|_| WriteError::Closed)?
+    }
+}
+
+pub(super) fn spawn(
+    conn: Connection,
+    index: Arc<RwLock<Index>>,
+    metrics: StorageMetrics,
+) -> Result<Handle, super::StorageError> {
+    let (tx, rx) = mpsc::sync_channel::<Request>(256);
+    std::thread::Builder::new()
+        .name("nines-sqlite-writer".into())
+        .spawn(move || {
+            let mut w = Writer {
+                conn,
+                index,
+                streams: HashMap::new(),
+                metrics,
+                last_prune: Instant::now(),
+            };
+            w.run(rx)
+        })
+        .map_err(|e| super::StorageError::Schema {
+            path: String::new(),
+            reason: format!("cannot start writer thread: {e}"),
+        })?;
+    Ok(Handle { tx })
+}
+
+struct Writer {
+    conn: Connection,
+    index: Arc<RwLock<Index>>,
+    /// Per stream, what its refs name. Lost on restart, by design: the
+    /// collector then answers "unknown refs" and the agent re-sends.
+    streams: HashMap<StreamId, HashMap<SeriesRef, SeriesId>>,
+    metrics: StorageMetrics,
+    last_prune: Instant,
+}
+
+/// What one applied batch changes in memory once the round commits.
+#[derive(Default)]
+struct Effects {
+    new_series: Vec<(SeriesId, Labels)>,
+    refs: Vec<(SeriesRef, SeriesId)>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut round = vec![first];
+            while round.len() < MAX_BATCHES_PER_ROUND {
+                match rx.try_recv() {
+                    Ok(r) => round.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit_round(round);
+            if self.last_prune.elapsed().as_secs() > 600 {
+                self.prune_dedup();
+            }
+        }
+        tracing::info!("storage writer stopped");
+    }
+
+    fn commit_round(&mut self, round: Vec<Request>) {
+        let started = Instant::now();
+        let mut outcomes: Vec<Result<(Applied, Effects), WriteError>> = Vec::with_capacity(round.len());
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            for r in round {
+                let _ = r.reply.send(Err(WriteError::Storage(e.to_string())));
+            }
+            return;
+        }
+        // Series and refs created earlier in this round, not yet in memory.
+        let mut pending = Effects::default();
+        let mut pending_keys: HashSet<(StreamId, u64)> = HashSet::new();
+        for r in &round {
+            let key = (r.batch.stream.clone(), r.batch.seq.0);
+            if pending_keys.contains(&key) {
+                outcomes.push(Ok((Applied::Duplicate, Effects::default())));
+                continue;
+            }
+            let res = self
+                .conn
+                .execute_batch("SAVEPOINT batch")
+                .map_err(|e| WriteError::Storage(e.to_string()))
+                .and_then(|_| self.apply(&r.batch, &pending));
+            let res = match res {
+                Ok(ok) => self
+                    .conn
+                    .execute_batch("RELEASE batch")
+                    .map(|_| ok)
+                    .map_err(|e| WriteError::Storage(e.to_string())),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+                    Err(e)
+                }
+            };
+            if let Ok((Applied::Stored { .. }, eff)) = &res {
+                pending_keys.insert(key);
+                pending.new_series.extend(eff.new_series.iter().cloned());
+            }
+            outcomes.push(res);
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "commit failed; batches refused for retry");
+            for r in round {
+                let _ = r.reply.send(Err(WriteError::Storage(e.to_string())));
+            }
+            return;
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        // Durable now: make it visible, then answer.
+        if let Ok(mut index) = self.index.write() {
+            for (id, labels) in &pending.new_series {
+                index.insert(*id, labels.clone());
+            }
+        }
+        for (r, outcome) in round.into_iter().zip(outcomes) {
+            let reply = outcome.map(|(applied, eff)| {
+                if let Applied::Stored {
+                    samples,
+                    new_series,
+                } = &applied
+                {
+                    self.metrics.samples_appended.add(*samples as u64);
+                    self.metrics.series_created.add(*new_series as u64);
+                    let map = self.streams.entry(r.batch.stream.clone()).or_default();
+                    map.extend(eff.refs);
+                }
+                applied
+            });
+            let _ = r.reply.send(reply);
+        }
+    }
+
+    /// Applies one batch inside the current savepoint.
+    fn apply(&mut self, batch: &Batch, pending: &Effects) -> Result<(Applied, Effects), WriteError> {
+        let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
+        let stream_key = batch.stream.to_string();
+        let seen: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT 1 FROM applied_batches WHERE stream = ?1 AND seq = ?2")
+            .and_then(|mut s| {
+                s.query_row((&stream_key, batch.seq.0 as i64), |r| r.get(0))
+                    .optional()
+            })
+            .map_err(sql)?;
+        if seen.is_some() {
+            return Ok((Applied::Duplicate, Effects::default()));
+        }
+
+        // Every ref used must be defined here or earlier in the stream.
+        let known = self.streams.get(&batch.stream);
+        let defined: HashSet<SeriesRef> = batch.definitions.iter().map(|d| d.series).collect();
+        let mut unknown: Vec<u32> = batch
+            .groups
+            .iter()
+            .flat_map(|g| g.values.iter().map(|(r, _)| *r))
+            .filter(|r| !defined.contains(r) && !known.is_some_and(|k| k.contains_key(r)))
+            .map(|r| r.0)
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            unknown.dedup();
+            unknown.truncate(100);
+            return Err(WriteError::UnknownRefs(unknown));
+        }
+
+        let mut eff = Effects::default();
+        let mut refs: HashMap<SeriesRef, SeriesId> = HashMap::with_capacity(batch.definitions.len());
+        {
+            let index = self
+                .index
+                .read()
+                .map_err(|_| WriteError::Storage("index lock poisoned".into()))?;
+            let mut insert = self
+                .conn
+                .prepare_cached("INSERT INTO series (metric, labels) VALUES (?1, ?2)")
+                .map_err(sql)?;
+            for d in &batch.definitions {
+                let id = match index.id_of(&d.labels).or_else(|| {
+                    pending
+                        .new_series
+                        .iter()
+                        .chain(eff.new_series.iter())
+                        .find(|(_, l)| *l == d.labels)
+                        .map(|(id, _)| *id)
+                }) {
+                    Some(id) => id,
+                    None => {
+                        insert
+                            .execute((d.labels.metric_name().unwrap_or(""), labels_to_json(&d.labels)))
+                            .map_err(sql)?;
+                        let id = SeriesId(self.conn.last_insert_rowid());
+                        eff.new_series.push((id, d.labels.clone()));
+                        id
+                    }
+                };
+                refs.insert(d.series, id);
+                eff.refs.push((d.series, id));
+            }
+        }
+
+        let mut put = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?1, ?2, ?3)")
+            .map_err(sql)?;
+        let mut samples = 0usize;
+        for g in &batch.groups {
+            for (r, v) in &g.values {
+                let id = refs
+                    .get(r)
+                    .or_else(|| known.and_then(|k| k.get(r)))
+                    .copied()
+                    .ok_or_else(|| WriteError::UnknownRefs(vec![r.0]))?;
+                put.execute((id.0, g.at.0, v.to_bits() as i64)).map_err(sql)?;
+                samples += 1;
+            }
+        }
+        drop(put);
+
+        for m in &batch.metadata {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO metadata (metric, kind, help, unit) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(metric) DO UPDATE SET kind = ?2, help = ?3, unit = ?4",
+                )
+                .and_then(|mut s| s.execute((&m.name, m.kind.as_str(), &m.help, &m.unit)))
+                .map_err(sql)?;
+        }
+        self.conn
+            .prepare_cached("INSERT INTO applied_batches (stream, seq, applied_at) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute((&stream_key, batch.seq.0 as i64, UnixMillis::now().0)))
+            .map_err(sql)?;
+        let new_series = eff.new_series.len();
+        Ok((
+            Applied::Stored {
+                samples,
+                new_series,
+            },
+            eff,
+        ))
+    }
+
+    fn prune_dedup(&mut self) {
+        self.last_prune = Instant::now();
+        let cutoff = UnixMillis::now().0 - DEDUP_WINDOW_MS;
+        match self
+            .conn
+            .execute("DELETE FROM applied_batches WHERE applied_at < ?1", [cutoff])
+        {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned de-duplication records"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning de-duplication records failed"),
+        }
+    }
+}
+
+/// Labels as stored: a JSON array of `[name, value]` pairs, sorted.
+pub(super) fn labels_to_json(labels: &Labels) -> String {
+    let pairs: Vec<[&str; 2]> = labels.iter().map(|l| [l.name.as_str(), l.value.as_str()]).collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// Reads labels stored by [`labels_to_json`].
+pub(super) fn labels_from_json(text: &str) -> Result<Labels, String> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(Labels::from_unsorted(
+        pairs
+            .into_iter()
+            .map(|(name, value)| Label { name, value })
+            .collect(),
+    ))
+}
+
+/// Parses a stored metric kind.
+pub(super) fn kind_from_str(s: &str) -> MetricKind {
+    match s {
+        "counter" => MetricKind::Counter,
+        "gauge" => MetricKind::Gauge,
+        "histogram" => MetricKind::Histogram,
+        "summary" => MetricKind::Summary,
+        _ => MetricKind::Unknown,
+    }
+}
