@@ -1,6 +1,11 @@
-//! nines-collector: ingest -> storage -> query, with the HTTP API at the edge.
+//! nines-collector: `ingest -> storage -> query`, with `api` at the edge and
+//! `serve` wiring them together.
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod config;
+pub mod ingest;
 pub mod query;
+pub mod serve;
 pub mod storage;

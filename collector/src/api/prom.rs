@@ -1,0 +1,421 @@
+//! The Prometheus HTTP query API (v1): `query`, `query_range`, `series`,
+//! `labels`, `label/<name>/values`, `metadata`, `status/buildinfo`, with
+//! GET and form POST, Prometheus's JSON envelope and error types, so that
+//! promtool and Grafana work against the collector unchanged.
+
+use super::params::{ParamError, Params, MAX_TIME_MS, MIN_TIME_MS};
+use super::{api_error, AppState};
+use crate::query::querier::QuerierError;
+use crate::query::{QueryError, Value};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nines_shared::exposition::format_value;
+use nines_shared::{is_valid_label_name, Labels, UnixMillis};
+use promql_parser::label::{MatchOp, Matcher, Matchers};
+use promql_parser::parser::Expr;
+use serde_json::{json, Map, Value as Json};
+use std::time::Duration;
+
+/// Prometheus's cap on points per series in a range query.
+const MAX_POINTS: i64 = 11_000;
+
+/// The request as every read endpoint sees it.
+struct Request {
+    state: AppState,
+    params: Params,
+}
+
+async fn read_request(
+    state: AppState,
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Bytes,
+) -> Result<Request, Response> {
+    if body.len() > super::params::MAX_FORM_BYTES {
+        return Err(api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_data",
+            "form body too large",
+        ));
+    }
+    let params = Params::from_request(&method, &headers, query.as_deref(), &body)
+        .map_err(|e| bad_data(&e.to_string()))?;
+    Ok(Request { state, params })
+}
+
+fn bad_data(msg: &str) -> Response {
+    api_error(StatusCode::BAD_REQUEST, "bad_data", msg)
+}
+
+fn success(data: Json) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({"status": "success", "data": data})),
+    )
+        .into_response()
+}
+
+fn count(state: &AppState, endpoint: &str, resp: Response) -> Response {
+    state
+        .api_requests
+        .with(&[endpoint, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+impl From<ParamError> for Response {
+    fn from(e: ParamError) -> Response {
+        bad_data(&e.0)
+    }
+}
+
+fn query_error(e: &QueryError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    api_error(status, e.error_type(), &e.to_string())
+}
+
+fn querier_error(e: &QuerierError) -> Response {
+    match e {
+        QuerierError::Storage(_) => {
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())
+        }
+        _ => api_error(StatusCode::UNPROCESSABLE_ENTITY, "execution", &e.to_string()),
+    }
+}
+
+/// Unix seconds as a JSON number: an integer when whole, as Prometheus
+/// writes it.
+fn json_time(ms: i64) -> Json {
+    if ms % 1000 == 0 {
+        json!(ms / 1000)
+    } else {
+        json!(ms as f64 / 1000.0)
+    }
+}
+
+fn json_labels(labels: &Labels) -> Json {
+    let mut m = Map::new();
+    for l in labels.iter() {
+        m.insert(l.name.clone(), Json::String(l.value.clone()));
+    }
+    Json::Object(m)
+}
+
+fn json_value(v: &Value, t: i64) -> Json {
+    match v {
+        Value::Scalar(x) => json!({"resultType": "scalar", "result": [json_time(t), format_value(*x)]}),
+        Value::String(s) => json!({"resultType": "string", "result": [json_time(t), s]}),
+        Value::Vector(samples) => json!({
+            "resultType": "vector",
+            "result": samples.iter().map(|s| json!({
+                "metric": json_labels(&s.labels),
+                "value": [json_time(s.t), format_value(s.v)],
+            })).collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series.iter().map(|s| json!({
+                "metric": json_labels(&s.labels),
+                "values": s.samples.iter().map(|(t, v)| json!([json_time(*t), format_value(*v)])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// The query's timeout: the `timeout` parameter, capped by the config.
+fn timeout_of(r: &Request) -> Result<Duration, Response> {
+    let cap = r.state.limits.query_timeout;
+    Ok(match r.params.duration("timeout")? {
+        Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(cap),
+        Some(_) => return Err(bad_data("invalid parameter \"timeout\": must be positive")),
+        None => cap,
+    })
+}
+
+/// Runs evaluation off the async workers, bounded by `timeout`.
+async fn evaluate(
+    state: &AppState,
+    timeout: Duration,
+    f: impl FnOnce(&AppState) -> Result<Value, QueryError> + Send + 'static,
+) -> Result<Value, Response> {
+    let st = state.clone();
+    let task = tokio::task::spawn_blocking(move || f(&st));
+    match tokio::time::timeout(timeout, task).await {
+        Err(_) => Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            &format!("query timed out in expression evaluation after {timeout:?}"),
+        )),
+        Ok(Err(e)) => Err(api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("evaluation failed: {e}"),
+        )),
+        Ok(Ok(Err(e))) => Err(query_error(&e)),
+        Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
+/// `/api/v1/query`
+pub async fn query(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        let r = read_request(s, method, headers, q, body).await?;
+        let expr = r.params.required("query")?.to_string();
+        let t = r.params.time_or("time", UnixMillis::now().0)?;
+        let timeout = timeout_of(&r)?;
+        let v = evaluate(&r.state, timeout, move |st| {
+            st.engine.instant(&st.storage, &expr, t)
+        })
+        .await?;
+        Ok::<_, Response>(success(json_value(&v, t)))
+    }
+    .await
+    .unwrap_or_else(|e| e);
+    count(&st, "query", resp)
+}
+
+/// `/api/v1/query_range`
+pub async fn query_range(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        let r = read_request(s, method, headers, q, body).await?;
+        let expr = r.params.required("query")?.to_string();
+        let start = r.params.time_or("start", i64::MIN)?;
+        let end = r.params.time_or("end", i64::MIN)?;
+        if start == i64::MIN {
+            return Err(bad_data("invalid parameter \"start\": missing"));
+        }
+        if end == i64::MIN {
+            return Err(bad_data("invalid parameter \"end\": missing"));
+        }
+        if end < start {
+            return Err(bad_data("invalid parameter \"end\": end timestamp must not be before start time"));
+        }
+        let step = r
+            .params
+            .duration("step")?
+            .ok_or_else(|| bad_data("invalid parameter \"step\": missing"))?;
+        if step <= 0 {
+            return Err(bad_data("invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer"));
+        }
+        if (end - start) / step > MAX_POINTS {
+            return Err(bad_data("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"));
+        }
+        let timeout = timeout_of(&r)?;
+        let v = evaluate(&r.state, timeout, move |st| {
+            st.engine.range(&st.storage, &expr, start, end, step)
+        })
+        .await?;
+        Ok(success(json_value(&v, end)))
+    }
+    .await
+    .unwrap_or_else(|e| e);
+    count(&st, "query_range", resp)
+}
+
+/// Parses a series selector (`match[]`) into matchers, the metric name
+/// included.
+pub fn parse_selector(s: &str) -> Result<Matchers, String> {
+    match promql_parser::parser::parse(s) {
+        Ok(Expr::VectorSelector(vs)) => {
+            let mut m = vs.matchers;
+            if let Some(name) = vs.name {
+                let by_name = Matcher::new(MatchOp::Equal, "__name__", &name);
+                m.matchers.push(by_name.clone());
+                for group in &mut m.or_matchers {
+                    group.push(by_name.clone());
+                }
+            }
+            Ok(m)
+        }
+        Ok(_) => Err(format!("invalid parameter \"match[]\": {s:?} is not a series selector")),
+        Err(e) => Err(format!("invalid parameter \"match[]\": {e}")),
+    }
+}
+
+fn selectors(p: &Params) -> Result<Vec<Matchers>, Response> {
+    p.all("match[]")
+        .into_iter()
+        .map(|s| parse_selector(s).map_err(|e| bad_data(&e)))
+        .collect()
+}
+
+fn bounds(p: &Params) -> Result<(i64, i64), Response> {
+    let start = p.time_or("start", MIN_TIME_MS)?;
+    let end = p.time_or("end", MAX_TIME_MS)?;
+    if end < start {
+        return Err(bad_data("invalid parameter \"end\": end timestamp must not be before start time"));
+    }
+    Ok((start, end))
+}
+
+fn limit_of(p: &Params) -> Result<Option<usize>, Response> {
+    match p.get("limit").filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(bad_data(&format!("invalid parameter \"limit\": {s:?} is not a number"))),
+        },
+    }
+}
+
+/// Runs a blocking store read off the async workers.
+async fn read_store<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&AppState) -> Result<T, QuerierError> + Send + 'static,
+) -> Result<T, Response> {
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || f(&st)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(querier_error(&e)),
+        Err(e) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())),
+    }
+}
+
+/// `/api/v1/series`
+pub async fn series(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        let r = read_request(s, method, headers, q, body).await?;
+        let sel = selectors(&r.params)?;
+        if sel.is_empty() {
+            return Err(bad_data("no match[] parameter provided"));
+        }
+        let (start, end) = bounds(&r.params)?;
+        let limit = limit_of(&r.params)?;
+        let mut found = read_store(&r.state, move |st| st.storage.series(&sel, start, end)).await?;
+        if let Some(n) = limit {
+            found.truncate(n);
+        }
+        Ok(success(Json::Array(found.iter().map(json_labels).collect())))
+    }
+    .await
+    .unwrap_or_else(|e| e);
+    count(&st, "series", resp)
+}
+
+/// `/api/v1/labels`
+pub async fn labels(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        let r = read_request(s, method, headers, q, body).await?;
+        let sel = selectors(&r.params)?;
+        let (start, end) = bounds(&r.params)?;
+        let limit = limit_of(&r.params)?;
+        let mut names =
+            read_store(&r.state, move |st| st.storage.label_names(&sel, start, end)).await?;
+        if let Some(n) = limit {
+            names.truncate(n);
+        }
+        Ok(success(json!(names)))
+    }
+    .await
+    .unwrap_or_else(|e| e);
+    count(&st, "labels", resp)
+}
+
+/// `/api/v1/label/<name>/values`
+pub async fn label_values(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        if !is_valid_label_name(&name) {
+            return Err(bad_data(&format!("invalid label name: {name:?}")));
+        }
+        let r = read_request(s, method, headers, q, body).await?;
+        let sel = selectors(&r.params)?;
+        let (start, end) = bounds(&r.params)?;
+        let limit = limit_of(&r.params)?;
+        let mut values = read_store(&r.state, move |st| {
+            st.storage.label_values(&name, &sel, start, end)
+        })
+        .await?;
+        if let Some(n) = limit {
+            values.truncate(n);
+        }
+        Ok(success(json!(values)))
+    }
+    .await
+    .unwrap_or_else(|e| e);
+    count(&st, "label_values", resp)
+}
+
+/// `/api/v1/metadata`
+pub async fn metadata(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        let r = read_request(s, method, headers, q, body).await?;
+        let metric = r.params.get("metric").filter(|m| !m.is_empty()).map(str::to_string);
+        let limit = limit_of(&r.params)?;
+        let rows = read_store(&r.state, move |st| {
+            st.storage
+                .metadata(metric.as_deref())
+                .map_err(|e| QuerierError::Storage(e.to_string()))
+        })
+        .await?;
+        let mut out = Map::new();
+        for m in rows.into_iter().take(limit.unwrap_or(usize::MAX)) {
+            out.insert(
+                m.name.clone(),
+                json!([{"type": m.kind.as_str(), "help": m.help, "unit": m.unit}]),
+            );
+        }
+        Ok(success(Json::Object(out)))
+    }
+    .await
+    .unwrap_or_else(|e| e);
+    count(&st, "metadata", resp)
+}
+
+/// `/api/v1/status/buildinfo`
+pub async fn buildinfo() -> Response {
+    success(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": option_env!("NINES_GIT_REVISION").unwrap_or(""),
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+}

@@ -1,0 +1,327 @@
+//! The collector's settings: a TOML file (`--config`), each key overridable
+//! by a flag or environment variable. Defaults are documented here and in
+//! `deploy/nines-collector.toml`. A bad file or value stops the collector at
+//! start with the file, the key and the reason.
+
+use nines_agent::config::{parse_log_format, LogFormat};
+use nines_shared::duration::parse_duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default listen address of the API and UI.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9797";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/nines-collector";
+
+/// The settings as a TOML file spells them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address of the HTTP API and UI.
+    pub listen: Option<String>,
+    /// Directory of the SQLite file and the generated token.
+    pub data_dir: Option<PathBuf>,
+    /// Token agents must present; generated in the data dir when absent.
+    pub agent_token: Option<String>,
+    /// Run an agent for this host in-process (default true).
+    pub local_agent: Option<bool>,
+    /// Sampling interval of the in-process agent (default 10s).
+    pub local_agent_interval: Option<String>,
+    /// Log format: text or json.
+    pub log_format: Option<String>,
+    /// Ingest limits.
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// `[limits]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Largest push body, compressed, in bytes (default 4 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// Largest push body once decompressed, in bytes (default 16 MiB).
+    pub max_decompressed_bytes: Option<usize>,
+    /// Most samples per batch (default 500000).
+    pub max_samples_per_batch: Option<usize>,
+    /// How far ahead of the collector's clock a sample may be (default 10m).
+    pub max_future: Option<String>,
+    /// Most series one query selector may match (default 500000).
+    pub max_query_series: Option<usize>,
+    /// Most samples one query may load (default 50000000).
+    pub max_query_samples: Option<usize>,
+    /// Longest a query may run (default 2m).
+    pub query_timeout: Option<String>,
+}
+
+/// Why the configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("setting `{key}`{origin}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Where it came from.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Flags and environment variables of `serve`; they win over the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML config file.
+    #[arg(long, env = "NINES_COLLECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the API and UI (default 127.0.0.1:9797).
+    #[arg(long, env = "NINES_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory (default /var/lib/nines-collector).
+    #[arg(long, env = "NINES_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Token agents must present (default: generated in the data dir).
+    #[arg(long, env = "NINES_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+    /// Do not run an agent for this host in-process.
+    #[arg(long)]
+    pub no_local_agent: bool,
+    /// Sampling interval of the in-process agent (default 10s).
+    #[arg(long, env = "NINES_LOCAL_AGENT_INTERVAL")]
+    pub local_agent_interval: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "NINES_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Limits applied to input and queries.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest compressed push body.
+    pub max_body_bytes: usize,
+    /// Largest decompressed push body.
+    pub max_decompressed_bytes: usize,
+    /// Most samples per batch.
+    pub max_samples_per_batch: usize,
+    /// How far ahead of now a sample may be.
+    pub max_future: Duration,
+    /// Most series per selector.
+    pub max_query_series: usize,
+    /// Most samples per query.
+    pub max_query_samples: usize,
+    /// Longest a query may run.
+    pub query_timeout: Duration,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// API and UI address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Agent token, if configured (else generated at start).
+    pub agent_token: Option<String>,
+    /// Whether to run the in-process agent.
+    pub local_agent: bool,
+    /// Its interval.
+    pub local_agent_interval: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+}
+
+impl CollectorConfig {
+    /// Merges the file with the overrides and checks every value.
+    pub fn resolve(o: &Overrides) -> Result<CollectorConfig, ConfigError> {
+        let (file, in_file) = match &o.config {
+            Some(p) => (FileConfig::load(p)?, format!(" (in {})", p.display())),
+            None => (FileConfig::default(), String::new()),
+        };
+        let origin = |from_flag: bool| {
+            if from_flag {
+                String::new()
+            } else {
+                in_file.clone()
+            }
+        };
+        let invalid = |key, from_flag: bool, reason: String| ConfigError::Invalid {
+            key,
+            origin: origin(from_flag),
+            reason,
+        };
+
+        let listen_s = o
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_s.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen",
+                o.listen.is_some(),
+                format!("{listen_s:?} is not an address:port ({e})"),
+            )
+        })?;
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let agent_token = o
+            .agent_token
+            .clone()
+            .or(file.agent_token.clone())
+            .filter(|t| !t.is_empty());
+        if let Some(t) = &agent_token {
+            if t.len() < 8 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "agent_token",
+                    o.agent_token.is_some(),
+                    "must be at least 8 characters with no spaces".into(),
+                ));
+            }
+        }
+        let local_agent = !o.no_local_agent && file.local_agent.unwrap_or(true);
+        let interval = |key, flag: &Option<String>, file: &Option<String>, default: Duration| {
+            match flag.as_ref().or(file.as_ref()) {
+                None => Ok(default),
+                Some(s) => parse_duration(s).map_err(|e| invalid(key, flag.is_some(), e.to_string())),
+            }
+        };
+        let local_agent_interval = interval(
+            "local_agent_interval",
+            &o.local_agent_interval,
+            &file.local_agent_interval,
+            Duration::from_secs(10),
+        )?;
+        if local_agent_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "local_agent_interval",
+                o.local_agent_interval.is_some(),
+                "must be at least 100ms".into(),
+            ));
+        }
+        let log_format = parse_log_format(o.log_format.as_deref().or(file.log_format.as_deref()))
+            .map_err(|r| invalid("log_format", o.log_format.is_some(), r))?;
+
+        let fl = &file.limits;
+        let positive = |key, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(invalid(key, false, "must be greater than 0".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            max_body_bytes: positive("limits.max_body_bytes", fl.max_body_bytes, 4 << 20)?,
+            max_decompressed_bytes: positive(
+                "limits.max_decompressed_bytes",
+                fl.max_decompressed_bytes,
+                16 << 20,
+            )?,
+            max_samples_per_batch: positive(
+                "limits.max_samples_per_batch",
+                fl.max_samples_per_batch,
+                500_000,
+            )?,
+            max_future: interval(
+                "limits.max_future",
+                &None,
+                &fl.max_future,
+                Duration::from_secs(600),
+            )?,
+            max_query_series: positive("limits.max_query_series", fl.max_query_series, 500_000)?,
+            max_query_samples: positive(
+                "limits.max_query_samples",
+                fl.max_query_samples,
+                50_000_000,
+            )?,
+            query_timeout: interval(
+                "limits.query_timeout",
+                &None,
+                &fl.query_timeout,
+                Duration::from_secs(120),
+            )?,
+        };
+        Ok(CollectorConfig {
+            listen,
+            data_dir,
+            agent_token,
+            local_agent,
+            local_agent_interval,
+            log_format,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let c = CollectorConfig::resolve(&Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.local_agent);
+        assert_eq!(c.limits.max_future, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_reason() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "[limits]\nmax_future = \"soon\"\n").unwrap();
+        let o = Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("limits.max_future"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("soon"), "{e}");
+
+        std::fs::write(f.path(), "listen = 5\n").unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+
+        let o = Overrides {
+            listen: Some("nowhere".into()),
+            ..Overrides::default()
+        };
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("`listen`") && e.contains("nowhere"), "{e}");
+    }
+}

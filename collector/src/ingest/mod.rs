@@ -1,0 +1,168 @@
+//! Ingest: turns a push body into a committed batch. Decodes (bounded),
+//! checks timestamps against the collector's clock, and hands the whole batch
+//! to storage as one atomic write. Every refusal has a reason word that is
+//! counted; nothing refused is written.
+//!
+//! It never speaks HTTP: the api module maps [`IngestError`] to statuses.
+
+use crate::storage::{Applied, Storage, WriteError};
+use nines_shared::telemetry::{Counter, CounterVec, Registry};
+use nines_shared::wire::{self, DecodeError, WireLimits};
+use nines_shared::{Batch, UnixMillis};
+use std::time::Duration;
+
+/// Earliest timestamp accepted: 2000-01-01. Anything before is a clock that
+/// was never set.
+pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
+
+/// Ingest counters.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    batches: CounterVec,
+    samples: Counter,
+    rejected: CounterVec,
+}
+
+impl IngestMetrics {
+    /// Registers the metrics.
+    pub fn register(r: &Registry) -> Self {
+        IngestMetrics {
+            batches: r.counter_vec(
+                "nines_ingest_batches_total",
+                "Batches accepted, by result (stored, duplicate).",
+                &["result"],
+            ),
+            samples: r.counter(
+                "nines_ingest_samples_total",
+                "Samples accepted and committed.",
+            ),
+            rejected: r.counter_vec(
+                "nines_ingest_rejected_total",
+                "Pushes refused, by reason; nothing of a refused push is written.",
+                &["reason"],
+            ),
+        }
+    }
+
+    /// Counts one refused push.
+    pub fn reject(&self, reason: &str) {
+        self.rejected.with(&[reason]).inc();
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The body could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A sample's timestamp is before 2000 or too far ahead.
+    #[error("sample timestamp {at} ms is {what} (accepted: {min} to {max} ms)")]
+    Timestamp {
+        /// The offending timestamp.
+        at: i64,
+        /// "before 2000-01-01" or "too far in the future".
+        what: &'static str,
+        /// Earliest accepted.
+        min: i64,
+        /// Latest accepted.
+        max: i64,
+    },
+    /// Storage refused or failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+impl IngestError {
+    /// The reason word counted on /metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Decode(d) => d.reason(),
+            IngestError::Timestamp { what, .. } if what.starts_with("before") => "too_old",
+            IngestError::Timestamp { .. } => "too_far_in_future",
+            IngestError::Write(WriteError::UnknownRefs(_)) => "unknown_refs",
+            IngestError::Write(_) => "storage",
+        }
+    }
+}
+
+/// Checks and commits pushes.
+#[derive(Clone)]
+pub struct Ingest {
+    storage: Storage,
+    limits: WireLimits,
+    max_future: Duration,
+    metrics: IngestMetrics,
+}
+
+impl Ingest {
+    /// An ingest path into `storage`.
+    pub fn new(
+        storage: Storage,
+        limits: WireLimits,
+        max_future: Duration,
+        metrics: IngestMetrics,
+    ) -> Self {
+        Ingest {
+            storage,
+            limits,
+            max_future,
+            metrics,
+        }
+    }
+
+    /// The counters, for refusals decided before the body is read.
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+
+    /// Decodes a native push body and commits it.
+    pub async fn push(&self, body: axum::body::Bytes) -> Result<Applied, IngestError> {
+        let limits = self.limits.clone();
+        let decoded = tokio::task::spawn_blocking(move || wire::decode(&body, &limits))
+            .await
+            .map_err(|_| IngestError::Write(WriteError::Closed))?;
+        match decoded {
+            Ok(batch) => self.apply(batch).await,
+            Err(e) => {
+                self.metrics.reject(e.reason());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Checks timestamps and commits an already decoded batch (the
+    /// in-process agent's path).
+    pub async fn apply(&self, batch: Batch) -> Result<Applied, IngestError> {
+        let res = self.apply_inner(batch).await;
+        match &res {
+            Ok(Applied::Stored { samples, .. }) => {
+                self.metrics.batches.with(&["stored"]).inc();
+                self.metrics.samples.add(*samples as u64);
+            }
+            Ok(Applied::Duplicate) => self.metrics.batches.with(&["duplicate"]).inc(),
+            Err(e) => self.metrics.reject(e.reason()),
+        }
+        res
+    }
+
+    async fn apply_inner(&self, batch: Batch) -> Result<Applied, IngestError> {
+        let max = UnixMillis::now().0 + self.max_future.as_millis() as i64;
+        for g in &batch.groups {
+            let what = if g.at.0 < MIN_TIMESTAMP_MS {
+                "before 2000-01-01"
+            } else if g.at.0 > max {
+                "too far in the future"
+            } else {
+                continue;
+            };
+            return Err(IngestError::Timestamp {
+                at: g.at.0,
+                what,
+                min: MIN_TIMESTAMP_MS,
+                max,
+            });
+        }
+        Ok(self.storage.write(batch).await?)
+    }
+}
