@@ -1,3 +1,19 @@
-//! PromQL evaluation over a [`querier::Querier`].
+//! PromQL evaluation over a [`querier::Querier`]: parse an expression, then
+//! evaluate it at one instant or over a range of steps, as Prometheus's
+//! `/api/v1/query` and `/api/v1/query_range` do.
+//!
+//! This module never writes to storage and never formats HTTP responses;
+//! it returns [`Value`]s and [`QueryError`]s that carry their Prometheus
+//! `errorType` and status.
 
+mod engine;
+mod error;
+mod eval;
+#[cfg(test)]
+mod in_memory;
 pub mod querier;
+mod value;
+
+pub use engine::{DEFAULT_LOOKBACK_MS, DEFAULT_MAX_SAMPLES, Engine, MAX_RANGE_STEPS};
+pub use error::QueryError;
+pub use value::{InstantSample, RangeSeries, STALE_MARKER_BITS, Value, is_stale_marker};

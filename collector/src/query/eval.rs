@@ -1,0 +1,1061 @@
+//! The PromQL evaluator: computes the value of one parsed expression at one
+//! evaluation time, one function per expression kind. A range query calls
+//! it once per step; an instant query once.
+//!
+//! Storage is read once per selector per query: the first evaluation of a
+//! selector loads every sample any step of the query can need, later steps
+//! slice that in memory. Constructs not implemented yet fail with
+//! [`QueryError::Unsupported`] naming the construct; the evaluator must
+//! never return a silently wrong answer for them, and must never panic on
+//! any input.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nines_shared::METRIC_NAME_LABEL;
+use promql_parser::label::{MatchOp, Matcher, Matchers};
+use promql_parser::parser::token::{
+    self, T_ADD, T_ATAN2, T_DIV, T_EQLC, T_GTE, T_GTR, T_LSS, T_LTE, T_MOD, T_MUL, T_NEQ, T_POW,
+    T_SUB,
+};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, Extension, MatrixSelector, NumberLiteral,
+    Offset, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr, VectorSelector,
+};
+
+use super::error::QueryError;
+use super::querier::{Querier, SeriesSamples};
+use super::value::{InstantSample, RangeSeries, Value, is_stale_marker, without_metric_name};
+
+/// Evaluates expressions for one query. Holds the samples loaded so far, so
+/// it lives exactly as long as the query and the parsed expression.
+pub(crate) struct Evaluator<'q> {
+    querier: &'q dyn Querier,
+    lookback_ms: i64,
+    /// First evaluation time of the query (`@ start()`).
+    start: i64,
+    /// Last evaluation time of the query (`@ end()`).
+    end: i64,
+    budget: SampleBudget,
+    /// Samples loaded per selector node, series sorted by labels.
+    selections: HashMap<SelectorKey, Vec<SeriesSamples>>,
+}
+
+/// Identifies one selector node of the parsed expression by its address.
+/// The expression is parsed once per query and not moved while the query
+/// is evaluated, so the address is stable and distinct per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SelectorKey(usize);
+
+impl SelectorKey {
+    fn of(vs: &VectorSelector) -> Self {
+        SelectorKey(std::ptr::from_ref(vs) as usize)
+    }
+}
+
+/// Counts the samples a query holds against the engine's limit.
+struct SampleBudget {
+    limit: usize,
+    used: usize,
+}
+
+impl SampleBudget {
+    fn charge(&mut self, n: usize) -> Result<(), QueryError> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.limit {
+            return Err(QueryError::TooManySamples { limit: self.limit });
+        }
+        Ok(())
+    }
+}
+
+impl<'q> Evaluator<'q> {
+    /// An evaluator for a query whose evaluation times run from `start` to
+    /// `end` (equal for an instant query).
+    pub(crate) fn new(
+        querier: &'q dyn Querier,
+        lookback_ms: i64,
+        max_samples: usize,
+        start: i64,
+        end: i64,
+    ) -> Self {
+        Evaluator {
+            querier,
+            lookback_ms,
+            start,
+            end,
+            budget: SampleBudget {
+                limit: max_samples,
+                used: 0,
+            },
+            selections: HashMap::new(),
+        }
+    }
+
+    /// Counts `n` more samples held by the query (e.g. result points of a
+    /// range query) against the limit.
+    pub(crate) fn charge(&mut self, n: usize) -> Result<(), QueryError> {
+        self.budget.charge(n)
+    }
+
+    /// The value of `expr` at evaluation time `t` (ms).
+    pub(crate) fn eval(&mut self, expr: &Expr, t: i64) -> Result<Value, QueryError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(eval_number_literal(n)),
+            Expr::StringLiteral(s) => Ok(eval_string_literal(s)),
+            Expr::Paren(p) => self.eval_paren(p, t),
+            Expr::Unary(u) => self.eval_unary(u, t),
+            Expr::Binary(b) => self.eval_binary(b, t),
+            Expr::VectorSelector(vs) => self.eval_vector_selector(vs, t),
+            Expr::MatrixSelector(ms) => self.eval_matrix_selector(ms, t),
+            Expr::Aggregate(a) => eval_aggregate(a),
+            Expr::Call(c) => eval_call(c),
+            Expr::Subquery(s) => eval_subquery(s),
+            Expr::Extension(e) => eval_extension(e),
+        }
+    }
+
+    fn eval_paren(&mut self, p: &ParenExpr, t: i64) -> Result<Value, QueryError> {
+        self.eval(&p.expr, t)
+    }
+
+    /// `-expr`: negates a scalar, or every element of an instant vector
+    /// (which then is no longer the named metric, so `__name__` goes).
+    fn eval_unary(&mut self, u: &UnaryExpr, t: i64) -> Result<Value, QueryError> {
+        match self.eval(&u.expr, t)? {
+            Value::Scalar(v) => Ok(Value::Scalar(-v)),
+            Value::Vector(samples) => {
+                let negated = samples
+                    .into_iter()
+                    .map(|s| InstantSample {
+                        labels: without_metric_name(&s.labels),
+                        t: s.t,
+                        v: -s.v,
+                    })
+                    .collect();
+                instant_vector(negated)
+            }
+            other => Err(QueryError::Unsupported(format!(
+                "unary minus on a {} is not supported",
+                other.documented_type()
+            ))),
+        }
+    }
+
+    /// `lhs op rhs` for scalar/scalar and vector/scalar operands.
+    fn eval_binary(&mut self, b: &BinaryExpr, t: i64) -> Result<Value, QueryError> {
+        let op = BinaryOp::from_token(b.op)?;
+        if b.lhs.value_type() == ValueType::Vector && b.rhs.value_type() == ValueType::Vector {
+            // Refused before loading anything: vector matching is not there yet.
+            return Err(QueryError::Unsupported(format!(
+                "binary operator {} between two instant vectors is not supported yet",
+                b.op
+            )));
+        }
+        let return_bool = b.return_bool();
+        let lhs = self.eval(&b.lhs, t)?;
+        let rhs = self.eval(&b.rhs, t)?;
+        match (lhs, rhs) {
+            (Value::Scalar(l), Value::Scalar(r)) => Ok(Value::Scalar(op.on_scalars(l, r))),
+            (Value::Vector(v), Value::Scalar(s)) => {
+                vector_scalar_binary(op, v, s, ScalarSide::Right, return_bool)
+            }
+            (Value::Scalar(s), Value::Vector(v)) => {
+                vector_scalar_binary(op, v, s, ScalarSide::Left, return_bool)
+            }
+            (l, r) => Err(QueryError::Unsupported(format!(
+                "binary operator {} between {} and {} is not supported yet",
+                b.op,
+                l.documented_type(),
+                r.documented_type()
+            ))),
+        }
+    }
+
+    /// An instant vector selector: per matching series, the latest sample
+    /// in the lookback window before the reference time, reported at `t`.
+    fn eval_vector_selector(&mut self, vs: &VectorSelector, t: i64) -> Result<Value, QueryError> {
+        let at = self.reference_time(vs, t)?;
+        let lookback = self.lookback_ms;
+        let series = self.selection(vs, lookback)?;
+        let samples = series
+            .iter()
+            .filter_map(|s| {
+                latest_in_window(&s.samples, at, lookback).map(|v| InstantSample {
+                    labels: s.labels.clone(),
+                    t,
+                    v,
+                })
+            })
+            .collect();
+        // Already sorted by labels: the selection is.
+        Ok(Value::Vector(samples))
+    }
+
+    /// A range vector selector: per matching series, the samples in the
+    /// window of the selector's range before the reference time.
+    fn eval_matrix_selector(&mut self, ms: &MatrixSelector, t: i64) -> Result<Value, QueryError> {
+        let at = self.reference_time(&ms.vs, t)?;
+        let range = duration_ms(ms.range);
+        let series = self.selection(&ms.vs, range)?;
+        let matrix = series
+            .iter()
+            .filter_map(|s| {
+                let samples = samples_in_window(&s.samples, at, range);
+                (!samples.is_empty()).then(|| RangeSeries {
+                    labels: s.labels.clone(),
+                    samples,
+                })
+            })
+            .collect();
+        Ok(Value::Matrix(matrix))
+    }
+
+    /// The time a selector reads at when the query evaluates at `t`: `t`,
+    /// or the `@` time, moved back by the offset.
+    fn reference_time(&self, vs: &VectorSelector, t: i64) -> Result<i64, QueryError> {
+        let base = self.pinned_time(vs.at.as_ref())?.unwrap_or(t);
+        Ok(base.saturating_sub(offset_ms(vs.offset.as_ref())))
+    }
+
+    /// The time an `@` modifier pins evaluation to, if there is one.
+    fn pinned_time(&self, at: Option<&AtModifier>) -> Result<Option<i64>, QueryError> {
+        match at {
+            None => Ok(None),
+            Some(AtModifier::Start) => Ok(Some(self.start)),
+            Some(AtModifier::End) => Ok(Some(self.end)),
+            Some(AtModifier::At(time)) => system_time_ms(*time).map(Some),
+        }
+    }
+
+    /// The series a selector matches with every sample any evaluation of
+    /// this query can read through it (windows of `width` ms), loaded from
+    /// storage on first use and kept for the rest of the query. The span is
+    /// the query's `[start, end]`; subqueries, when they come, must pass
+    /// down the span their inner expression is evaluated over instead.
+    fn selection(
+        &mut self,
+        vs: &VectorSelector,
+        width: i64,
+    ) -> Result<&[SeriesSamples], QueryError> {
+        let (first, last) = match self.pinned_time(vs.at.as_ref())? {
+            Some(p) => (p, p),
+            None => (self.start, self.end),
+        };
+        let offset = offset_ms(vs.offset.as_ref());
+        let from = window_floor(first.saturating_sub(offset), width);
+        let to = last.saturating_sub(offset);
+        match self.selections.entry(SelectorKey::of(vs)) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let mut series = self.querier.select(&selector_matchers(vs), from, to)?;
+                self.budget
+                    .charge(series.iter().map(|s| s.samples.len()).sum())?;
+                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                Ok(e.insert(series))
+            }
+        }
+    }
+}
+
+fn eval_number_literal(n: &NumberLiteral) -> Value {
+    Value::Scalar(n.val)
+}
+
+fn eval_string_literal(s: &StringLiteral) -> Value {
+    Value::String(s.val.clone())
+}
+
+fn eval_aggregate(a: &AggregateExpr) -> Result<Value, QueryError> {
+    Err(QueryError::Unsupported(format!(
+        "aggregation {} is not supported yet",
+        a.op
+    )))
+}
+
+fn eval_call(c: &Call) -> Result<Value, QueryError> {
+    Err(QueryError::Unsupported(format!(
+        "function {}() is not supported yet",
+        c.func.name
+    )))
+}
+
+fn eval_subquery(s: &SubqueryExpr) -> Result<Value, QueryError> {
+    Err(QueryError::Unsupported(format!(
+        "subquery {s} is not supported yet"
+    )))
+}
+
+fn eval_extension(e: &Extension) -> Result<Value, QueryError> {
+    Err(QueryError::Unsupported(format!(
+        "extension expression {} is not supported yet",
+        e.expr.name()
+    )))
+}
+
+/// The operators this engine evaluates between values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BinaryOp {
+    Arithmetic(Arithmetic),
+    Comparison(Comparison),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arithmetic {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+impl BinaryOp {
+    fn from_token(op: token::TokenType) -> Result<Self, QueryError> {
+        use Arithmetic as A;
+        use Comparison as C;
+        Ok(match op.id() {
+            T_ADD => BinaryOp::Arithmetic(A::Add),
+            T_SUB => BinaryOp::Arithmetic(A::Sub),
+            T_MUL => BinaryOp::Arithmetic(A::Mul),
+            T_DIV => BinaryOp::Arithmetic(A::Div),
+            T_MOD => BinaryOp::Arithmetic(A::Mod),
+            T_POW => BinaryOp::Arithmetic(A::Pow),
+            T_ATAN2 => BinaryOp::Arithmetic(A::Atan2),
+            T_EQLC => BinaryOp::Comparison(C::Eq),
+            T_NEQ => BinaryOp::Comparison(C::Ne),
+            T_GTR => BinaryOp::Comparison(C::Gt),
+            T_LSS => BinaryOp::Comparison(C::Lt),
+            T_GTE => BinaryOp::Comparison(C::Ge),
+            T_LTE => BinaryOp::Comparison(C::Le),
+            _ if op.is_set_operator() => {
+                return Err(QueryError::Unsupported(format!(
+                    "set operator {op} is not supported yet"
+                )));
+            }
+            _ => {
+                return Err(QueryError::Unsupported(format!(
+                    "binary operator {op} is not supported yet"
+                )));
+            }
+        })
+    }
+
+    /// Between two scalars a comparison (always with `bool`, the parser
+    /// insists) gives 1 or 0.
+    fn on_scalars(self, l: f64, r: f64) -> f64 {
+        match self {
+            BinaryOp::Arithmetic(a) => a.apply(l, r),
+            BinaryOp::Comparison(c) => truth(c.holds(l, r)),
+        }
+    }
+}
+
+impl Arithmetic {
+    /// IEEE semantics, as Go's: `x/0` is ±Inf, `%` is Go's `math.Mod`
+    /// (sign of the dividend; Rust's `%` on f64 is the same), `^` is `pow`.
+    fn apply(self, l: f64, r: f64) -> f64 {
+        match self {
+            Arithmetic::Add => l + r,
+            Arithmetic::Sub => l - r,
+            Arithmetic::Mul => l * r,
+            Arithmetic::Div => l / r,
+            Arithmetic::Mod => l % r,
+            Arithmetic::Pow => l.powf(r),
+            Arithmetic::Atan2 => l.atan2(r),
+        }
+    }
+
+    /// Whether the result loses `__name__`. Prometheus 2.42 drops it for
+    /// `+ - * / % ^` but keeps it for `atan2` (later versions drop it too).
+    fn drops_metric_name(self) -> bool {
+        !matches!(self, Arithmetic::Atan2)
+    }
+}
+
+impl Comparison {
+    fn holds(self, l: f64, r: f64) -> bool {
+        match self {
+            Comparison::Eq => l == r,
+            Comparison::Ne => l != r,
+            Comparison::Gt => l > r,
+            Comparison::Lt => l < r,
+            Comparison::Ge => l >= r,
+            Comparison::Le => l <= r,
+        }
+    }
+}
+
+fn truth(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// Which operand of a vector/scalar operation is the scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScalarSide {
+    Left,
+    Right,
+}
+
+/// Applies `op` between each element of `samples` and `scalar`, keeping the
+/// operand order. Arithmetic gives the result without `__name__` (except
+/// `atan2`). A comparison filters, keeping the element (name and value,
+/// even when the scalar is on the left); with `bool` it gives 1/0 for every
+/// element and drops `__name__`.
+fn vector_scalar_binary(
+    op: BinaryOp,
+    samples: Vec<InstantSample>,
+    scalar: f64,
+    side: ScalarSide,
+    return_bool: bool,
+) -> Result<Value, QueryError> {
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let (l, r) = match side {
+            ScalarSide::Right => (s.v, scalar),
+            ScalarSide::Left => (scalar, s.v),
+        };
+        match op {
+            BinaryOp::Arithmetic(a) => {
+                let labels = if a.drops_metric_name() {
+                    without_metric_name(&s.labels)
+                } else {
+                    s.labels
+                };
+                out.push(InstantSample {
+                    labels,
+                    t: s.t,
+                    v: a.apply(l, r),
+                });
+            }
+            BinaryOp::Comparison(c) => {
+                let holds = c.holds(l, r);
+                if return_bool {
+                    out.push(InstantSample {
+                        labels: without_metric_name(&s.labels),
+                        t: s.t,
+                        v: truth(holds),
+                    });
+                } else if holds {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    instant_vector(out)
+}
+
+/// An instant vector from samples whose labels an operator may have
+/// changed: sorted by labels, and refused if two share a label set.
+fn instant_vector(mut samples: Vec<InstantSample>) -> Result<Value, QueryError> {
+    samples.sort_by(|a, b| a.labels.cmp(&b.labels));
+    if samples.windows(2).any(|w| w[0].labels == w[1].labels) {
+        return Err(QueryError::DuplicateLabelSet);
+    }
+    Ok(Value::Vector(samples))
+}
+
+/// The first timestamp inside a window of `width` ms ending at `at`. The
+/// window is left-open, `(at - width, at]`: a sample exactly `width` before
+/// `at` is outside, for both the lookback and range selectors.
+fn window_floor(at: i64, width: i64) -> i64 {
+    at.saturating_sub(width).saturating_add(1)
+}
+
+/// The value of the latest sample in the window of `width` ms ending at
+/// `at`, unless there is none or it is a stale marker.
+fn latest_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> Option<f64> {
+    let after = samples.partition_point(|&(ts, _)| ts <= at);
+    let &(ts, v) = samples.get(after.checked_sub(1)?)?;
+    (ts >= window_floor(at, width) && !is_stale_marker(v)).then_some(v)
+}
+
+/// The samples in the window of `width` ms ending at `at`, stale markers
+/// left out.
+fn samples_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> Vec<(i64, f64)> {
+    let floor = window_floor(at, width);
+    let first = samples.partition_point(|&(ts, _)| ts < floor);
+    let after = samples.partition_point(|&(ts, _)| ts <= at);
+    samples
+        .get(first..after)
+        .unwrap_or_default()
+        .iter()
+        .copied()
+        .filter(|&(_, v)| !is_stale_marker(v))
+        .collect()
+}
+
+/// The selector's matchers with its metric name (which the parser keeps
+/// apart) added as a `__name__` matcher, to every `or` group if any.
+fn selector_matchers(vs: &VectorSelector) -> Matchers {
+    let mut matchers = vs.matchers.clone();
+    if let Some(name) = &vs.name {
+        let by_name = Matcher::new(MatchOp::Equal, METRIC_NAME_LABEL, name);
+        if matchers.or_matchers.is_empty() {
+            matchers.matchers.push(by_name);
+        } else {
+            for group in &mut matchers.or_matchers {
+                group.push(by_name.clone());
+            }
+        }
+    }
+    matchers
+}
+
+/// A duration in ms, saturating at `i64::MAX` for absurd durations.
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How far an offset moves the reference time back (negative: forward).
+fn offset_ms(offset: Option<&Offset>) -> i64 {
+    match offset {
+        None => 0,
+        Some(Offset::Pos(d)) => duration_ms(*d),
+        Some(Offset::Neg(d)) => duration_ms(*d).saturating_neg(),
+    }
+}
+
+/// An `@` time in ms since the epoch (negative before it).
+fn system_time_ms(time: SystemTime) -> Result<i64, QueryError> {
+    let ms = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()),
+        Err(before) => i64::try_from(before.duration().as_millis()).map(|ms| -ms),
+    };
+    ms.map_err(|_| QueryError::Parse("timestamp out of bounds for @ modifier".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Engine;
+    use super::super::in_memory::InMemoryQuerier;
+    use super::*;
+    use nines_shared::Labels;
+
+    const T: i64 = 1_700_000_000_000;
+    const MIN: i64 = 60_000;
+
+    fn stale() -> f64 {
+        f64::from_bits(super::super::value::STALE_MARKER_BITS)
+    }
+
+    fn series(labels: Labels, samples: &[(i64, f64)]) -> SeriesSamples {
+        SeriesSamples {
+            labels,
+            samples: samples.to_vec(),
+        }
+    }
+
+    fn store(s: Vec<SeriesSamples>) -> InMemoryQuerier {
+        InMemoryQuerier::new(s)
+    }
+
+    fn instant(q: &InMemoryQuerier, expr: &str, t: i64) -> Result<Value, QueryError> {
+        Engine::default().instant(q, expr, t)
+    }
+
+    fn scalar(expr: &str) -> f64 {
+        match instant(&store(vec![]), expr, T) {
+            Ok(Value::Scalar(v)) => v,
+            other => panic!("{expr}: expected a scalar, got {other:?}"),
+        }
+    }
+
+    fn vector(q: &InMemoryQuerier, expr: &str, t: i64) -> Vec<InstantSample> {
+        match instant(q, expr, t) {
+            Ok(Value::Vector(v)) => v,
+            other => panic!("{expr}: expected a vector, got {other:?}"),
+        }
+    }
+
+    fn matrix(q: &InMemoryQuerier, expr: &str, t: i64) -> Vec<RangeSeries> {
+        match instant(q, expr, t) {
+            Ok(Value::Matrix(m)) => m,
+            other => panic!("{expr}: expected a matrix, got {other:?}"),
+        }
+    }
+
+    fn unsupported(expr: &str) -> String {
+        let q = store(vec![series(Labels::new("x", [("a", "1")]), &[(T, 1.0)])]);
+        match instant(&q, expr, T) {
+            Err(e @ QueryError::Unsupported(_)) => {
+                assert_eq!(e.error_type(), "execution");
+                assert_eq!(e.http_status(), 422);
+                e.to_string()
+            }
+            other => panic!("{expr}: expected unsupported, got {other:?}"),
+        }
+    }
+
+    fn up(instance: &str) -> Labels {
+        Labels::new("up", [("instance", instance)])
+    }
+
+    #[test]
+    fn number_literals_are_scalars() {
+        assert_eq!(scalar("42"), 42.0);
+        assert_eq!(scalar("-1.5"), -1.5);
+        assert_eq!(scalar("0x10"), 16.0);
+        assert!(scalar("Inf").is_infinite());
+        assert!(scalar("NaN").is_nan());
+    }
+
+    #[test]
+    fn string_literal_is_a_string_in_an_instant_query() {
+        assert_eq!(
+            instant(&store(vec![]), "\"hello\"", T).ok(),
+            Some(Value::String("hello".into()))
+        );
+    }
+
+    #[test]
+    fn scalar_arithmetic_follows_prometheus() {
+        assert_eq!(scalar("1+1"), 2.0);
+        assert_eq!(scalar("2^3^2"), 512.0);
+        assert_eq!(scalar("(2^3)^2"), 64.0);
+        assert_eq!(scalar("2 * 3 + 4"), 10.0);
+        assert_eq!(scalar("2 * (3 + 4)"), 14.0);
+        assert_eq!(scalar("5 % 3"), 2.0);
+        assert_eq!(scalar("-5 % 3"), -2.0);
+        assert_eq!(scalar("5.5 % 2"), 1.5);
+        assert_eq!(scalar("1 / 0"), f64::INFINITY);
+        assert_eq!(scalar("-1 / 0"), f64::NEG_INFINITY);
+        assert!(scalar("0 / 0").is_nan());
+        assert!(scalar("5 % 0").is_nan());
+        assert_eq!(scalar("10 - 4 - 3"), 3.0);
+        assert_eq!(scalar("-(2)"), -2.0);
+        assert_eq!(scalar("-(-(3))"), 3.0);
+        assert_eq!(scalar("((7))"), 7.0);
+        assert_eq!(scalar("1 atan2 1"), std::f64::consts::FRAC_PI_4);
+        assert_eq!(scalar("0 atan2 -1"), std::f64::consts::PI);
+    }
+
+    #[test]
+    fn scalar_comparisons_with_bool_give_one_or_zero() {
+        assert_eq!(scalar("1 == bool 1"), 1.0);
+        assert_eq!(scalar("1 != bool 1"), 0.0);
+        assert_eq!(scalar("2 > bool 1"), 1.0);
+        assert_eq!(scalar("2 < bool 1"), 0.0);
+        assert_eq!(scalar("1 >= bool 1"), 1.0);
+        assert_eq!(scalar("2 <= bool 1"), 0.0);
+        assert_eq!(scalar("NaN == bool NaN"), 0.0);
+        assert_eq!(scalar("(1 < bool 2) + 1"), 2.0);
+    }
+
+    #[test]
+    fn scalar_comparison_without_bool_is_a_parse_error() {
+        let e = instant(&store(vec![]), "1 > 2", T).err();
+        assert!(
+            matches!(&e, Some(QueryError::Parse(m)) if m.contains("comparisons between scalars must use BOOL modifier")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn parse_errors_are_bad_data() {
+        for bad in [
+            "",
+            "sum(",
+            "x{",
+            "1 +",
+            "x[5m",
+            "foo bar",
+            "-\"s\"",
+            "x{a=~\"(\"}",
+        ] {
+            match instant(&store(vec![]), bad, T) {
+                Err(e @ QueryError::Parse(_)) => {
+                    assert_eq!(e.error_type(), "bad_data", "{bad}");
+                    assert_eq!(e.http_status(), 400, "{bad}");
+                    assert!(!e.to_string().is_empty());
+                }
+                other => panic!("{bad:?}: expected a parse error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn vector_selector_takes_latest_sample_reported_at_t() {
+        let q = store(vec![series(
+            up("a"),
+            &[(T - 2 * MIN, 1.0), (T - MIN, 2.0), (T + MIN, 3.0)],
+        )]);
+        let v = vector(&q, "up", T);
+        assert_eq!(
+            v,
+            vec![InstantSample {
+                labels: up("a"),
+                t: T,
+                v: 2.0
+            }]
+        );
+        // A sample exactly at t is seen; one after t is not.
+        assert_eq!(vector(&q, "up", T + MIN)[0].v, 3.0);
+        assert_eq!(vector(&q, "up", T + MIN - 1)[0].v, 2.0);
+    }
+
+    #[test]
+    fn lookback_window_is_left_open() {
+        let lookback = 5 * MIN;
+        let q = store(vec![series(up("a"), &[(T - lookback, 1.0)])]);
+        assert!(vector(&q, "up", T).is_empty(), "sample at t-5m is out");
+        let q = store(vec![series(up("a"), &[(T - lookback + 1, 1.0)])]);
+        assert_eq!(vector(&q, "up", T).len(), 1, "sample at t-5m+1ms is in");
+    }
+
+    #[test]
+    fn lookback_follows_the_engine_setting() {
+        let q = store(vec![series(up("a"), &[(T - MIN, 1.0)])]);
+        let engine = Engine {
+            lookback_ms: MIN,
+            ..Engine::default()
+        };
+        assert!(matches!(engine.instant(&q, "up", T), Ok(Value::Vector(v)) if v.is_empty()));
+        assert!(matches!(engine.instant(&q, "up", T - 1), Ok(Value::Vector(v)) if v.len() == 1));
+    }
+
+    #[test]
+    fn stale_marker_ends_a_series() {
+        let q = store(vec![
+            series(up("a"), &[(T - 2 * MIN, 1.0), (T - MIN, stale())]),
+            series(up("b"), &[(T - 2 * MIN, stale()), (T - MIN, 5.0)]),
+            series(up("c"), &[(T - MIN, f64::NAN)]),
+        ]);
+        let v = vector(&q, "up", T);
+        let got: Vec<_> = v.iter().map(|s| s.labels.get("instance")).collect();
+        // a is stale; b came back after its marker; a plain NaN is a value.
+        assert_eq!(got, vec![Some("b"), Some("c")]);
+        assert!(v[1].v.is_nan());
+        // Before the marker, a is visible.
+        assert_eq!(vector(&q, "up", T - MIN - 1).len(), 1);
+    }
+
+    #[test]
+    fn offset_moves_the_reference_time() {
+        let q = store(vec![series(
+            up("a"),
+            &[(T - 10 * MIN, 1.0), (T, 2.0), (T + 10 * MIN, 3.0)],
+        )]);
+        let v = vector(&q, "up offset 10m", T);
+        assert_eq!((v[0].t, v[0].v), (T, 1.0));
+        let v = vector(&q, "up offset -10m", T);
+        assert_eq!((v[0].t, v[0].v), (T, 3.0));
+        assert!(vector(&q, "up offset 16m", T).is_empty());
+    }
+
+    #[test]
+    fn at_modifier_pins_the_reference_time() {
+        let q = store(vec![series(
+            up("a"),
+            &[(T - 10 * MIN, 1.0), (T, 2.0), (T + 10 * MIN, 3.0)],
+        )]);
+        let at = (T - 10 * MIN) / 1000;
+        let v = vector(&q, &format!("up @ {at}"), T + 60 * MIN);
+        assert_eq!((v[0].t, v[0].v), (T + 60 * MIN, 1.0));
+        // @ then offset: offset applies relative to the pinned time.
+        let at = (T + 10 * MIN) / 1000;
+        let v = vector(&q, &format!("up @ {at} offset 10m"), T - 60 * MIN);
+        assert_eq!(v[0].v, 2.0);
+        // In an instant query start() and end() are the evaluation time.
+        assert_eq!(vector(&q, "up @ start()", T)[0].v, 2.0);
+        assert_eq!(vector(&q, "up @ end()", T + 10 * MIN)[0].v, 3.0);
+    }
+
+    #[test]
+    fn matchers_select_series() {
+        let q = store(vec![
+            series(
+                Labels::new("up", [("job", "node"), ("instance", "a")]),
+                &[(T, 1.0)],
+            ),
+            series(
+                Labels::new("up", [("job", "api"), ("instance", "b")]),
+                &[(T, 2.0)],
+            ),
+            series(Labels::new("down", [("job", "node")]), &[(T, 3.0)]),
+        ]);
+        assert_eq!(vector(&q, "up{job=\"node\"}", T).len(), 1);
+        assert_eq!(vector(&q, "up{job=~\"no\"}", T).len(), 0, "anchored");
+        assert_eq!(vector(&q, "up{job=~\"no.*\"}", T).len(), 1);
+        assert_eq!(vector(&q, "{job=\"node\"}", T).len(), 2);
+        assert_eq!(vector(&q, "{__name__=~\"up|down\"}", T).len(), 3);
+        assert_eq!(vector(&q, "up{job!=\"node\"}", T)[0].v, 2.0);
+        assert_eq!(vector(&q, "up{missing=\"\"}", T).len(), 2);
+        assert_eq!(
+            vector(&q, "up{job=\"node\" or instance=\"b\"}", T).len(),
+            2,
+            "the metric name applies to every or-group"
+        );
+    }
+
+    #[test]
+    fn instant_vector_keeps_full_labels_and_is_sorted() {
+        let q = store(vec![
+            series(up("c"), &[(T, 3.0)]),
+            series(up("a"), &[(T, 1.0)]),
+            series(up("b"), &[(T, 2.0)]),
+        ]);
+        let v = vector(&q, "up", T);
+        assert_eq!(
+            v.iter().map(|s| s.labels.clone()).collect::<Vec<_>>(),
+            vec![up("a"), up("b"), up("c")]
+        );
+        assert_eq!(v[0].labels.metric_name(), Some("up"));
+    }
+
+    #[test]
+    fn matrix_selector_window_is_left_open() {
+        let q = store(vec![series(
+            up("a"),
+            &[
+                (T - 5 * MIN, 1.0),
+                (T - 4 * MIN, 2.0),
+                (T - 2 * MIN, stale()),
+                (T, 3.0),
+                (T + 1, 4.0),
+            ],
+        )]);
+        let m = matrix(&q, "up[5m]", T);
+        assert_eq!(
+            m,
+            vec![RangeSeries {
+                labels: up("a"),
+                samples: vec![(T - 4 * MIN, 2.0), (T, 3.0)],
+            }]
+        );
+        let m = matrix(&q, "up[5m]", T - 1);
+        assert_eq!(m[0].samples, vec![(T - 5 * MIN, 1.0), (T - 4 * MIN, 2.0)]);
+    }
+
+    #[test]
+    fn matrix_selector_applies_offset_and_at_and_omits_empty_series() {
+        let q = store(vec![
+            series(
+                up("a"),
+                &[(T - 10 * MIN, 1.0), (T - 9 * MIN, 2.0), (T, 3.0)],
+            ),
+            series(up("b"), &[(T, 5.0)]),
+        ]);
+        let m = matrix(&q, "up[2m] offset 9m", T);
+        assert_eq!(m.len(), 1, "b has nothing in the window");
+        assert_eq!(m[0].samples, vec![(T - 10 * MIN, 1.0), (T - 9 * MIN, 2.0)]);
+        let at = (T - 9 * MIN) / 1000;
+        let m = matrix(&q, &format!("up[1m] @ {at}"), T + 100 * MIN);
+        assert_eq!(m[0].samples, vec![(T - 9 * MIN, 2.0)]);
+        assert!(matrix(&q, "up[1m]", T - 30 * MIN).is_empty());
+    }
+
+    #[test]
+    fn unary_minus_on_a_vector_drops_the_name() {
+        let q = store(vec![series(up("a"), &[(T, 2.0)])]);
+        let v = vector(&q, "-up", T);
+        assert_eq!(v[0].v, -2.0);
+        let mut want = Labels::default();
+        want.set("instance", "a");
+        assert_eq!(v[0].labels, want);
+        assert_eq!(v[0].labels.metric_name(), None);
+    }
+
+    #[test]
+    fn unary_minus_refuses_duplicate_label_sets() {
+        let q = store(vec![
+            series(Labels::new("x", [("a", "1")]), &[(T, 1.0)]),
+            series(Labels::new("y", [("a", "1")]), &[(T, 2.0)]),
+        ]);
+        match instant(&q, "-{a=\"1\"}", T) {
+            Err(e @ QueryError::DuplicateLabelSet) => {
+                assert_eq!(
+                    e.to_string(),
+                    "vector cannot contain metrics with the same labelset"
+                );
+                assert_eq!(e.http_status(), 422);
+            }
+            other => panic!("expected duplicate labelset error, got {other:?}"),
+        }
+        // The same through arithmetic.
+        assert!(matches!(
+            instant(&q, "{a=\"1\"} * 2", T),
+            Err(QueryError::DuplicateLabelSet)
+        ));
+        // A filter keeps names, so no duplicates.
+        assert_eq!(vector(&q, "{a=\"1\"} > 0", T).len(), 2);
+    }
+
+    #[test]
+    fn vector_scalar_arithmetic_drops_the_name_and_keeps_operand_order() {
+        let q = store(vec![
+            series(up("a"), &[(T, 2.0)]),
+            series(up("b"), &[(T, 8.0)]),
+        ]);
+        let vals = |e: &str| -> Vec<f64> { vector(&q, e, T).iter().map(|s| s.v).collect() };
+        assert_eq!(vals("up + 1"), vec![3.0, 9.0]);
+        assert_eq!(vals("10 - up"), vec![8.0, 2.0]);
+        assert_eq!(vals("up - 10"), vec![-8.0, -2.0]);
+        assert_eq!(vals("up / 0"), vec![f64::INFINITY, f64::INFINITY]);
+        assert_eq!(vals("16 / up"), vec![8.0, 2.0]);
+        assert_eq!(vals("up % 3"), vec![2.0, 2.0]);
+        assert_eq!(vals("2 ^ up"), vec![4.0, 256.0]);
+        assert_eq!(vals("up ^ 2"), vec![4.0, 64.0]);
+        assert_eq!(vals("(up * 2) + (1 + 1)"), vec![6.0, 18.0]);
+        let v = vector(&q, "up * 1", T);
+        assert!(v.iter().all(|s| s.labels.metric_name().is_none()));
+        assert_eq!(v[0].labels.get("instance"), Some("a"));
+        assert!(v.iter().all(|s| s.t == T));
+    }
+
+    #[test]
+    fn vector_atan2_scalar_keeps_the_name_as_in_prometheus_2_42() {
+        let q = store(vec![series(up("a"), &[(T, 1.0)])]);
+        let v = vector(&q, "up atan2 1", T);
+        assert_eq!(v[0].v, std::f64::consts::FRAC_PI_4);
+        assert_eq!(v[0].labels.metric_name(), Some("up"));
+    }
+
+    #[test]
+    fn vector_scalar_comparison_filters_and_keeps_the_vector_value() {
+        let q = store(vec![
+            series(up("a"), &[(T, 1.0)]),
+            series(up("b"), &[(T, 5.0)]),
+        ]);
+        let v = vector(&q, "up > 2", T);
+        assert_eq!(
+            v,
+            vec![InstantSample {
+                labels: up("b"),
+                t: T,
+                v: 5.0
+            }]
+        );
+        // Scalar on the left: `2 > up` keeps up < 2, with up's value.
+        let v = vector(&q, "2 > up", T);
+        assert_eq!((v[0].labels.clone(), v[0].v), (up("a"), 1.0));
+        assert_eq!(v.len(), 1);
+        assert_eq!(vector(&q, "up == 5", T)[0].v, 5.0);
+        assert_eq!(vector(&q, "up != 5", T)[0].v, 1.0);
+        assert_eq!(vector(&q, "up >= 5", T).len(), 1);
+        assert_eq!(vector(&q, "up <= 5", T).len(), 2);
+        assert_eq!(vector(&q, "5 <= up", T)[0].v, 5.0);
+    }
+
+    #[test]
+    fn vector_scalar_comparison_with_bool_gives_one_or_zero_without_name() {
+        let q = store(vec![
+            series(up("a"), &[(T, 1.0)]),
+            series(up("b"), &[(T, 5.0)]),
+        ]);
+        let v = vector(&q, "up > bool 2", T);
+        assert_eq!(v.iter().map(|s| s.v).collect::<Vec<_>>(), vec![0.0, 1.0]);
+        assert!(v.iter().all(|s| s.labels.metric_name().is_none()));
+        let v = vector(&q, "2 > bool up", T);
+        assert_eq!(v.iter().map(|s| s.v).collect::<Vec<_>>(), vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn unsupported_constructs_name_themselves() {
+        let cases = [
+            ("sum(x)", "aggregation sum is not supported yet"),
+            ("avg by (a) (x)", "aggregation avg is not supported yet"),
+            ("topk(1, x)", "aggregation topk is not supported yet"),
+            (
+                "count_values(\"v\", x)",
+                "aggregation count_values is not supported yet",
+            ),
+            ("rate(x[5m])", "function rate() is not supported yet"),
+            ("time()", "function time() is not supported yet"),
+            ("abs(x) * 2", "function abs() is not supported yet"),
+            (
+                "x + x",
+                "binary operator + between two instant vectors is not supported yet",
+            ),
+            (
+                "x > bool on(a) x",
+                "binary operator > between two instant vectors is not supported yet",
+            ),
+            ("x and x", "set operator and is not supported yet"),
+            ("x or x", "set operator or is not supported yet"),
+            ("x unless x", "set operator unless is not supported yet"),
+            ("x[5m:1m]", "subquery x[5m:1m] is not supported yet"),
+            ("-sum(x)", "aggregation sum is not supported yet"),
+        ];
+        for (expr, msg) in cases {
+            assert_eq!(unsupported(expr), msg, "{expr}");
+        }
+    }
+
+    #[test]
+    fn vector_vector_is_refused_before_loading() {
+        let q = store(vec![series(up("a"), &[(T, 1.0)])]);
+        assert!(instant(&q, "up / up", T).is_err());
+        assert_eq!(q.selects(), 0);
+    }
+
+    #[test]
+    fn storage_errors_map_to_prometheus_error_types() {
+        use super::super::querier::QuerierError;
+        let q = InMemoryQuerier::failing(QuerierError::Storage("disk gone".into()));
+        let e = instant(&q, "up", T).err();
+        assert!(
+            matches!(&e, Some(e) if e.error_type() == "internal" && e.http_status() == 500),
+            "{e:?}"
+        );
+        let q = InMemoryQuerier::failing(QuerierError::TooManySeries(5));
+        let e = instant(&q, "up", T).err();
+        assert!(
+            matches!(&e, Some(e) if e.error_type() == "execution" && e.http_status() == 422),
+            "{e:?}"
+        );
+        // Literals never touch storage.
+        assert_eq!(instant(&q, "1", T).ok(), Some(Value::Scalar(1.0)));
+    }
+
+    #[test]
+    fn loading_more_than_max_samples_fails() {
+        let samples: Vec<(i64, f64)> = (0..10).map(|i| (T - i * 1000, 1.0)).rev().collect();
+        let q = store(vec![series(up("a"), &samples), series(up("b"), &samples)]);
+        let engine = Engine {
+            max_samples: 15,
+            ..Engine::default()
+        };
+        match engine.instant(&q, "up", T) {
+            Err(e @ QueryError::TooManySamples { limit: 15 }) => {
+                assert_eq!(e.error_type(), "execution");
+                assert_eq!(e.http_status(), 422);
+            }
+            other => panic!("expected too many samples, got {other:?}"),
+        }
+        let engine = Engine {
+            max_samples: 20,
+            ..Engine::default()
+        };
+        assert!(engine.instant(&q, "up", T).is_ok());
+    }
+
+    #[test]
+    fn window_edges() {
+        let s = [(10, 1.0), (20, 2.0), (30, 3.0)];
+        assert_eq!(latest_in_window(&s, 30, 10), Some(3.0));
+        assert_eq!(latest_in_window(&s, 29, 10), Some(2.0));
+        assert_eq!(latest_in_window(&s, 30, 0), None);
+        assert_eq!(latest_in_window(&s, 9, 100), None);
+        assert_eq!(latest_in_window(&s, 40, 10), None);
+        assert_eq!(latest_in_window(&s, 39, 10), Some(3.0));
+        assert_eq!(samples_in_window(&s, 30, 20), vec![(20, 2.0), (30, 3.0)]);
+        assert_eq!(samples_in_window(&s, 30, 21), s.to_vec());
+        assert!(samples_in_window(&s, 5, 100).is_empty());
+        assert!(samples_in_window(&[], 5, 100).is_empty());
+        assert_eq!(window_floor(i64::MIN, 10), i64::MIN + 1);
+    }
+}
