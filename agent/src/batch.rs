@@ -161,7 +161,11 @@ mod tests {
         let mut s = Samples::default();
         s.family("node_load1", MetricKind::Gauge, "Load.", "");
         s.push("node_load1", &[], v);
-        s.push("node_cpu_seconds_total", &[("cpu", "0"), ("mode", "idle")], 3.0);
+        s.push(
+            "node_cpu_seconds_total",
+            &[("cpu", "0"), ("mode", "idle")],
+            3.0,
+        );
         s
     }
 

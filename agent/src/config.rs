@@ -215,13 +215,17 @@ impl AgentConfig {
             None
         } else {
             Some(listen.parse::<SocketAddr>().map_err(|e| {
-                invalid("listen", &from, format!("{listen:?} is not an address:port ({e})"))
+                invalid(
+                    "listen",
+                    &from,
+                    format!("{listen:?} is not an address:port ({e})"),
+                )
             })?)
         };
 
         let (log_format, from) = pick(&o.log_format, &file.log_format);
-        let log_format = parse_log_format(log_format.as_deref())
-            .map_err(|r| invalid("log_format", &from, r))?;
+        let log_format =
+            parse_log_format(log_format.as_deref()).map_err(|r| invalid("log_format", &from, r))?;
 
         let max_queued_batches = file.max_queued_batches.unwrap_or(8640);
         if max_queued_batches == 0 {

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use nines_agent::config::{AgentConfig, Overrides};
 
 #[derive(Parser)]
-#[command(name = "nines-agent", version, about = "Samples this host and pushes to nines collectors")]
+#[command(
+    name = "nines-agent",
+    version,
+    about = "Samples this host and pushes to nines collectors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,9 @@ pub fn register(r: &Registry) {
         "User and system CPU time of this process in seconds.",
         || self_stat().map(|s| s.cpu_seconds).unwrap_or(f64::NAN),
     );
-    let start = self_stat().map(|s| s.start_time_seconds).unwrap_or(f64::NAN);
+    let start = self_stat()
+        .map(|s| s.start_time_seconds)
+        .unwrap_or(f64::NAN);
     r.gauge_fn(
         "process_start_time_seconds",
         "Start time of this process since the Unix epoch in seconds.",

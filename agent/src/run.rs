@@ -4,10 +4,10 @@
 
 use crate::batch::Batcher;
 use crate::config::AgentConfig;
-use crate::samplers::{host::HostSampler, Samples};
+use crate::samplers::{Samples, host::HostSampler};
 use crate::ship::{ShipMetrics, Shipper};
 use nines_shared::exposition::TEXT_CONTENT_TYPE;
-use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, Registry, LATENCY_BUCKETS};
+use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 use nines_shared::{Batch, UnixMillis};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,10 +41,7 @@ impl SamplingMetrics {
                 "Time one sampling round took.",
                 LATENCY_BUCKETS,
             ),
-            series: r.gauge(
-                "nines_agent_series",
-                "Series reported in the last round.",
-            ),
+            series: r.gauge("nines_agent_series", "Series reported in the last round."),
         }
     }
 }

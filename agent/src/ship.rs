@@ -9,8 +9,8 @@
 //! It never samples and never decides what a batch contains.
 
 use crate::batch::SeriesTable;
-use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, Registry, LATENCY_BUCKETS};
-use nines_shared::{wire, Batch, UnixMillis};
+use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry};
+use nines_shared::{Batch, UnixMillis, wire};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,7 +149,10 @@ impl Shipper {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .with_all_definitions(front);
-                tracing::info!(seq = full.seq.0, "collector asked for series definitions; re-sending");
+                tracing::info!(
+                    seq = full.seq.0,
+                    "collector asked for series definitions; re-sending"
+                );
                 outcome = match self.send(&full).await {
                     Outcome::ResendDefinitions => {
                         Outcome::Rejected("unknown refs after re-sending definitions".into())
@@ -174,7 +177,12 @@ impl Shipper {
                 Outcome::Retry { reason, after } => {
                     self.metrics.failures.with(&[reason]).inc();
                     let wait = after.unwrap_or_else(|| jittered(backoff));
-                    tracing::warn!(reason, wait_ms = wait.as_millis() as u64, queued = queue.len(), "delivery failed; will retry");
+                    tracing::warn!(
+                        reason,
+                        wait_ms = wait.as_millis() as u64,
+                        queued = queue.len(),
+                        "delivery failed; will retry"
+                    );
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     let deadline = tokio::time::Instant::now() + wait;
                     // Keep taking new batches while waiting.

@@ -14,7 +14,13 @@ fn version_and_help_describe_the_binary() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("nines-agent "));
     let out = agent().args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--collector", "--token", "--interval", "--state-dir", "--config"] {
+    for flag in [
+        "--collector",
+        "--token",
+        "--interval",
+        "--state-dir",
+        "--config",
+    ] {
         assert!(help.contains(flag), "{flag} missing from help:\n{help}");
     }
 }
@@ -22,7 +28,13 @@ fn version_and_help_describe_the_binary() {
 #[test]
 fn a_bad_interval_stops_the_agent_with_the_key() {
     let out = agent()
-        .args(["run", "--collector", "http://127.0.0.1:1", "--interval", "0s"])
+        .args([
+            "run",
+            "--collector",
+            "http://127.0.0.1:1",
+            "--interval",
+            "0s",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

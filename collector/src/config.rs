@@ -3,7 +3,7 @@
 //! `deploy/nines-collector.toml`. A bad file or value stops the collector at
 //! start with the file, the key and the reason.
 
-use nines_agent::config::{parse_log_format, LogFormat};
+use nines_agent::config::{LogFormat, parse_log_format};
 use nines_shared::duration::parse_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -217,12 +217,16 @@ impl CollectorConfig {
             }
         }
         let local_agent = !o.no_local_agent && file.local_agent.unwrap_or(true);
-        let interval = |key, flag: &Option<String>, file: &Option<String>, default: Duration| {
-            match flag.as_ref().or(file.as_ref()) {
+        let interval =
+            |key, flag: &Option<String>, file: &Option<String>, default: Duration| match flag
+                .as_ref()
+                .or(file.as_ref())
+            {
                 None => Ok(default),
-                Some(s) => parse_duration(s).map_err(|e| invalid(key, flag.is_some(), e.to_string())),
-            }
-        };
+                Some(s) => {
+                    parse_duration(s).map_err(|e| invalid(key, flag.is_some(), e.to_string()))
+                }
+            };
         let local_agent_interval = interval(
             "local_agent_interval",
             &o.local_agent_interval,

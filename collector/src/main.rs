@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use nines_collector::config::{CollectorConfig, Overrides};
 
 #[derive(Parser)]
-#[command(name = "nines-collector", version, about = "Stores, queries and serves nines monitoring data")]
+#[command(
+    name = "nines-collector",
+    version,
+    about = "Stores, queries and serves nines monitoring data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     nines_agent::logging::init(cfg.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nines-collector: cannot start the runtime: {e}");

@@ -8,10 +8,10 @@ use crate::query::Engine;
 use crate::storage::{QueryLimits, Storage, StorageMetrics, WriteError};
 use anyhow::Context;
 use nines_agent::batch::Batcher;
-use nines_agent::run::{sample_forever, SamplingMetrics};
+use nines_agent::run::{SamplingMetrics, sample_forever};
+use nines_shared::Batch;
 use nines_shared::telemetry::Registry;
 use nines_shared::wire::WireLimits;
-use nines_shared::Batch;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,11 +45,9 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     .with_context(|| format!("cannot open storage in {}", cfg.data_dir.display()))?;
     {
         let st = storage.clone();
-        registry.gauge_fn(
-            "nines_storage_series",
-            "Series in the index.",
-            move || st.series_count() as f64,
-        );
+        registry.gauge_fn("nines_storage_series", "Series in the index.", move || {
+            st.series_count() as f64
+        });
     }
     let wire_limits = WireLimits {
         max_decompressed_bytes: cfg.limits.max_decompressed_bytes,

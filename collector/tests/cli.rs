@@ -14,7 +14,13 @@ fn version_and_help_describe_the_binary() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("nines-collector "));
     let out = collector().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--listen", "--data-dir", "--agent-token", "--no-local-agent", "--config"] {
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--agent-token",
+        "--no-local-agent",
+        "--config",
+    ] {
         assert!(help.contains(flag), "{flag} missing from help:\n{help}");
     }
 }

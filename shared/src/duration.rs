@@ -43,7 +43,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(err("expected a number"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
@@ -78,7 +80,16 @@ mod tests {
 
     #[test]
     fn bad_durations_say_why() {
-        for bad in ["", "5", "s", "1x", "1m1h", "1s1s", "-1s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1x",
+            "1m1h",
+            "1s1s",
+            "-1s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

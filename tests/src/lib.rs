@@ -138,7 +138,10 @@ impl Collector {
                     }
                     // A configured token is not printed.
                     if url.is_some() && extra.contains(&"--agent-token") {
-                        let i = extra.iter().position(|a| *a == "--agent-token").unwrap_or(0);
+                        let i = extra
+                            .iter()
+                            .position(|a| *a == "--agent-token")
+                            .unwrap_or(0);
                         token = extra.get(i + 1).map(|s| s.to_string());
                     }
                 }
@@ -180,7 +183,7 @@ impl Collector {
             .send()
             .expect("GET");
         let status = r.status().as_u16();
-        (status, r.json().unwrap_or(serde_json::Value::Null))
+        (status, json_body(r))
     }
 
     /// GET `path` as text.
@@ -198,12 +201,16 @@ impl Collector {
         if let Some(t) = time {
             form.push(("time", t.to_string()));
         }
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
         let r = http()
             .post(format!("{}/api/v1/query", self.url))
-            .form(&form)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
             .send()
             .expect("query");
-        r.json().expect("query JSON")
+        json_body(r)
     }
 
     /// The value of a counter on `/metrics` (sum over label sets that
@@ -220,7 +227,7 @@ impl Collector {
         }
         let r = req.send().expect("push");
         let status = r.status().as_u16();
-        (status, r.json().unwrap_or(serde_json::Value::Null))
+        (status, json_body(r))
     }
 
     /// POST a batch the way the agent does.
@@ -277,6 +284,14 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The body as JSON, or Null when it is not JSON.
+fn json_body(r: reqwest::blocking::Response) -> serde_json::Value {
+    r.text()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// A blocking HTTP client with a timeout.

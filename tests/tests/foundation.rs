@@ -68,7 +68,14 @@ fn agent_host_series_arrive_and_memtotal_matches_proc_meminfo() {
     let _agent = Agent::start(
         &c,
         &dir.path().join("agent"),
-        &["--interval", "1s", "--instance", "e2e-host", "--listen", "127.0.0.1:0"],
+        &[
+            "--interval",
+            "1s",
+            "--instance",
+            "e2e-host",
+            "--listen",
+            "127.0.0.1:0",
+        ],
     );
     let mem = wait_for("node_memory_MemTotal_bytes from the agent", || {
         let q = c.query("node_memory_MemTotal_bytes{instance=\"e2e-host\"}", None);
@@ -189,7 +196,7 @@ fn bad_pushes_are_rejected_counted_and_write_nothing() {
     let now = UnixMillis::now().0;
     let valid = wire::encode(&batch("bad", 0, "e2e_bad", &[(now - 1000, 1.0)]));
 
-    let mut with = |name: &str, value: &'static str| {
+    let with = |name: &str, value: &'static str| {
         good.iter()
             .map(|(k, v)| if *k == name { (*k, value) } else { (*k, *v) })
             .collect::<Vec<_>>()
@@ -227,24 +234,99 @@ fn bad_pushes_are_rejected_counted_and_write_nothing() {
     mixed.groups[0].values.push((SeriesRef(1), 2.0));
 
     let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
-        ("missing token", valid.clone(), no_token, 401, "unauthorized"),
-        ("wrong token", valid.clone(), wrong_token, 401, "unauthorized"),
-        ("missing version", valid.clone(), no_version, 415, "wire_version"),
-        ("wrong version", valid.clone(), wrong_version, 415, "wire_version"),
-        ("wrong encoding", valid.clone(), wrong_encoding, 415, "content_encoding"),
-        ("garbage", b"\x00\x01garbage\xff".to_vec(), good.clone(), 400, "compression"),
+        (
+            "missing token",
+            valid.clone(),
+            no_token,
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong token",
+            valid.clone(),
+            wrong_token,
+            401,
+            "unauthorized",
+        ),
+        (
+            "missing version",
+            valid.clone(),
+            no_version,
+            415,
+            "wire_version",
+        ),
+        (
+            "wrong version",
+            valid.clone(),
+            wrong_version,
+            415,
+            "wire_version",
+        ),
+        (
+            "wrong encoding",
+            valid.clone(),
+            wrong_encoding,
+            415,
+            "content_encoding",
+        ),
+        (
+            "garbage",
+            b"\x00\x01garbage\xff".to_vec(),
+            good.clone(),
+            400,
+            "compression",
+        ),
         ("truncated", truncated, good.clone(), 400, "compression"),
         ("oversized body", huge, good.clone(), 413, "body_too_large"),
         ("zstd bomb", bomb, good.clone(), 413, "too_large"),
-        ("invalid metric name", wire::encode(&bad_metric), good.clone(), 400, "invalid_series"),
-        ("invalid label name", wire::encode(&bad_label), good.clone(), 400, "invalid_series"),
-        ("i64::MIN timestamp", wire::encode(&min_ts), good.clone(), 400, "too_old"),
-        ("zero timestamp", wire::encode(&zero_ts), good.clone(), 400, "too_old"),
-        ("future timestamp", wire::encode(&future), good.clone(), 400, "too_far_in_future"),
-        ("one bad series in a batch", wire::encode(&mixed), good.clone(), 400, "invalid_series"),
+        (
+            "invalid metric name",
+            wire::encode(&bad_metric),
+            good.clone(),
+            400,
+            "invalid_series",
+        ),
+        (
+            "invalid label name",
+            wire::encode(&bad_label),
+            good.clone(),
+            400,
+            "invalid_series",
+        ),
+        (
+            "i64::MIN timestamp",
+            wire::encode(&min_ts),
+            good.clone(),
+            400,
+            "too_old",
+        ),
+        (
+            "zero timestamp",
+            wire::encode(&zero_ts),
+            good.clone(),
+            400,
+            "too_old",
+        ),
+        (
+            "future timestamp",
+            wire::encode(&future),
+            good.clone(),
+            400,
+            "too_far_in_future",
+        ),
+        (
+            "one bad series in a batch",
+            wire::encode(&mixed),
+            good.clone(),
+            400,
+            "invalid_series",
+        ),
     ];
     for (name, body, headers, want, reason) in cases {
-        let before = c.metric("nines_ingest_rejected_total", &format!("reason=\"{reason}\""));
+        let before = c.metric(
+            "nines_ingest_rejected_total",
+            &format!("reason=\"{reason}\""),
+        );
         let (status, json) = c.push_raw(body, &headers);
         assert_eq!(status, want, "{name}: {json}");
         assert_eq!(json["status"], "error", "{name}: {json}");
@@ -252,8 +334,15 @@ fn bad_pushes_are_rejected_counted_and_write_nothing() {
             json["error"].as_str().is_some_and(|e| !e.is_empty()),
             "{name}: no reason in {json}"
         );
-        let after = c.metric("nines_ingest_rejected_total", &format!("reason=\"{reason}\""));
-        assert_eq!(after, before + 1.0, "{name}: reject not counted as {reason}");
+        let after = c.metric(
+            "nines_ingest_rejected_total",
+            &format!("reason=\"{reason}\""),
+        );
+        assert_eq!(
+            after,
+            before + 1.0,
+            "{name}: reject not counted as {reason}"
+        );
     }
     // Nothing at all was written.
     let (_, series) = c.get_json("/api/v1/series?match[]=%7B__name__%3D~%22.%2B%22%7D");
@@ -274,10 +363,26 @@ fn bad_queries_get_the_prometheus_error_envelope() {
         ("/api/v1/query?query=up&time=NaN", 400, "bad_data"),
         ("/api/v1/query?query=sum(up)", 422, "execution"),
         ("/api/v1/query?query=rate(up%5B5m%5D)", 422, "execution"),
-        ("/api/v1/query_range?query=up&start=10&end=5&step=1", 400, "bad_data"),
-        ("/api/v1/query_range?query=up&start=0&end=100000&step=1", 400, "bad_data"),
-        ("/api/v1/query_range?query=up&start=0&end=10&step=0", 400, "bad_data"),
-        ("/api/v1/query_range?query=up%5B5m%5D&start=0&end=10&step=1", 400, "bad_data"),
+        (
+            "/api/v1/query_range?query=up&start=10&end=5&step=1",
+            400,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=0&end=100000&step=1",
+            400,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=0&end=10&step=0",
+            400,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up%5B5m%5D&start=0&end=10&step=1",
+            400,
+            "bad_data",
+        ),
         ("/api/v1/series", 400, "bad_data"),
         ("/api/v1/series?match[]=sum(up)", 400, "bad_data"),
         ("/api/v1/label/bad-name/values", 400, "bad_data"),
@@ -288,7 +393,10 @@ fn bad_queries_get_the_prometheus_error_envelope() {
         assert_eq!(status, want, "{path}: {json}");
         assert_eq!(json["status"], "error", "{path}: {json}");
         assert_eq!(json["errorType"], kind, "{path}: {json}");
-        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}"
+        );
     }
     let (_, j) = c.get_json("/api/v1/query?query=sum(up)");
     assert!(j["error"].as_str().unwrap().contains("sum"), "{j}");
@@ -311,15 +419,33 @@ fn bad_config_stops_both_binaries_at_start_with_file_key_and_reason() {
         .arg("--data-dir")
         .arg(dir.path().join("d")));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("bad.toml") && err.contains("retention"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("retention"),
+        "{err}"
+    );
 
-    std::fs::write(&cfg, "collector = \"http://127.0.0.1:1\"\ninterval = \"often\"\n").unwrap();
-    let (code, _, err) = run(Command::new(bin("nines-agent")).arg("run").arg("--config").arg(&cfg));
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("bad.toml") && err.contains("interval") && err.contains("often"), "{err}");
-
+    std::fs::write(
+        &cfg,
+        "collector = \"http://127.0.0.1:1\"\ninterval = \"often\"\n",
+    )
+    .unwrap();
     let (code, _, err) = run(Command::new(bin("nines-agent"))
-        .args(["run", "--collector", "http://127.0.0.1:1", "--listen", "nope"]));
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("interval") && err.contains("often"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(Command::new(bin("nines-agent")).args([
+        "run",
+        "--collector",
+        "http://127.0.0.1:1",
+        "--listen",
+        "nope",
+    ]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("listen"), "{err}");
 }
@@ -348,7 +474,10 @@ fn both_binaries_report_their_health_on_metrics() {
         (metric_value(&text, "nines_agent_batches_acked_total", "") >= 1.0).then_some(text)
     });
     assert!(agent_metrics.contains("process_resident_memory_bytes"));
-    let health = http().get(format!("http://{listen}/healthz")).send().unwrap();
+    let health = http()
+        .get(format!("http://{listen}/healthz"))
+        .send()
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 
     let (status, text) = c.get_text("/metrics");
@@ -367,7 +496,12 @@ fn both_binaries_report_their_health_on_metrics() {
                 .spawn()
                 .unwrap();
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),
@@ -389,13 +523,20 @@ fn promtool_queries_return_what_the_api_returns() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
     let end = (UnixMillis::now().0 / 1000) * 1000;
-    let points: Vec<(i64, f64)> = (0..30).map(|i| (end - 29_000 + i * 1000, i as f64 * 0.5)).collect();
+    let points: Vec<(i64, f64)> = (0..30)
+        .map(|i| (end - 29_000 + i * 1000, i as f64 * 0.5))
+        .collect();
     assert_eq!(c.push(&batch("pt", 0, "e2e_promtool", &points)).0, 200);
     let end_s = (end / 1000).to_string();
 
     // Instant: promtool prints `metric => value @[t]`.
     let (code, out, err) = run(Command::new(&promtool).args([
-        "query", "instant", "--time", &end_s, &c.url, "e2e_promtool",
+        "query",
+        "instant",
+        "--time",
+        &end_s,
+        &c.url,
+        "e2e_promtool",
     ]));
     assert_eq!(code, 0, "{err}");
     let api = c.query("e2e_promtool", Some(&end_s));
@@ -409,7 +550,15 @@ fn promtool_queries_return_what_the_api_returns() {
     // Range: one line per point, `value @[t]`.
     let start_s = ((end - 20_000) / 1000).to_string();
     let (code, out, err) = run(Command::new(&promtool).args([
-        "query", "range", "--start", &start_s, "--end", &end_s, "--step", "5s", &c.url,
+        "query",
+        "range",
+        "--start",
+        &start_s,
+        "--end",
+        &end_s,
+        "--step",
+        "5s",
+        &c.url,
         "e2e_promtool",
     ]));
     assert_eq!(code, 0, "{err}");
@@ -430,9 +579,8 @@ fn promtool_queries_return_what_the_api_returns() {
     assert_eq!(api_values, vec!["4.5", "7", "9.5", "12", "14.5"]);
     assert_eq!(promtool_values, api_values, "promtool printed: {out}");
 
-    let (code, out, err) = run(Command::new(&promtool).args([
-        "query", "series", "--match", "e2e_promtool", &c.url,
-    ]));
+    let (code, out, err) =
+        run(Command::new(&promtool).args(["query", "series", "--match", "e2e_promtool", &c.url]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("__name__=\"e2e_promtool\""), "{out}");
     let (code, out, err) = run(Command::new(&promtool).args(["query", "labels", &c.url, "job"]));

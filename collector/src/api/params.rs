@@ -81,8 +81,9 @@ impl Params {
     pub fn time_or(&self, name: &str, default: i64) -> Result<i64, ParamError> {
         match self.get(name).filter(|s| !s.is_empty()) {
             None => Ok(default),
-            Some(s) => parse_time(s)
-                .map_err(|e| ParamError(format!("invalid parameter \"{name}\": {e}"))),
+            Some(s) => {
+                parse_time(s).map_err(|e| ParamError(format!("invalid parameter \"{name}\": {e}")))
+            }
         }
     }
 
@@ -105,7 +106,9 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
         }
         let ms = (f * 1000.0).round();
         if ms < MIN_TIME_MS as f64 || ms > MAX_TIME_MS as f64 {
-            return Err(format!("cannot parse {s:?} to a valid timestamp: out of range"));
+            return Err(format!(
+                "cannot parse {s:?} to a valid timestamp: out of range"
+            ));
         }
         return Ok(ms as i64);
     }

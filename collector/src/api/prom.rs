@@ -3,8 +3,8 @@
 //! GET and form POST, Prometheus's JSON envelope and error types, so that
 //! promtool and Grafana work against the collector unchanged.
 
-use super::params::{ParamError, Params, MAX_TIME_MS, MIN_TIME_MS};
-use super::{api_error, AppState};
+use super::params::{MAX_TIME_MS, MIN_TIME_MS, ParamError, Params};
+use super::{AppState, api_error};
 use crate::query::querier::QuerierError;
 use crate::query::{QueryError, Value};
 use axum::body::Bytes;
@@ -12,10 +12,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use nines_shared::exposition::format_value;
-use nines_shared::{is_valid_label_name, Labels, UnixMillis};
+use nines_shared::{Labels, UnixMillis, is_valid_label_name};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use promql_parser::parser::Expr;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json, json};
 use std::time::Duration;
 
 /// Prometheus's cap on points per series in a range query.
@@ -79,10 +79,16 @@ fn query_error(e: &QueryError) -> Response {
 
 fn querier_error(e: &QuerierError) -> Response {
     match e {
-        QuerierError::Storage(_) => {
-            api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())
-        }
-        _ => api_error(StatusCode::UNPROCESSABLE_ENTITY, "execution", &e.to_string()),
+        QuerierError::Storage(_) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+        _ => api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "execution",
+            &e.to_string(),
+        ),
     }
 }
 
@@ -106,7 +112,9 @@ fn json_labels(labels: &Labels) -> Json {
 
 fn json_value(v: &Value, t: i64) -> Json {
     match v {
-        Value::Scalar(x) => json!({"resultType": "scalar", "result": [json_time(t), format_value(*x)]}),
+        Value::Scalar(x) => {
+            json!({"resultType": "scalar", "result": [json_time(t), format_value(*x)]})
+        }
         Value::String(s) => json!({"resultType": "string", "result": [json_time(t), s]}),
         Value::Vector(samples) => json!({
             "resultType": "vector",
@@ -244,7 +252,9 @@ pub fn parse_selector(s: &str) -> Result<Matchers, String> {
             }
             Ok(m)
         }
-        Ok(_) => Err(format!("invalid parameter \"match[]\": {s:?} is not a series selector")),
+        Ok(_) => Err(format!(
+            "invalid parameter \"match[]\": {s:?} is not a series selector"
+        )),
         Err(e) => Err(format!("invalid parameter \"match[]\": {e}")),
     }
 }
@@ -260,7 +270,9 @@ fn bounds(p: &Params) -> Result<(i64, i64), Response> {
     let start = p.time_or("start", MIN_TIME_MS)?;
     let end = p.time_or("end", MAX_TIME_MS)?;
     if end < start {
-        return Err(bad_data("invalid parameter \"end\": end timestamp must not be before start time"));
+        return Err(bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
     }
     Ok((start, end))
 }
@@ -271,7 +283,9 @@ fn limit_of(p: &Params) -> Result<Option<usize>, Response> {
         Some(s) => match s.parse::<usize>() {
             Ok(0) => Ok(None),
             Ok(n) => Ok(Some(n)),
-            Err(_) => Err(bad_data(&format!("invalid parameter \"limit\": {s:?} is not a number"))),
+            Err(_) => Err(bad_data(&format!(
+                "invalid parameter \"limit\": {s:?} is not a number"
+            ))),
         },
     }
 }
@@ -285,7 +299,11 @@ async fn read_store<T: Send + 'static>(
     match tokio::task::spawn_blocking(move || f(&st)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(querier_error(&e)),
-        Err(e) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())),
+        Err(e) => Err(api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        )),
     }
 }
 
@@ -310,7 +328,9 @@ pub async fn series(
         if let Some(n) = limit {
             found.truncate(n);
         }
-        Ok(success(Json::Array(found.iter().map(json_labels).collect())))
+        Ok(success(Json::Array(
+            found.iter().map(json_labels).collect(),
+        )))
     }
     .await
     .unwrap_or_else(|e| e);
@@ -386,7 +406,11 @@ pub async fn metadata(
     let st = s.clone();
     let resp = async move {
         let r = read_request(s, method, headers, q, body).await?;
-        let metric = r.params.get("metric").filter(|m| !m.is_empty()).map(str::to_string);
+        let metric = r
+            .params
+            .get("metric")
+            .filter(|m| !m.is_empty())
+            .map(str::to_string);
         let limit = limit_of(&r.params)?;
         let rows = read_store(&r.state, move |st| {
             st.storage

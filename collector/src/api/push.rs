@@ -2,14 +2,14 @@
 //! and the body size before reading the body, then hands the body to ingest
 //! and answers only once the batch is committed (or refused).
 
-use super::{api_error, AppState};
+use super::{AppState, api_error};
 use crate::ingest::IngestError;
 use crate::storage::{Applied, WriteError};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use nines_shared::wire;
+use nines_shared::wire::{self, DecodeError};
 
 pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     if let Err(resp) = check_headers(&s, &headers) {
@@ -76,6 +76,9 @@ pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: 
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
             r
         }
+        Err(e @ IngestError::Decode(DecodeError::TooLarge { .. })) => {
+            api_error(StatusCode::PAYLOAD_TOO_LARGE, "bad_data", &e.to_string())
+        }
         Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
     }
 }
@@ -115,13 +118,13 @@ fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
                     "wire version {v:?} is not supported; this collector speaks version {}",
                     wire::VERSION
                 ),
-            ))
+            ));
         }
         None => {
             return Err(unsupported(
                 "wire_version",
                 format!("missing {} header", wire::VERSION_HEADER),
-            ))
+            ));
         }
     }
     let ct = header("content-type").unwrap_or("");

@@ -469,10 +469,11 @@ fn instant_vector(mut samples: Vec<InstantSample>) -> Result<Value, QueryError> 
 }
 
 /// The first timestamp inside a window of `width` ms ending at `at`. The
-/// window is left-open, `(at - width, at]`: a sample exactly `width` before
-/// `at` is outside, for both the lookback and range selectors.
+/// window is closed, `[at - width, at]`, as in Prometheus 2.x (3.x made it
+/// left-open): a sample exactly `width` before `at` is inside, for both the
+/// lookback and range selectors.
 fn window_floor(at: i64, width: i64) -> i64 {
-    at.saturating_sub(width).saturating_add(1)
+    at.saturating_sub(width)
 }
 
 /// The value of the latest sample in the window of `width` ms ending at

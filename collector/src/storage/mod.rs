@@ -340,7 +340,10 @@ impl Querier for Storage {
             for (id, labels) in series {
                 let samples = stmt
                     .query_map((id.0, start, end), |r| {
-                        Ok((r.get::<_, i64>(0)?, f64::from_bits(r.get::<_, i64>(1)? as u64)))
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            f64::from_bits(r.get::<_, i64>(1)? as u64),
+                        ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 loaded += samples.len();
@@ -364,8 +367,8 @@ fn load_index(conn: &Connection) -> Result<Index, StorageError> {
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
         let text: String = row.get(1)?;
-        let labels = writer::labels_from_json(&text)
-            .map_err(|e| StorageError::CorruptLabels(id, e))?;
+        let labels =
+            writer::labels_from_json(&text).map_err(|e| StorageError::CorruptLabels(id, e))?;
         index.insert(SeriesId(id), labels);
     }
     Ok(index)

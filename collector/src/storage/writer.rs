@@ -5,12 +5,12 @@
 //!
 //! It never answers before the commit: an acknowledged batch is on disk.
 
-use super::index::{Index, SeriesId};
 use super::StorageMetrics;
+use super::index::{Index, SeriesId};
 use nines_shared::{Batch, Label, Labels, MetricKind, SeriesRef, StreamId, UnixMillis};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::{HashMap, HashSet};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{Arc, RwLock, mpsc};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -134,7 +134,8 @@ impl Writer {
 
     fn commit_round(&mut self, round: Vec<Request>) {
         let started = Instant::now();
-        let mut outcomes: Vec<Result<(Applied, Effects), WriteError>> = Vec::with_capacity(round.len());
+        let mut outcomes: Vec<Result<(Applied, Effects), WriteError>> =
+            Vec::with_capacity(round.len());
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             for r in round {
                 let _ = r.reply.send(Err(WriteError::Storage(e.to_string())));
@@ -208,7 +209,11 @@ impl Writer {
     }
 
     /// Applies one batch inside the current savepoint.
-    fn apply(&mut self, batch: &Batch, pending: &Effects) -> Result<(Applied, Effects), WriteError> {
+    fn apply(
+        &mut self,
+        batch: &Batch,
+        pending: &Effects,
+    ) -> Result<(Applied, Effects), WriteError> {
         let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
         let stream_key = batch.stream.to_string();
         let seen: Option<i64> = self
@@ -241,7 +246,8 @@ impl Writer {
         }
 
         let mut eff = Effects::default();
-        let mut refs: HashMap<SeriesRef, SeriesId> = HashMap::with_capacity(batch.definitions.len());
+        let mut refs: HashMap<SeriesRef, SeriesId> =
+            HashMap::with_capacity(batch.definitions.len());
         {
             let index = self
                 .index
@@ -263,7 +269,10 @@ impl Writer {
                     Some(id) => id,
                     None => {
                         insert
-                            .execute((d.labels.metric_name().unwrap_or(""), labels_to_json(&d.labels)))
+                            .execute((
+                                d.labels.metric_name().unwrap_or(""),
+                                labels_to_json(&d.labels),
+                            ))
                             .map_err(sql)?;
                         let id = SeriesId(self.conn.last_insert_rowid());
                         eff.new_series.push((id, d.labels.clone()));
@@ -277,7 +286,9 @@ impl Writer {
 
         let mut put = self
             .conn
-            .prepare_cached("INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?1, ?2, ?3)",
+            )
             .map_err(sql)?;
         let mut samples = 0usize;
         for g in &batch.groups {
@@ -287,7 +298,8 @@ impl Writer {
                     .or_else(|| known.and_then(|k| k.get(r)))
                     .copied()
                     .ok_or_else(|| WriteError::UnknownRefs(vec![r.0]))?;
-                put.execute((id.0, g.at.0, v.to_bits() as i64)).map_err(sql)?;
+                put.execute((id.0, g.at.0, v.to_bits() as i64))
+                    .map_err(sql)?;
                 samples += 1;
             }
         }
@@ -303,7 +315,9 @@ impl Writer {
                 .map_err(sql)?;
         }
         self.conn
-            .prepare_cached("INSERT INTO applied_batches (stream, seq, applied_at) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT INTO applied_batches (stream, seq, applied_at) VALUES (?1, ?2, ?3)",
+            )
             .and_then(|mut s| s.execute((&stream_key, batch.seq.0 as i64, UnixMillis::now().0)))
             .map_err(sql)?;
         let new_series = eff.new_series.len();
@@ -319,10 +333,10 @@ impl Writer {
     fn prune_dedup(&mut self) {
         self.last_prune = Instant::now();
         let cutoff = UnixMillis::now().0 - DEDUP_WINDOW_MS;
-        match self
-            .conn
-            .execute("DELETE FROM applied_batches WHERE applied_at < ?1", [cutoff])
-        {
+        match self.conn.execute(
+            "DELETE FROM applied_batches WHERE applied_at < ?1",
+            [cutoff],
+        ) {
             Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned de-duplication records"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning de-duplication records failed"),
@@ -332,7 +346,10 @@ impl Writer {
 
 /// Labels as stored: a JSON array of `[name, value]` pairs, sorted.
 pub(super) fn labels_to_json(labels: &Labels) -> String {
-    let pairs: Vec<[&str; 2]> = labels.iter().map(|l| [l.name.as_str(), l.value.as_str()]).collect();
+    let pairs: Vec<[&str; 2]> = labels
+        .iter()
+        .map(|l| [l.name.as_str(), l.value.as_str()])
+        .collect();
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_string())
 }
 
