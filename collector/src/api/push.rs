@@ -5,14 +5,16 @@
 use super::{AppState, api_error};
 use crate::ingest::IngestError;
 use crate::storage::{Applied, WriteError};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use nines_shared::wire::{self, DecodeError};
 
 pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     if let Err(resp) = check_headers(&s, &headers) {
+        drain(body).await;
         return resp;
     }
     let limit = s.limits.max_body_bytes;
@@ -20,17 +22,16 @@ pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: 
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(&s, limit);
-    }
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let bytes = if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        Err(BodyError::TooLarge)
+    } else {
+        read_body(body, limit).await
+    };
+    let bytes = match bytes {
         Ok(b) => b,
-        Err(e) => {
-            // to_bytes fails for a body over the limit or a broken stream.
-            let over = error_chain(&e).any(|m| m.contains("length limit"));
-            if over {
-                return too_large(&s, limit);
-            }
+        Err(BodyError::TooLarge) => return too_large(&s, limit),
+        Err(BodyError::Broken(e)) => {
             s.ingest.metrics().reject("body_read");
             return api_error(
                 StatusCode::BAD_REQUEST,
@@ -144,8 +145,43 @@ fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-fn error_chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = String> + 'a {
-    std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string())
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads at most `limit` bytes. Over the limit, the rest is read and thrown
+/// away (bounded in bytes and time) so the client sees the 413 instead of a
+/// connection reset in the middle of its upload.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and discards up to 64 MiB or 10 seconds of a body.
+async fn drain(mut body: Body) {
+    let mut left: usize = 64 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                left = left.saturating_sub(d.len());
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// Compares without an early exit, so timing does not leak the token.
