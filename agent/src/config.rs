@@ -312,6 +312,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_sets_every_key_to_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nines-agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw: toml::Table = toml::from_str(&text).unwrap();
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        // Every key the file format knows is in the example.
+        for key in [
+            "collector", "token", "interval", "state_dir", "instance", "listen",
+            "log_format", "max_queued_batches",
+        ] {
+            assert!(raw.contains_key(key), "{key} missing from the example");
+        }
+        assert_eq!(file.interval.as_deref(), Some("10s"));
+        let c = AgentConfig::resolve(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(c.interval, DEFAULT_INTERVAL);
+        assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
     fn the_collector_is_required() {
         let e = AgentConfig::resolve(&Overrides::default()).unwrap_err();
         assert!(matches!(e, ConfigError::Missing("collector", _)));

@@ -305,6 +305,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_holds_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nines-collector.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw: toml::Table = toml::from_str(&text).unwrap();
+        for key in [
+            "listen", "data_dir", "agent_token", "local_agent", "local_agent_interval",
+            "log_format", "limits",
+        ] {
+            assert!(raw.contains_key(key), "{key} missing from the example");
+        }
+        let limits = raw["limits"].as_table().unwrap();
+        assert_eq!(limits.len(), 7, "every [limits] key is in the example");
+        let from_file = CollectorConfig::resolve(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let defaults = CollectorConfig::resolve(&Overrides::default()).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn bad_values_name_file_key_and_reason() {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "[limits]\nmax_future = \"soon\"\n").unwrap();
