@@ -18,7 +18,8 @@ use super::querier::Querier;
 use super::value::{RangeSeries, Value};
 
 /// Prometheus's default lookback delta: an instant vector selector sees a
-/// series' latest sample up to 5 minutes old.
+/// series' latest sample up to 5 minutes old, exactly 5 minutes included
+/// (the window is closed on the left, as in Prometheus 2.x).
 pub const DEFAULT_LOOKBACK_MS: i64 = 300_000;
 
 /// Prometheus's default limit on samples one query may hold.
@@ -231,8 +232,12 @@ mod tests {
             (up("a"), vec![(T, 1.0), (T + MIN, stale)]),
             (up("b"), vec![(T + 2 * MIN, 7.0)]),
             (up("c"), vec![(T, 1.0)]),
+            // Loaded although before the range: exactly 5m before the start.
+            (up("d"), vec![(T - 5 * MIN, 4.0)]),
+            // A millisecond earlier: never seen.
+            (up("e"), vec![(T - 5 * MIN - 1, 4.0)]),
         ]);
-        let m = points(&q, "up", T, T + 7 * MIN, MIN);
+        let m = points(&q, "up", T, T + 8 * MIN, MIN);
         let by_instance: Vec<(Option<&str>, Vec<i64>)> = m
             .iter()
             .map(|s| {
@@ -247,10 +252,14 @@ mod tests {
             vec![
                 // a: until its stale marker.
                 (Some("a"), vec![0]),
-                // b: from its first sample for 5 minutes of lookback.
-                (Some("b"), vec![2, 3, 4, 5, 6]),
-                // c: lookback is left-open, so not at +5m.
-                (Some("c"), vec![0, 1, 2, 3, 4]),
+                // b: from its first sample through 5 minutes of lookback;
+                // the window is closed on the left as in Prometheus 2.x, so
+                // still at +5m after the sample, not at +6m.
+                (Some("b"), vec![2, 3, 4, 5, 6, 7]),
+                // c: likewise, up to and including +5m.
+                (Some("c"), vec![0, 1, 2, 3, 4, 5]),
+                // d: only at the start, its sample being exactly 5m old.
+                (Some("d"), vec![0]),
             ]
         );
     }
@@ -301,9 +310,11 @@ mod tests {
         let q = store(vec![(up("a"), samples)]);
         let m = points(&q, "-up offset 10m", T, T + 60 * MIN, 15 * SEC);
         assert_eq!(m[0].samples.len(), 241 - 40);
+        // [start - offset - lookback, end - offset]: the closed left edge
+        // of the first step's lookback is loaded.
         assert_eq!(
             q.windows(),
-            vec![(T - 10 * MIN - 5 * MIN + 1, T + 60 * MIN - 10 * MIN)]
+            vec![(T - 10 * MIN - 5 * MIN, T + 60 * MIN - 10 * MIN)]
         );
     }
 
@@ -323,7 +334,7 @@ mod tests {
             m[0].samples,
             vec![(T, 3.0), (T + MIN, 3.0), (T + 2 * MIN, 3.0)]
         );
-        assert_eq!(q.windows()[1], (T + 2 * MIN - 5 * MIN + 1, T + 2 * MIN));
+        assert_eq!(q.windows()[1], (T + 2 * MIN - 5 * MIN, T + 2 * MIN));
     }
 
     #[test]

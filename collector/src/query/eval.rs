@@ -235,6 +235,9 @@ impl<'q> Evaluator<'q> {
     /// storage on first use and kept for the rest of the query. The span is
     /// the query's `[start, end]`; subqueries, when they come, must pass
     /// down the span their inner expression is evaluated over instead.
+    /// Windows are closed on the left (see [`window_floor`]), so what is
+    /// loaded is `[first - width, last]` after the offset: the sample exactly
+    /// `width` before the first reference time is read too.
     fn selection(
         &mut self,
         vs: &VectorSelector,
@@ -709,12 +712,12 @@ mod tests {
     }
 
     #[test]
-    fn lookback_window_is_left_open() {
+    fn lookback_window_includes_its_left_edge_as_prometheus_2_does() {
         let lookback = 5 * MIN;
         let q = store(vec![series(up("a"), &[(T - lookback, 1.0)])]);
-        assert!(vector(&q, "up", T).is_empty(), "sample at t-5m is out");
-        let q = store(vec![series(up("a"), &[(T - lookback + 1, 1.0)])]);
-        assert_eq!(vector(&q, "up", T).len(), 1, "sample at t-5m+1ms is in");
+        assert_eq!(vector(&q, "up", T).len(), 1, "sample at t-5m is in");
+        let q = store(vec![series(up("a"), &[(T - lookback - 1, 1.0)])]);
+        assert!(vector(&q, "up", T).is_empty(), "sample at t-5m-1ms is out");
     }
 
     #[test]
@@ -724,8 +727,13 @@ mod tests {
             lookback_ms: MIN,
             ..Engine::default()
         };
-        assert!(matches!(engine.instant(&q, "up", T), Ok(Value::Vector(v)) if v.is_empty()));
-        assert!(matches!(engine.instant(&q, "up", T - 1), Ok(Value::Vector(v)) if v.len() == 1));
+        // With a 1m lookback the sample is seen up to exactly 1m later...
+        assert!(matches!(engine.instant(&q, "up", T), Ok(Value::Vector(v)) if v.len() == 1));
+        assert!(matches!(engine.instant(&q, "up", T + 1), Ok(Value::Vector(v)) if v.is_empty()));
+        // ...where the default 5m lookback still sees it.
+        assert!(
+            matches!(Engine::default().instant(&q, "up", T + 1), Ok(Value::Vector(v)) if v.len() == 1)
+        );
     }
 
     #[test]
@@ -818,10 +826,11 @@ mod tests {
     }
 
     #[test]
-    fn matrix_selector_window_is_left_open() {
+    fn matrix_selector_window_includes_its_left_edge() {
         let q = store(vec![series(
             up("a"),
             &[
+                (T - 5 * MIN - 1, 0.5),
                 (T - 5 * MIN, 1.0),
                 (T - 4 * MIN, 2.0),
                 (T - 2 * MIN, stale()),
@@ -829,16 +838,31 @@ mod tests {
                 (T + 1, 4.0),
             ],
         )]);
+        // [t-5m, t], as in Prometheus 2.x: the sample exactly at t-5m is in,
+        // the one a millisecond earlier and the one after t are out, and the
+        // stale marker is dropped.
         let m = matrix(&q, "up[5m]", T);
         assert_eq!(
             m,
             vec![RangeSeries {
                 labels: up("a"),
-                samples: vec![(T - 4 * MIN, 2.0), (T, 3.0)],
+                samples: vec![(T - 5 * MIN, 1.0), (T - 4 * MIN, 2.0), (T, 3.0)],
             }]
         );
         let m = matrix(&q, "up[5m]", T - 1);
-        assert_eq!(m[0].samples, vec![(T - 5 * MIN, 1.0), (T - 4 * MIN, 2.0)]);
+        assert_eq!(
+            m[0].samples,
+            vec![
+                (T - 5 * MIN - 1, 0.5),
+                (T - 5 * MIN, 1.0),
+                (T - 4 * MIN, 2.0)
+            ]
+        );
+        let m = matrix(&q, "up[5m]", T + 1);
+        assert_eq!(
+            m[0].samples,
+            vec![(T - 4 * MIN, 2.0), (T, 3.0), (T + 1, 4.0)]
+        );
     }
 
     #[test]
@@ -853,9 +877,14 @@ mod tests {
         let m = matrix(&q, "up[2m] offset 9m", T);
         assert_eq!(m.len(), 1, "b has nothing in the window");
         assert_eq!(m[0].samples, vec![(T - 10 * MIN, 1.0), (T - 9 * MIN, 2.0)]);
+        // [@ - 1m, @]: the sample exactly 1m before the @ time is in.
         let at = (T - 9 * MIN) / 1000;
         let m = matrix(&q, &format!("up[1m] @ {at}"), T + 100 * MIN);
-        assert_eq!(m[0].samples, vec![(T - 9 * MIN, 2.0)]);
+        assert_eq!(m[0].samples, vec![(T - 10 * MIN, 1.0), (T - 9 * MIN, 2.0)]);
+        let m = matrix(&q, &format!("up[1m] @ {at}"), T - 100 * MIN);
+        assert_eq!(m[0].samples, vec![(T - 10 * MIN, 1.0), (T - 9 * MIN, 2.0)]);
+        let m = matrix(&q, &format!("up[1m] @ {at} offset 1ms"), T);
+        assert_eq!(m[0].samples, vec![(T - 10 * MIN, 1.0)]);
         assert!(matrix(&q, "up[1m]", T - 30 * MIN).is_empty());
     }
 
@@ -1046,17 +1075,21 @@ mod tests {
 
     #[test]
     fn window_edges() {
+        // Windows are [at - width, at], closed at both ends.
         let s = [(10, 1.0), (20, 2.0), (30, 3.0)];
         assert_eq!(latest_in_window(&s, 30, 10), Some(3.0));
         assert_eq!(latest_in_window(&s, 29, 10), Some(2.0));
-        assert_eq!(latest_in_window(&s, 30, 0), None);
+        assert_eq!(latest_in_window(&s, 30, 0), Some(3.0));
+        assert_eq!(latest_in_window(&s, 31, 0), None);
         assert_eq!(latest_in_window(&s, 9, 100), None);
-        assert_eq!(latest_in_window(&s, 40, 10), None);
-        assert_eq!(latest_in_window(&s, 39, 10), Some(3.0));
-        assert_eq!(samples_in_window(&s, 30, 20), vec![(20, 2.0), (30, 3.0)]);
-        assert_eq!(samples_in_window(&s, 30, 21), s.to_vec());
+        assert_eq!(latest_in_window(&s, 40, 10), Some(3.0));
+        assert_eq!(latest_in_window(&s, 41, 10), None);
+        assert_eq!(samples_in_window(&s, 30, 19), vec![(20, 2.0), (30, 3.0)]);
+        assert_eq!(samples_in_window(&s, 30, 20), s.to_vec());
+        assert_eq!(samples_in_window(&s, 29, 19), vec![(10, 1.0), (20, 2.0)]);
         assert!(samples_in_window(&s, 5, 100).is_empty());
         assert!(samples_in_window(&[], 5, 100).is_empty());
-        assert_eq!(window_floor(i64::MIN, 10), i64::MIN + 1);
+        assert_eq!(window_floor(30, 10), 20);
+        assert_eq!(window_floor(i64::MIN, 10), i64::MIN);
     }
 }
