@@ -319,8 +319,14 @@ mod tests {
         let file: FileConfig = toml::from_str(&text).unwrap();
         // Every key the file format knows is in the example.
         for key in [
-            "collector", "token", "interval", "state_dir", "instance", "listen",
-            "log_format", "max_queued_batches",
+            "collector",
+            "token",
+            "interval",
+            "state_dir",
+            "instance",
+            "listen",
+            "log_format",
+            "max_queued_batches",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

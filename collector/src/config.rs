@@ -310,8 +310,13 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let raw: toml::Table = toml::from_str(&text).unwrap();
         for key in [
-            "listen", "data_dir", "agent_token", "local_agent", "local_agent_interval",
-            "log_format", "limits",
+            "listen",
+            "data_dir",
+            "agent_token",
+            "local_agent",
+            "local_agent_interval",
+            "log_format",
+            "limits",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

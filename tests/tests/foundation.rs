@@ -233,7 +233,9 @@ fn bad_pushes_are_rejected_counted_and_write_nothing() {
     });
     mixed.groups[0].values.push((SeriesRef(1), 2.0));
 
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (case, body, headers, expected status, reason counted)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing token",
             valid.clone(),

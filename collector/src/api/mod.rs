@@ -89,6 +89,37 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     )
 }
 
+/// An API failure: status, Prometheus `errorType` and message. Rendered as
+/// the error envelope.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with this status and `errorType`.
+    pub fn new(status: StatusCode, kind: &'static str, message: &str) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.to_string(),
+        }
+    }
+
+    /// A 400 `bad_data`.
+    pub fn bad_data(message: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_data", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        api_error(self.status, self.kind, &self.message)
+    }
+}
+
 /// The Prometheus error envelope: `{"status":"error","errorType":..,"error":..}`.
 pub fn api_error(status: StatusCode, error_type: &str, message: &str) -> Response {
     let body = serde_json::json!({

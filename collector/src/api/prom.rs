@@ -4,7 +4,7 @@
 //! promtool and Grafana work against the collector unchanged.
 
 use super::params::{MAX_TIME_MS, MIN_TIME_MS, ParamError, Params};
-use super::{AppState, api_error};
+use super::{ApiError, AppState};
 use crate::query::querier::QuerierError;
 use crate::query::{QueryError, Value};
 use axum::body::Bytes;
@@ -33,9 +33,9 @@ async fn read_request(
     headers: HeaderMap,
     query: Option<String>,
     body: Bytes,
-) -> Result<Request, Response> {
+) -> Result<Request, ApiError> {
     if body.len() > super::params::MAX_FORM_BYTES {
-        return Err(api_error(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "bad_data",
             "form body too large",
@@ -46,8 +46,8 @@ async fn read_request(
     Ok(Request { state, params })
 }
 
-fn bad_data(msg: &str) -> Response {
-    api_error(StatusCode::BAD_REQUEST, "bad_data", msg)
+fn bad_data(msg: &str) -> ApiError {
+    ApiError::bad_data(msg)
 }
 
 fn success(data: Json) -> Response {
@@ -66,25 +66,25 @@ fn count(state: &AppState, endpoint: &str, resp: Response) -> Response {
     resp
 }
 
-impl From<ParamError> for Response {
-    fn from(e: ParamError) -> Response {
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> ApiError {
         bad_data(&e.0)
     }
 }
 
-fn query_error(e: &QueryError) -> Response {
+fn query_error(e: &QueryError) -> ApiError {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    api_error(status, e.error_type(), &e.to_string())
+    ApiError::new(status, e.error_type(), &e.to_string())
 }
 
-fn querier_error(e: &QuerierError) -> Response {
+fn querier_error(e: &QuerierError) -> ApiError {
     match e {
-        QuerierError::Storage(_) => api_error(
+        QuerierError::Storage(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             &e.to_string(),
         ),
-        _ => api_error(
+        _ => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "execution",
             &e.to_string(),
@@ -134,7 +134,7 @@ fn json_value(v: &Value, t: i64) -> Json {
 }
 
 /// The query's timeout: the `timeout` parameter, capped by the config.
-fn timeout_of(r: &Request) -> Result<Duration, Response> {
+fn timeout_of(r: &Request) -> Result<Duration, ApiError> {
     let cap = r.state.limits.query_timeout;
     Ok(match r.params.duration("timeout")? {
         Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(cap),
@@ -148,16 +148,16 @@ async fn evaluate(
     state: &AppState,
     timeout: Duration,
     f: impl FnOnce(&AppState) -> Result<Value, QueryError> + Send + 'static,
-) -> Result<Value, Response> {
+) -> Result<Value, ApiError> {
     let st = state.clone();
     let task = tokio::task::spawn_blocking(move || f(&st));
     match tokio::time::timeout(timeout, task).await {
-        Err(_) => Err(api_error(
+        Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             &format!("query timed out in expression evaluation after {timeout:?}"),
         )),
-        Ok(Err(e)) => Err(api_error(
+        Ok(Err(e)) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             &format!("evaluation failed: {e}"),
@@ -185,10 +185,10 @@ pub async fn query(
             st.engine.instant(&st.storage, &expr, t)
         })
         .await?;
-        Ok::<_, Response>(success(json_value(&v, t)))
+        Ok::<_, ApiError>(success(json_value(&v, t)))
     }
     .await
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(IntoResponse::into_response);
     count(&st, "query", resp)
 }
 
@@ -233,7 +233,7 @@ pub async fn query_range(
         Ok(success(json_value(&v, end)))
     }
     .await
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(IntoResponse::into_response);
     count(&st, "query_range", resp)
 }
 
@@ -259,14 +259,14 @@ pub fn parse_selector(s: &str) -> Result<Matchers, String> {
     }
 }
 
-fn selectors(p: &Params) -> Result<Vec<Matchers>, Response> {
+fn selectors(p: &Params) -> Result<Vec<Matchers>, ApiError> {
     p.all("match[]")
         .into_iter()
         .map(|s| parse_selector(s).map_err(|e| bad_data(&e)))
         .collect()
 }
 
-fn bounds(p: &Params) -> Result<(i64, i64), Response> {
+fn bounds(p: &Params) -> Result<(i64, i64), ApiError> {
     let start = p.time_or("start", MIN_TIME_MS)?;
     let end = p.time_or("end", MAX_TIME_MS)?;
     if end < start {
@@ -277,7 +277,7 @@ fn bounds(p: &Params) -> Result<(i64, i64), Response> {
     Ok((start, end))
 }
 
-fn limit_of(p: &Params) -> Result<Option<usize>, Response> {
+fn limit_of(p: &Params) -> Result<Option<usize>, ApiError> {
     match p.get("limit").filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => match s.parse::<usize>() {
@@ -294,12 +294,12 @@ fn limit_of(p: &Params) -> Result<Option<usize>, Response> {
 async fn read_store<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&AppState) -> Result<T, QuerierError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let st = state.clone();
     match tokio::task::spawn_blocking(move || f(&st)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(querier_error(&e)),
-        Err(e) => Err(api_error(
+        Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             &e.to_string(),
@@ -333,7 +333,7 @@ pub async fn series(
         )))
     }
     .await
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(IntoResponse::into_response);
     count(&st, "series", resp)
 }
 
@@ -356,10 +356,10 @@ pub async fn labels(
         if let Some(n) = limit {
             names.truncate(n);
         }
-        Ok(success(json!(names)))
+        Ok::<_, ApiError>(success(json!(names)))
     }
     .await
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(IntoResponse::into_response);
     count(&st, "labels", resp)
 }
 
@@ -391,7 +391,7 @@ pub async fn label_values(
         Ok(success(json!(values)))
     }
     .await
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(IntoResponse::into_response);
     count(&st, "label_values", resp)
 }
 
@@ -425,10 +425,10 @@ pub async fn metadata(
                 json!([{"type": m.kind.as_str(), "help": m.help, "unit": m.unit}]),
             );
         }
-        Ok(success(Json::Object(out)))
+        Ok::<_, ApiError>(success(Json::Object(out)))
     }
     .await
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(IntoResponse::into_response);
     count(&st, "metadata", resp)
 }
 

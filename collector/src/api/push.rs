@@ -2,7 +2,7 @@
 //! and the body size before reading the body, then hands the body to ingest
 //! and answers only once the batch is committed (or refused).
 
-use super::{AppState, api_error};
+use super::{ApiError, AppState, api_error};
 use crate::ingest::IngestError;
 use crate::storage::{Applied, WriteError};
 use axum::body::{Body, Bytes};
@@ -13,9 +13,9 @@ use http_body_util::BodyExt;
 use nines_shared::wire::{self, DecodeError};
 
 pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(resp) = check_headers(&s, &headers) {
+    if let Err(e) = check_headers(&s, &headers) {
         drain(body).await;
-        return resp;
+        return e.into_response();
     }
     let limit = s.limits.max_body_bytes;
     let declared = headers
@@ -94,7 +94,7 @@ fn too_large(s: &AppState, limit: usize) -> Response {
 }
 
 /// Token, content type, encoding and wire version, in that order.
-fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
     if !token.is_some_and(|t| constant_time_eq(t.as_bytes(), s.agent_token.as_bytes())) {
@@ -104,11 +104,11 @@ fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         } else {
             "wrong agent token"
         };
-        return Err(api_error(StatusCode::UNAUTHORIZED, "unauthorized", msg));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg));
     }
     let unsupported = |reason: &str, msg: String| {
         s.ingest.metrics().reject(reason);
-        api_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_data", &msg)
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_data", &msg)
     };
     match header(wire::VERSION_HEADER) {
         Some(v) if v.trim() == wire::VERSION.to_string() => {}

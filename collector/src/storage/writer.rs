@@ -64,7 +64,7 @@ impl Handle {
         // A full queue blocks this task briefly: back-pressure on pushers
         // rather than unbounded memory.
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(Request { batch, reply }))
+        tokio::task::spawn_blocking(move || tx.send(Request { batch, reply }).map_err(|_| ()))
             .await
             .map_err(|_| WriteError::Closed)?
             .map_err(|_| WriteError::Closed)?;
