@@ -61,13 +61,19 @@ pub(super) struct Handle {
 impl Handle {
     pub(super) async fn write(&self, batch: Batch) -> Result<Applied, WriteError> {
         let (reply, rx) = oneshot::channel();
-        // A full queue blocks this task briefly: back-pressure on pushers
-        // rather than unbounded memory.
-        let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(Request { batch, reply }).map_err(|_| ()))
-            .await
-            .map_err(|_| WriteError::Closed)?
-            .map_err(|_| WriteError::Closed)?;
+        match self.tx.try_send(Request { batch, reply }) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(WriteError::Closed),
+            Err(mpsc::TrySendError::Full(req)) => {
+                // A full queue holds this push back (on the blocking pool):
+                // back-pressure on pushers rather than unbounded memory.
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(req).map_err(|_| ()))
+                    .await
+                    .map_err(|_| WriteError::Closed)?
+                    .map_err(|_| WriteError::Closed)?;
+            }
+        }
         rx.await.map_err(|_| WriteError::Closed)?
     }
 }
@@ -102,10 +108,22 @@ struct Writer {
     index: Arc<RwLock<Index>>,
     /// Per stream, what its refs name. Lost on restart, by design: the
     /// collector then answers "unknown refs" and the agent re-sends.
-    streams: HashMap<StreamId, HashMap<SeriesRef, SeriesId>>,
+    streams: HashMap<StreamId, StreamRefs>,
     metrics: StorageMetrics,
     last_prune: Instant,
 }
+
+/// One stream's refs and when it last pushed; streams silent for longer
+/// than [`STREAM_IDLE`] are forgotten (they re-send definitions if they
+/// come back).
+#[derive(Default)]
+struct StreamRefs {
+    refs: HashMap<SeriesRef, SeriesId>,
+    last_seen: Option<Instant>,
+}
+
+/// How long an idle stream's refs are kept in memory.
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What one applied batch changes in memory once the round commits.
 #[derive(Default)]
@@ -144,6 +162,7 @@ impl Writer {
         }
         // Series and refs created earlier in this round, not yet in memory.
         let mut pending = Effects::default();
+        let mut pending_refs: HashMap<StreamId, HashMap<SeriesRef, SeriesId>> = HashMap::new();
         let mut pending_keys: HashSet<(StreamId, u64)> = HashSet::new();
         for r in &round {
             let key = (r.batch.stream.clone(), r.batch.seq.0);
@@ -155,7 +174,7 @@ impl Writer {
                 .conn
                 .execute_batch("SAVEPOINT batch")
                 .map_err(|e| WriteError::Storage(e.to_string()))
-                .and_then(|_| self.apply(&r.batch, &pending));
+                .and_then(|_| self.apply(&r.batch, &pending, pending_refs.get(&r.batch.stream)));
             let res = match res {
                 Ok(ok) => self
                     .conn
@@ -170,6 +189,10 @@ impl Writer {
             if let Ok((Applied::Stored { .. }, eff)) = &res {
                 pending_keys.insert(key);
                 pending.new_series.extend(eff.new_series.iter().cloned());
+                pending_refs
+                    .entry(r.batch.stream.clone())
+                    .or_default()
+                    .extend(eff.refs.iter().copied());
             }
             outcomes.push(res);
         }
@@ -199,8 +222,9 @@ impl Writer {
                 {
                     self.metrics.samples_appended.add(*samples as u64);
                     self.metrics.series_created.add(*new_series as u64);
-                    let map = self.streams.entry(r.batch.stream.clone()).or_default();
-                    map.extend(eff.refs);
+                    let stream = self.streams.entry(r.batch.stream.clone()).or_default();
+                    stream.refs.extend(eff.refs);
+                    stream.last_seen = Some(Instant::now());
                 }
                 applied
             });
@@ -213,6 +237,7 @@ impl Writer {
         &mut self,
         batch: &Batch,
         pending: &Effects,
+        pending_refs: Option<&HashMap<SeriesRef, SeriesId>>,
     ) -> Result<(Applied, Effects), WriteError> {
         let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
         let stream_key = batch.stream.to_string();
@@ -228,14 +253,21 @@ impl Writer {
             return Ok((Applied::Duplicate, Effects::default()));
         }
 
-        // Every ref used must be defined here or earlier in the stream.
-        let known = self.streams.get(&batch.stream);
+        // Every ref used must be defined here or earlier in the stream
+        // (committed before, or earlier in this round).
+        let committed = self.streams.get(&batch.stream).map(|s| &s.refs);
+        let lookup = |r: &SeriesRef| {
+            committed
+                .and_then(|k| k.get(r))
+                .or_else(|| pending_refs.and_then(|k| k.get(r)))
+                .copied()
+        };
         let defined: HashSet<SeriesRef> = batch.definitions.iter().map(|d| d.series).collect();
         let mut unknown: Vec<u32> = batch
             .groups
             .iter()
             .flat_map(|g| g.values.iter().map(|(r, _)| *r))
-            .filter(|r| !defined.contains(r) && !known.is_some_and(|k| k.contains_key(r)))
+            .filter(|r| !defined.contains(r) && lookup(r).is_none())
             .map(|r| r.0)
             .collect();
         if !unknown.is_empty() {
@@ -295,8 +327,8 @@ impl Writer {
             for (r, v) in &g.values {
                 let id = refs
                     .get(r)
-                    .or_else(|| known.and_then(|k| k.get(r)))
                     .copied()
+                    .or_else(|| lookup(r))
                     .ok_or_else(|| WriteError::UnknownRefs(vec![r.0]))?;
                 put.execute((id.0, g.at.0, v.to_bits() as i64))
                     .map_err(sql)?;
@@ -332,6 +364,8 @@ impl Writer {
 
     fn prune_dedup(&mut self) {
         self.last_prune = Instant::now();
+        self.streams
+            .retain(|_, s| s.last_seen.is_some_and(|t| t.elapsed() < STREAM_IDLE));
         let cutoff = UnixMillis::now().0 - DEDUP_WINDOW_MS;
         match self.conn.execute(
             "DELETE FROM applied_batches WHERE applied_at < ?1",
@@ -372,5 +406,149 @@ pub(super) fn kind_from_str(s: &str) -> MetricKind {
         "histogram" => MetricKind::Histogram,
         "summary" => MetricKind::Summary,
         _ => MetricKind::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nines_shared::telemetry::Registry;
+    use nines_shared::{SampleGroup, Seq, SeriesDefinition};
+
+    fn writer(dir: &std::path::Path) -> Writer {
+        let conn = Connection::open(dir.join("w.db")).unwrap();
+        super::super::schema::configure(&conn).unwrap();
+        super::super::schema::migrate(&conn).unwrap();
+        Writer {
+            conn,
+            index: Arc::default(),
+            streams: HashMap::new(),
+            metrics: StorageMetrics::register(&Registry::new()),
+            last_prune: Instant::now(),
+        }
+    }
+
+    fn batch(seq: u64, define: bool, metric: &str, r: u32) -> Batch {
+        Batch {
+            stream: StreamId {
+                agent: "a".into(),
+                epoch: UnixMillis(1),
+            },
+            seq: Seq(seq),
+            sent_at: UnixMillis(1_700_000_000_000),
+            definitions: if define {
+                vec![SeriesDefinition {
+                    series: SeriesRef(r),
+                    labels: Labels::new(metric, [("job", "t")]),
+                }]
+            } else {
+                vec![]
+            },
+            metadata: vec![],
+            groups: vec![SampleGroup {
+                at: UnixMillis(1_700_000_000_000 + seq as i64),
+                values: vec![(SeriesRef(r), seq as f64)],
+            }],
+        }
+    }
+
+    fn round(w: &mut Writer, batches: Vec<Batch>) -> Vec<Result<Applied, WriteError>> {
+        let mut rxs = Vec::new();
+        let reqs = batches
+            .into_iter()
+            .map(|batch| {
+                let (reply, rx) = oneshot::channel();
+                rxs.push(rx);
+                Request { batch, reply }
+            })
+            .collect();
+        w.commit_round(reqs);
+        rxs.into_iter()
+            .map(|mut rx| rx.try_recv().expect("answered after the round"))
+            .collect()
+    }
+
+    fn count(w: &Writer, table: &str) -> i64 {
+        w.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failing_batch_in_a_round_leaves_the_others_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let out = round(
+            &mut w,
+            vec![
+                batch(0, true, "m_one", 0),
+                // Ref 9 was never defined: refused, nothing of it written.
+                batch(1, false, "m_two", 9),
+                // Uses ref 0 defined by the first batch of the same round.
+                batch(2, false, "m_one", 0),
+                // The same (stream, seq) twice in one round: applied once.
+                batch(2, false, "m_one", 0),
+            ],
+        );
+        assert!(matches!(
+            out[0],
+            Ok(Applied::Stored {
+                samples: 1,
+                new_series: 1
+            })
+        ));
+        assert!(matches!(&out[1], Err(WriteError::UnknownRefs(r)) if r == &vec![9]));
+        assert!(matches!(
+            out[2],
+            Ok(Applied::Stored {
+                samples: 1,
+                new_series: 0
+            })
+        ));
+        assert!(matches!(out[3], Ok(Applied::Duplicate)));
+        assert_eq!(count(&w, "samples"), 2);
+        assert_eq!(count(&w, "series"), 1);
+        assert_eq!(count(&w, "applied_batches"), 2);
+        assert_eq!(w.index.read().unwrap().len(), 1);
+        // A later round sees the stream's refs and the applied seqs.
+        let out = round(
+            &mut w,
+            vec![batch(3, false, "m_one", 0), batch(0, true, "m_one", 0)],
+        );
+        assert!(matches!(out[0], Ok(Applied::Stored { .. })));
+        assert!(matches!(out[1], Ok(Applied::Duplicate)));
+    }
+
+    #[test]
+    fn nan_values_and_their_payload_survive_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let mut b = batch(0, true, "m_nan", 0);
+        b.groups[0].values[0].1 = stale;
+        assert!(matches!(
+            round(&mut w, vec![b])[0],
+            Ok(Applied::Stored { .. })
+        ));
+        let bits: i64 = w
+            .conn
+            .query_row("SELECT value FROM samples", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(bits as u64, 0x7ff0_0000_0000_0002);
+    }
+
+    #[test]
+    fn idle_streams_are_forgotten_and_must_redefine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        assert!(round(&mut w, vec![batch(0, true, "m", 0)])[0].is_ok());
+        if let Some(s) = w.streams.values_mut().next() {
+            s.last_seen = Instant::now().checked_sub(STREAM_IDLE * 2);
+        }
+        w.prune_dedup();
+        assert!(matches!(
+            round(&mut w, vec![batch(1, false, "m", 0)])[0],
+            Err(WriteError::UnknownRefs(_))
+        ));
     }
 }
