@@ -233,7 +233,12 @@ impl Shipper {
     }
 
     async fn send(&self, batch: &Batch) -> Outcome {
-        let body = wire::encode(batch);
+        // sent_at is the clock at this attempt, so the collector can tell
+        // the agent's clock offset even for a batch retried much later.
+        let body = wire::encode(&Batch {
+            sent_at: UnixMillis::now(),
+            ..batch.clone()
+        });
         let started = Instant::now();
         let mut req = self
             .client
