@@ -94,6 +94,12 @@ impl Labels {
         Labels(v)
     }
 
+    /// The pairs exactly as received, in their order: for decoders, which
+    /// then call [`Labels::validate`] to refuse unsorted or repeated names.
+    pub fn from_wire(v: Vec<Label>) -> Self {
+        Labels(v)
+    }
+
     /// The pairs, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Label> {
         self.0.iter()

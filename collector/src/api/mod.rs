@@ -57,6 +57,10 @@ pub fn router(state: AppState) -> Router {
             nines_shared::wire::PUSH_PATH,
             post(push::handle).layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route(
+            "/api/v1/write",
+            post(push::remote_write).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/query", get(prom::query).post(prom::query))
         .route(
             "/api/v1/query_range",

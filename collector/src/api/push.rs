@@ -1,9 +1,11 @@
-//! `POST /api/v1/push`: the native push. Checks the token, the wire version
-//! and the body size before reading the body, then hands the body to ingest
-//! and answers only once the batch is committed (or refused).
+//! The write endpoints: `POST /api/v1/push` (native batches) and
+//! `POST /api/v1/write` (Prometheus remote_write 1.0). Both check the token,
+//! the content headers and the body size before reading the body, hand the
+//! body to ingest, and answer only once it is committed (or refused).
 
 use super::{ApiError, AppState, api_error};
 use crate::ingest::IngestError;
+use crate::ingest::remote_write::RemoteWriteError;
 use crate::storage::{Applied, WriteError};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -13,32 +15,9 @@ use http_body_util::BodyExt;
 use nines_shared::wire::{self, DecodeError};
 
 pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(e) = check_headers(&s, &headers) {
-        drain(body).await;
-        return e.into_response();
-    }
-    let limit = s.limits.max_body_bytes;
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let bytes = if declared.is_some_and(|n| n > limit as u64) {
-        drain(body).await;
-        Err(BodyError::TooLarge)
-    } else {
-        read_body(body, limit).await
-    };
-    let bytes = match bytes {
+    let bytes = match checked_body(&s, &headers, body, check_native_headers).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return too_large(&s, limit),
-        Err(BodyError::Broken(e)) => {
-            s.ingest.metrics().reject("body_read");
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "bad_data",
-                &format!("cannot read request body: {e}"),
-            );
-        }
+        Err(resp) => return resp,
     };
     match s.ingest.push(bytes).await {
         Ok(Applied::Stored {
@@ -70,17 +49,82 @@ pub(super) async fn handle(State(s): State<AppState>, headers: HeaderMap, body: 
             })),
         )
             .into_response(),
-        Err(e @ IngestError::Write(_)) => {
-            tracing::error!(error = %e, "push not committed");
-            let mut r = api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string());
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            r
-        }
+        Err(e @ IngestError::Write(_)) => unavailable(&e),
         Err(e @ IngestError::Decode(DecodeError::TooLarge { .. })) => {
             api_error(StatusCode::PAYLOAD_TOO_LARGE, "bad_data", &e.to_string())
         }
         Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
+    }
+}
+
+/// `POST /api/v1/write`: Prometheus remote_write 1.0. 204 when committed,
+/// 400 for bad data (senders do not retry it), 5xx for transient failures.
+pub(super) async fn remote_write(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match checked_body(&s, &headers, body, check_remote_write_headers).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    match s.ingest.remote_write(bytes).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ IngestError::RemoteWrite(RemoteWriteError::TooLarge { .. })) => {
+            api_error(StatusCode::PAYLOAD_TOO_LARGE, "bad_data", &e.to_string())
+        }
+        Err(e @ IngestError::Write(_)) => unavailable(&e),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
+    }
+}
+
+fn unavailable(e: &IngestError) -> Response {
+    tracing::error!(error = %e, "write not committed");
+    let mut r = api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        &e.to_string(),
+    );
+    r.headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    r
+}
+
+/// Checks the token and the content headers, then reads the body within
+/// the size limit. A refused request's body is drained so the client reads
+/// the answer.
+async fn checked_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    content: fn(&AppState, &HeaderMap) -> Result<(), ApiError>,
+) -> Result<Bytes, Response> {
+    if let Err(e) = check_token(s, headers).and_then(|_| content(s, headers)) {
+        drain(body).await;
+        return Err(e.into_response());
+    }
+    let limit = s.limits.max_body_bytes;
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        Err(BodyError::TooLarge)
+    } else {
+        read_body(body, limit).await
+    };
+    match bytes {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => Err(too_large(s, limit)),
+        Err(BodyError::Broken(e)) => {
+            s.ingest.metrics().reject("body_read");
+            Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                &format!("cannot read request body: {e}"),
+            ))
+        }
     }
 }
 
@@ -94,9 +138,12 @@ fn too_large(s: &AppState, limit: usize) -> Response {
 }
 
 /// Token, content type, encoding and wire version, in that order.
-fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let token = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+/// The agent token as a bearer token.
+fn check_token(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if !token.is_some_and(|t| constant_time_eq(t.as_bytes(), s.agent_token.as_bytes())) {
         s.ingest.metrics().reject("unauthorized");
         let msg = if token.is_none() {
@@ -106,10 +153,49 @@ fn check_headers(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         };
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg));
     }
-    let unsupported = |reason: &str, msg: String| {
-        s.ingest.metrics().reject(reason);
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_data", &msg)
-    };
+    Ok(())
+}
+
+fn unsupported(s: &AppState, reason: &str, msg: String) -> ApiError {
+    s.ingest.metrics().reject(reason);
+    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_data", &msg)
+}
+
+/// remote_write's headers: snappy-compressed protobuf.
+fn check_remote_write_headers(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let ce = header("content-encoding").unwrap_or("");
+    if ce != "snappy" {
+        return Err(unsupported(
+            s,
+            "content_encoding",
+            format!("content encoding {ce:?} is not snappy"),
+        ));
+    }
+    let ct = header("content-type").unwrap_or("");
+    if !ct.starts_with("application/x-protobuf") {
+        return Err(unsupported(
+            s,
+            "content_type",
+            format!("content type {ct:?} is not application/x-protobuf"),
+        ));
+    }
+    if let Some(v) = header("x-prometheus-remote-write-version") {
+        if !v.starts_with("0.1.") {
+            return Err(unsupported(
+                s,
+                "wire_version",
+                format!("remote write version {v:?} is not supported; this collector speaks 0.1.0"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Wire version, content type and encoding of a native push.
+fn check_native_headers(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let unsupported = |reason: &str, msg: String| unsupported(s, reason, msg);
     match header(wire::VERSION_HEADER) {
         Some(v) if v.trim() == wire::VERSION.to_string() => {}
         Some(v) => {

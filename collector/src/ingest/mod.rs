@@ -5,10 +5,13 @@
 //!
 //! It never speaks HTTP: the api module maps [`IngestError`] to statuses.
 
+pub mod remote_write;
+
 use crate::storage::{Applied, Storage, WriteError};
 use nines_shared::telemetry::{Counter, CounterVec, Registry};
 use nines_shared::wire::{self, DecodeError, WireLimits};
 use nines_shared::{Batch, UnixMillis};
+use remote_write::{RemoteWriteError, RemoteWriteLimits};
 use std::time::Duration;
 
 /// Earliest timestamp accepted: 2000-01-01. Anything before is a clock that
@@ -68,6 +71,9 @@ pub enum IngestError {
         /// Latest accepted.
         max: i64,
     },
+    /// A remote_write body could not be decoded.
+    #[error(transparent)]
+    RemoteWrite(#[from] RemoteWriteError),
     /// Storage refused or failed.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -78,6 +84,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Decode(d) => d.reason(),
+            IngestError::RemoteWrite(e) => e.reason(),
             IngestError::Timestamp { what, .. } if what.starts_with("before") => "too_old",
             IngestError::Timestamp { .. } => "too_far_in_future",
             IngestError::Write(WriteError::UnknownRefs(_)) => "unknown_refs",
@@ -147,22 +154,60 @@ impl Ingest {
     }
 
     async fn apply_inner(&self, batch: Batch) -> Result<Applied, IngestError> {
+        self.check_timestamps(batch.groups.iter().map(|g| g.at.0))?;
+        Ok(self.storage.write(batch).await?)
+    }
+
+    /// Decodes a remote_write body and commits it, with the same checks
+    /// as a native push.
+    pub async fn remote_write(&self, body: axum::body::Bytes) -> Result<Applied, IngestError> {
+        let limits = RemoteWriteLimits {
+            max_decompressed_bytes: self.limits.max_decompressed_bytes,
+            max_samples: self.limits.max_samples,
+            max_series: self.limits.max_definitions,
+            labels: self.limits.labels.clone(),
+        };
+        let res = async {
+            let req = tokio::task::spawn_blocking(move || remote_write::decode(&body, &limits))
+                .await
+                .map_err(|_| IngestError::Write(WriteError::Closed))??;
+            self.check_timestamps(
+                req.series
+                    .iter()
+                    .flat_map(|s| s.samples.iter().map(|(t, _)| *t)),
+            )?;
+            Ok::<_, IngestError>(self.storage.write_series(req.series, req.metadata).await?)
+        }
+        .await;
+        match &res {
+            Ok(Applied::Stored { samples, .. }) => {
+                self.metrics.batches.with(&["stored"]).inc();
+                self.metrics.samples.add(*samples as u64);
+            }
+            Ok(Applied::Duplicate) => self.metrics.batches.with(&["duplicate"]).inc(),
+            Err(e) => self.metrics.reject(e.reason()),
+        }
+        res
+    }
+
+    /// Every timestamp after 2000-01-01 and at most `max_future` ahead.
+    fn check_timestamps(&self, ts: impl Iterator<Item = i64>) -> Result<(), IngestError> {
         let max = UnixMillis::now().0 + self.max_future.as_millis() as i64;
-        for g in &batch.groups {
-            let what = if g.at.0 < MIN_TIMESTAMP_MS {
+        for at in ts {
+            let what = if at < MIN_TIMESTAMP_MS {
                 "before 2000-01-01"
-            } else if g.at.0 > max {
+            } else if at > max {
                 "too far in the future"
             } else {
                 continue;
             };
             return Err(IngestError::Timestamp {
-                at: g.at.0,
+                at,
                 what,
                 min: MIN_TIMESTAMP_MS,
                 max,
             });
         }
-        Ok(self.storage.write(batch).await?)
+        Ok(())
     }
 }

@@ -40,6 +40,16 @@ pub enum StorageError {
     CorruptLabels(i64, String),
 }
 
+/// One series and samples to store, from a source without streams
+/// (remote_write): labels checked, samples in any order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesWrite {
+    /// The labels (sorted, unique, valid).
+    pub labels: Labels,
+    /// (timestamp ms, value) pairs.
+    pub samples: Vec<(i64, f64)>,
+}
+
 /// Bounds on what one query may load.
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
@@ -136,6 +146,17 @@ impl Storage {
     /// Commits a batch; resolves once it is durable (or refused).
     pub async fn write(&self, batch: Batch) -> Result<Applied, WriteError> {
         self.inner.writer.write(batch).await
+    }
+
+    /// Commits series samples (and metadata) atomically; resolves once
+    /// durable. Samples at a timestamp already stored replace it, so a
+    /// retried request is harmless.
+    pub async fn write_series(
+        &self,
+        series: Vec<SeriesWrite>,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<Applied, WriteError> {
+        self.inner.writer.write_series(series, metadata).await
     }
 
     /// Number of series in the index.

@@ -5,9 +5,11 @@
 //!
 //! It never answers before the commit: an acknowledged batch is on disk.
 
-use super::StorageMetrics;
 use super::index::{Index, SeriesId};
-use nines_shared::{Batch, Label, Labels, MetricKind, SeriesRef, StreamId, UnixMillis};
+use super::{SeriesWrite, StorageMetrics};
+use nines_shared::{
+    Batch, Label, Labels, MetricKind, MetricMetadata, SeriesRef, StreamId, UnixMillis,
+};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, mpsc};
@@ -49,8 +51,16 @@ pub enum WriteError {
 }
 
 struct Request {
-    batch: Batch,
+    work: Work,
     reply: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+/// What a request asks to write.
+enum Work {
+    /// A native batch: de-duplicated by (stream, seq), refs resolved.
+    Batch(Batch),
+    /// Series from a source without streams (remote_write).
+    Series(Vec<SeriesWrite>, Vec<MetricMetadata>),
 }
 
 /// Sends batches to the writer thread.
@@ -60,8 +70,20 @@ pub(super) struct Handle {
 
 impl Handle {
     pub(super) async fn write(&self, batch: Batch) -> Result<Applied, WriteError> {
+        self.send(Work::Batch(batch)).await
+    }
+
+    pub(super) async fn write_series(
+        &self,
+        series: Vec<SeriesWrite>,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<Applied, WriteError> {
+        self.send(Work::Series(series, metadata)).await
+    }
+
+    async fn send(&self, work: Work) -> Result<Applied, WriteError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Request { batch, reply }) {
+        match self.tx.try_send(Request { work, reply }) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(WriteError::Closed),
             Err(mpsc::TrySendError::Full(req)) => {
@@ -165,8 +187,12 @@ impl Writer {
         let mut pending_refs: HashMap<StreamId, HashMap<SeriesRef, SeriesId>> = HashMap::new();
         let mut pending_keys: HashSet<(StreamId, u64)> = HashSet::new();
         for r in &round {
-            let key = (r.batch.stream.clone(), r.batch.seq.0);
-            if pending_keys.contains(&key) {
+            let batch = match &r.work {
+                Work::Batch(b) => Some(b),
+                Work::Series(..) => None,
+            };
+            let key = batch.map(|b| (b.stream.clone(), b.seq.0));
+            if key.as_ref().is_some_and(|k| pending_keys.contains(k)) {
                 outcomes.push(Ok((Applied::Duplicate, Effects::default())));
                 continue;
             }
@@ -174,7 +200,10 @@ impl Writer {
                 .conn
                 .execute_batch("SAVEPOINT batch")
                 .map_err(|e| WriteError::Storage(e.to_string()))
-                .and_then(|_| self.apply(&r.batch, &pending, pending_refs.get(&r.batch.stream)));
+                .and_then(|_| match &r.work {
+                    Work::Batch(b) => self.apply(b, &pending, pending_refs.get(&b.stream)),
+                    Work::Series(series, metadata) => self.apply_series(series, metadata, &pending),
+                });
             let res = match res {
                 Ok(ok) => self
                     .conn
@@ -187,12 +216,14 @@ impl Writer {
                 }
             };
             if let Ok((Applied::Stored { .. }, eff)) = &res {
-                pending_keys.insert(key);
                 pending.new_series.extend(eff.new_series.iter().cloned());
-                pending_refs
-                    .entry(r.batch.stream.clone())
-                    .or_default()
-                    .extend(eff.refs.iter().copied());
+                if let (Some(key), Some(b)) = (key, batch) {
+                    pending_keys.insert(key);
+                    pending_refs
+                        .entry(b.stream.clone())
+                        .or_default()
+                        .extend(eff.refs.iter().copied());
+                }
             }
             outcomes.push(res);
         }
@@ -222,9 +253,11 @@ impl Writer {
                 {
                     self.metrics.samples_appended.add(*samples as u64);
                     self.metrics.series_created.add(*new_series as u64);
-                    let stream = self.streams.entry(r.batch.stream.clone()).or_default();
-                    stream.refs.extend(eff.refs);
-                    stream.last_seen = Some(Instant::now());
+                    if let Work::Batch(b) = &r.work {
+                        let stream = self.streams.entry(b.stream.clone()).or_default();
+                        stream.refs.extend(eff.refs);
+                        stream.last_seen = Some(Instant::now());
+                    }
                 }
                 applied
             });
@@ -280,40 +313,10 @@ impl Writer {
         let mut eff = Effects::default();
         let mut refs: HashMap<SeriesRef, SeriesId> =
             HashMap::with_capacity(batch.definitions.len());
-        {
-            let index = self
-                .index
-                .read()
-                .map_err(|_| WriteError::Storage("index lock poisoned".into()))?;
-            let mut insert = self
-                .conn
-                .prepare_cached("INSERT INTO series (metric, labels) VALUES (?1, ?2)")
-                .map_err(sql)?;
-            for d in &batch.definitions {
-                let id = match index.id_of(&d.labels).or_else(|| {
-                    pending
-                        .new_series
-                        .iter()
-                        .chain(eff.new_series.iter())
-                        .find(|(_, l)| *l == d.labels)
-                        .map(|(id, _)| *id)
-                }) {
-                    Some(id) => id,
-                    None => {
-                        insert
-                            .execute((
-                                d.labels.metric_name().unwrap_or(""),
-                                labels_to_json(&d.labels),
-                            ))
-                            .map_err(sql)?;
-                        let id = SeriesId(self.conn.last_insert_rowid());
-                        eff.new_series.push((id, d.labels.clone()));
-                        id
-                    }
-                };
-                refs.insert(d.series, id);
-                eff.refs.push((d.series, id));
-            }
+        for d in &batch.definitions {
+            let id = self.series_id(&d.labels, pending, &mut eff)?;
+            refs.insert(d.series, id);
+            eff.refs.push((d.series, id));
         }
 
         let mut put = self
@@ -337,15 +340,7 @@ impl Writer {
         }
         drop(put);
 
-        for m in &batch.metadata {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO metadata (metric, kind, help, unit) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(metric) DO UPDATE SET kind = ?2, help = ?3, unit = ?4",
-                )
-                .and_then(|mut s| s.execute((&m.name, m.kind.as_str(), &m.help, &m.unit)))
-                .map_err(sql)?;
-        }
+        self.put_metadata(&batch.metadata)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO applied_batches (stream, seq, applied_at) VALUES (?1, ?2, ?3)",
@@ -360,6 +355,87 @@ impl Writer {
             },
             eff,
         ))
+    }
+
+    /// Applies remote_write series inside the current savepoint.
+    fn apply_series(
+        &mut self,
+        series: &[SeriesWrite],
+        metadata: &[MetricMetadata],
+        pending: &Effects,
+    ) -> Result<(Applied, Effects), WriteError> {
+        let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
+        let mut eff = Effects::default();
+        let mut samples = 0usize;
+        for s in series {
+            let id = self.series_id(&s.labels, pending, &mut eff)?;
+            let mut put = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(sql)?;
+            for (t, v) in &s.samples {
+                put.execute((id.0, *t, v.to_bits() as i64)).map_err(sql)?;
+                samples += 1;
+            }
+        }
+        self.put_metadata(metadata)?;
+        let new_series = eff.new_series.len();
+        Ok((
+            Applied::Stored {
+                samples,
+                new_series,
+            },
+            eff,
+        ))
+    }
+
+    /// The id of a label set: known, created earlier in this round or in
+    /// this batch, or inserted now (recorded in `eff`).
+    fn series_id(
+        &self,
+        labels: &Labels,
+        pending: &Effects,
+        eff: &mut Effects,
+    ) -> Result<SeriesId, WriteError> {
+        let known = self
+            .index
+            .read()
+            .map_err(|_| WriteError::Storage("index lock poisoned".into()))?
+            .id_of(labels);
+        if let Some(id) = known.or_else(|| {
+            pending
+                .new_series
+                .iter()
+                .chain(eff.new_series.iter())
+                .find(|(_, l)| l == labels)
+                .map(|(id, _)| *id)
+        }) {
+            return Ok(id);
+        }
+        self.conn
+            .prepare_cached("INSERT INTO series (metric, labels) VALUES (?1, ?2)")
+            .and_then(|mut s| {
+                s.execute((labels.metric_name().unwrap_or(""), labels_to_json(labels)))
+            })
+            .map_err(|e| WriteError::Storage(e.to_string()))?;
+        let id = SeriesId(self.conn.last_insert_rowid());
+        eff.new_series.push((id, labels.clone()));
+        Ok(id)
+    }
+
+    fn put_metadata(&self, metadata: &[MetricMetadata]) -> Result<(), WriteError> {
+        for m in metadata {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO metadata (metric, kind, help, unit) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(metric) DO UPDATE SET kind = ?2, help = ?3, unit = ?4",
+                )
+                .and_then(|mut s| s.execute((&m.name, m.kind.as_str(), &m.help, &m.unit)))
+                .map_err(|e| WriteError::Storage(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn prune_dedup(&mut self) {
@@ -459,7 +535,10 @@ mod tests {
             .map(|batch| {
                 let (reply, rx) = oneshot::channel();
                 rxs.push(rx);
-                Request { batch, reply }
+                Request {
+                    work: Work::Batch(batch),
+                    reply,
+                }
             })
             .collect();
         w.commit_round(reqs);
