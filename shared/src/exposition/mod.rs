@@ -1,6 +1,8 @@
-//! Writing the Prometheus text exposition format 0.0.4: `# HELP`, `# TYPE`,
-//! then the family's samples, each family in one group. Used for the
-//! binaries' own `/metrics`; it never parses.
+//! The Prometheus text exposition format 0.0.4. This file writes it
+//! (`# HELP`, `# TYPE`, then the family's samples, each family in one
+//! group) for the binaries' `/metrics`; [`parse`] reads it for scrapes.
+
+pub mod parse;
 
 use crate::model::{MetricKind, escape_label_value};
 use std::fmt::Write;
