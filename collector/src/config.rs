@@ -34,6 +34,29 @@ pub struct FileConfig {
     /// Ingest limits.
     #[serde(default)]
     pub limits: FileLimits,
+    /// Targets to pull (`[[scrape]]` tables).
+    #[serde(default)]
+    pub scrape: Vec<FileScrape>,
+}
+
+/// One `[[scrape]]` table: a job and the targets it pulls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileScrape {
+    /// The `job` label.
+    pub job: String,
+    /// `host:port` of each target.
+    pub targets: Vec<String>,
+    /// Time between scrapes (default 15s).
+    pub interval: Option<String>,
+    /// Longest one scrape may take (default 10s, at most the interval).
+    pub timeout: Option<String>,
+    /// Path of the metrics page (default /metrics).
+    pub path: Option<String>,
+    /// `http` or `https` (default http).
+    pub scheme: Option<String>,
+    /// Most samples accepted per scrape (default 50000).
+    pub sample_limit: Option<usize>,
 }
 
 /// `[limits]` in the file.
@@ -149,6 +172,8 @@ pub struct CollectorConfig {
     pub log_format: LogFormat,
     /// Limits.
     pub limits: Limits,
+    /// Targets to pull.
+    pub scrape: Vec<crate::scrape::Target>,
 }
 
 impl FileConfig {
@@ -280,7 +305,12 @@ impl CollectorConfig {
                 Duration::from_secs(120),
             )?,
         };
+        let mut scrape = Vec::new();
+        for (i, job) in file.scrape.iter().enumerate() {
+            scrape.extend(scrape_targets(i, job, &in_file)?);
+        }
         Ok(CollectorConfig {
+            scrape,
             listen,
             data_dir,
             agent_token,
@@ -290,6 +320,84 @@ impl CollectorConfig {
             limits,
         })
     }
+}
+
+/// Resolves one `[[scrape]]` table into targets, checking every value.
+fn scrape_targets(
+    i: usize,
+    job: &FileScrape,
+    origin: &str,
+) -> Result<Vec<crate::scrape::Target>, ConfigError> {
+    let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+        key,
+        origin: format!("{origin} [[scrape]] #{} (job {:?})", i + 1, job.job),
+        reason,
+    };
+    if job.job.is_empty() {
+        return Err(invalid("scrape.job", "must not be empty".into()));
+    }
+    let duration = |key, v: &Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|e| invalid(key, e.to_string())),
+    };
+    let interval = duration("scrape.interval", &job.interval, Duration::from_secs(15))?;
+    if interval < Duration::from_millis(100) {
+        return Err(invalid("scrape.interval", "must be at least 100ms".into()));
+    }
+    let timeout = duration(
+        "scrape.timeout",
+        &job.timeout,
+        Duration::from_secs(10).min(interval),
+    )?;
+    if timeout > interval || timeout.is_zero() {
+        return Err(invalid(
+            "scrape.timeout",
+            format!("{timeout:?} must be above zero and at most the interval {interval:?}"),
+        ));
+    }
+    let scheme = job.scheme.as_deref().unwrap_or("http");
+    if scheme != "http" && scheme != "https" {
+        return Err(invalid(
+            "scrape.scheme",
+            format!("{scheme:?} is not http or https"),
+        ));
+    }
+    let path = job.path.as_deref().unwrap_or("/metrics");
+    if !path.starts_with('/') {
+        return Err(invalid(
+            "scrape.path",
+            format!("{path:?} must start with /"),
+        ));
+    }
+    let sample_limit = job.sample_limit.unwrap_or(50_000);
+    if sample_limit == 0 {
+        return Err(invalid(
+            "scrape.sample_limit",
+            "must be greater than 0".into(),
+        ));
+    }
+    if job.targets.is_empty() {
+        return Err(invalid("scrape.targets", "lists no target".into()));
+    }
+    job.targets
+        .iter()
+        .map(|t| {
+            let ok = t
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid("scrape.targets", format!("{t:?} is not host:port")));
+            }
+            Ok(crate::scrape::Target {
+                job: job.job.clone(),
+                instance: t.clone(),
+                url: format!("{scheme}://{t}{path}"),
+                interval,
+                timeout,
+                sample_limit,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -322,13 +430,43 @@ mod tests {
         }
         let limits = raw["limits"].as_table().unwrap();
         assert_eq!(limits.len(), 7, "every [limits] key is in the example");
-        let from_file = CollectorConfig::resolve(&Overrides {
+        let scrape = raw["scrape"].as_array().unwrap()[0].as_table().unwrap();
+        assert_eq!(scrape.len(), 7, "every [[scrape]] key is in the example");
+        let mut from_file = CollectorConfig::resolve(&Overrides {
             config: Some(path),
             ..Overrides::default()
         })
         .unwrap();
+        assert_eq!(from_file.scrape.len(), 1);
+        // The example's job shows the keys; there are no targets by default.
+        from_file.scrape.clear();
         let defaults = CollectorConfig::resolve(&Overrides::default()).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn scrape_tables_become_targets_and_bad_ones_are_refused() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            "[[scrape]]\njob = \"node\"\ntargets = [\"a:9100\", \"b:9100\"]\ninterval = \"5s\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let c = CollectorConfig::resolve(&o).unwrap();
+        assert_eq!(c.scrape.len(), 2);
+        assert_eq!(c.scrape[1].url, "http://b:9100/metrics");
+        assert_eq!(c.scrape[1].timeout, Duration::from_secs(5));
+        std::fs::write(
+            f.path(),
+            "[[scrape]]\njob = \"node\"\ntargets = [\"nohost\"]\n",
+        )
+        .unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("scrape.targets") && e.contains("nohost"), "{e}");
     }
 
     #[test]

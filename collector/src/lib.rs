@@ -7,5 +7,6 @@ pub mod api;
 pub mod config;
 pub mod ingest;
 pub mod query;
+pub mod scrape;
 pub mod serve;
 pub mod storage;

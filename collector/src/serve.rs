@@ -96,6 +96,13 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     drop(out);
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "collector listening");
 
+    let scrapers = crate::scrape::spawn(
+        cfg.scrape.clone(),
+        ingest.clone(),
+        crate::scrape::ScrapeMetrics::register(&registry),
+        stop.clone(),
+    );
+
     let local = if cfg.local_agent {
         Some(start_local_agent(&cfg, ingest, &registry, stop.clone())?)
     } else {
@@ -115,6 +122,9 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         .context("HTTP server failed")?;
     if let Some(h) = local {
         let _ = h.await;
+    }
+    for s in scrapers {
+        let _ = s.await;
     }
     tracing::info!("collector stopped");
     Ok(())

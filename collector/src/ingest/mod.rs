@@ -7,10 +7,10 @@
 
 pub mod remote_write;
 
-use crate::storage::{Applied, Storage, WriteError};
+use crate::storage::{Applied, SeriesWrite, Storage, WriteError};
 use nines_shared::telemetry::{Counter, CounterVec, Registry};
 use nines_shared::wire::{self, DecodeError, WireLimits};
-use nines_shared::{Batch, UnixMillis};
+use nines_shared::{Batch, MetricMetadata, UnixMillis};
 use remote_write::{RemoteWriteError, RemoteWriteLimits};
 use std::time::Duration;
 
@@ -142,14 +142,7 @@ impl Ingest {
     /// in-process agent's path).
     pub async fn apply(&self, batch: Batch) -> Result<Applied, IngestError> {
         let res = self.apply_inner(batch).await;
-        match &res {
-            Ok(Applied::Stored { samples, .. }) => {
-                self.metrics.batches.with(&["stored"]).inc();
-                self.metrics.samples.add(*samples as u64);
-            }
-            Ok(Applied::Duplicate) => self.metrics.batches.with(&["duplicate"]).inc(),
-            Err(e) => self.metrics.reject(e.reason()),
-        }
+        self.count(&res);
         res
     }
 
@@ -179,7 +172,32 @@ impl Ingest {
             Ok::<_, IngestError>(self.storage.write_series(req.series, req.metadata).await?)
         }
         .await;
-        match &res {
+        self.count(&res);
+        res
+    }
+
+    /// Commits series from a source inside the collector (the scrape loop),
+    /// with the same timestamp checks as pushes.
+    pub async fn write_series(
+        &self,
+        series: Vec<SeriesWrite>,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<Applied, IngestError> {
+        let res = async {
+            self.check_timestamps(
+                series
+                    .iter()
+                    .flat_map(|s| s.samples.iter().map(|(t, _)| *t)),
+            )?;
+            Ok::<_, IngestError>(self.storage.write_series(series, metadata).await?)
+        }
+        .await;
+        self.count(&res);
+        res
+    }
+
+    fn count(&self, res: &Result<Applied, IngestError>) {
+        match res {
             Ok(Applied::Stored { samples, .. }) => {
                 self.metrics.batches.with(&["stored"]).inc();
                 self.metrics.samples.add(*samples as u64);
@@ -187,7 +205,6 @@ impl Ingest {
             Ok(Applied::Duplicate) => self.metrics.batches.with(&["duplicate"]).inc(),
             Err(e) => self.metrics.reject(e.reason()),
         }
-        res
     }
 
     /// Every timestamp after 2000-01-01 and at most `max_future` ahead.

@@ -4,7 +4,7 @@
 //! limits; every malformed line is an error naming the line. It never
 //! fetches anything and never stores anything.
 
-use crate::model::{Label, LabelLimits, Labels, MetricKind, MetricMetadata, METRIC_NAME_LABEL};
+use crate::model::{Label, LabelLimits, Labels, METRIC_NAME_LABEL, MetricKind, MetricMetadata};
 
 /// One parsed sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,11 @@ pub enum ParseError {
 
 /// Parses a whole exposition, refusing it if it has more than
 /// `max_samples` samples or any invalid line.
-pub fn parse(text: &str, max_samples: usize, limits: &LabelLimits) -> Result<Exposition, ParseError> {
+pub fn parse(
+    text: &str,
+    max_samples: usize,
+    limits: &LabelLimits,
+) -> Result<Exposition, ParseError> {
     let mut out = Exposition::default();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
