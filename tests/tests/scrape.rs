@@ -102,7 +102,7 @@ fn collector_scrapes_node_exporter_and_agent_and_both_agree() {
     );
     let agent_size = value(
         &c,
-        &format!("node_filesystem_size_bytes{{instance=\"nines-host\",mountpoint=\"/\"}}"),
+        "node_filesystem_size_bytes{instance=\"nines-host\",mountpoint=\"/\"}",
     );
     assert_eq!(ne_size, agent_size, "node_filesystem_size_bytes{root}");
 

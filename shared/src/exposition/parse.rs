@@ -56,7 +56,7 @@ pub fn parse(
             line: line_no,
             reason,
         };
-        let line = line.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
+        let line = line.trim_matches([' ', '\t', '\r']);
         if line.is_empty() {
             continue;
         }
@@ -82,7 +82,7 @@ pub fn parse(
 
 fn parse_comment(comment: &str, metadata: &mut Vec<MetricMetadata>) -> Result<(), String> {
     let comment = comment.trim_start();
-    let (keyword, rest) = match comment.split_once(|c: char| c == ' ' || c == '\t') {
+    let (keyword, rest) = match comment.split_once([' ', '\t']) {
         Some(p) => p,
         None => return Ok(()),
     };
@@ -90,7 +90,7 @@ fn parse_comment(comment: &str, metadata: &mut Vec<MetricMetadata>) -> Result<()
         return Ok(()); // any other comment
     }
     let rest = rest.trim_start();
-    let (name, text) = match rest.split_once(|c: char| c == ' ' || c == '\t') {
+    let (name, text) = match rest.split_once([' ', '\t']) {
         Some((n, t)) => (n, t.trim_start()),
         None => (rest, ""),
     };
@@ -148,7 +148,7 @@ fn unescape_help(s: &str) -> String {
 
 fn parse_sample(line: &str) -> Result<ParsedSample, String> {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
+        .find(['{', ' ', '\t'])
         .ok_or("sample line has no value")?;
     let name = &line[..name_end];
     if !crate::model::is_valid_metric_name(name) {
