@@ -8,6 +8,7 @@ pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod process;
+pub mod pull;
 pub mod run;
 pub mod samplers;
 pub mod ship;

@@ -4,6 +4,7 @@
 
 use crate::batch::Batcher;
 use crate::config::AgentConfig;
+use crate::pull::LatestRound;
 use crate::samplers::{Samples, host::HostSampler};
 use crate::ship::{ShipMetrics, Shipper};
 use nines_shared::exposition::TEXT_CONTENT_TYPE;
@@ -54,6 +55,7 @@ pub async fn sample_forever(
     interval: Duration,
     tx: mpsc::Sender<Batch>,
     metrics: SamplingMetrics,
+    latest: Option<LatestRound>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sampler = Some(HostSampler::new(root));
@@ -93,16 +95,26 @@ pub async fn sample_forever(
         if out.observations.is_empty() {
             continue;
         }
-        if tx.send(batcher.batch(out, at)).await.is_err() {
+        let batch = match &latest {
+            Some(l) => {
+                let b = batcher.batch(out.clone(), at);
+                l.set(out);
+                b
+            }
+            None => batcher.batch(out, at),
+        };
+        if tx.send(batch).await.is_err() {
             return;
         }
     }
 }
 
-/// Serves `/metrics` (the registry) and `/healthz` on `addr` until `stop`.
-pub async fn serve_self_metrics(
+/// Serves `/metrics` (the agent's own health, then the latest sampling
+/// round) and `/healthz` until `stop`.
+pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     registry: Registry,
+    latest: LatestRound,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use axum::routing::get;
@@ -110,8 +122,12 @@ pub async fn serve_self_metrics(
         .route(
             "/metrics",
             get(move || {
-                let r = registry.clone();
-                async move { ([("content-type", TEXT_CONTENT_TYPE)], r.render()) }
+                let (r, l) = (registry.clone(), latest.clone());
+                async move {
+                    let mut text = r.render();
+                    text.push_str(&l.render());
+                    ([("content-type", TEXT_CONTENT_TYPE)], text)
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
@@ -165,16 +181,25 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     );
 
     let (tx, rx) = mpsc::channel(64);
+    let latest = listener.as_ref().map(|_| LatestRound::default());
     let sampling_task = tokio::spawn(sample_forever(
         PathBuf::from("/"),
         batcher,
         cfg.interval,
         tx,
         sampling,
+        latest.clone(),
         stop.clone(),
     ));
     let ship_task = tokio::spawn(shipper.run(rx, stop.clone()));
-    let server = listener.map(|l| tokio::spawn(serve_self_metrics(l, registry, stop.clone())));
+    let server = listener.map(|l| {
+        tokio::spawn(serve_metrics(
+            l,
+            registry,
+            latest.unwrap_or_default(),
+            stop.clone(),
+        ))
+    });
 
     let _ = sampling_task.await;
     let _ = ship_task.await;

@@ -151,6 +151,7 @@ fn start_local_agent(
         cfg.local_agent_interval,
         tx,
         SamplingMetrics::register(registry),
+        None,
         stop,
     ));
     tracing::info!(%instance, interval_ms = cfg.local_agent_interval.as_millis() as u64, "local agent started");

@@ -16,7 +16,7 @@ pub struct Observation {
 }
 
 /// What a sampling round produced: values plus each family's metadata.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Samples {
     /// Values, in the order the samplers reported them.
     pub observations: Vec<Observation>,
