@@ -11,3 +11,4 @@ pub mod process;
 pub mod run;
 pub mod samplers;
 pub mod ship;
+pub mod spool;
