@@ -200,7 +200,10 @@ impl Cursor {
     }
 }
 
-/// What the spool found wrong on disk when it opened.
+/// What the spool found wrong on disk when it opened. Damage in an older
+/// segment is left in place (segments are never rewritten), so it is found
+/// and counted again at each open until every cursor is past that segment
+/// and it is deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// Bytes cut from the end of the newest segment (a torn last write, or

@@ -408,6 +408,45 @@ fn bad_options_names_and_acks_are_refused_in_words() {
 }
 
 #[test]
+fn a_full_disk_is_reported_and_leaves_the_spool_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        sync: SyncPolicy::EveryRecord,
+        ..opts(4096, 1 << 20)
+    };
+    let mut s = open(dir.path(), o.clone(), metrics());
+    let c = s.cursor("c").unwrap();
+    append_n(&mut s, 3);
+    s.ack(&c, RecordId(1)).unwrap();
+    // Every write to /dev/full fails with ENOSPC, and it cannot be
+    // truncated either, so the failed write is left to the next append.
+    let real = std::mem::replace(
+        &mut s.active,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    let e = s.append(&payload(4)).unwrap_err();
+    assert!(matches!(e, SpoolError::DiskFull { .. }), "{e}");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    assert!(s.tail_dirty);
+    assert_eq!(s.stats().next, RecordId(4));
+    // Space is back: the next append cuts the stray bytes first.
+    s.active = real;
+    s.active
+        .write_all_at(b"half a record", s.stats().bytes)
+        .unwrap();
+    assert_eq!(s.append(&payload(4)).unwrap(), RecordId(4));
+    assert_eq!(read_all(&s, &c), expected(2..=4));
+    drop(s);
+    let s = open(dir.path(), o, metrics());
+    assert_eq!(s.recovery(), &Recovery::default());
+    assert_eq!(read_all(&s, &c), expected(2..=4));
+}
+
+#[test]
 fn unknown_files_and_bad_cursor_files_do_not_stop_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(256, 4096);
