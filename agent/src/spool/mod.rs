@@ -606,9 +606,11 @@ impl Spool {
     /// Deletes cursor `name` and the data only it was holding. Returns
     /// whether it existed.
     pub fn remove_cursor(&mut self, name: &str) -> Result<bool, SpoolError> {
-        if self.cursors.remove(name).is_none() {
+        if !self.cursors.contains_key(name) {
             return Ok(false);
         }
+        // File first: if it cannot be deleted the cursor stays, here as it
+        // would after a restart.
         let path = self.dir.join(format!("{CURSOR_PREFIX}{name}"));
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -620,6 +622,7 @@ impl Spool {
                 });
             }
         }
+        self.cursors.remove(name);
         self.sync_dir()?;
         self.bad_reads
             .lock()
