@@ -12,3 +12,4 @@ pub mod pull;
 pub mod run;
 pub mod samplers;
 pub mod ship;
+pub mod spool;
