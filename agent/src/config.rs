@@ -13,6 +13,8 @@ use std::time::Duration;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default address for the agent's own `/metrics` and `/healthz`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9798";
+/// Default bound of the spool on disk: 256 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nines-agent";
 
@@ -22,6 +24,14 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/nines-agent";
 pub struct FileConfig {
     /// Base URL of the collector, e.g. `http://10.0.0.5:9797`.
     pub collector: Option<String>,
+    /// Several collectors (an HA pair, or fallbacks), in order.
+    pub collectors: Option<Vec<String>>,
+    /// `failover` (first healthy collector) or `replicate` (every one).
+    pub mode: Option<String>,
+    /// Most bytes the spool may hold on disk.
+    pub spool_max_bytes: Option<u64>,
+    /// Most backlog batches sent per second per collector after an outage.
+    pub drain_rate: Option<u32>,
     /// Bearer token the collector expects.
     pub token: Option<String>,
     /// Sampling and push interval, e.g. `10s`.
@@ -34,8 +44,6 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Log format: `text` or `json`.
     pub log_format: Option<String>,
-    /// Most batches held in memory while no collector answers.
-    pub max_queued_batches: Option<usize>,
 }
 
 /// Why the configuration is not usable.
@@ -93,9 +101,13 @@ pub struct Overrides {
     /// TOML config file.
     #[arg(long, env = "NINES_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Collector base URL, e.g. http://127.0.0.1:9797.
-    #[arg(long, env = "NINES_COLLECTOR")]
-    pub collector: Option<String>,
+    /// Collector base URL, e.g. http://127.0.0.1:9797; repeat (or
+    /// comma-separate) for several.
+    #[arg(long, env = "NINES_COLLECTOR", value_delimiter = ',')]
+    pub collector: Vec<String>,
+    /// With several collectors: failover (default) or replicate.
+    #[arg(long, env = "NINES_MODE")]
+    pub mode: Option<String>,
     /// Bearer token the collector expects.
     #[arg(long, env = "NINES_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -128,8 +140,14 @@ pub enum LogFormat {
 /// The resolved settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Collector base URL, without a trailing slash.
-    pub collector: String,
+    /// Collector base URLs, without trailing slashes, in order.
+    pub collectors: Vec<String>,
+    /// failover or replicate.
+    pub mode: crate::ship::Mode,
+    /// Most bytes the spool may hold.
+    pub spool_max_bytes: u64,
+    /// Most backlog batches per second per collector.
+    pub drain_rate: u32,
     /// Bearer token.
     pub token: String,
     /// Sampling and push interval.
@@ -142,8 +160,6 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     /// Log format.
     pub log_format: LogFormat,
-    /// Most batches held in memory while no collector answers.
-    pub max_queued_batches: usize,
 }
 
 impl AgentConfig {
@@ -168,17 +184,64 @@ impl AgentConfig {
             reason,
         };
 
-        let (collector, from) = pick(&o.collector, &file.collector);
-        let collector = collector.ok_or(ConfigError::Missing("collector", "collector"))?;
-        let collector = collector.trim_end_matches('/').to_string();
-        if !(collector.starts_with("http://") || collector.starts_with("https://"))
-            || collector.len() <= "http://".len()
-        {
+        let (collectors, from) = if !o.collector.is_empty() {
+            (o.collector.clone(), String::new())
+        } else {
+            let mut v = file.collectors.clone().unwrap_or_default();
+            if let Some(c) = &file.collector {
+                v.insert(0, c.clone());
+            }
+            (v, origin.clone())
+        };
+        if collectors.is_empty() {
+            return Err(ConfigError::Missing("collector", "collector"));
+        }
+        let mut checked = Vec::with_capacity(collectors.len());
+        for c in collectors {
+            let c = c.trim().trim_end_matches('/').to_string();
+            if !(c.starts_with("http://") || c.starts_with("https://"))
+                || c.len() <= "http://".len()
+            {
+                return Err(invalid(
+                    "collector",
+                    &from,
+                    format!("{c:?} is not an http:// or https:// URL"),
+                ));
+            }
+            if checked.contains(&c) {
+                return Err(invalid(
+                    "collectors",
+                    &from,
+                    format!("{c:?} is listed twice"),
+                ));
+            }
+            checked.push(c);
+        }
+        let collectors = checked;
+
+        let (mode, from) = pick(&o.mode, &file.mode);
+        let mode = match mode.as_deref() {
+            None | Some("failover") => crate::ship::Mode::Failover,
+            Some("replicate") => crate::ship::Mode::Replicate,
+            Some(other) => {
+                return Err(invalid(
+                    "mode",
+                    &from,
+                    format!("{other:?} is not one of failover, replicate"),
+                ));
+            }
+        };
+        let spool_max_bytes = file.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+        if spool_max_bytes < 16 << 20 {
             return Err(invalid(
-                "collector",
-                &from,
-                format!("{collector:?} is not an http:// or https:// URL"),
+                "spool_max_bytes",
+                &origin,
+                format!("{spool_max_bytes} is below the minimum of 16777216 (16 MiB)"),
             ));
+        }
+        let drain_rate = file.drain_rate.unwrap_or(200);
+        if drain_rate == 0 {
+            return Err(invalid("drain_rate", &origin, "must be at least 1".into()));
         }
 
         let (token, _) = pick(&o.token, &file.token);
@@ -227,24 +290,17 @@ impl AgentConfig {
         let log_format =
             parse_log_format(log_format.as_deref()).map_err(|r| invalid("log_format", &from, r))?;
 
-        let max_queued_batches = file.max_queued_batches.unwrap_or(8640);
-        if max_queued_batches == 0 {
-            return Err(invalid(
-                "max_queued_batches",
-                &origin,
-                "must be at least 1".into(),
-            ));
-        }
-
         Ok(AgentConfig {
-            collector,
+            collectors,
+            mode,
+            spool_max_bytes,
+            drain_rate,
             token,
             interval,
             state_dir,
             instance,
             listen,
             log_format,
-            max_queued_batches,
         })
     }
 }
@@ -286,7 +342,7 @@ mod tests {
         let (_f, mut o) = with_file("collector = \"http://a:1\"\ninterval = \"5s\"\n");
         o.interval = Some("2s".into());
         let c = AgentConfig::resolve(&o).unwrap();
-        assert_eq!(c.collector, "http://a:1");
+        assert_eq!(c.collectors, vec!["http://a:1"]);
         assert_eq!(c.interval, Duration::from_secs(2));
     }
 
@@ -304,7 +360,7 @@ mod tests {
         let e = AgentConfig::resolve(&o).unwrap_err().to_string();
         assert!(e.contains("`interval`") && e.contains("fast"), "{e}");
         let o = Overrides {
-            collector: Some("ftp://x".into()),
+            collector: vec!["ftp://x".into()],
             ..Overrides::default()
         };
         let e = AgentConfig::resolve(&o).unwrap_err().to_string();
@@ -326,7 +382,10 @@ mod tests {
             "instance",
             "listen",
             "log_format",
-            "max_queued_batches",
+            "collectors",
+            "mode",
+            "spool_max_bytes",
+            "drain_rate",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

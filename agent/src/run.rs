@@ -6,7 +6,7 @@ use crate::batch::Batcher;
 use crate::config::AgentConfig;
 use crate::pull::LatestRound;
 use crate::samplers::{Samples, host::HostSampler};
-use crate::ship::{ShipMetrics, Shipper};
+use crate::ship::{Destinations, ShipMetrics};
 use nines_shared::exposition::TEXT_CONTENT_TYPE;
 use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 use nines_shared::{Batch, UnixMillis};
@@ -155,7 +155,6 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     let registry = Registry::new();
     crate::process::register(&registry);
     let sampling = SamplingMetrics::register(&registry);
-    let ship_metrics = ShipMetrics::register(&registry);
 
     let listener = match cfg.listen {
         Some(addr) => Some(bind(addr).await?),
@@ -163,24 +162,41 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     };
 
     let batcher = Batcher::new(&agent_id, &cfg.instance, "node");
-    let shipper = Shipper::new(
-        &cfg.collector,
-        &cfg.token,
+    let spool_dir = cfg.state_dir.join("spool");
+    let spool_metrics = crate::spool::SpoolMetrics::register(&registry);
+    let spool = {
+        let opts = crate::spool::SpoolOptions {
+            max_bytes: cfg.spool_max_bytes,
+            ..crate::spool::SpoolOptions::default()
+        };
+        let dir = spool_dir.clone();
+        tokio::task::spawn_blocking(move || crate::spool::Spool::open(&dir, opts, spool_metrics))
+            .await?
+            .with_context(|| format!("spool {}", spool_dir.display()))?
+    };
+    let (spooler, lanes) = crate::ship::start(
+        spool,
+        Destinations {
+            collectors: cfg.collectors.clone(),
+            token: cfg.token.clone(),
+            mode: cfg.mode,
+            drain_rate: cfg.drain_rate,
+        },
         batcher.table(),
-        ship_metrics,
-        cfg.max_queued_batches,
-    )
-    .context("cannot build the HTTP client")?;
+        ShipMetrics::register(&registry),
+        stop.clone(),
+    )?;
     tracing::info!(
         agent = %agent_id,
         stream = %batcher.stream(),
-        collector = %cfg.collector,
+        collectors = ?cfg.collectors,
+        mode = ?cfg.mode,
         instance = %cfg.instance,
         interval_ms = cfg.interval.as_millis() as u64,
         "agent started"
     );
 
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, mut rx) = mpsc::channel::<Batch>(64);
     let latest = listener.as_ref().map(|_| LatestRound::default());
     let sampling_task = tokio::spawn(sample_forever(
         PathBuf::from("/"),
@@ -191,7 +207,12 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
         latest.clone(),
         stop.clone(),
     ));
-    let ship_task = tokio::spawn(shipper.run(rx, stop.clone()));
+    // Every batch goes to disk before any lane sends it.
+    let spool_task = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            spooler.append(b).await;
+        }
+    });
     let server = listener.map(|l| {
         tokio::spawn(serve_metrics(
             l,
@@ -202,7 +223,10 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     });
 
     let _ = sampling_task.await;
-    let _ = ship_task.await;
+    let _ = spool_task.await;
+    for lane in lanes {
+        let _ = lane.await;
+    }
     if let Some(s) = server {
         s.await??;
     }

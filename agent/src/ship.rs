@@ -1,75 +1,281 @@
-//! The shipper: sends batches to a collector over HTTP, oldest first, and
-//! keeps them until the collector acknowledges them. A collector that does
-//! not answer is retried with exponential backoff and jitter; one that asks
-//! for series definitions again gets them; one that says a batch is bad does
-//! not get it again (counted). Until the durable spool exists, unsent
-//! batches wait in a bounded in-memory queue whose overflow drops the oldest
-//! batch, counted and logged.
+//! Shipping: every batch goes into the durable spool first; lanes read it
+//! back and deliver to collectors, and a record leaves the spool only when
+//! every lane is past it.
+//!
+//! - `replicate`: one lane (and spool cursor) per collector; each collector
+//!   gets every batch (an HA pair).
+//! - `failover`: one lane that sends to the first healthy collector in the
+//!   list, moves on when it fails, and tries the first again every
+//!   [`PRIMARY_RETRY`] until it answers.
+//!
+//! Spooled batches carry every series definition they use, so they can be
+//! delivered by a later agent process; each lane strips the definitions its
+//! collector already acknowledged and sends them again when asked (409).
+//! Failures are retried with exponential backoff and jitter, honouring
+//! `Retry-After`; a batch the collector calls bad (400/413/415/422) is not
+//! sent again but counted. A backlog drains oldest first at a bounded rate.
 //!
 //! It never samples and never decides what a batch contains.
 
 use crate::batch::SeriesTable;
-use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry};
-use nines_shared::{Batch, UnixMillis, wire};
-use std::collections::VecDeque;
+use crate::spool::{Cursor, RecordId, Spool};
+use nines_shared::telemetry::{CounterVec, GaugeVec, Histogram, LATENCY_BUCKETS, Registry};
+use nines_shared::wire::{self, WireLimits};
+use nines_shared::{Batch, SeriesRef, StreamId, UnixMillis};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a failover lane tries its first collector again.
+pub const PRIMARY_RETRY: Duration = Duration::from_secs(30);
+/// Records read from the spool at a time.
+const READ_CHUNK: usize = 64;
 
-/// The shipper's own metrics.
+/// How batches are spread over several collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Send to the first healthy collector.
+    Failover,
+    /// Send every batch to every collector.
+    Replicate,
+}
+
+/// Shipping metrics.
 #[derive(Clone)]
 pub struct ShipMetrics {
-    sent: Counter,
+    acked: CounterVec,
     rejected: CounterVec,
     dropped: CounterVec,
     failures: CounterVec,
     duration: Histogram,
-    queued: Gauge,
-    last_success: Gauge,
+    up: GaugeVec,
+    last_ack: GaugeVec,
+    lag: GaugeVec,
 }
 
 impl ShipMetrics {
     /// Registers the metrics.
     pub fn register(r: &Registry) -> Self {
         ShipMetrics {
-            sent: r.counter(
+            acked: r.counter_vec(
                 "nines_agent_batches_acked_total",
-                "Batches the collector acknowledged.",
+                "Batches a collector acknowledged, by collector.",
+                &["collector"],
             ),
             rejected: r.counter_vec(
                 "nines_agent_batches_rejected_total",
-                "Batches the collector refused as bad; they are not sent again.",
-                &["reason"],
+                "Batches a collector refused as bad; they are not sent again.",
+                &["collector"],
             ),
             dropped: r.counter_vec(
                 "nines_agent_batches_dropped_total",
-                "Batches dropped before delivery, by reason.",
+                "Batches lost before delivery, by reason (spool_error: could not be spooled; undecodable: unreadable spool record).",
                 &["reason"],
             ),
             failures: r.counter_vec(
                 "nines_agent_send_failures_total",
-                "Failed delivery attempts that will be retried, by reason.",
-                &["reason"],
+                "Failed delivery attempts that will be retried, by collector and reason.",
+                &["collector", "reason"],
             ),
             duration: r.histogram(
                 "nines_agent_ship_duration_seconds",
                 "Time from sending a batch to its acknowledgement.",
                 LATENCY_BUCKETS,
             ),
-            queued: r.gauge(
-                "nines_agent_queued_batches",
-                "Batches waiting to be delivered.",
+            up: r.gauge_vec(
+                "nines_agent_collector_up",
+                "1 if the last delivery attempt to the collector succeeded.",
+                &["collector"],
             ),
-            last_success: r.gauge(
-                "nines_agent_last_ack_timestamp_seconds",
+            last_ack: r.gauge_vec(
+                "nines_agent_collector_last_ack_timestamp_seconds",
                 "When the collector last acknowledged a batch.",
+                &["collector"],
+            ),
+            lag: r.gauge_vec(
+                "nines_agent_spool_lag_records",
+                "Spooled batches a lane has not delivered yet.",
+                &["lane"],
             ),
         }
     }
+}
+
+/// Where batches go and how.
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    /// Collector base URLs, in order of preference.
+    pub collectors: Vec<String>,
+    /// Bearer token.
+    pub token: String,
+    /// failover or replicate.
+    pub mode: Mode,
+    /// Most backlog batches sent per second per lane.
+    pub drain_rate: u32,
+}
+
+/// Puts batches into the spool and wakes the lanes.
+pub struct Spooler {
+    spool: Arc<Mutex<Spool>>,
+    table: Arc<Mutex<SeriesTable>>,
+    appended: watch::Sender<u64>,
+    metrics: ShipMetrics,
+}
+
+impl Spooler {
+    /// Spools a batch with every definition it uses, so any later agent
+    /// process can deliver it.
+    pub async fn append(&self, batch: Batch) {
+        let full = self
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .with_all_definitions(&batch);
+        let record = wire::encode(&full);
+        let spool = self.spool.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            spool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&record)
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => {
+                self.appended.send_modify(|n| *n += 1);
+            }
+            Ok(Err(e)) => {
+                self.metrics.dropped.with(&["spool_error"]).inc();
+                tracing::error!(error = %e, seq = batch.seq.0, "batch could not be spooled; dropped");
+            }
+            Err(e) => {
+                self.metrics.dropped.with(&["spool_error"]).inc();
+                tracing::error!(error = %e, "spool task failed; batch dropped");
+            }
+        }
+    }
+}
+
+/// Starts the lanes for `dest` over `spool`; returns the spooler to feed
+/// and the lane tasks.
+pub fn start(
+    spool: Spool,
+    dest: Destinations,
+    table: Arc<Mutex<SeriesTable>>,
+    metrics: ShipMetrics,
+    stop: watch::Receiver<bool>,
+) -> Result<(Spooler, Vec<tokio::task::JoinHandle<()>>), ShipError> {
+    let mut spool = spool;
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("nines-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ShipError::Client(e.to_string()))?;
+    let link = |url: &String| Link {
+        base: url.clone(),
+        push_url: format!("{url}{}", wire::PUSH_PATH),
+        known: HashMap::new(),
+    };
+    let lanes: Vec<(String, Vec<Link>)> = match dest.mode {
+        Mode::Failover => vec![(
+            "failover".to_string(),
+            dest.collectors.iter().map(link).collect(),
+        )],
+        Mode::Replicate => dest
+            .collectors
+            .iter()
+            .map(|u| (cursor_name(u), vec![link(u)]))
+            .collect(),
+    };
+    // Cursors of collectors no longer configured would hold data forever.
+    let wanted: HashSet<&str> = lanes.iter().map(|(n, _)| n.as_str()).collect();
+    for old in spool.cursors() {
+        if !wanted.contains(old.as_str()) {
+            tracing::info!(cursor = %old, "removing the spool cursor of a collector no longer configured");
+            spool
+                .remove_cursor(&old)
+                .map_err(|e| ShipError::Spool(e.to_string()))?;
+        }
+    }
+    let mut cursors = Vec::new();
+    for (name, links) in lanes {
+        let c = spool
+            .cursor(&name)
+            .map_err(|e| ShipError::Spool(e.to_string()))?;
+        cursors.push((c, links));
+    }
+    let spool = Arc::new(Mutex::new(spool));
+    let (appended, appended_rx) = watch::channel(0u64);
+    let tasks = cursors
+        .into_iter()
+        .map(|(cursor, links)| {
+            let lane = Lane {
+                spool: spool.clone(),
+                cursor,
+                links,
+                preferred: 0,
+                switched_at: Instant::now(),
+                client: client.clone(),
+                token: dest.token.clone(),
+                metrics: metrics.clone(),
+                drain_gap: Duration::from_secs(1) / dest.drain_rate.max(1),
+            };
+            tokio::spawn(lane.run(appended_rx.clone(), stop.clone()))
+        })
+        .collect();
+    Ok((
+        Spooler {
+            spool,
+            table,
+            appended,
+            metrics,
+        },
+        tasks,
+    ))
+}
+
+/// Why shipping could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// The spool refused a cursor operation.
+    #[error("spool: {0}")]
+    Spool(String),
+}
+
+/// A spool cursor name for a collector URL: `c-` plus the URL with every
+/// character outside `[A-Za-z0-9._-]` replaced, at most 100 characters.
+fn cursor_name(url: &str) -> String {
+    let cleaned: String = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = format!("c-{cleaned}");
+    name.truncate(100);
+    name
+}
+
+/// One collector as a lane sees it.
+struct Link {
+    base: String,
+    push_url: String,
+    /// Refs whose definitions this collector acknowledged, per stream.
+    known: HashMap<StreamId, HashSet<SeriesRef>>,
 }
 
 /// What a delivery attempt came to.
@@ -84,157 +290,204 @@ enum Outcome {
     },
 }
 
-/// Sends batches to one collector.
-pub struct Shipper {
-    client: reqwest::Client,
-    url: String,
-    token: String,
-    table: Arc<Mutex<SeriesTable>>,
-    metrics: ShipMetrics,
-    max_queued: usize,
+/// What delivering one batch came to.
+enum Delivered {
+    Yes,
+    Rejected,
+    Stopped,
 }
 
-impl Shipper {
-    /// A shipper to `collector` (base URL) with a bearer token.
-    pub fn new(
-        collector: &str,
-        token: &str,
-        table: Arc<Mutex<SeriesTable>>,
-        metrics: ShipMetrics,
-        max_queued: usize,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("nines-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Shipper {
-            client,
-            url: format!("{collector}{}", wire::PUSH_PATH),
-            token: token.to_string(),
-            table,
-            metrics,
-            max_queued,
-        })
-    }
+/// One spool cursor and the collectors it delivers to.
+struct Lane {
+    spool: Arc<Mutex<Spool>>,
+    cursor: Cursor,
+    links: Vec<Link>,
+    /// The link that last worked (failover).
+    preferred: usize,
+    switched_at: Instant,
+    client: reqwest::Client,
+    token: String,
+    metrics: ShipMetrics,
+    drain_gap: Duration,
+}
 
-    /// Delivers batches from `rx` until it closes (or `stop` turns true) and
-    /// the queue is empty or cannot be delivered.
-    pub async fn run(self, mut rx: mpsc::Receiver<Batch>, mut stop: watch::Receiver<bool>) {
-        let mut queue: VecDeque<Batch> = VecDeque::new();
-        let mut backoff = BACKOFF_START;
-        let mut open = true;
+impl Lane {
+    async fn run(mut self, mut appended: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        let limits = WireLimits::default();
         loop {
-            while let Ok(b) = rx.try_recv() {
-                self.enqueue(&mut queue, b);
+            if *stop.borrow() {
+                return;
             }
-            self.metrics.queued.set(queue.len() as f64);
-            let Some(front) = queue.front() else {
-                if !open || *stop.borrow() {
-                    return;
+            let chunk = match self.read().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(lane = %self.cursor.name(), error = %e, "cannot read the spool");
+                    if sleep_or_stop(BACKOFF_MAX, &mut stop).await {
+                        return;
+                    }
+                    continue;
                 }
+            };
+            if chunk.is_empty() {
                 tokio::select! {
-                    b = rx.recv() => match b {
-                        Some(b) => self.enqueue(&mut queue, b),
-                        None => open = false,
-                    },
+                    r = appended.changed() => if r.is_err() { return },
                     _ = stop.changed() => {}
                 }
                 continue;
-            };
-            let mut outcome = self.send(front).await;
-            if outcome == Outcome::ResendDefinitions {
-                let full = self
-                    .table
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .with_all_definitions(front);
-                tracing::info!(
-                    seq = full.seq.0,
-                    "collector asked for series definitions; re-sending"
-                );
-                outcome = match self.send(&full).await {
-                    Outcome::ResendDefinitions => {
-                        Outcome::Rejected("unknown refs after re-sending definitions".into())
+            }
+            let backlog = chunk.len() > 1;
+            let mut done: Option<RecordId> = None;
+            for (id, payload) in chunk {
+                let batch = match wire::decode(&payload, &limits) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.metrics.dropped.with(&["undecodable"]).inc();
+                        tracing::error!(record = %id, error = %e, "spool record is not a batch; skipped");
+                        done = Some(id);
+                        continue;
                     }
-                    other => other,
                 };
-                if let Some(f) = queue.front_mut() {
-                    *f = full;
+                let started = Instant::now();
+                match self.deliver(&batch, &mut stop).await {
+                    Delivered::Yes | Delivered::Rejected => done = Some(id),
+                    Delivered::Stopped => {
+                        self.ack(done).await;
+                        return;
+                    }
+                }
+                if backlog {
+                    // Drain at a bounded rate: a collector coming back from
+                    // an outage is not flooded by every agent at once.
+                    let spent = started.elapsed();
+                    if spent < self.drain_gap
+                        && sleep_or_stop(self.drain_gap - spent, &mut stop).await
+                    {
+                        self.ack(done).await;
+                        return;
+                    }
                 }
             }
-            match outcome {
-                Outcome::Acked | Outcome::ResendDefinitions => {
-                    queue.pop_front();
-                    backoff = BACKOFF_START;
-                }
-                Outcome::Rejected(reason) => {
-                    if let Some(b) = queue.pop_front() {
-                        tracing::error!(seq = b.seq.0, %reason, "collector rejected batch; dropping it");
-                    }
-                    self.metrics.rejected.with(&["bad_batch"]).inc();
-                }
-                Outcome::Retry { reason, after } => {
-                    self.metrics.failures.with(&[reason]).inc();
-                    let wait = after.unwrap_or_else(|| jittered(backoff));
-                    tracing::warn!(
-                        reason,
-                        wait_ms = wait.as_millis() as u64,
-                        queued = queue.len(),
-                        "delivery failed; will retry"
-                    );
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    let deadline = tokio::time::Instant::now() + wait;
-                    // Keep taking new batches while waiting.
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(deadline) => break,
-                            b = rx.recv(), if open => match b {
-                                Some(b) => self.enqueue(&mut queue, b),
-                                None => open = false,
-                            },
-                            _ = stop.changed() => {
-                                if *stop.borrow() {
-                                    self.report_unsent(&queue);
-                                    return;
-                                }
-                            }
+            self.ack(done).await;
+        }
+    }
+
+    async fn read(&self) -> Result<Vec<(RecordId, Vec<u8>)>, String> {
+        let spool = self.spool.clone();
+        let cursor = self.cursor.clone();
+        tokio::task::spawn_blocking(move || {
+            let s = spool.lock().unwrap_or_else(|p| p.into_inner());
+            s.read(&cursor, READ_CHUNK).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn ack(&self, upto: Option<RecordId>) {
+        let Some(upto) = upto else { return };
+        let spool = self.spool.clone();
+        let cursor = self.cursor.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+            s.ack(&cursor, upto)?;
+            s.lag(&cursor)
+        })
+        .await;
+        match res {
+            Ok(Ok(lag)) => self.metrics.lag.with(&[self.cursor.name()]).set(lag as f64),
+            Ok(Err(e)) => {
+                tracing::error!(lane = %self.cursor.name(), error = %e, "cannot record delivery in the spool; batches may be sent again")
+            }
+            Err(e) => tracing::error!(error = %e, "spool task failed"),
+        }
+    }
+
+    /// Sends one batch until a collector takes it, refuses it as bad, or
+    /// the agent stops.
+    async fn deliver(&mut self, batch: &Batch, stop: &mut watch::Receiver<bool>) -> Delivered {
+        let mut backoff = BACKOFF_START;
+        loop {
+            // Failover: the preferred link first; the first link again once
+            // it has had time to recover.
+            let n = self.links.len();
+            let start = if self.preferred != 0 && self.switched_at.elapsed() >= PRIMARY_RETRY {
+                0
+            } else {
+                self.preferred
+            };
+            let mut retry_after = None;
+            for k in 0..n {
+                let i = (start + k) % n;
+                match self.send(i, batch).await {
+                    Outcome::Acked => {
+                        if i != self.preferred {
+                            tracing::info!(collector = %self.links[i].base, "delivering to this collector now");
+                            self.preferred = i;
                         }
-                        self.metrics.queued.set(queue.len() as f64);
+                        self.switched_at = Instant::now();
+                        return Delivered::Yes;
                     }
+                    Outcome::Rejected(reason) => {
+                        self.metrics.rejected.with(&[&self.links[i].base]).inc();
+                        tracing::error!(collector = %self.links[i].base, seq = batch.seq.0, %reason, "collector rejected batch; not sending it again");
+                        return Delivered::Rejected;
+                    }
+                    Outcome::Retry { reason, after } => {
+                        self.metrics
+                            .failures
+                            .with(&[&self.links[i].base, reason])
+                            .inc();
+                        retry_after = after.or(retry_after);
+                        tracing::warn!(collector = %self.links[i].base, reason, "delivery failed");
+                    }
+                    // `send` never returns it: it re-sends with every
+                    // definition first.
+                    Outcome::ResendDefinitions => {}
                 }
             }
-        }
-    }
-
-    fn enqueue(&self, queue: &mut VecDeque<Batch>, b: Batch) {
-        queue.push_back(b);
-        if queue.len() > self.max_queued {
-            if let Some(old) = queue.pop_front() {
-                self.metrics.dropped.with(&["queue_full"]).inc();
-                tracing::warn!(
-                    seq = old.seq.0,
-                    samples = old.sample_count(),
-                    max = self.max_queued,
-                    "queue full: dropped the oldest batch"
-                );
+            let wait = retry_after.unwrap_or_else(|| jittered(backoff));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if sleep_or_stop(wait, stop).await {
+                return Delivered::Stopped;
             }
         }
     }
 
-    fn report_unsent(&self, queue: &VecDeque<Batch>) {
-        if !queue.is_empty() {
-            self.metrics
-                .dropped
-                .with(&["shutdown"])
-                .add(queue.len() as u64);
-            tracing::warn!(batches = queue.len(), "stopping with undelivered batches");
+    /// One attempt at one link, re-sending definitions once if asked.
+    async fn send(&mut self, i: usize, batch: &Batch) -> Outcome {
+        let stripped = strip_known(batch, self.links[i].known.get(&batch.stream));
+        let mut outcome = self.post(i, &stripped).await;
+        if outcome == Outcome::ResendDefinitions {
+            self.links[i].known.remove(&batch.stream);
+            outcome = match self.post(i, batch).await {
+                Outcome::ResendDefinitions => {
+                    Outcome::Rejected("unknown refs after re-sending every definition".into())
+                }
+                other => other,
+            };
         }
+        let link = &mut self.links[i];
+        let up = matches!(outcome, Outcome::Acked | Outcome::Rejected(_));
+        self.metrics
+            .up
+            .with(&[&link.base])
+            .set(if up { 1.0 } else { 0.0 });
+        if outcome == Outcome::Acked {
+            link.known
+                .entry(batch.stream.clone())
+                .or_default()
+                .extend(batch.definitions.iter().map(|d| d.series));
+            self.metrics.acked.with(&[&link.base]).inc();
+            self.metrics
+                .last_ack
+                .with(&[&link.base])
+                .set(UnixMillis::now().0 as f64 / 1000.0);
+        }
+        outcome
     }
 
-    async fn send(&self, batch: &Batch) -> Outcome {
+    async fn post(&self, i: usize, batch: &Batch) -> Outcome {
         // sent_at is the clock at this attempt, so the collector can tell
-        // the agent's clock offset even for a batch retried much later.
+        // the agent's clock offset even for a batch sent long after.
         let body = wire::encode(&Batch {
             sent_at: UnixMillis::now(),
             ..batch.clone()
@@ -242,7 +495,7 @@ impl Shipper {
         let started = Instant::now();
         let mut req = self
             .client
-            .post(&self.url)
+            .post(&self.links[i].push_url)
             .header("content-type", wire::CONTENT_TYPE)
             .header("content-encoding", wire::CONTENT_ENCODING)
             .header(wire::VERSION_HEADER, wire::VERSION.to_string())
@@ -268,18 +521,60 @@ impl Shipper {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(300)));
-        let text = resp.text().await.unwrap_or_default();
+        let text = match resp.text().await {
+            Ok(t) => t,
+            // A collector that dies mid-answer did not acknowledge.
+            Err(_) => {
+                return Outcome::Retry {
+                    reason: "broken_response",
+                    after: None,
+                };
+            }
+        };
         let outcome = classify(status, retry_after, &text);
         if outcome == Outcome::Acked {
-            self.metrics.sent.inc();
             self.metrics
                 .duration
                 .observe(started.elapsed().as_secs_f64());
-            self.metrics
-                .last_success
-                .set(UnixMillis::now().0 as f64 / 1000.0);
         }
         outcome
+    }
+}
+
+/// The batch without definitions (and metadata) the collector already has.
+fn strip_known(batch: &Batch, known: Option<&HashSet<SeriesRef>>) -> Batch {
+    let Some(known) = known else {
+        return batch.clone();
+    };
+    let definitions: Vec<_> = batch
+        .definitions
+        .iter()
+        .filter(|d| !known.contains(&d.series))
+        .cloned()
+        .collect();
+    let metadata = if definitions.is_empty() {
+        Vec::new()
+    } else {
+        batch.metadata.clone()
+    };
+    Batch {
+        definitions,
+        metadata,
+        ..batch.clone()
+    }
+}
+
+/// Sleeps `d`; true if the agent is stopping.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        if *stop.borrow() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return false,
+            r = stop.changed() => if r.is_err() { return false },
+        }
     }
 }
 
@@ -325,6 +620,7 @@ fn jittered(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nines_shared::{Labels, Seq, SeriesDefinition};
 
     #[test]
     fn responses_are_classified_as_the_protocol_says() {
@@ -355,5 +651,35 @@ mod tests {
             let d = jittered(Duration::from_secs(10));
             assert!(d >= Duration::from_secs(8) && d < Duration::from_secs(12));
         }
+    }
+
+    #[test]
+    fn known_definitions_are_stripped() {
+        let def = |r| SeriesDefinition {
+            series: SeriesRef(r),
+            labels: Labels::new("m", [("i", r.to_string())]),
+        };
+        let b = Batch {
+            stream: StreamId {
+                agent: "a".into(),
+                epoch: UnixMillis(1),
+            },
+            seq: Seq(1),
+            sent_at: UnixMillis(1),
+            definitions: vec![def(0), def(1)],
+            metadata: vec![],
+            groups: vec![],
+        };
+        let known: HashSet<SeriesRef> = [SeriesRef(0)].into();
+        let s = strip_known(&b, Some(&known));
+        assert_eq!(s.definitions, vec![def(1)]);
+        assert_eq!(strip_known(&b, None).definitions.len(), 2);
+    }
+
+    #[test]
+    fn cursor_names_are_usable_and_distinct() {
+        assert_eq!(cursor_name("http://10.0.0.5:9797"), "c-10.0.0.5_9797");
+        assert_ne!(cursor_name("http://a:1"), cursor_name("http://a:2"));
+        assert!(cursor_name(&"x".repeat(500)).len() <= 100);
     }
 }

@@ -99,12 +99,30 @@ impl CounterVec {
     }
 }
 
+/// A gauge family with one or more labels.
+#[derive(Clone)]
+pub struct GaugeVec {
+    labels: &'static [&'static str],
+    cells: Arc<Mutex<BTreeMap<Vec<String>, Gauge>>>,
+}
+
+impl GaugeVec {
+    /// The gauge for these label values (in the order the family declared).
+    pub fn with(&self, values: &[&str]) -> Gauge {
+        debug_assert_eq!(values.len(), self.labels.len());
+        let key: Vec<String> = values.iter().map(|s| s.to_string()).collect();
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells.entry(key).or_default().clone()
+    }
+}
+
 type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;
 
 enum Family {
     Counter(Counter),
     CounterVec(CounterVec),
     Gauge(Gauge),
+    GaugeVec(GaugeVec),
     GaugeFn(GaugeFn),
     CounterFn(GaugeFn),
     Histogram(Histogram),
@@ -166,6 +184,16 @@ impl Registry {
         g
     }
 
+    /// Registers a labelled gauge family.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &'static [&'static str]) -> GaugeVec {
+        let v = GaugeVec {
+            labels,
+            cells: Arc::default(),
+        };
+        self.push(name, help, Family::GaugeVec(v.clone()));
+        v
+    }
+
     /// Registers a gauge whose value is computed at each scrape.
     pub fn gauge_fn(&self, name: &str, help: &str, f: impl Fn() -> f64 + Send + Sync + 'static) {
         self.push(name, help, Family::GaugeFn(Box::new(f)));
@@ -205,6 +233,19 @@ impl Registry {
                             .zip(values.iter().map(String::as_str))
                             .collect();
                         write_sample(&mut out, &e.name, &pairs, c.get() as f64);
+                    }
+                }
+                Family::GaugeVec(v) => {
+                    write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
+                    let cells = v.cells.lock().unwrap_or_else(|p| p.into_inner());
+                    for (values, g) in cells.iter() {
+                        let pairs: Vec<(&str, &str)> = v
+                            .labels
+                            .iter()
+                            .copied()
+                            .zip(values.iter().map(String::as_str))
+                            .collect();
+                        write_sample(&mut out, &e.name, &pairs, g.get());
                     }
                 }
                 Family::Gauge(g) => {
@@ -258,6 +299,9 @@ mod tests {
             .with(&["bad"])
             .inc();
         r.gauge("c", "A gauge.").set(1.5);
+        r.gauge_vec("e", "Per target.", &["target"])
+            .with(&["x"])
+            .set(2.0);
         let h = r.histogram("d_seconds", "Latency.", &[0.1, 1.0]);
         h.observe(0.05);
         h.observe(0.5);
@@ -266,6 +310,7 @@ mod tests {
         assert!(text.contains("# TYPE a_total counter\na_total 3\n"));
         assert!(text.contains("b_total{reason=\"bad\"} 1\n"));
         assert!(text.contains("c 1.5\n"));
+        assert!(text.contains("# TYPE e gauge\ne{target=\"x\"} 2\n"));
         assert!(text.contains("d_seconds_bucket{le=\"0.1\"} 1\n"));
         assert!(text.contains("d_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("d_seconds_bucket{le=\"+Inf\"} 3\n"));
