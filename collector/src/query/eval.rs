@@ -15,16 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nines_shared::METRIC_NAME_LABEL;
 use promql_parser::label::{MatchOp, Matcher, Matchers};
-use promql_parser::parser::token::{
-    self, T_ADD, T_ATAN2, T_DIV, T_EQLC, T_GTE, T_GTR, T_LSS, T_LTE, T_MOD, T_MUL, T_NEQ, T_POW,
-    T_SUB,
-};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{
     AggregateExpr, AtModifier, BinaryExpr, Call, Expr, Extension, MatrixSelector, NumberLiteral,
     Offset, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr, VectorSelector,
 };
 
+use super::binary::{self, BinaryOp, Matching, ScalarSide};
 use super::error::QueryError;
 use super::querier::{Querier, SeriesSamples};
 use super::value::{InstantSample, RangeSeries, Value, is_stale_marker, without_metric_name};
@@ -144,29 +141,45 @@ impl<'q> Evaluator<'q> {
         }
     }
 
-    /// `lhs op rhs` for scalar/scalar and vector/scalar operands.
+    /// `lhs op rhs` between scalars and instant vectors.
     fn eval_binary(&mut self, b: &BinaryExpr, t: i64) -> Result<Value, QueryError> {
         let op = BinaryOp::from_token(b.op)?;
-        if b.lhs.value_type() == ValueType::Vector && b.rhs.value_type() == ValueType::Vector {
-            // Refused before loading anything: vector matching is not there yet.
-            return Err(QueryError::Unsupported(format!(
-                "binary operator {} between two instant vectors is not supported yet",
-                b.op
-            )));
-        }
         let return_bool = b.return_bool();
+        let both_vectors =
+            b.lhs.value_type() == ValueType::Vector && b.rhs.value_type() == ValueType::Vector;
+        // Checked before loading anything.
+        let matching = if both_vectors {
+            Some(Matching::of(b, op)?)
+        } else {
+            None
+        };
         let lhs = self.eval(&b.lhs, t)?;
         let rhs = self.eval(&b.rhs, t)?;
         match (lhs, rhs) {
             (Value::Scalar(l), Value::Scalar(r)) => Ok(Value::Scalar(op.on_scalars(l, r))),
-            (Value::Vector(v), Value::Scalar(s)) => {
-                vector_scalar_binary(op, v, s, ScalarSide::Right, return_bool)
-            }
-            (Value::Scalar(s), Value::Vector(v)) => {
-                vector_scalar_binary(op, v, s, ScalarSide::Left, return_bool)
-            }
+            (Value::Vector(v), Value::Scalar(s)) => instant_vector(binary::vector_scalar(
+                op,
+                v,
+                s,
+                ScalarSide::Right,
+                return_bool,
+            )),
+            (Value::Scalar(s), Value::Vector(v)) => instant_vector(binary::vector_scalar(
+                op,
+                v,
+                s,
+                ScalarSide::Left,
+                return_bool,
+            )),
+            (Value::Vector(l), Value::Vector(r)) => match &matching {
+                Some(m) => instant_vector(binary::vector_vector(op, m, return_bool, l, r)?),
+                None => Err(QueryError::Unsupported(format!(
+                    "binary operator {} between these operands is not supported",
+                    b.op
+                ))),
+            },
             (l, r) => Err(QueryError::Unsupported(format!(
-                "binary operator {} between {} and {} is not supported yet",
+                "binary operator {} between {} and {} is not supported",
                 b.op,
                 l.documented_type(),
                 r.documented_type()
@@ -298,172 +311,9 @@ fn eval_extension(e: &Extension) -> Result<Value, QueryError> {
     )))
 }
 
-/// The operators this engine evaluates between values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BinaryOp {
-    Arithmetic(Arithmetic),
-    Comparison(Comparison),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arithmetic {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Mod,
-    Pow,
-    Atan2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Comparison {
-    Eq,
-    Ne,
-    Gt,
-    Lt,
-    Ge,
-    Le,
-}
-
-impl BinaryOp {
-    fn from_token(op: token::TokenType) -> Result<Self, QueryError> {
-        use Arithmetic as A;
-        use Comparison as C;
-        Ok(match op.id() {
-            T_ADD => BinaryOp::Arithmetic(A::Add),
-            T_SUB => BinaryOp::Arithmetic(A::Sub),
-            T_MUL => BinaryOp::Arithmetic(A::Mul),
-            T_DIV => BinaryOp::Arithmetic(A::Div),
-            T_MOD => BinaryOp::Arithmetic(A::Mod),
-            T_POW => BinaryOp::Arithmetic(A::Pow),
-            T_ATAN2 => BinaryOp::Arithmetic(A::Atan2),
-            T_EQLC => BinaryOp::Comparison(C::Eq),
-            T_NEQ => BinaryOp::Comparison(C::Ne),
-            T_GTR => BinaryOp::Comparison(C::Gt),
-            T_LSS => BinaryOp::Comparison(C::Lt),
-            T_GTE => BinaryOp::Comparison(C::Ge),
-            T_LTE => BinaryOp::Comparison(C::Le),
-            _ if op.is_set_operator() => {
-                return Err(QueryError::Unsupported(format!(
-                    "set operator {op} is not supported yet"
-                )));
-            }
-            _ => {
-                return Err(QueryError::Unsupported(format!(
-                    "binary operator {op} is not supported yet"
-                )));
-            }
-        })
-    }
-
-    /// Between two scalars a comparison (always with `bool`, the parser
-    /// insists) gives 1 or 0.
-    fn on_scalars(self, l: f64, r: f64) -> f64 {
-        match self {
-            BinaryOp::Arithmetic(a) => a.apply(l, r),
-            BinaryOp::Comparison(c) => truth(c.holds(l, r)),
-        }
-    }
-}
-
-impl Arithmetic {
-    /// IEEE semantics, as Go's: `x/0` is ±Inf, `%` is Go's `math.Mod`
-    /// (sign of the dividend; Rust's `%` on f64 is the same), `^` is `pow`.
-    fn apply(self, l: f64, r: f64) -> f64 {
-        match self {
-            Arithmetic::Add => l + r,
-            Arithmetic::Sub => l - r,
-            Arithmetic::Mul => l * r,
-            Arithmetic::Div => l / r,
-            Arithmetic::Mod => l % r,
-            Arithmetic::Pow => l.powf(r),
-            Arithmetic::Atan2 => l.atan2(r),
-        }
-    }
-
-    /// Whether the result loses `__name__`. Prometheus 2.42 drops it for
-    /// `+ - * / % ^` but keeps it for `atan2` (later versions drop it too).
-    fn drops_metric_name(self) -> bool {
-        !matches!(self, Arithmetic::Atan2)
-    }
-}
-
-impl Comparison {
-    fn holds(self, l: f64, r: f64) -> bool {
-        match self {
-            Comparison::Eq => l == r,
-            Comparison::Ne => l != r,
-            Comparison::Gt => l > r,
-            Comparison::Lt => l < r,
-            Comparison::Ge => l >= r,
-            Comparison::Le => l <= r,
-        }
-    }
-}
-
-fn truth(b: bool) -> f64 {
-    if b { 1.0 } else { 0.0 }
-}
-
-/// Which operand of a vector/scalar operation is the scalar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ScalarSide {
-    Left,
-    Right,
-}
-
-/// Applies `op` between each element of `samples` and `scalar`, keeping the
-/// operand order. Arithmetic gives the result without `__name__` (except
-/// `atan2`). A comparison filters, keeping the element (name and value,
-/// even when the scalar is on the left); with `bool` it gives 1/0 for every
-/// element and drops `__name__`.
-fn vector_scalar_binary(
-    op: BinaryOp,
-    samples: Vec<InstantSample>,
-    scalar: f64,
-    side: ScalarSide,
-    return_bool: bool,
-) -> Result<Value, QueryError> {
-    let mut out = Vec::with_capacity(samples.len());
-    for s in samples {
-        let (l, r) = match side {
-            ScalarSide::Right => (s.v, scalar),
-            ScalarSide::Left => (scalar, s.v),
-        };
-        match op {
-            BinaryOp::Arithmetic(a) => {
-                let labels = if a.drops_metric_name() {
-                    without_metric_name(&s.labels)
-                } else {
-                    s.labels
-                };
-                out.push(InstantSample {
-                    labels,
-                    t: s.t,
-                    v: a.apply(l, r),
-                });
-            }
-            BinaryOp::Comparison(c) => {
-                let holds = c.holds(l, r);
-                if return_bool {
-                    out.push(InstantSample {
-                        labels: without_metric_name(&s.labels),
-                        t: s.t,
-                        v: truth(holds),
-                    });
-                } else if holds {
-                    out.push(s);
-                }
-            }
-        }
-    }
-    instant_vector(out)
-}
-
 /// An instant vector from samples whose labels an operator may have
 /// changed: sorted by labels, and refused if two share a label set.
-fn instant_vector(mut samples: Vec<InstantSample>) -> Result<Value, QueryError> {
+pub(super) fn instant_vector(mut samples: Vec<InstantSample>) -> Result<Value, QueryError> {
     samples.sort_by(|a, b| a.labels.cmp(&b.labels));
     if samples.windows(2).any(|w| w[0].labels == w[1].labels) {
         return Err(QueryError::DuplicateLabelSet);
@@ -1006,30 +856,12 @@ mod tests {
             ("rate(x[5m])", "function rate() is not supported yet"),
             ("time()", "function time() is not supported yet"),
             ("abs(x) * 2", "function abs() is not supported yet"),
-            (
-                "x + x",
-                "binary operator + between two instant vectors is not supported yet",
-            ),
-            (
-                "x > bool on(a) x",
-                "binary operator > between two instant vectors is not supported yet",
-            ),
-            ("x and x", "set operator and is not supported yet"),
-            ("x or x", "set operator or is not supported yet"),
-            ("x unless x", "set operator unless is not supported yet"),
             ("x[5m:1m]", "subquery x[5m:1m] is not supported yet"),
             ("-sum(x)", "aggregation sum is not supported yet"),
         ];
         for (expr, msg) in cases {
             assert_eq!(unsupported(expr), msg, "{expr}");
         }
-    }
-
-    #[test]
-    fn vector_vector_is_refused_before_loading() {
-        let q = store(vec![series(up("a"), &[(T, 1.0)])]);
-        assert!(instant(&q, "up / up", T).is_err());
-        assert_eq!(q.selects(), 0);
     }
 
     #[test]

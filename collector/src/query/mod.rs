@@ -6,11 +6,15 @@
 //! it returns [`Value`]s and [`QueryError`]s that carry their Prometheus
 //! `errorType` and status.
 
+mod binary;
 mod engine;
 mod error;
 mod eval;
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod in_memory;
+mod label_sets;
 pub mod querier;
 mod value;
 
