@@ -21,6 +21,7 @@ use promql_parser::parser::{
     Offset, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr, VectorSelector,
 };
 
+use super::aggregate::{AggregateOp, Grouping, Param, aggregate};
 use super::binary::{self, BinaryOp, Matching, ScalarSide};
 use super::error::QueryError;
 use super::querier::{Querier, SeriesSamples};
@@ -107,7 +108,7 @@ impl<'q> Evaluator<'q> {
             Expr::Binary(b) => self.eval_binary(b, t),
             Expr::VectorSelector(vs) => self.eval_vector_selector(vs, t),
             Expr::MatrixSelector(ms) => self.eval_matrix_selector(ms, t),
-            Expr::Aggregate(a) => eval_aggregate(a),
+            Expr::Aggregate(a) => self.eval_aggregate(a, t),
             Expr::Call(c) => eval_call(c),
             Expr::Subquery(s) => eval_subquery(s),
             Expr::Extension(e) => eval_extension(e),
@@ -183,6 +184,42 @@ impl<'q> Evaluator<'q> {
                 b.op,
                 l.documented_type(),
                 r.documented_type()
+            ))),
+        }
+    }
+
+    /// An aggregation: the parameter and the vector, then the groups.
+    fn eval_aggregate(&mut self, a: &AggregateExpr, t: i64) -> Result<Value, QueryError> {
+        let op = AggregateOp::from_token(a.op)?;
+        let grouping = Grouping::of(a);
+        let param = match &a.param {
+            None => Param::None,
+            Some(p) => match self.eval(p, t)? {
+                Value::Scalar(v) => Param::Number(v),
+                Value::String(s) => Param::Label(s),
+                other => {
+                    return Err(QueryError::Unsupported(format!(
+                        "aggregation parameter of type {} is not supported",
+                        other.documented_type()
+                    )));
+                }
+            },
+        };
+        let input = self.eval_instant_vector(&a.expr, t)?;
+        Ok(Value::Vector(aggregate(op, &grouping, &param, input, t)?))
+    }
+
+    /// Evaluates an expression the parser has checked is an instant vector.
+    pub(super) fn eval_instant_vector(
+        &mut self,
+        expr: &Expr,
+        t: i64,
+    ) -> Result<Vec<InstantSample>, QueryError> {
+        match self.eval(expr, t)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(QueryError::Unsupported(format!(
+                "expected an instant vector, got {}",
+                other.documented_type()
             ))),
         }
     }
@@ -282,13 +319,6 @@ fn eval_number_literal(n: &NumberLiteral) -> Value {
 
 fn eval_string_literal(s: &StringLiteral) -> Value {
     Value::String(s.val.clone())
-}
-
-fn eval_aggregate(a: &AggregateExpr) -> Result<Value, QueryError> {
-    Err(QueryError::Unsupported(format!(
-        "aggregation {} is not supported yet",
-        a.op
-    )))
 }
 
 fn eval_call(c: &Call) -> Result<Value, QueryError> {
@@ -846,18 +876,16 @@ mod tests {
     #[test]
     fn unsupported_constructs_name_themselves() {
         let cases = [
-            ("sum(x)", "aggregation sum is not supported yet"),
-            ("avg by (a) (x)", "aggregation avg is not supported yet"),
-            ("topk(1, x)", "aggregation topk is not supported yet"),
+            ("limitk(1, x)", "aggregation limitk is not supported yet"),
             (
-                "count_values(\"v\", x)",
-                "aggregation count_values is not supported yet",
+                "limit_ratio(0.5, x)",
+                "aggregation limit_ratio is not supported yet",
             ),
             ("rate(x[5m])", "function rate() is not supported yet"),
             ("time()", "function time() is not supported yet"),
             ("abs(x) * 2", "function abs() is not supported yet"),
             ("x[5m:1m]", "subquery x[5m:1m] is not supported yet"),
-            ("-sum(x)", "aggregation sum is not supported yet"),
+            ("-limitk(1, x)", "aggregation limitk is not supported yet"),
         ];
         for (expr, msg) in cases {
             assert_eq!(unsupported(expr), msg, "{expr}");

@@ -62,7 +62,7 @@ pub(crate) fn prometheus_text(labels: &Labels) -> String {
 
 /// A string in double quotes with Go's escapes for the characters that
 /// need one.
-fn go_quote(s: &str) -> String {
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -6,6 +6,7 @@
 //! it returns [`Value`]s and [`QueryError`]s that carry their Prometheus
 //! `errorType` and status.
 
+mod aggregate;
 mod binary;
 mod engine;
 mod error;
@@ -15,6 +16,7 @@ mod fixtures;
 #[cfg(test)]
 mod in_memory;
 mod label_sets;
+mod quantile;
 pub mod querier;
 mod value;
 
