@@ -137,7 +137,7 @@ pub(crate) fn aggregate(
             _ => f64::NAN,
         };
         // Go's convertibleToInt64, then int64(f): truncation.
-        if !(f <= 9.223_372_036_854_775_807e18 && f >= -9.223_372_036_854_775_808e18) {
+        if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&f) {
             return Err(QueryError::InvalidArgument(format!(
                 "Scalar value {} overflows int64",
                 go_value_text(f)

@@ -17,8 +17,8 @@ use nines_shared::METRIC_NAME_LABEL;
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{
-    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, Extension, MatrixSelector, NumberLiteral,
-    Offset, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr, VectorSelector,
+    AggregateExpr, AtModifier, BinaryExpr, Expr, Extension, MatrixSelector, NumberLiteral, Offset,
+    ParenExpr, StringLiteral, UnaryExpr, VectorSelector,
 };
 
 use super::aggregate::{AggregateOp, Grouping, Param, aggregate};
@@ -31,14 +31,22 @@ use super::value::{InstantSample, RangeSeries, Value, is_stale_marker, without_m
 /// it lives exactly as long as the query and the parsed expression.
 pub(crate) struct Evaluator<'q> {
     querier: &'q dyn Querier,
-    lookback_ms: i64,
+    pub(super) lookback_ms: i64,
     /// First evaluation time of the query (`@ start()`).
     start: i64,
     /// Last evaluation time of the query (`@ end()`).
     end: i64,
+    /// The first and last time the expression being evaluated can be
+    /// evaluated at: the query's `[start, end]`, or inside a subquery the
+    /// span of its steps.
+    pub(super) span: (i64, i64),
     budget: SampleBudget,
     /// Samples loaded per selector node, series sorted by labels.
     selections: HashMap<SelectorKey, Vec<SeriesSamples>>,
+    /// A subquery's inner results per (subquery node address, step time),
+    /// so overlapping windows of successive steps evaluate each inner step
+    /// once.
+    pub(super) subquery_steps: HashMap<(usize, i64), Vec<InstantSample>>,
 }
 
 /// Identifies one selector node of the parsed expression by its address.
@@ -84,11 +92,13 @@ impl<'q> Evaluator<'q> {
             lookback_ms,
             start,
             end,
+            span: (start, end),
             budget: SampleBudget {
                 limit: max_samples,
                 used: 0,
             },
             selections: HashMap::new(),
+            subquery_steps: HashMap::new(),
         }
     }
 
@@ -109,8 +119,8 @@ impl<'q> Evaluator<'q> {
             Expr::VectorSelector(vs) => self.eval_vector_selector(vs, t),
             Expr::MatrixSelector(ms) => self.eval_matrix_selector(ms, t),
             Expr::Aggregate(a) => self.eval_aggregate(a, t),
-            Expr::Call(c) => eval_call(c),
-            Expr::Subquery(s) => eval_subquery(s),
+            Expr::Call(c) => self.eval_call(c, t),
+            Expr::Subquery(s) => Ok(Value::Matrix(self.eval_subquery(s, t)?.0)),
             Expr::Extension(e) => eval_extension(e),
         }
     }
@@ -246,7 +256,11 @@ impl<'q> Evaluator<'q> {
 
     /// A range vector selector: per matching series, the samples in the
     /// window of the selector's range before the reference time.
-    fn eval_matrix_selector(&mut self, ms: &MatrixSelector, t: i64) -> Result<Value, QueryError> {
+    pub(super) fn eval_matrix_selector(
+        &mut self,
+        ms: &MatrixSelector,
+        t: i64,
+    ) -> Result<Value, QueryError> {
         let at = self.reference_time(&ms.vs, t)?;
         let range = duration_ms(ms.range);
         let series = self.selection(&ms.vs, range)?;
@@ -265,13 +279,13 @@ impl<'q> Evaluator<'q> {
 
     /// The time a selector reads at when the query evaluates at `t`: `t`,
     /// or the `@` time, moved back by the offset.
-    fn reference_time(&self, vs: &VectorSelector, t: i64) -> Result<i64, QueryError> {
+    pub(super) fn reference_time(&self, vs: &VectorSelector, t: i64) -> Result<i64, QueryError> {
         let base = self.pinned_time(vs.at.as_ref())?.unwrap_or(t);
         Ok(base.saturating_sub(offset_ms(vs.offset.as_ref())))
     }
 
     /// The time an `@` modifier pins evaluation to, if there is one.
-    fn pinned_time(&self, at: Option<&AtModifier>) -> Result<Option<i64>, QueryError> {
+    pub(super) fn pinned_time(&self, at: Option<&AtModifier>) -> Result<Option<i64>, QueryError> {
         match at {
             None => Ok(None),
             Some(AtModifier::Start) => Ok(Some(self.start)),
@@ -283,19 +297,19 @@ impl<'q> Evaluator<'q> {
     /// The series a selector matches with every sample any evaluation of
     /// this query can read through it (windows of `width` ms), loaded from
     /// storage on first use and kept for the rest of the query. The span is
-    /// the query's `[start, end]`; subqueries, when they come, must pass
-    /// down the span their inner expression is evaluated over instead.
+    /// the evaluator's current one: the query's `[start, end]`, or the
+    /// steps of the enclosing subquery.
     /// Windows are closed on the left (see [`window_floor`]), so what is
     /// loaded is `[first - width, last]` after the offset: the sample exactly
     /// `width` before the first reference time is read too.
-    fn selection(
+    pub(super) fn selection(
         &mut self,
         vs: &VectorSelector,
         width: i64,
     ) -> Result<&[SeriesSamples], QueryError> {
         let (first, last) = match self.pinned_time(vs.at.as_ref())? {
             Some(p) => (p, p),
-            None => (self.start, self.end),
+            None => self.span,
         };
         let offset = offset_ms(vs.offset.as_ref());
         let from = window_floor(first.saturating_sub(offset), width);
@@ -319,19 +333,6 @@ fn eval_number_literal(n: &NumberLiteral) -> Value {
 
 fn eval_string_literal(s: &StringLiteral) -> Value {
     Value::String(s.val.clone())
-}
-
-fn eval_call(c: &Call) -> Result<Value, QueryError> {
-    Err(QueryError::Unsupported(format!(
-        "function {}() is not supported yet",
-        c.func.name
-    )))
-}
-
-fn eval_subquery(s: &SubqueryExpr) -> Result<Value, QueryError> {
-    Err(QueryError::Unsupported(format!(
-        "subquery {s} is not supported yet"
-    )))
 }
 
 fn eval_extension(e: &Extension) -> Result<Value, QueryError> {
@@ -362,14 +363,24 @@ fn window_floor(at: i64, width: i64) -> i64 {
 /// The value of the latest sample in the window of `width` ms ending at
 /// `at`, unless there is none or it is a stale marker.
 fn latest_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> Option<f64> {
+    latest_sample_in_window(samples, at, width).map(|(_, v)| v)
+}
+
+/// The latest sample (timestamp and value) in the window of `width` ms
+/// ending at `at`, unless there is none or it is a stale marker.
+pub(super) fn latest_sample_in_window(
+    samples: &[(i64, f64)],
+    at: i64,
+    width: i64,
+) -> Option<(i64, f64)> {
     let after = samples.partition_point(|&(ts, _)| ts <= at);
     let &(ts, v) = samples.get(after.checked_sub(1)?)?;
-    (ts >= window_floor(at, width) && !is_stale_marker(v)).then_some(v)
+    (ts >= window_floor(at, width) && !is_stale_marker(v)).then_some((ts, v))
 }
 
 /// The samples in the window of `width` ms ending at `at`, stale markers
 /// left out.
-fn samples_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> Vec<(i64, f64)> {
+pub(super) fn samples_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> Vec<(i64, f64)> {
     let floor = window_floor(at, width);
     let first = samples.partition_point(|&(ts, _)| ts < floor);
     let after = samples.partition_point(|&(ts, _)| ts <= at);
@@ -400,12 +411,12 @@ fn selector_matchers(vs: &VectorSelector) -> Matchers {
 }
 
 /// A duration in ms, saturating at `i64::MAX` for absurd durations.
-fn duration_ms(d: Duration) -> i64 {
+pub(super) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How far an offset moves the reference time back (negative: forward).
-fn offset_ms(offset: Option<&Offset>) -> i64 {
+pub(super) fn offset_ms(offset: Option<&Offset>) -> i64 {
     match offset {
         None => 0,
         Some(Offset::Pos(d)) => duration_ms(*d),
@@ -881,10 +892,18 @@ mod tests {
                 "limit_ratio(0.5, x)",
                 "aggregation limit_ratio is not supported yet",
             ),
-            ("rate(x[5m])", "function rate() is not supported yet"),
-            ("time()", "function time() is not supported yet"),
-            ("abs(x) * 2", "function abs() is not supported yet"),
-            ("x[5m:1m]", "subquery x[5m:1m] is not supported yet"),
+            (
+                "histogram_count(x)",
+                "function histogram_count() is not supported yet",
+            ),
+            (
+                "sort_by_label(x, \"a\") * 2",
+                "function sort_by_label() is not supported yet",
+            ),
+            (
+                "max_over_time(mad_over_time(x[5m])[5m:1m])",
+                "function mad_over_time() is not supported yet",
+            ),
             ("-limitk(1, x)", "aggregation limitk is not supported yet"),
         ];
         for (expr, msg) in cases {

@@ -12,7 +12,7 @@ use nines_shared::{Label, Labels, METRIC_NAME_LABEL};
 pub(crate) fn keep_only(labels: &Labels, names: &[String]) -> Labels {
     let kept: Vec<Label> = labels
         .iter()
-        .filter(|l| names.iter().any(|n| *n == l.name))
+        .filter(|l| names.contains(&l.name))
         .cloned()
         .collect();
     Labels::from_unsorted(kept)
@@ -22,7 +22,7 @@ pub(crate) fn keep_only(labels: &Labels, names: &[String]) -> Labels {
 pub(crate) fn drop_names(labels: &Labels, names: &[String]) -> Labels {
     let kept: Vec<Label> = labels
         .iter()
-        .filter(|l| !names.iter().any(|n| *n == l.name))
+        .filter(|l| !names.contains(&l.name))
         .cloned()
         .collect();
     Labels::from_unsorted(kept)
@@ -33,7 +33,7 @@ pub(crate) fn drop_names(labels: &Labels, names: &[String]) -> Labels {
 pub(crate) fn drop_names_and_metric(labels: &Labels, names: &[String]) -> Labels {
     let kept: Vec<Label> = labels
         .iter()
-        .filter(|l| l.name != METRIC_NAME_LABEL && !names.iter().any(|n| *n == l.name))
+        .filter(|l| l.name != METRIC_NAME_LABEL && !names.contains(&l.name))
         .cloned()
         .collect();
     Labels::from_unsorted(kept)
