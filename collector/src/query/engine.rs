@@ -8,8 +8,10 @@
 //! labels.
 
 use std::collections::BTreeMap;
+use std::sync::Once;
 
 use nines_shared::Labels;
+use promql_parser::parser::function::{Function, register_extra_functions};
 use promql_parser::parser::token::{T_BOTTOMK, T_TOPK};
 use promql_parser::parser::{self, Expr, value::ValueType};
 
@@ -123,7 +125,25 @@ impl Engine {
     }
 }
 
+/// Makes the parser accept Prometheus 2.42 functions it no longer knows
+/// (it follows Prometheus 3, which renamed `holt_winters`). Once per
+/// process; the parser's registry of extra functions is global.
+fn register_2_42_functions() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Refused only if the parser already knows the name: fine either way.
+        let _ = register_extra_functions(vec![Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        )]);
+    });
+}
+
 fn parse(expr: &str) -> Result<Expr, QueryError> {
+    register_2_42_functions();
     parser::parse(expr).map_err(QueryError::Parse)
 }
 

@@ -45,6 +45,7 @@ const RANGE_FUNCTIONS: &[&str] = &[
     "stdvar_over_time",
     "present_over_time",
     "absent_over_time",
+    "holt_winters",
 ];
 
 /// Strips any parentheses around an expression.
@@ -241,6 +242,11 @@ impl Evaluator<'_> {
             "predict_linear" => (self.scalar_arg(args, 1, t)?, 0),
             _ => (f64::NAN, 0),
         };
+        let trend = if name == "holt_winters" {
+            Some((self.scalar_arg(args, 1, t)?, self.scalar_arg(args, 2, t)?))
+        } else {
+            None
+        };
         let matrix_expr = Self::arg(args, matrix_index)?;
         let (series, window) = self.range_arg(matrix_expr, t)?;
         if name == "absent_over_time" {
@@ -258,7 +264,11 @@ impl Evaluator<'_> {
             if s.samples.is_empty() {
                 continue;
             }
-            let Some(v) = over_window(name, &s.samples, window, t, param) else {
+            let result = match trend {
+                Some((sf, tf)) => smoothed(&s.samples, sf, tf)?,
+                None => over_window(name, &s.samples, window, t, param),
+            };
+            let Some(v) = result else {
                 continue;
             };
             let labels = if name == "last_over_time" {
@@ -499,6 +509,22 @@ fn over_window(name: &str, s: &[(i64, f64)], w: Window, t: i64, param: f64) -> O
     }
 }
 
+/// `holt_winters` for one series, refusing factors outside (0, 1) as
+/// Prometheus does (only once there is a series to smooth).
+fn smoothed(s: &[(i64, f64)], sf: f64, tf: f64) -> Result<Option<f64>, QueryError> {
+    if sf <= 0.0 || sf >= 1.0 || sf.is_nan() {
+        return Err(QueryError::InvalidArgument(format!(
+            "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"
+        )));
+    }
+    if tf <= 0.0 || tf >= 1.0 || tf.is_nan() {
+        return Err(QueryError::InvalidArgument(format!(
+            "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
+        )));
+    }
+    Ok(over_time::holt_winters(s, sf, tf))
+}
+
 /// The labels `absent`/`absent_over_time` give their 1: the selector's
 /// equality matchers (a name matched twice is left out), `__name__`
 /// excluded; none for any argument that is not a selector.
@@ -696,6 +722,23 @@ mod tests {
         assert!(vector(&q, "absent_over_time(g[1m])", T).is_empty());
         let v = vector(&q, "absent_over_time(g{i=\"1\"}[1m])", T + 2 * MIN);
         assert_eq!((v[0].labels.clone(), v[0].v), (unnamed(&[("i", "1")]), 1.0));
+    }
+
+    #[test]
+    fn holt_winters_is_parsed_and_checks_its_factors() {
+        let q = counter_store();
+        // A straight line: the last value.
+        assert_close(one(&q, "holt_winters(x[1m], 0.3, 0.6)", T), 400.0, "hw");
+        let e = failure(&q, "holt_winters(x[1m], 1, 0.5)", T);
+        assert_eq!(
+            e.to_string(),
+            "invalid smoothing factor. Expected: 0 < sf < 1, got: 1.000000"
+        );
+        let e = failure(&q, "holt_winters(x[1m], 0.5, 0)", T);
+        assert_eq!(
+            e.to_string(),
+            "invalid trend factor. Expected: 0 < tf < 1, got: 0.000000"
+        );
     }
 
     #[test]

@@ -242,6 +242,29 @@ pub(crate) fn stddev(samples: &[(i64, f64)]) -> f64 {
     stdvar(samples).sqrt()
 }
 
+/// `holt_winters(v, sf, tf)`: double exponential smoothing with
+/// smoothing factor `sf` and trend factor `tf` (both checked by the
+/// caller to lie in (0, 1)); the last smoothed value.
+pub(crate) fn holt_winters(samples: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
+    if samples.len() < 2 {
+        return None;
+    }
+    let mut s0 = 0.0;
+    let mut s1 = samples[0].1;
+    let mut b = samples[1].1 - samples[0].1;
+    for (i, &(_, v)) in samples.iter().enumerate().skip(1) {
+        let x = sf * v;
+        // The trend, from the second step on.
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        let y = (1.0 - sf) * (s1 + b);
+        s0 = s1;
+        s1 = x + y;
+    }
+    Some(s1)
+}
+
 /// `quantile_over_time`.
 pub(crate) fn quantile_of(q: f64, samples: &[(i64, f64)]) -> f64 {
     let mut values: Vec<f64> = samples.iter().map(|s| s.1).collect();
@@ -369,6 +392,20 @@ mod tests {
         assert_eq!(predict_linear(&flat, 5 * S, 100.0), Some(7.0));
         let inf = [(0, f64::INFINITY), (S, f64::INFINITY)];
         assert!(deriv(&inf).is_some_and(f64::is_nan));
+    }
+
+    #[test]
+    fn holt_winters_smooths_a_line_exactly() {
+        // On a straight line the smoothed value is the last value.
+        let s: Vec<(i64, f64)> = (0..5).map(|i| (i * S, 2.0 * i as f64)).collect();
+        assert_eq!(holt_winters(&s, 0.5, 0.5), Some(8.0));
+        // 0, 10, 0 with sf = tf = 0.5: s1 = 0, b = 10; step 1: 5 + 0.5 × 10
+        // = 10; step 2: b = 0.5 × 10 + 0.5 × 10 = 10, 0 + 0.5 × 20 = 10.
+        assert_eq!(
+            holt_winters(&[(0, 0.0), (S, 10.0), (2 * S, 0.0)], 0.5, 0.5),
+            Some(10.0)
+        );
+        assert_eq!(holt_winters(&[(0, 1.0)], 0.5, 0.5), None);
     }
 
     #[test]
