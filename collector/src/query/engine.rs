@@ -5,7 +5,9 @@
 //! The engine holds only configuration; each query gets its own evaluator.
 //! It must never read storage more than once per selector per query, nor
 //! return results in storage order: vectors and matrices come sorted by
-//! labels.
+//! labels, except an instant query whose outermost operation is `sort`,
+//! `sort_desc`, `topk` or `bottomk`, which keeps that operation's order as
+//! Prometheus does.
 
 use std::collections::BTreeMap;
 use std::sync::Once;
@@ -55,7 +57,9 @@ impl Default for Engine {
 
 impl Engine {
     /// Evaluates `expr` at `t_ms`, as `/api/v1/query`. Any type may result;
-    /// vectors and matrices are sorted by labels.
+    /// vectors and matrices are sorted by labels, unless the outermost
+    /// operation is `sort`, `sort_desc`, `topk` or `bottomk`, whose order
+    /// is kept.
     pub fn instant(&self, q: &dyn Querier, expr: &str, t_ms: i64) -> Result<Value, QueryError> {
         let expr = parse(expr)?;
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, t_ms, t_ms);

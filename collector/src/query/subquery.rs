@@ -105,7 +105,9 @@ impl Evaluator<'_> {
                         )));
                     }
                 };
-                self.charge(samples.len())?;
+                // Every step costs at least one sample, so a huge range
+                // over a tiny step hits the limit instead of running on.
+                self.charge(samples.len().max(1))?;
                 self.subquery_steps.insert(key, samples);
             }
             if let Some(samples) = self.subquery_steps.get(&key) {
@@ -181,6 +183,19 @@ mod tests {
                 (T - 10 * MIN, 400.0)
             ]
         );
+    }
+
+    #[test]
+    fn endless_subqueries_hit_the_sample_limit() {
+        let q = counter();
+        let engine = super::super::Engine {
+            max_samples: 10_000,
+            ..super::super::Engine::default()
+        };
+        assert!(matches!(
+            engine.instant(&q, "nothing[10y:1s]", T),
+            Err(QueryError::TooManySamples { limit: 10_000 })
+        ));
     }
 
     #[test]
