@@ -5,11 +5,16 @@
 //! The engine holds only configuration; each query gets its own evaluator.
 //! It must never read storage more than once per selector per query, nor
 //! return results in storage order: vectors and matrices come sorted by
-//! labels.
+//! labels, except an instant query whose outermost operation is `sort`,
+//! `sort_desc`, `topk` or `bottomk`, which keeps that operation's order as
+//! Prometheus does.
 
 use std::collections::BTreeMap;
+use std::sync::Once;
 
 use nines_shared::Labels;
+use promql_parser::parser::function::{Function, register_extra_functions};
+use promql_parser::parser::token::{T_BOTTOMK, T_TOPK};
 use promql_parser::parser::{self, Expr, value::ValueType};
 
 use super::error::QueryError;
@@ -52,11 +57,17 @@ impl Default for Engine {
 
 impl Engine {
     /// Evaluates `expr` at `t_ms`, as `/api/v1/query`. Any type may result;
-    /// vectors and matrices are sorted by labels.
+    /// vectors and matrices are sorted by labels, unless the outermost
+    /// operation is `sort`, `sort_desc`, `topk` or `bottomk`, whose order
+    /// is kept.
     pub fn instant(&self, q: &dyn Querier, expr: &str, t_ms: i64) -> Result<Value, QueryError> {
         let expr = parse(expr)?;
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, t_ms, t_ms);
-        Ok(sorted(evaluator.eval(&expr, t_ms)?))
+        let value = evaluator.eval(&expr, t_ms)?;
+        if orders_its_result(&expr) {
+            return Ok(value);
+        }
+        Ok(sorted(value))
     }
 
     /// Evaluates `expr` at `start_ms`, `start_ms + step_ms`, ... up to
@@ -118,7 +129,25 @@ impl Engine {
     }
 }
 
+/// Makes the parser accept Prometheus 2.42 functions it no longer knows
+/// (it follows Prometheus 3, which renamed `holt_winters`). Once per
+/// process; the parser's registry of extra functions is global.
+fn register_2_42_functions() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Refused only if the parser already knows the name: fine either way.
+        let _ = register_extra_functions(vec![Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        )]);
+    });
+}
+
 fn parse(expr: &str) -> Result<Expr, QueryError> {
+    register_2_42_functions();
     parser::parse(expr).map_err(QueryError::Parse)
 }
 
@@ -135,6 +164,18 @@ fn check_range(start_ms: i64, end_ms: i64, step_ms: i64) -> Result<(), QueryErro
         return Err(QueryError::TooManyPoints);
     }
     Ok(())
+}
+
+/// Whether the expression's own order is its answer's, as Prometheus
+/// returns it for an instant query: `sort`, `sort_desc`, `topk` and
+/// `bottomk` at the top. Everything else is sorted by labels.
+fn orders_its_result(expr: &Expr) -> bool {
+    match expr {
+        Expr::Paren(p) => orders_its_result(&p.expr),
+        Expr::Call(c) => matches!(c.func.name, "sort" | "sort_desc"),
+        Expr::Aggregate(a) => matches!(a.op.id(), T_TOPK | T_BOTTOMK),
+        _ => false,
+    }
 }
 
 /// The value with vector elements and matrix series in label order.
@@ -430,9 +471,9 @@ mod tests {
     #[test]
     fn range_query_reports_unsupported_constructs() {
         let q = store(vec![(up("a"), vec![(T, 1.0)])]);
-        match range(&q, "sum(up)", T, T + MIN, MIN) {
+        match range(&q, "limitk(1, up)", T, T + MIN, MIN) {
             Err(e @ QueryError::Unsupported(_)) => {
-                assert_eq!(e.to_string(), "aggregation sum is not supported yet");
+                assert_eq!(e.to_string(), "aggregation limitk is not supported yet");
             }
             other => panic!("expected unsupported, got {other:?}"),
         }

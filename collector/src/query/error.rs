@@ -43,6 +43,35 @@ pub enum QueryError {
     /// instant vector (e.g. `-x` over series differing only by name).
     #[error("vector cannot contain metrics with the same labelset")]
     DuplicateLabelSet,
+    /// Vector matching found two series with the same match group on the
+    /// side that must be unique.
+    #[error(
+        "found duplicate series for the match group {group} on the {side} hand-side of the operation: [{first}, {second}];many-to-many matching not allowed: matching labels must be unique on one side"
+    )]
+    ManyToManyMatching {
+        /// The match group's labels, as Prometheus prints a label set.
+        group: String,
+        /// `left` or `right`: the side that should have been the "one".
+        side: &'static str,
+        /// The later of the two series.
+        first: String,
+        /// The earlier of the two series.
+        second: String,
+    },
+    /// One-to-one matching paired two left-hand elements with one
+    /// right-hand element.
+    #[error(
+        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+    )]
+    AmbiguousOneToOne,
+    /// Many-to-one matching produced the same result labels twice.
+    #[error("multiple matches for labels: grouping labels must ensure unique matches")]
+    AmbiguousGrouping,
+    /// A function or aggregation argument Prometheus refuses while
+    /// evaluating (a bad regex, label name or parameter); the message is
+    /// Prometheus's.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The query would hold more samples than the engine's limit.
     #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples {
@@ -67,6 +96,10 @@ impl QueryError {
             | QueryError::TooManyPoints => "bad_data",
             QueryError::Unsupported(_)
             | QueryError::DuplicateLabelSet
+            | QueryError::ManyToManyMatching { .. }
+            | QueryError::AmbiguousOneToOne
+            | QueryError::AmbiguousGrouping
+            | QueryError::InvalidArgument(_)
             | QueryError::TooManySamples { .. } => "execution",
             QueryError::Storage(e) => match e {
                 QuerierError::Storage(_) => "internal",
@@ -106,6 +139,19 @@ mod tests {
             (QueryError::TooManyPoints, "bad_data", 400),
             (QueryError::Unsupported("x".into()), "execution", 422),
             (QueryError::DuplicateLabelSet, "execution", 422),
+            (QueryError::AmbiguousOneToOne, "execution", 422),
+            (QueryError::AmbiguousGrouping, "execution", 422),
+            (QueryError::InvalidArgument("x".into()), "execution", 422),
+            (
+                QueryError::ManyToManyMatching {
+                    group: "{}".into(),
+                    side: "right",
+                    first: "{}".into(),
+                    second: "{}".into(),
+                },
+                "execution",
+                422,
+            ),
             (QueryError::TooManySamples { limit: 1 }, "execution", 422),
             (
                 QueryError::Storage(QuerierError::Storage("disk".into())),

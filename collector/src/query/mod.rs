@@ -6,12 +6,22 @@
 //! it returns [`Value`]s and [`QueryError`]s that carry their Prometheus
 //! `errorType` and status.
 
+mod aggregate;
+mod binary;
 mod engine;
 mod error;
 mod eval;
 #[cfg(test)]
+mod fixtures;
+mod functions;
+mod histogram;
+#[cfg(test)]
 mod in_memory;
+mod label_sets;
+mod over_time;
+mod quantile;
 pub mod querier;
+mod subquery;
 mod value;
 
 pub use engine::{DEFAULT_LOOKBACK_MS, DEFAULT_MAX_SAMPLES, Engine, MAX_RANGE_STEPS};
