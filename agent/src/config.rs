@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub spool_max_bytes: Option<u64>,
     /// Most backlog batches sent per second per collector after an outage.
     pub drain_rate: Option<u32>,
+    /// In failover mode, how often the first collector is tried again.
+    pub primary_retry: Option<String>,
     /// Bearer token the collector expects.
     pub token: Option<String>,
     /// Sampling and push interval, e.g. `10s`.
@@ -148,6 +150,8 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     /// Most backlog batches per second per collector.
     pub drain_rate: u32,
+    /// How often failover tries the first collector again.
+    pub primary_retry: Duration,
     /// Bearer token.
     pub token: String,
     /// Sampling and push interval.
@@ -232,11 +236,24 @@ impl AgentConfig {
             }
         };
         let spool_max_bytes = file.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
-        if spool_max_bytes < 16 << 20 {
+        if spool_max_bytes < 1 << 20 {
             return Err(invalid(
                 "spool_max_bytes",
                 &origin,
-                format!("{spool_max_bytes} is below the minimum of 16777216 (16 MiB)"),
+                format!("{spool_max_bytes} is below the minimum of 1048576 (1 MiB)"),
+            ));
+        }
+        let primary_retry = match &file.primary_retry {
+            Some(s) => {
+                parse_duration(s).map_err(|e| invalid("primary_retry", &origin, e.to_string()))?
+            }
+            None => crate::ship::PRIMARY_RETRY,
+        };
+        if primary_retry < Duration::from_secs(1) {
+            return Err(invalid(
+                "primary_retry",
+                &origin,
+                "must be at least 1s".into(),
             ));
         }
         let drain_rate = file.drain_rate.unwrap_or(200);
@@ -295,6 +312,7 @@ impl AgentConfig {
             mode,
             spool_max_bytes,
             drain_rate,
+            primary_retry,
             token,
             interval,
             state_dir,
@@ -386,6 +404,7 @@ mod tests {
             "mode",
             "spool_max_bytes",
             "drain_rate",
+            "primary_retry",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

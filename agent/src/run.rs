@@ -167,6 +167,9 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     let spool = {
         let opts = crate::spool::SpoolOptions {
             max_bytes: cfg.spool_max_bytes,
+            // At least four segments fit, so dropping one when full frees
+            // at most a quarter of the spool.
+            segment_bytes: (cfg.spool_max_bytes / 4).min(4 << 20),
             ..crate::spool::SpoolOptions::default()
         };
         let dir = spool_dir.clone();
@@ -181,6 +184,7 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
             token: cfg.token.clone(),
             mode: cfg.mode,
             drain_rate: cfg.drain_rate,
+            primary_retry: cfg.primary_retry,
         },
         batcher.table(),
         ShipMetrics::register(&registry),

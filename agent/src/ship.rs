@@ -30,7 +30,7 @@ use tokio::sync::watch;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a failover lane tries its first collector again.
+/// How often a failover lane tries its first collector again, by default.
 pub const PRIMARY_RETRY: Duration = Duration::from_secs(30);
 /// Records read from the spool at a time.
 const READ_CHUNK: usize = 64;
@@ -116,6 +116,8 @@ pub struct Destinations {
     pub mode: Mode,
     /// Most backlog batches sent per second per lane.
     pub drain_rate: u32,
+    /// How often a failover lane tries its first collector again.
+    pub primary_retry: Duration,
 }
 
 /// Puts batches into the spool and wakes the lanes.
@@ -219,11 +221,12 @@ pub fn start(
                 cursor,
                 links,
                 preferred: 0,
-                switched_at: Instant::now(),
+                primary_tried: Instant::now(),
                 client: client.clone(),
                 token: dest.token.clone(),
                 metrics: metrics.clone(),
                 drain_gap: Duration::from_secs(1) / dest.drain_rate.max(1),
+                primary_retry: dest.primary_retry,
             };
             tokio::spawn(lane.run(appended_rx.clone(), stop.clone()))
         })
@@ -304,11 +307,13 @@ struct Lane {
     links: Vec<Link>,
     /// The link that last worked (failover).
     preferred: usize,
-    switched_at: Instant,
+    /// When the first link was last tried while another was preferred.
+    primary_tried: Instant,
     client: reqwest::Client,
     token: String,
     metrics: ShipMetrics,
     drain_gap: Duration,
+    primary_retry: Duration,
 }
 
 impl Lane {
@@ -409,7 +414,9 @@ impl Lane {
             // Failover: the preferred link first; the first link again once
             // it has had time to recover.
             let n = self.links.len();
-            let start = if self.preferred != 0 && self.switched_at.elapsed() >= PRIMARY_RETRY {
+            let start = if self.preferred != 0 && self.primary_tried.elapsed() >= self.primary_retry
+            {
+                self.primary_tried = Instant::now();
                 0
             } else {
                 self.preferred
@@ -422,8 +429,8 @@ impl Lane {
                         if i != self.preferred {
                             tracing::info!(collector = %self.links[i].base, "delivering to this collector now");
                             self.preferred = i;
+                            self.primary_tried = Instant::now();
                         }
-                        self.switched_at = Instant::now();
                         return Delivered::Yes;
                     }
                     Outcome::Rejected(reason) => {

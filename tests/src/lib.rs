@@ -97,14 +97,24 @@ impl Collector {
         Self::start_with_env(data_dir, extra, &[])
     }
 
+    /// As [`Collector::start`], on a given port (to restart a collector
+    /// where its agents expect it).
+    pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Collector {
+        Self::start_full(data_dir, port, extra, &[])
+    }
+
     /// As [`Collector::start`], with environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Collector {
+        Self::start_full(data_dir, 0, extra, env)
+    }
+
+    fn start_full(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Collector {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let stderr_log = data_dir.with_extension("stderr.log");
         let mut cmd = Command::new(bin("nines-collector"));
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -253,6 +263,12 @@ impl Drop for Collector {
     }
 }
 
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 /// A running agent.
 pub struct Agent {
     child: Child,
@@ -277,6 +293,42 @@ impl Agent {
             .expect("start nines-agent");
         Agent { child }
     }
+}
+
+impl Agent {
+    /// Starts `nines-agent run` with exactly these flags.
+    pub fn start_with(token: &str, args: &[&str]) -> Agent {
+        let child = Command::new(bin("nines-agent"))
+            .arg("run")
+            .arg("--token")
+            .arg(token)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nines-agent");
+        Agent { child }
+    }
+
+    /// Kills the agent with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a metric from an agent's `/metrics` at `listen` (0 if absent or
+/// unreachable).
+pub fn agent_metric(listen: &str, name: &str, labels: &str) -> f64 {
+    http()
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .ok()
+        .and_then(|r| r.text().ok())
+        .map(|t| metric_value(&t, name, labels))
+        .unwrap_or(0.0)
 }
 
 impl Drop for Agent {

@@ -6,11 +6,6 @@
 use nines_tests::*;
 use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn value(c: &Collector, expr: &str) -> Option<f64> {
     let q = c.query(expr, None);
     let r = q["data"]["result"].as_array()?;
