@@ -3,6 +3,7 @@
 //! batcher adds the `instance` and `job` labels and numbers the series.
 
 pub mod host;
+pub mod system;
 
 use nines_shared::{Labels, MetricKind, MetricMetadata};
 
