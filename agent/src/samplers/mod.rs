@@ -2,7 +2,9 @@
 //! into a [`Samples`] buffer. They never send, batch or store anything; the
 //! batcher adds the `instance` and `job` labels and numbers the series.
 
+pub mod connections;
 pub mod host;
+pub mod system;
 
 use nines_shared::{Labels, MetricKind, MetricMetadata};
 
