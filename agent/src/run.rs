@@ -5,7 +5,7 @@
 use crate::batch::Batcher;
 use crate::config::AgentConfig;
 use crate::pull::LatestRound;
-use crate::samplers::{Samples, host::HostSampler};
+use crate::samplers::{SamplerSet, Samples};
 use crate::ship::{Destinations, ShipMetrics};
 use nines_shared::exposition::TEXT_CONTENT_TYPE;
 use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry};
@@ -58,7 +58,7 @@ pub async fn sample_forever(
     latest: Option<LatestRound>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sampler = Some(HostSampler::new(root));
+    let mut sampler = Some(SamplerSet::new(root));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -76,18 +76,18 @@ pub async fn sample_forever(
         // them off the async workers.
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = Samples::default();
-            let res = s.sample(&mut out);
-            (s, out, res)
+            let failed = s.sample(&mut out);
+            (s, out, failed)
         })
         .await;
-        let Ok((s, out, res)) = joined else {
-            tracing::error!("host sampler panicked; stopping sampling");
+        let Ok((s, out, failed)) = joined else {
+            tracing::error!("a sampler panicked; stopping sampling");
             return;
         };
         sampler = Some(s);
-        if let Err(e) = res {
-            metrics.errors.with(&["host"]).inc();
-            tracing::warn!(error = %e, "host sampler failed");
+        for (name, e) in failed {
+            metrics.errors.with(&[name]).inc();
+            tracing::warn!(sampler = name, error = %e, "sampler failed");
         }
         metrics.duration.observe(started.elapsed().as_secs_f64());
         metrics.rounds.inc();

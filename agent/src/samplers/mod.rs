@@ -77,3 +77,37 @@ pub enum SampleError {
         reason: String,
     },
 }
+
+/// The samplers one agent runs each round, in order.
+pub struct SamplerSet {
+    host: host::HostSampler,
+    system: system::SystemSampler,
+    connections: connections::ConnectionSampler,
+}
+
+impl SamplerSet {
+    /// Every sampler, reading the host at `root`.
+    pub fn new(root: std::path::PathBuf) -> Self {
+        SamplerSet {
+            host: host::HostSampler::new(root.clone()),
+            system: system::SystemSampler::new(root.clone()),
+            connections: connections::ConnectionSampler::new(root),
+        }
+    }
+
+    /// Runs every sampler into `out`; a failing one does not stop the
+    /// others. Returns each failure with the sampler's name.
+    pub fn sample(&mut self, out: &mut Samples) -> Vec<(&'static str, SampleError)> {
+        let mut failed = Vec::new();
+        if let Err(e) = self.host.sample(out) {
+            failed.push(("host", e));
+        }
+        if let Err(e) = self.system.sample(out) {
+            failed.push(("system", e));
+        }
+        if let Err(e) = self.connections.sample(out) {
+            failed.push(("connections", e));
+        }
+        failed
+    }
+}

@@ -29,7 +29,13 @@ pub fn format_value(v: f64) -> String {
 pub fn write_header(out: &mut String, name: &str, kind: MetricKind, help: &str) {
     let help = help.replace('\\', "\\\\").replace('\n', "\\n");
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+    // The text format spells an unknown type "untyped"; the metadata API
+    // says "unknown".
+    let word = match kind {
+        MetricKind::Unknown => "untyped",
+        k => k.as_str(),
+    };
+    let _ = writeln!(out, "# TYPE {name} {word}");
 }
 
 /// Writes one sample line.
@@ -61,6 +67,13 @@ mod tests {
         assert_eq!(format_value(f64::NAN), "NaN");
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_value(1e21), "1000000000000000000000");
+    }
+
+    #[test]
+    fn unknown_types_are_written_untyped() {
+        let mut s = String::new();
+        write_header(&mut s, "m", MetricKind::Unknown, "Help.");
+        assert_eq!(s, "# HELP m Help.\n# TYPE m untyped\n");
     }
 
     #[test]
