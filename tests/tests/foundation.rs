@@ -485,6 +485,14 @@ fn both_binaries_report_their_health_on_metrics() {
     assert_eq!(status, 200);
     assert!(c.metric("nines_ingest_samples_total", "") > 0.0, "{text}");
     assert!(text.contains("nines_storage_commit_duration_seconds_bucket"));
+    // The agent's clock offset is recorded; same host, so it is tiny.
+    let offset = text
+        .lines()
+        .find(|l| l.starts_with("nines_ingest_agent_clock_offset_seconds{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("clock offset of the agent");
+    assert!(offset.abs() < 5.0, "offset {offset}");
     assert_eq!(c.get_text("/healthz").0, 200);
 
     if let Some(promtool) = peer("promtool", "prometheus") {

@@ -8,7 +8,7 @@
 pub mod remote_write;
 
 use crate::storage::{Applied, SeriesWrite, Storage, WriteError};
-use nines_shared::telemetry::{Counter, CounterVec, Registry};
+use nines_shared::telemetry::{Counter, CounterVec, GaugeVec, Registry};
 use nines_shared::wire::{self, DecodeError, WireLimits};
 use nines_shared::{Batch, MetricMetadata, UnixMillis};
 use remote_write::{RemoteWriteError, RemoteWriteLimits};
@@ -21,6 +21,7 @@ pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 /// Ingest counters.
 #[derive(Clone)]
 pub struct IngestMetrics {
+    clock_offset: GaugeVec,
     batches: CounterVec,
     samples: Counter,
     rejected: CounterVec,
@@ -30,6 +31,11 @@ impl IngestMetrics {
     /// Registers the metrics.
     pub fn register(r: &Registry) -> Self {
         IngestMetrics {
+            clock_offset: r.gauge_vec(
+                "nines_ingest_agent_clock_offset_seconds",
+                "Each agent's clock minus the collector's, from the send time of its last batch (network delay included).",
+                &["agent"],
+            ),
             batches: r.counter_vec(
                 "nines_ingest_batches_total",
                 "Batches accepted, by result (stored, duplicate).",
@@ -147,6 +153,13 @@ impl Ingest {
     }
 
     async fn apply_inner(&self, batch: Batch) -> Result<Applied, IngestError> {
+        // The agent stamps sent_at at each attempt: the difference to our
+        // clock is its offset (plus transit time, which is small).
+        let offset_ms = batch.sent_at.0 - UnixMillis::now().0;
+        self.metrics
+            .clock_offset
+            .with(&[&batch.stream.agent])
+            .set(offset_ms as f64 / 1000.0);
         self.check_timestamps(batch.groups.iter().map(|g| g.at.0))?;
         Ok(self.storage.write(batch).await?)
     }
