@@ -14,6 +14,7 @@ mod eval;
 #[cfg(test)]
 mod fixtures;
 mod functions;
+mod go_time;
 mod histogram;
 #[cfg(test)]
 mod in_memory;
