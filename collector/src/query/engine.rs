@@ -17,6 +17,7 @@ use promql_parser::parser::function::{Function, register_extra_functions};
 use promql_parser::parser::token::{T_BOTTOMK, T_TOPK};
 use promql_parser::parser::{self, Expr, value::ValueType};
 
+use super::dialect;
 use super::error::QueryError;
 use super::eval::Evaluator;
 use super::querier::Querier;
@@ -148,7 +149,9 @@ fn register_2_42_functions() {
 
 fn parse(expr: &str) -> Result<Expr, QueryError> {
     register_2_42_functions();
-    parser::parse(expr).map_err(QueryError::Parse)
+    let parsed = parser::parse(expr).map_err(QueryError::Parse)?;
+    dialect::check(expr, &parsed).map_err(QueryError::Parse)?;
+    Ok(parsed)
 }
 
 /// Prometheus's checks on a range query's parameters, in its order.

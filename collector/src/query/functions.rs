@@ -159,6 +159,20 @@ impl Evaluator<'_> {
             }
             "label_replace" => self.eval_label_replace(&args, t),
             "label_join" => self.eval_label_join(&args, t),
+            // Native-histogram functions: they skip float samples, and
+            // every sample stored here is a float (remote_write refuses
+            // native histograms), so the answer is always empty. The
+            // arguments are still evaluated, for their errors.
+            "histogram_count" | "histogram_sum" => {
+                self.vector_arg(&args, 0, t)?;
+                Ok(Value::Vector(Vec::new()))
+            }
+            "histogram_fraction" => {
+                self.scalar_arg(&args, 0, t)?;
+                self.scalar_arg(&args, 1, t)?;
+                self.vector_arg(&args, 2, t)?;
+                Ok(Value::Vector(Vec::new()))
+            }
             _ => Err(QueryError::Unsupported(format!(
                 "function {name}() is not supported yet"
             ))),
@@ -555,6 +569,7 @@ fn absent_labels(arg: Option<&Expr>) -> Labels {
 enum DatePart {
     DayOfMonth,
     DayOfWeek,
+    DayOfYear,
     DaysInMonth,
     Hour,
     Minute,
@@ -566,6 +581,7 @@ fn date_part(name: &str) -> Option<DatePart> {
     Some(match name {
         "day_of_month" => DatePart::DayOfMonth,
         "day_of_week" => DatePart::DayOfWeek,
+        "day_of_year" => DatePart::DayOfYear,
         "days_in_month" => DatePart::DaysInMonth,
         "hour" => DatePart::Hour,
         "minute" => DatePart::Minute,
@@ -582,6 +598,7 @@ fn date_value(part: DatePart, seconds: i64) -> f64 {
     match part {
         DatePart::DayOfMonth => d.day as f64,
         DatePart::DayOfWeek => d.weekday as f64,
+        DatePart::DayOfYear => d.year_day as f64,
         DatePart::DaysInMonth => d.days_in_month as f64,
         DatePart::Hour => d.hour as f64,
         DatePart::Minute => d.minute as f64,

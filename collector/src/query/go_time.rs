@@ -51,6 +51,8 @@ pub(super) struct GoDate {
     pub minute: u64,
     /// 0 (Sunday) to 6.
     pub weekday: u64,
+    /// 1 to 366.
+    pub year_day: u64,
     /// Days in the month, as Prometheus's `days_in_month` computes it:
     /// `32 - time.Date(year, month, 32, 0, 0, 0, 0, UTC).Day()`.
     pub days_in_month: u64,
@@ -59,11 +61,12 @@ pub(super) struct GoDate {
 /// `time.Unix(sec, 0).UTC()`, broken down.
 pub(super) fn unix_date(sec: i64) -> GoDate {
     let abs = absolute(sec);
-    let (year, month, day) = abs_date(abs);
+    let (year, month, day, yday) = abs_date(abs);
     GoDate {
         year,
         month,
         day,
+        year_day: yday + 1,
         hour: (abs % SECONDS_PER_DAY) / SECONDS_PER_HOUR,
         minute: (abs % SECONDS_PER_HOUR) / SECONDS_PER_MINUTE,
         weekday: (abs.wrapping_add(SECONDS_PER_DAY) % SECONDS_PER_WEEK) / SECONDS_PER_DAY,
@@ -81,8 +84,8 @@ fn is_leap(year: i64) -> bool {
     year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
 }
 
-/// Go's `absDate(abs, true)`: (year, month, day).
-fn abs_date(abs: u64) -> (i64, u64, u64) {
+/// Go's `absDate(abs, true)`: (year, month, day, day of the year from 0).
+fn abs_date(abs: u64) -> (i64, u64, u64, u64) {
     let mut d = abs / SECONDS_PER_DAY;
     let mut n = d / DAYS_PER_400_YEARS;
     let mut y = 400 * n;
@@ -99,12 +102,13 @@ fn abs_date(abs: u64) -> (i64, u64, u64) {
     y += n;
     d -= 365 * n;
     let year = (y as i64).wrapping_add(ABSOLUTE_ZERO_YEAR);
+    let yday = d;
     let mut day = d;
     if is_leap(year) {
         if day > 31 + 29 - 1 {
             day -= 1;
         } else if day == 31 + 29 - 1 {
-            return (year, 2, 29);
+            return (year, 2, 29, yday);
         }
     }
     let mut month = day / 31;
@@ -115,7 +119,7 @@ fn abs_date(abs: u64) -> (i64, u64, u64) {
     } else {
         DAYS_BEFORE[month as usize]
     };
-    (year, month + 1, day - begin + 1)
+    (year, month + 1, day - begin + 1, yday)
 }
 
 /// Go's `time.Date(year, month, day, 0, 0, 0, 0, time.UTC).Unix()` for a
@@ -202,6 +206,8 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(parts(unix_date(go_int64(v))), want, "{v}");
         }
+        // day_of_year(vector(NaN)) in Prometheus 2.42.
+        assert_eq!(unix_date(go_int64(f64::NAN)).year_day, 339);
     }
 
     #[test]

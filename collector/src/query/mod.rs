@@ -8,6 +8,7 @@
 
 mod aggregate;
 mod binary;
+mod dialect;
 mod engine;
 mod error;
 mod eval;
