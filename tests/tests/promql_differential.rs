@@ -953,11 +953,15 @@ fn promql_answers_match_prometheus_2_42() {
         ),
     ];
 
-    let mut diffs: Vec<String> = Vec::new();
+    // Per differing expression: its report entry; and all differences.
+    let mut reports: Vec<String> = Vec::new();
+    let mut differences = 0;
     let mut queries = 0;
     let mut tally = Tally::default();
     for case in &cases {
         let ordered = keeps_order(&case.expr);
+        // (where, what differed) for this expression.
+        let mut found: Vec<(String, String)> = Vec::new();
         for &(name, t) in &instants {
             let form = [("query", case.expr.clone()), ("time", secs(t))];
             let want = api(&prom.url, "query", &form);
@@ -965,10 +969,7 @@ fn promql_answers_match_prometheus_2_42() {
             queries += 1;
             tally.count(&want);
             if let Some(d) = compare(&want, &got, ordered) {
-                diffs.push(format!(
-                    "line {} `{}` instant at {name}: {d}",
-                    case.line, case.expr
-                ));
+                found.push((format!("instant at {name}"), d));
             }
         }
         for &(name, s, e, step) in &ranges {
@@ -983,22 +984,23 @@ fn promql_answers_match_prometheus_2_42() {
             queries += 1;
             tally.count(&want);
             if let Some(d) = compare(&want, &got, false) {
-                diffs.push(format!(
-                    "line {} `{}` range {name}: {d}",
-                    case.line, case.expr
-                ));
+                found.push((format!("range {name}"), d));
             }
+        }
+        if !found.is_empty() {
+            differences += found.len();
+            reports.push(report_entry(case, &found, instants.len() + ranges.len()));
         }
     }
     eprintln!(
         "promql differential: {} expressions ({} known differences skipped), {queries} queries each; \
-Prometheus answered {} with data, {} empty, {} errors; {} differences; {:?}",
+Prometheus answered {} with data, {} empty, {} errors; {differences} differences in {} expressions; {:?}",
         cases.len(),
         known.len(),
         tally.data,
         tally.empty,
         tally.errors,
-        diffs.len(),
+        reports.len(),
         began.elapsed()
     );
     // A broken setup (no data, every query failing) must not pass quietly.
@@ -1010,17 +1012,40 @@ Prometheus answered {} with data, {} empty, {} errors; {} differences; {:?}",
     for (case, why) in &known {
         eprintln!("  skipped line {} `{}`: {why}", case.line, case.expr);
     }
-    if !diffs.is_empty() {
+    if !reports.is_empty() {
         let mut report = format!(
-            "{} differences between Prometheus and nines (first {} shown):\n",
-            diffs.len(),
-            REPORT_LIMIT.min(diffs.len())
+            "{differences} differences between Prometheus and nines in {} expressions (first {} shown):\n",
+            reports.len(),
+            REPORT_LIMIT.min(reports.len())
         );
-        for d in diffs.iter().take(REPORT_LIMIT) {
-            let _ = writeln!(report, "- {d}");
+        for r in reports.iter().take(REPORT_LIMIT) {
+            let _ = writeln!(report, "- {r}");
         }
         panic!("{report}");
     }
+}
+
+/// One expression's report: where it differed, and the first (and a second,
+/// different) description of what differed.
+fn report_entry(case: &Case, found: &[(String, String)], evaluations: usize) -> String {
+    let wheres: Vec<&str> = found.iter().map(|(w, _)| w.as_str()).collect();
+    let wheres = if found.len() == evaluations {
+        "all".to_string()
+    } else {
+        wheres.join(", ")
+    };
+    let mut entry = format!(
+        "line {} `{}`: differs in {} of {evaluations} evaluations ({wheres})",
+        case.line,
+        case.expr,
+        found.len(),
+    );
+    let (first_where, first) = &found[0];
+    let _ = write!(entry, "\n    {first_where}: {first}");
+    if let Some((w, d)) = found.iter().find(|(_, d)| d != first) {
+        let _ = write!(entry, "\n    {w}: {d}");
+    }
+    entry
 }
 
 #[test]
