@@ -64,7 +64,10 @@ impl Engine {
     pub fn instant(&self, q: &dyn Querier, expr: &str, t_ms: i64) -> Result<Value, QueryError> {
         let expr = parse(expr)?;
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, t_ms, t_ms);
-        let value = evaluator.eval(&expr, t_ms)?;
+        let value = match outermost(&expr) {
+            Expr::Subquery(sq) => evaluator.eval_outermost_subquery(sq, t_ms)?,
+            _ => evaluator.eval(&expr, t_ms)?,
+        };
         if orders_its_result(&expr) {
             return Ok(value);
         }
@@ -167,6 +170,14 @@ fn check_range(start_ms: i64, end_ms: i64, step_ms: i64) -> Result<(), QueryErro
         return Err(QueryError::TooManyPoints);
     }
     Ok(())
+}
+
+/// The expression without the parentheses around it.
+fn outermost(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
 }
 
 /// Whether the expression's own order is its answer's, as Prometheus
