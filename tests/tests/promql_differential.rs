@@ -951,6 +951,7 @@ fn promql_answers_match_prometheus_2_42() {
             end - 35 * MIN,
             30 * SEC,
         ),
+        ("2h at 17m", start, end, 17 * MIN),
     ];
 
     // Per differing expression: its report entry; and all differences.
