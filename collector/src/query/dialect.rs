@@ -11,6 +11,59 @@
 
 use promql_parser::parser::{Expr, FunctionArgs};
 
+/// `source` with every raw string (`` `...` ``) written as the double-quoted
+/// string with the same value. In PromQL a backtick string is raw:
+/// backslashes are themselves, so `` `C:\dir` `` is `C:\dir`; the parser
+/// we use reads escape sequences in it (and refuses `\d`). Comments and
+/// other strings are left alone.
+pub(super) fn raw_strings_quoted(source: &str) -> std::borrow::Cow<'_, str> {
+    if !source.contains('`') {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = String::with_capacity(source.len() + 8);
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '#' => {
+                while i < chars.len() && chars[i] != '\n' {
+                    out.push(chars[i]);
+                    i += 1;
+                }
+            }
+            '"' | '\'' => {
+                let end = skip_string(&chars, i).min(chars.len());
+                out.extend(&chars[i..end]);
+                i = end;
+            }
+            '`' => {
+                let Some(len) = chars[i + 1..].iter().position(|&c| c == '`') else {
+                    // Unterminated: left for the parser to refuse.
+                    out.extend(&chars[i..]);
+                    break;
+                };
+                out.push('"');
+                for &c in &chars[i + 1..i + 1 + len] {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '"' => out.push_str("\\\""),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                i += len + 2;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Every function Prometheus 2.42 knows.
 const FUNCTIONS_2_42: &[&str] = &[
     "abs",
@@ -394,6 +447,25 @@ mod tests {
                 Ok(()) => panic!("{bad}: accepted"),
             }
         }
+    }
+
+    #[test]
+    fn raw_strings_become_equivalent_quoted_strings() {
+        assert_eq!(raw_strings_quoted("up"), "up");
+        assert_eq!(raw_strings_quoted(r"x{a=`C:\dir`}"), r#"x{a="C:\\dir"}"#);
+        assert_eq!(
+            raw_strings_quoted(r#"f(`a"b`, "`", '`')"#),
+            r#"f("a\"b", "`", '`')"#
+        );
+        assert_eq!(raw_strings_quoted("x # `c:\\d`"), "x # `c:\\d`");
+        assert_eq!(raw_strings_quoted("x{a=`1\n2`}"), "x{a=\"1\\n2\"}");
+        assert_eq!(raw_strings_quoted("x{a=`open"), "x{a=`open");
+        // The value the parser then reads is the raw one.
+        let e = promql_parser::parser::parse(&raw_strings_quoted(
+            r#"label_replace(x, "a", `\d+\.`, "", "")"#,
+        ))
+        .unwrap();
+        assert!(e.to_string().contains(r"\\d+\\."), "{e}");
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn register_2_42_functions() {
 
 fn parse(expr: &str) -> Result<Expr, QueryError> {
     register_2_42_functions();
-    let parsed = parser::parse(expr).map_err(QueryError::Parse)?;
+    let parsed = parser::parse(&dialect::raw_strings_quoted(expr)).map_err(QueryError::Parse)?;
     dialect::check(expr, &parsed).map_err(QueryError::Parse)?;
     Ok(parsed)
 }
