@@ -17,6 +17,7 @@ use promql_parser::parser::function::{Function, register_extra_functions};
 use promql_parser::parser::token::{T_BOTTOMK, T_TOPK};
 use promql_parser::parser::{self, Expr, value::ValueType};
 
+use super::dialect;
 use super::error::QueryError;
 use super::eval::Evaluator;
 use super::querier::Querier;
@@ -63,7 +64,10 @@ impl Engine {
     pub fn instant(&self, q: &dyn Querier, expr: &str, t_ms: i64) -> Result<Value, QueryError> {
         let expr = parse(expr)?;
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, t_ms, t_ms);
-        let value = evaluator.eval(&expr, t_ms)?;
+        let value = match outermost(&expr) {
+            Expr::Subquery(sq) => evaluator.eval_outermost_subquery(sq, t_ms)?,
+            _ => evaluator.eval(&expr, t_ms)?,
+        };
         if orders_its_result(&expr) {
             return Ok(value);
         }
@@ -148,7 +152,9 @@ fn register_2_42_functions() {
 
 fn parse(expr: &str) -> Result<Expr, QueryError> {
     register_2_42_functions();
-    parser::parse(expr).map_err(QueryError::Parse)
+    let parsed = parser::parse(&dialect::raw_strings_quoted(expr)).map_err(QueryError::Parse)?;
+    dialect::check(expr, &parsed).map_err(QueryError::Parse)?;
+    Ok(parsed)
 }
 
 /// Prometheus's checks on a range query's parameters, in its order.
@@ -164,6 +170,14 @@ fn check_range(start_ms: i64, end_ms: i64, step_ms: i64) -> Result<(), QueryErro
         return Err(QueryError::TooManyPoints);
     }
     Ok(())
+}
+
+/// The expression without the parentheses around it.
+fn outermost(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
 }
 
 /// Whether the expression's own order is its answer's, as Prometheus

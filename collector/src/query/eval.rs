@@ -892,22 +892,41 @@ mod tests {
                 "limit_ratio(0.5, x)",
                 "aggregation limit_ratio is not supported yet",
             ),
-            (
-                "histogram_count(x)",
-                "function histogram_count() is not supported yet",
-            ),
-            (
-                "sort_by_label(x, \"a\") * 2",
-                "function sort_by_label() is not supported yet",
-            ),
-            (
-                "max_over_time(mad_over_time(x[5m])[5m:1m])",
-                "function mad_over_time() is not supported yet",
-            ),
             ("-limitk(1, x)", "aggregation limitk is not supported yet"),
         ];
         for (expr, msg) in cases {
             assert_eq!(unsupported(expr), msg, "{expr}");
+        }
+    }
+
+    #[test]
+    fn functions_prometheus_2_42_does_not_know_are_parse_errors() {
+        // 2.42 answers bad_data "unknown function with name ..."; these
+        // were execution errors ("not supported yet") before.
+        for expr in [
+            "sort_by_label(x, \"a\") * 2",
+            "max_over_time(mad_over_time(x[5m])[5m:1m])",
+            "info(x)",
+        ] {
+            match instant(&store(vec![]), expr, T) {
+                Err(e @ QueryError::Parse(_)) => {
+                    assert_eq!(e.error_type(), "bad_data", "{expr}");
+                    assert!(e.to_string().contains("unknown function"), "{expr}: {e}");
+                }
+                other => panic!("{expr}: expected a parse error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn native_histogram_functions_are_empty_on_float_samples() {
+        let q = store(vec![series(up("a"), &[(T, 1.0)])]);
+        for expr in [
+            "histogram_count(up)",
+            "histogram_sum(up)",
+            "histogram_fraction(0, 1, up)",
+        ] {
+            assert_eq!(vector(&q, expr, T), vec![], "{expr}");
         }
     }
 

@@ -10,7 +10,6 @@
 //! arguments come from the evaluator's once-per-query selections, never
 //! from a fresh storage read.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
 use nines_shared::{Labels, METRIC_NAME_LABEL, is_valid_label_name};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::token::T_EQL_REGEX;
@@ -18,6 +17,7 @@ use promql_parser::parser::{Call, Expr};
 
 use super::error::QueryError;
 use super::eval::{Evaluator, duration_ms, instant_vector, latest_sample_in_window};
+use super::go_time;
 use super::histogram::histogram_quantile;
 use super::label_sets::with_label;
 use super::over_time::{self, Window};
@@ -159,6 +159,20 @@ impl Evaluator<'_> {
             }
             "label_replace" => self.eval_label_replace(&args, t),
             "label_join" => self.eval_label_join(&args, t),
+            // Native-histogram functions: they skip float samples, and
+            // every sample stored here is a float (remote_write refuses
+            // native histograms), so the answer is always empty. The
+            // arguments are still evaluated, for their errors.
+            "histogram_count" | "histogram_sum" => {
+                self.vector_arg(&args, 0, t)?;
+                Ok(Value::Vector(Vec::new()))
+            }
+            "histogram_fraction" => {
+                self.scalar_arg(&args, 0, t)?;
+                self.scalar_arg(&args, 1, t)?;
+                self.vector_arg(&args, 2, t)?;
+                Ok(Value::Vector(Vec::new()))
+            }
             _ => Err(QueryError::Unsupported(format!(
                 "function {name}() is not supported yet"
             ))),
@@ -318,11 +332,11 @@ impl Evaluator<'_> {
             return Ok(Value::Vector(vec![InstantSample {
                 labels: Labels::default(),
                 t,
-                v: date_value(part, (t / 1000) as f64),
+                v: date_value(part, t / 1000),
             }]));
         }
         let v = self.vector_arg(args, 0, t)?;
-        map_values(v, t, |x| date_value(part, x))
+        map_values(v, t, |x| date_value(part, go_time::go_int64(x)))
     }
 
     /// `label_replace(v, dst, replacement, src, regex)`.
@@ -555,6 +569,7 @@ fn absent_labels(arg: Option<&Expr>) -> Labels {
 enum DatePart {
     DayOfMonth,
     DayOfWeek,
+    DayOfYear,
     DaysInMonth,
     Hour,
     Minute,
@@ -566,6 +581,7 @@ fn date_part(name: &str) -> Option<DatePart> {
     Some(match name {
         "day_of_month" => DatePart::DayOfMonth,
         "day_of_week" => DatePart::DayOfWeek,
+        "day_of_year" => DatePart::DayOfYear,
         "days_in_month" => DatePart::DaysInMonth,
         "hour" => DatePart::Hour,
         "minute" => DatePart::Minute,
@@ -575,33 +591,19 @@ fn date_part(name: &str) -> Option<DatePart> {
     })
 }
 
-/// The date part of `seconds` since the epoch (truncated to whole seconds,
-/// in UTC). NaN for values no date can have (NaN, infinities, beyond
-/// chrono's range).
-fn date_value(part: DatePart, seconds: f64) -> f64 {
-    if !seconds.is_finite() {
-        return f64::NAN;
-    }
-    let Some(d) = DateTime::<Utc>::from_timestamp(seconds.trunc() as i64, 0) else {
-        return f64::NAN;
-    };
-    f64::from(match part {
-        DatePart::DayOfMonth => d.day(),
-        DatePart::DayOfWeek => d.weekday().num_days_from_sunday(),
-        DatePart::DaysInMonth => days_in_month(d.year(), d.month()),
-        DatePart::Hour => d.hour(),
-        DatePart::Minute => d.minute(),
-        DatePart::Month => d.month(),
-        DatePart::Year => return f64::from(d.year()),
-    })
-}
-
-fn days_in_month(year: i32, month: u32) -> u32 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+/// The date part of the time `seconds` since the epoch, in UTC, as Go
+/// computes it (see [`go_time`]): every input has an answer, NaN included.
+fn date_value(part: DatePart, seconds: i64) -> f64 {
+    let d = go_time::unix_date(seconds);
+    match part {
+        DatePart::DayOfMonth => d.day as f64,
+        DatePart::DayOfWeek => d.weekday as f64,
+        DatePart::DayOfYear => d.year_day as f64,
+        DatePart::DaysInMonth => d.days_in_month as f64,
+        DatePart::Hour => d.hour as f64,
+        DatePart::Minute => d.minute as f64,
+        DatePart::Month => d.month as f64,
+        DatePart::Year => d.year as f64,
     }
 }
 
@@ -950,7 +952,7 @@ mod tests {
     #[test]
     fn dates() {
         // 2024-02-29T13:45:30Z, a Thursday.
-        let s = 1_709_214_330.0;
+        let s = 1_709_214_330;
         assert_eq!(date_value(DatePart::Year, s), 2024.0);
         assert_eq!(date_value(DatePart::Month, s), 2.0);
         assert_eq!(date_value(DatePart::DayOfMonth, s), 29.0);
@@ -958,8 +960,18 @@ mod tests {
         assert_eq!(date_value(DatePart::DaysInMonth, s), 29.0);
         assert_eq!(date_value(DatePart::Hour, s), 13.0);
         assert_eq!(date_value(DatePart::Minute, s), 45.0);
-        assert_eq!(days_in_month(1900, 2), 28);
-        assert_eq!(days_in_month(2000, 2), 29);
-        assert!(date_value(DatePart::Year, f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn dates_of_values_no_date_has_are_go_s() {
+        // Prometheus 2.42 converts with Go's int64(v): NaN, ±Inf and values
+        // out of range become math.MinInt64, whose date Go still computes
+        // (it was NaN here before).
+        let q = store(vec![(labels("x", &[]), vec![(T, f64::NAN)])]);
+        assert_eq!(one(&q, "month(x)", T), 12.0);
+        assert_eq!(one(&q, "year(x)", T), 292_277_026_596.0);
+        assert_eq!(one(&q, "day_of_month(vector(-Inf))", T), 4.0);
+        assert_eq!(one(&q, "hour(vector(1e18))", T), 1.0);
+        assert_eq!(one(&q, "minute(vector(-1.5))", T), 59.0);
     }
 }

@@ -8,12 +8,14 @@
 
 mod aggregate;
 mod binary;
+mod dialect;
 mod engine;
 mod error;
 mod eval;
 #[cfg(test)]
 mod fixtures;
 mod functions;
+mod go_time;
 mod histogram;
 #[cfg(test)]
 mod in_memory;

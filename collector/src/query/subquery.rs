@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use nines_shared::Labels;
-use promql_parser::parser::SubqueryExpr;
+use promql_parser::parser::{Expr, SubqueryExpr};
 
 use super::error::QueryError;
 use super::eval::{Evaluator, duration_ms, offset_ms};
@@ -78,6 +78,61 @@ impl Evaluator<'_> {
         Ok((result?, window))
     }
 
+    /// A subquery that is the whole expression of an instant query (its
+    /// answer is the range vector itself). As [`Self::eval_subquery`],
+    /// but with a quirk of Prometheus 2.42 kept: when the inner expression
+    /// is step invariant (see [`is_step_invariant`]) Prometheus evaluates it
+    /// once at the first aligned step and copies it to the others; its
+    /// step count, `(end - first) / step + 1` in Go's truncating division,
+    /// is 1 even when the first aligned step lies after the window's end
+    /// (a range shorter than the distance to the next multiple of the
+    /// step). So `vector(1)[1ms:]` at 10:00:30 has one point, at 10:01:00.
+    /// Inside a function the point is never in a window, so only the
+    /// outermost subquery shows it.
+    pub(super) fn eval_outermost_subquery(
+        &mut self,
+        sq: &SubqueryExpr,
+        t: i64,
+    ) -> Result<Value, QueryError> {
+        let (series, window) = self.eval_subquery(sq, t)?;
+        let step = sq.step.map_or(DEFAULT_SUBQUERY_STEP_MS, duration_ms);
+        let first = align_up(window.start, step);
+        if first <= window.end || !is_step_invariant(&sq.expr) {
+            return Ok(Value::Matrix(series));
+        }
+        let outer_span = std::mem::replace(&mut self.span, (first, first));
+        let samples = self.inner_step(sq, first);
+        self.span = outer_span;
+        Ok(Value::Matrix(
+            samples?
+                .into_iter()
+                .filter(|s| !is_stale_marker(s.v))
+                .map(|s| RangeSeries {
+                    labels: s.labels,
+                    samples: vec![(first, s.v)],
+                })
+                .collect(),
+        ))
+    }
+
+    /// The inner expression's samples at one step.
+    fn inner_step(&mut self, sq: &SubqueryExpr, ti: i64) -> Result<Vec<InstantSample>, QueryError> {
+        Ok(match self.eval(&sq.expr, ti)? {
+            Value::Vector(v) => v,
+            Value::Scalar(v) => vec![InstantSample {
+                labels: Labels::default(),
+                t: ti,
+                v,
+            }],
+            other => {
+                return Err(QueryError::Unsupported(format!(
+                    "subquery over a {} is not supported",
+                    other.documented_type()
+                )));
+            }
+        })
+    }
+
     /// The inner expression at each step in the window, grouped by series.
     fn subquery_steps_in(
         &mut self,
@@ -91,20 +146,7 @@ impl Evaluator<'_> {
         while ti <= window.end {
             let key = (node, ti);
             if !self.subquery_steps.contains_key(&key) {
-                let samples = match self.eval(&sq.expr, ti)? {
-                    Value::Vector(v) => v,
-                    Value::Scalar(v) => vec![InstantSample {
-                        labels: Labels::default(),
-                        t: ti,
-                        v,
-                    }],
-                    other => {
-                        return Err(QueryError::Unsupported(format!(
-                            "subquery over a {} is not supported",
-                            other.documented_type()
-                        )));
-                    }
-                };
+                let samples = self.inner_step(sq, ti)?;
                 // Every step costs at least one sample, so a huge range
                 // over a tiny step hits the limit instead of running on.
                 self.charge(samples.len().max(1))?;
@@ -124,6 +166,44 @@ impl Evaluator<'_> {
             .into_iter()
             .map(|(labels, samples)| RangeSeries { labels, samples })
             .collect())
+    }
+}
+
+/// Functions whose value depends on the evaluation time even when their
+/// arguments do not (Prometheus's `AtModifierUnsafeFunctions`).
+const TIME_DEPENDENT_FUNCTIONS: &[&str] = &[
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "hour",
+    "minute",
+    "month",
+    "year",
+    "predict_linear",
+    "time",
+    "timestamp",
+];
+
+/// Whether Prometheus 2.42 treats `e` as step invariant (its
+/// `preprocessExpr`): literals, selectors and subqueries pinned with `@`,
+/// and calls, operators and aggregations of only such, except the
+/// time-dependent functions.
+pub(crate) fn is_step_invariant(e: &Expr) -> bool {
+    match e {
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => true,
+        Expr::VectorSelector(vs) => vs.at.is_some(),
+        Expr::MatrixSelector(ms) => ms.vs.at.is_some(),
+        Expr::Subquery(sq) => sq.at.is_some(),
+        Expr::Paren(p) => is_step_invariant(&p.expr),
+        Expr::Unary(u) => is_step_invariant(&u.expr),
+        Expr::Binary(b) => is_step_invariant(&b.lhs) && is_step_invariant(&b.rhs),
+        Expr::Aggregate(a) => is_step_invariant(&a.expr),
+        Expr::Call(c) => {
+            !TIME_DEPENDENT_FUNCTIONS.contains(&c.func.name)
+                && c.args.args.iter().all(|a| is_step_invariant(a))
+        }
+        Expr::Extension(_) => false,
     }
 }
 
@@ -196,6 +276,40 @@ mod tests {
             engine.instant(&q, "nothing[10y:1s]", T),
             Err(QueryError::TooManySamples { limit: 10_000 })
         ));
+    }
+
+    #[test]
+    fn outermost_step_invariant_subquery_keeps_prometheus_s_lone_point() {
+        let q = counter();
+        // At T + 30s the window [T + 30s - 1ms, T + 30s] holds no multiple
+        // of 1m; Prometheus 2.42 still answers one point at T + 1m for a
+        // step-invariant inner expression.
+        let m = matrix(&q, "vector(1)[1ms:]", T + 30 * SEC);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].samples, vec![(T + MIN, 1.0)]);
+        let at = T / 1000;
+        let m = matrix(&q, &format!("(x @ {at})[1ms:]"), T + 30 * SEC);
+        assert_eq!(m[0].samples, vec![(T + MIN, 800.0)]);
+        // Not for an expression that varies per step, nor inside a function.
+        assert!(matrix(&q, "x[1ms:]", T + 30 * SEC).is_empty());
+        assert!(matrix(&q, "vector(time())[1ms:]", T + 30 * SEC).is_empty());
+        assert!(vector(&q, "count_over_time(vector(1)[1ms:])", T + 30 * SEC).is_empty());
+        // At an aligned time the point is at T, as for any subquery.
+        assert_eq!(matrix(&q, "vector(1)[1ms:]", T)[0].samples, vec![(T, 1.0)]);
+    }
+
+    #[test]
+    fn step_invariance_follows_prometheus() {
+        let inv = |e: &str| is_step_invariant(&promql_parser::parser::parse(e).unwrap());
+        assert!(inv("vector(1)"));
+        assert!(inv("sum(x @ 100) + 1"));
+        assert!(inv("rate(x[5m] @ end())"));
+        assert!(inv("max_over_time(x[5m:1m] @ 100)"));
+        assert!(!inv("x"));
+        assert!(!inv("vector(time())"));
+        assert!(!inv("timestamp(x @ 100)"));
+        assert!(!inv("x[5m:1m]"));
+        assert!(!inv("sum(x @ 100) + x"));
     }
 
     #[test]
