@@ -363,7 +363,7 @@ fn bad_queries_get_the_prometheus_error_envelope() {
         ("/api/v1/query?query=up%7B", 400, "bad_data"),
         ("/api/v1/query", 400, "bad_data"),
         ("/api/v1/query?query=up&time=NaN", 400, "bad_data"),
-        ("/api/v1/query?query=limitk(1%2Cup)", 422, "execution"),
+        ("/api/v1/query?query=limitk(1%2Cup)", 400, "bad_data"),
         (
             "/api/v1/query_range?query=up&start=10&end=5&step=1",
             400,
@@ -401,6 +401,20 @@ fn bad_queries_get_the_prometheus_error_envelope() {
     }
     let (_, j) = c.get_json("/api/v1/query?query=limitk(1%2Cup)");
     assert!(j["error"].as_str().unwrap().contains("limitk"), "{j}");
+    // A query over the configured sample limit: 422 before the work.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg = dir2.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_query_samples = 5\n").unwrap();
+    let small = Collector::start(
+        &dir2.path().join("d"),
+        &["--no-local-agent", "--config", cfg.to_str().unwrap()],
+    );
+    let t = UnixMillis::now().0 - 20_000;
+    let points: Vec<(i64, f64)> = (0..10).map(|i| (t + i * 1000, i as f64)).collect();
+    assert_eq!(small.push(&batch("lim", 0, "e2e_limit", &points)).0, 200);
+    let (status, j) = small.get_json("/api/v1/query?query=e2e_limit%5B1m%5D");
+    assert_eq!(status, 422, "{j}");
+    assert_eq!(j["errorType"], "execution", "{j}");
     // Grafana's health check.
     let (status, j) = c.get_json("/api/v1/query?query=1%2B1");
     assert_eq!(status, 200);

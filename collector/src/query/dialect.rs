@@ -145,12 +145,15 @@ pub(super) fn check(source: &str, expr: &Expr) -> Result<(), String> {
     check_names(expr)
 }
 
-/// Functions 2.42 does not know. Aggregations it does not know (`limitk`,
-/// `limit_ratio`) are left to the evaluator, which reports them as not
-/// supported.
+/// Functions and aggregations 2.42 does not know. It reads the later
+/// aggregations `limitk` and `limit_ratio` as calls of unknown functions.
 fn check_names(expr: &Expr) -> Result<(), String> {
     match expr {
         Expr::Aggregate(a) => {
+            let op = a.op.to_string();
+            if op == "limitk" || op == "limit_ratio" {
+                return Err(format!("unknown function with name {op:?}"));
+            }
             if let Some(p) = &a.param {
                 check_names(p)?;
             }

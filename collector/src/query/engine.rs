@@ -483,13 +483,11 @@ mod tests {
     }
 
     #[test]
-    fn range_query_reports_unsupported_constructs() {
+    fn range_query_reports_unknown_functions_as_bad_data() {
         let q = store(vec![(up("a"), vec![(T, 1.0)])]);
         match range(&q, "limitk(1, up)", T, T + MIN, MIN) {
-            Err(e @ QueryError::Unsupported(_)) => {
-                assert_eq!(e.to_string(), "aggregation limitk is not supported yet");
-            }
-            other => panic!("expected unsupported, got {other:?}"),
+            Err(e @ QueryError::Parse(_)) => assert_eq!(e.error_type(), "bad_data"),
+            other => panic!("expected a parse error, got {other:?}"),
         }
     }
 
