@@ -525,6 +525,93 @@ fn api(url: &str, endpoint: &str, form: &[(&str, String)]) -> Json {
     serde_json::from_str(&text).unwrap_or(Json::Null)
 }
 
+/// GETs `path` (with its query string); returns (status, JSON body).
+fn get(url: &str, path: &str) -> (u16, Json) {
+    let r = http()
+        .get(format!("{url}{path}"))
+        .send()
+        .expect("GET request");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Json::Null))
+}
+
+/// Grafana's data source requests, in the order it makes them, answered
+/// alike: the health check, buildinfo, the query editor's lookups, a
+/// dashboard's range query, and the older rules call. Returns what
+/// differed.
+fn grafana_sequence_differences(prom: &str, nines: &str, end: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let (start_s, end_s) = (secs(end - 60 * MIN), secs(end));
+    // Health check: an instant query of 1+1 by POST form, then buildinfo.
+    let form = [("query", "1+1".to_string()), ("time", end_s.clone())];
+    let (want, got) = (api(prom, "query", &form), api(nines, "query", &form));
+    if let Some(d) = compare(&want, &got, false) {
+        out.push(format!("query 1+1: {d}"));
+    }
+    let (_, info) = get(nines, "/api/v1/status/buildinfo");
+    if info["status"] != "success" || !info["data"]["version"].is_string() {
+        out.push(format!("buildinfo: {info}"));
+    }
+    if info["data"]["features"]
+        .as_object()
+        .is_some_and(|f| !f.is_empty())
+    {
+        out.push("buildinfo has features (Grafana would take nines for Mimir)".into());
+    }
+    // The editor's lookups: the same data, sorted alike.
+    for path in [
+        "/api/v1/label/__name__/values".to_string(),
+        format!("/api/v1/labels?start={start_s}&end={end_s}"),
+        format!("/api/v1/label/instance/values?start={start_s}&end={end_s}"),
+        format!("/api/v1/series?match[]=node_load1&start={start_s}&end={end_s}"),
+        "/api/v1/metadata".to_string(),
+        "/api/v1/rules".to_string(),
+        "/api/v1/alerts".to_string(),
+    ] {
+        let (ws, want) = get(prom, &path);
+        let (gs, got) = get(nines, &path);
+        let sorted = |j: &Json| {
+            let mut v = j["data"].as_array().cloned().unwrap_or_default();
+            v.sort_by_key(|x| x.to_string());
+            v
+        };
+        let same = ws == gs
+            && want["status"] == got["status"]
+            && match want["data"] {
+                Json::Array(_) => sorted(&want) == sorted(&got),
+                Json::Object(_) if path.contains("rules") || path.contains("alerts") => {
+                    // Prometheus with no rule files: empty groups/alerts.
+                    want["data"] == got["data"]
+                }
+                _ => want["data"] == got["data"],
+            };
+        if !same {
+            out.push(format!(
+                "GET {path}: Prometheus {ws} {want} / nines {gs} {got}"
+            ));
+        }
+    }
+    // A dashboard panel: query_range by POST form.
+    let form = [
+        (
+            "query",
+            "sum by (instance) (rate(node_cpu_seconds_total[5m]))".to_string(),
+        ),
+        ("start", start_s),
+        ("end", end_s),
+        ("step", "60".to_string()),
+    ];
+    let (want, got) = (
+        api(prom, "query_range", &form),
+        api(nines, "query_range", &form),
+    );
+    if let Some(d) = compare(&want, &got, false) {
+        out.push(format!("query_range: {d}"));
+    }
+    out
+}
+
 /// Unix seconds with millisecond precision, as a query parameter.
 fn secs(ms: i64) -> String {
     format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
@@ -1003,6 +1090,12 @@ Prometheus answered {} with data, {} empty, {} errors; {differences} differences
         tally.errors,
         reports.len(),
         began.elapsed()
+    );
+    let grafana = grafana_sequence_differences(&prom.url, &nines.url, end);
+    assert!(
+        grafana.is_empty(),
+        "Grafana's request sequence answered differently:\n{}",
+        grafana.join("\n")
     );
     // A broken setup (no data, every query failing) must not pass quietly.
     assert!(

@@ -74,6 +74,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/metadata", get(prom::metadata).post(prom::metadata))
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
+        .route("/api/v1/rules", get(prom::rules))
+        .route("/api/v1/alerts", get(prom::alerts))
+        .route(
+            "/api/v1/query_exemplars",
+            get(prom::query_exemplars).post(prom::query_exemplars),
+        )
         .route("/metrics", get(self_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(status_page::handle))

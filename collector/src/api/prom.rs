@@ -443,3 +443,36 @@ pub async fn buildinfo() -> Response {
         "goVersion": "",
     }))
 }
+
+/// `/api/v1/rules`: no rule groups until alerting exists (Grafana asks).
+pub async fn rules() -> Response {
+    success(json!({"groups": []}))
+}
+
+/// `/api/v1/alerts`: no alerts until alerting exists.
+pub async fn alerts() -> Response {
+    success(json!({"alerts": []}))
+}
+
+/// `/api/v1/query_exemplars`: the query is checked; nines stores no
+/// exemplars, so the answer is empty.
+pub async fn query_exemplars(
+    State(s): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let st = s.clone();
+    let resp = async move {
+        let r = read_request(s, method, headers, q, body).await?;
+        let expr = r.params.required("query")?;
+        promql_parser::parser::parse(expr)
+            .map_err(|e| bad_data(&format!("invalid parameter \"query\": {e}")))?;
+        bounds(&r.params)?;
+        Ok::<_, ApiError>(success(json!([])))
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
+    count(&st, "query_exemplars", resp)
+}
