@@ -3,7 +3,9 @@
 //! batcher adds the `instance` and `job` labels and numbers the series.
 
 pub mod connections;
+pub mod histogram;
 pub mod host;
+pub mod statsd;
 pub mod system;
 
 use nines_shared::{Labels, MetricKind, MetricMetadata};
