@@ -2,6 +2,7 @@
 //! into a [`Samples`] buffer. They never send, batch or store anything; the
 //! batcher adds the `instance` and `job` labels and numbers the series.
 
+pub mod access_log;
 pub mod connections;
 pub mod histogram;
 pub mod host;
