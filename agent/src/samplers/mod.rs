@@ -2,8 +2,11 @@
 //! into a [`Samples`] buffer. They never send, batch or store anything; the
 //! batcher adds the `instance` and `job` labels and numbers the series.
 
+pub mod access_log;
 pub mod connections;
+pub mod histogram;
 pub mod host;
+pub mod statsd;
 pub mod system;
 
 use nines_shared::{Labels, MetricKind, MetricMetadata};

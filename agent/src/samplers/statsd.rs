@@ -1,0 +1,793 @@
+//! StatsD / DogStatsD listener: receives UDP datagrams from applications on
+//! this host and keeps cumulative Prometheus-style counters, gauges and
+//! histograms that a sampling round snapshots with [`StatsdState::sample`].
+//!
+//! Wire format: `name:value[:value...]|type[|@rate][|#tag:v,tag2]`, one
+//! metric per line, lines separated by `\n`. Types and how they are exposed:
+//!
+//! | type | meaning | exposed as |
+//! |---|---|---|
+//! | `c` | counter increment, scaled by `1/rate` | counter `<name>_total` |
+//! | `g` | gauge; a `+`/`-` prefix is a delta | gauge `<name>` |
+//! | `ms` | timer in milliseconds | histogram `<name>_seconds` (converted to seconds) |
+//! | `h`, `d` | DogStatsD histogram / distribution, no unit | histogram `<name>` (values as sent) |
+//! | `s` | set member | gauge `<name>`: distinct members in the last round |
+//!
+//! Histograms use [`LATENCY_BUCKETS_SECONDS`](super::histogram::LATENCY_BUCKETS_SECONDS);
+//! a sample rate multiplies a timer's observation count by `1/rate`
+//! (rounded, at least 1). Names and tag names are made Prometheus-valid
+//! (every character outside `[a-zA-Z0-9_]` becomes `_`, a leading digit gets
+//! a `_` prefix); a tag without a value becomes the label value `"true"`.
+//! DogStatsD events (`_e{`) and service checks (`_sc|`) are not metrics and
+//! are dropped as `unsupported_type`.
+//!
+//! This listener must never let a sender grow the agent's memory without
+//! bound, crash the agent, or silently lose data: every line is either
+//! applied or counted in `nines_statsd_dropped_lines_total{reason}`. It
+//! never sends anything and never expires series (counters must stay
+//! cumulative while the agent runs).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nines_shared::MetricKind;
+use tokio::sync::watch;
+
+use super::Samples;
+use super::histogram::{Histogram, LATENCY_BUCKETS_SECONDS};
+
+/// Where the listener receives datagrams unless configured otherwise:
+/// StatsD's usual port, on loopback only, since the wire format has no
+/// authentication.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8125));
+
+/// Most distinct set members remembered per round across all sets. Past
+/// it, set gauges stop growing until the next round: members are kept as
+/// 8-byte hashes, so this bounds set memory to a few tens of MiB.
+const SET_MEMBER_BUDGET: usize = 1_000_000;
+
+/// How long the receive loop pauses after a socket error, so a persistent
+/// error cannot spin a core.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Settings of the StatsD listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsdConfig {
+    /// UDP address to receive on. Default [`DEFAULT_LISTEN`] (127.0.0.1:8125).
+    pub listen: SocketAddr,
+    /// Most Prometheus series kept (a histogram counts as its buckets plus
+    /// `_sum` and `_count`, as that is what gets stored). Lines that would
+    /// create more are dropped as `too_many_series`. Default 10 000.
+    pub max_series: usize,
+    /// Longest metric name, tag name or tag value accepted, in bytes; longer
+    /// lines are dropped as `name_too_long`. Default 200.
+    pub max_name_len: usize,
+    /// Most tags on one line; lines with more are dropped as
+    /// `too_many_tags`. Default 16.
+    pub max_tags: usize,
+    /// Largest datagram read whole; of a larger one only the lines ending
+    /// within the limit are applied, and the rest is dropped as one
+    /// `parse_error` line. Default 65 535.
+    pub max_packet_bytes: usize,
+}
+
+impl Default for StatsdConfig {
+    fn default() -> Self {
+        StatsdConfig {
+            listen: DEFAULT_LISTEN,
+            max_series: 10_000,
+            max_name_len: 200,
+            max_tags: 16,
+            max_packet_bytes: 65_535,
+        }
+    }
+}
+
+/// The bound UDP socket plus the state it feeds. Create it at start (so a
+/// port already in use stops the agent early), hand [`StatsdListener::state`]
+/// to the sampling round, then spawn [`StatsdListener::run`].
+#[derive(Debug)]
+pub struct StatsdListener {
+    socket: std::net::UdpSocket,
+    state: StatsdState,
+    max_packet_bytes: usize,
+}
+
+impl StatsdListener {
+    /// Binds `cfg.listen`. Uses a std socket so that binding works outside
+    /// a Tokio runtime; [`StatsdListener::run`] moves it onto Tokio.
+    pub fn bind(cfg: StatsdConfig) -> Result<StatsdListener, io::Error> {
+        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        socket.set_nonblocking(true)?;
+        Ok(StatsdListener {
+            socket,
+            state: StatsdState::new(&cfg),
+            max_packet_bytes: cfg.max_packet_bytes,
+        })
+    }
+
+    /// The address actually bound (useful when binding port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// A handle on the aggregated data, to sample from.
+    pub fn state(&self) -> StatsdState {
+        self.state.clone()
+    }
+
+    /// Receives datagrams and applies them until `stop` turns true (or its
+    /// sender is dropped, as then nothing could ever stop us). Socket errors
+    /// are logged and the loop goes on: StatsD is fire-and-forget, and one
+    /// bad datagram must not end the listener.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let socket = match tokio::net::UdpSocket::from_std(self.socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "statsd listener cannot use its socket; not listening");
+                return;
+            }
+        };
+        // One byte more than the limit, to tell a datagram of exactly the
+        // limit from one the kernel cut to fit the buffer.
+        let mut buf = vec![0u8; self.max_packet_bytes.saturating_add(1)];
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok((n, _from)) => self.state.ingest(buf.get(..n).unwrap_or(&buf)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "statsd receive failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The aggregated StatsD data, shared between the receive task and the
+/// sampling round. Cheap to clone (a shared handle).
+#[derive(Debug, Clone)]
+pub struct StatsdState {
+    inner: Arc<Mutex<Registry>>,
+}
+
+impl StatsdState {
+    /// Empty state with `cfg`'s limits (its `listen` is not used).
+    pub fn new(cfg: &StatsdConfig) -> Self {
+        StatsdState {
+            inner: Arc::new(Mutex::new(Registry::new(cfg))),
+        }
+    }
+
+    /// Applies one datagram: each `\n`-separated line is applied or counted
+    /// as dropped. Of a datagram over `max_packet_bytes`, what follows the
+    /// last newline within the limit is dropped as one `parse_error` line.
+    pub fn ingest(&self, packet: &[u8]) {
+        self.lock().ingest_packet(packet);
+    }
+
+    /// Reports the listener's own counters and every series' current
+    /// cumulative value into `out`. Set gauges report the distinct members
+    /// seen since the previous call and then start over, so exactly one
+    /// sampling round should call this.
+    pub fn sample(&self, out: &mut Samples) {
+        self.lock().sample(out);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the registry half
+        // updated in a way that matters more than losing all of it would.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a line was not applied: the `reason` label of
+/// `nines_statsd_dropped_lines_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum DropReason {
+    #[error("parse_error")]
+    ParseError,
+    #[error("too_many_series")]
+    TooManySeries,
+    #[error("name_too_long")]
+    NameTooLong,
+    #[error("too_many_tags")]
+    TooManyTags,
+    #[error("unsupported_type")]
+    UnsupportedType,
+    /// The exposed name is already used by a series of another type (say a
+    /// gauge `x` after a set `x`, or a counter `a_sum` beside a histogram
+    /// `a`): Prometheus cannot hold both under one name.
+    #[error("type_conflict")]
+    TypeConflict,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 6] = [
+        DropReason::ParseError,
+        DropReason::TooManySeries,
+        DropReason::NameTooLong,
+        DropReason::TooManyTags,
+        DropReason::UnsupportedType,
+        DropReason::TypeConflict,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::ParseError => "parse_error",
+            DropReason::TooManySeries => "too_many_series",
+            DropReason::NameTooLong => "name_too_long",
+            DropReason::TooManyTags => "too_many_tags",
+            DropReason::UnsupportedType => "unsupported_type",
+            DropReason::TypeConflict => "type_conflict",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A StatsD type letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatsdType {
+    Counter,
+    Gauge,
+    Timer,
+    Histogram,
+    Distribution,
+    Set,
+}
+
+/// One value of a line, already checked for its type.
+#[derive(Debug, Clone, PartialEq)]
+enum Value<'a> {
+    /// A counter increment or a timer/histogram observation: finite, >= 0.
+    Number(f64),
+    /// A gauge's new value.
+    GaugeSet(f64),
+    /// A gauge delta (`+3`, `-2`).
+    GaugeDelta(f64),
+    /// A set member, as sent.
+    Member(&'a str),
+}
+
+/// One parsed line, names and tags still raw.
+#[derive(Debug, Clone, PartialEq)]
+struct Line<'a> {
+    name: &'a str,
+    kind: StatsdType,
+    values: Vec<Value<'a>>,
+    /// In (0, 1]; 1 when absent.
+    rate: f64,
+    /// Tag name and value (`None` for a bare tag), in the order sent.
+    tags: Vec<(&'a str, Option<&'a str>)>,
+}
+
+/// Parses one line (without its `\n`). Never panics; anything it does not
+/// understand is an error with the reason to count.
+fn parse_line(line: &str) -> Result<Line<'_>, DropReason> {
+    if line.starts_with("_e{") || line.starts_with("_sc|") {
+        return Err(DropReason::UnsupportedType);
+    }
+    let mut fields = line.split('|');
+    let head = fields.next().unwrap_or_default();
+    let (name, raw_values) = head.split_once(':').ok_or(DropReason::ParseError)?;
+    if name.is_empty() {
+        return Err(DropReason::ParseError);
+    }
+    let kind = match fields.next() {
+        Some("c") => StatsdType::Counter,
+        Some("g") => StatsdType::Gauge,
+        Some("ms") => StatsdType::Timer,
+        Some("h") => StatsdType::Histogram,
+        Some("d") => StatsdType::Distribution,
+        Some("s") => StatsdType::Set,
+        None | Some("") => return Err(DropReason::ParseError),
+        Some(_) => return Err(DropReason::UnsupportedType),
+    };
+    let mut rate = 1.0;
+    let mut tags = Vec::new();
+    // Fields after the type are told apart by their first character, as
+    // DogStatsD adds new ones over time.
+    for field in fields {
+        if let Some(r) = field.strip_prefix('@') {
+            rate = r
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
+                .ok_or(DropReason::ParseError)?;
+        } else if let Some(list) = field.strip_prefix('#') {
+            for tag in list.split(',').filter(|t| !t.is_empty()) {
+                tags.push(match tag.split_once(':') {
+                    Some((k, v)) => (k, Some(v)),
+                    None => (tag, None),
+                });
+            }
+        }
+        // Anything else (`c:` container id, `T` timestamp, `e:` external
+        // data) carries nothing we expose; ignoring it keeps newer clients'
+        // metrics flowing.
+    }
+    let values = raw_values
+        .split(':')
+        .map(|v| parse_value(kind, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Line {
+        name,
+        kind,
+        values,
+        rate,
+        tags,
+    })
+}
+
+/// Parses one value for `kind`.
+fn parse_value(kind: StatsdType, v: &str) -> Result<Value<'_>, DropReason> {
+    if v.is_empty() {
+        return Err(DropReason::ParseError);
+    }
+    let number = |s: &str| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or(DropReason::ParseError)
+    };
+    match kind {
+        StatsdType::Set => Ok(Value::Member(v)),
+        StatsdType::Gauge => {
+            // A sign makes a gauge value a delta; "+-3" is not a number.
+            let (sign, rest) = match v.as_bytes().first() {
+                Some(b'+') => (Some(1.0), &v[1..]),
+                Some(b'-') => (Some(-1.0), &v[1..]),
+                _ => (None, v),
+            };
+            if sign.is_some() && rest.starts_with(['+', '-']) {
+                return Err(DropReason::ParseError);
+            }
+            let x = number(rest)?;
+            Ok(match sign {
+                Some(s) => Value::GaugeDelta(s * x),
+                None => Value::GaugeSet(x),
+            })
+        }
+        // Counters must never decrease, and timings and sizes below zero
+        // would make `_sum` go backwards; both are refused.
+        _ => {
+            let x = number(v)?;
+            if x < 0.0 {
+                return Err(DropReason::ParseError);
+            }
+            Ok(Value::Number(x))
+        }
+    }
+}
+
+/// Makes `raw` a valid Prometheus metric or label name: every character
+/// outside `[a-zA-Z0-9_]` becomes `_` and a leading digit gets a `_`
+/// prefix. Empty in, empty out.
+fn sanitize(raw: &str) -> String {
+    let mut s = String::with_capacity(raw.len() + 1);
+    if raw.starts_with(|c: char| c.is_ascii_digit()) {
+        s.push('_');
+    }
+    s.extend(raw.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    s
+}
+
+/// What an exposed family is, which decides its name, type and help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeriesKind {
+    Counter,
+    Gauge,
+    Set,
+    /// `ms`, exposed in seconds.
+    Timer,
+    /// `h` and `d`, exposed as sent.
+    Histogram,
+}
+
+impl SeriesKind {
+    fn of(t: StatsdType) -> Self {
+        match t {
+            StatsdType::Counter => SeriesKind::Counter,
+            StatsdType::Gauge => SeriesKind::Gauge,
+            StatsdType::Set => SeriesKind::Set,
+            StatsdType::Timer => SeriesKind::Timer,
+            StatsdType::Histogram | StatsdType::Distribution => SeriesKind::Histogram,
+        }
+    }
+
+    /// The family name for a sanitized StatsD name. A suffix the name
+    /// already has is not added twice (`requests_total` stays as it is).
+    fn family_name(self, name: &str) -> String {
+        let suffix = match self {
+            SeriesKind::Counter => "_total",
+            SeriesKind::Timer => "_seconds",
+            _ => "",
+        };
+        if name.ends_with(suffix) {
+            name.to_string()
+        } else {
+            format!("{name}{suffix}")
+        }
+    }
+
+    fn is_histogram(self) -> bool {
+        matches!(self, SeriesKind::Timer | SeriesKind::Histogram)
+    }
+
+    /// The sample names a family of this kind writes.
+    fn sample_names(self, family: &str) -> Vec<String> {
+        if self.is_histogram() {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{family}{s}"))
+                .chain(std::iter::once(family.to_string()))
+                .collect()
+        } else {
+            vec![family.to_string()]
+        }
+    }
+
+    /// Prometheus series one series of this kind costs.
+    fn cost(self) -> usize {
+        if self.is_histogram() {
+            LATENCY_BUCKETS_SECONDS.len() + 3
+        } else {
+            1
+        }
+    }
+
+    fn metric_kind(self) -> MetricKind {
+        match self {
+            SeriesKind::Counter => MetricKind::Counter,
+            SeriesKind::Gauge | SeriesKind::Set => MetricKind::Gauge,
+            SeriesKind::Timer | SeriesKind::Histogram => MetricKind::Histogram,
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            SeriesKind::Timer => "seconds",
+            _ => "",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            SeriesKind::Counter => {
+                "StatsD counter (type c): increments received since the agent started, each scaled by 1/sample rate."
+            }
+            SeriesKind::Gauge => {
+                "StatsD gauge (type g): the last value set, plus any deltas since."
+            }
+            SeriesKind::Set => {
+                "StatsD set (type s): distinct members received during the last sampling round."
+            }
+            SeriesKind::Timer => {
+                "StatsD timer (type ms) in seconds, since the agent started; sampled timings count 1/rate times."
+            }
+            SeriesKind::Histogram => {
+                "DogStatsD histogram or distribution (type h or d) in the sender's unit, since the agent started."
+            }
+        }
+    }
+}
+
+/// The current value of one series.
+#[derive(Debug)]
+enum SeriesValue {
+    Counter(f64),
+    Gauge(f64),
+    /// Hashes of the members seen this round: fixed size per member
+    /// whatever the sender puts in a member.
+    Set(HashSet<u64>),
+    Histogram(Box<Histogram>),
+}
+
+/// A label set: sanitized names, sorted, unique.
+type LabelSet = Vec<(String, String)>;
+
+#[derive(Debug)]
+struct Family {
+    kind: SeriesKind,
+    series: BTreeMap<LabelSet, SeriesValue>,
+}
+
+/// The listener's own counters.
+const PACKETS: &str = "nines_statsd_packets_total";
+const LINES: &str = "nines_statsd_lines_total";
+const DROPPED: &str = "nines_statsd_dropped_lines_total";
+
+/// Everything received so far, plus the listener's own counters.
+#[derive(Debug)]
+struct Registry {
+    max_series: usize,
+    max_name_len: usize,
+    max_tags: usize,
+    max_packet_bytes: usize,
+    /// By family name, so rounds report in a stable order.
+    families: BTreeMap<String, Family>,
+    /// Every sample name in use (and the listener's own), so that two
+    /// families never write the same name.
+    owners: HashSet<String>,
+    /// Prometheus series held (see [`StatsdConfig::max_series`]).
+    series: usize,
+    /// Set members remembered this round, across all sets.
+    set_members: usize,
+    packets: u64,
+    lines: u64,
+    dropped: [u64; DropReason::ALL.len()],
+}
+
+impl Registry {
+    fn new(cfg: &StatsdConfig) -> Self {
+        let owners = [PACKETS, LINES, DROPPED]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        Registry {
+            max_series: cfg.max_series,
+            max_name_len: cfg.max_name_len,
+            max_tags: cfg.max_tags,
+            max_packet_bytes: cfg.max_packet_bytes,
+            families: BTreeMap::new(),
+            owners,
+            series: 0,
+            set_members: 0,
+            packets: 0,
+            lines: 0,
+            dropped: [0; DropReason::ALL.len()],
+        }
+    }
+
+    fn ingest_packet(&mut self, packet: &[u8]) {
+        self.packets += 1;
+        // Past the limit, only the lines that end within it are whole; the
+        // rest (one line cut short, perhaps more) counts as one bad line.
+        let (whole, cut) = if packet.len() > self.max_packet_bytes {
+            let within = packet.get(..self.max_packet_bytes).unwrap_or(packet);
+            let end = within
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            packet.split_at(end)
+        } else {
+            (packet, &[][..])
+        };
+        for piece in whole.split(|&b| b == b'\n') {
+            let piece = piece.trim_ascii();
+            if piece.is_empty() {
+                // Trailing newlines and blank lines are framing, not lines.
+                continue;
+            }
+            self.lines += 1;
+            let applied = std::str::from_utf8(piece)
+                .map_err(|_| DropReason::ParseError)
+                .and_then(|line| self.apply_line(line));
+            if let Err(reason) = applied {
+                self.drop_line(reason, piece);
+            }
+        }
+        if !cut.trim_ascii().is_empty() {
+            self.lines += 1;
+            self.drop_line(DropReason::ParseError, cut);
+        }
+    }
+
+    fn drop_line(&mut self, reason: DropReason, line: &[u8]) {
+        self.dropped[reason.index()] += 1;
+        tracing::trace!(%reason, line = %String::from_utf8_lossy(line), "statsd line dropped");
+    }
+
+    fn apply_line(&mut self, line: &str) -> Result<(), DropReason> {
+        let line = parse_line(line)?;
+        let too_long = |s: &str| s.len() > self.max_name_len;
+        if too_long(line.name)
+            || line
+                .tags
+                .iter()
+                .any(|(k, v)| too_long(k) || v.is_some_and(too_long))
+        {
+            return Err(DropReason::NameTooLong);
+        }
+        if line.tags.len() > self.max_tags {
+            return Err(DropReason::TooManyTags);
+        }
+        let name = sanitize(line.name);
+        if name.starts_with("__") {
+            // Reserved for Prometheus's own use.
+            return Err(DropReason::ParseError);
+        }
+        let kind = SeriesKind::of(line.kind);
+        let family = kind.family_name(&name);
+        let labels = label_set(&line.tags, kind);
+        self.claim(&family, kind)?;
+
+        let exists = self
+            .families
+            .get(&family)
+            .is_some_and(|f| f.series.contains_key(&labels));
+        if !exists {
+            if self.series + kind.cost() > self.max_series {
+                return Err(DropReason::TooManySeries);
+            }
+            self.series += kind.cost();
+            self.owners.extend(kind.sample_names(&family));
+        }
+        let fam = self.families.entry(family).or_insert_with(|| Family {
+            kind,
+            series: BTreeMap::new(),
+        });
+        let value = fam.series.entry(labels).or_insert_with(|| match kind {
+            SeriesKind::Counter => SeriesValue::Counter(0.0),
+            SeriesKind::Gauge => SeriesValue::Gauge(0.0),
+            SeriesKind::Set => SeriesValue::Set(HashSet::new()),
+            SeriesKind::Timer | SeriesKind::Histogram => {
+                SeriesValue::Histogram(Box::new(Histogram::latency()))
+            }
+        });
+        // A sampled event stands for 1/rate events; histograms count whole
+        // observations, so at least one.
+        let times = (1.0 / line.rate).round().max(1.0) as u64;
+        for v in line.values {
+            match (&mut *value, v) {
+                (SeriesValue::Counter(c), Value::Number(x)) => *c += x / line.rate,
+                (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = x,
+                (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
+                (SeriesValue::Set(members), Value::Member(m)) => {
+                    // Past the budget the set stops growing until the round
+                    // ends, rather than memory.
+                    let room = self.set_members < SET_MEMBER_BUDGET;
+                    self.set_members += usize::from(room && members.insert(hash(m)));
+                }
+                (SeriesValue::Histogram(h), Value::Number(x)) => {
+                    let x = if kind == SeriesKind::Timer {
+                        x / 1000.0
+                    } else {
+                        x
+                    };
+                    h.observe_n(x, times);
+                }
+                // Cannot happen: parse_value only yields values of the
+                // line's type, and `claim` only lets a line into a family
+                // of its own kind.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `family` of `kind` may be written: either it exists with
+    /// that kind, or none of its sample names is taken by another family.
+    fn claim(&self, family: &str, kind: SeriesKind) -> Result<(), DropReason> {
+        if let Some(f) = self.families.get(family) {
+            return if f.kind == kind {
+                Ok(())
+            } else {
+                Err(DropReason::TypeConflict)
+            };
+        }
+        // The family does not exist, so any owner of its names is another.
+        if kind
+            .sample_names(family)
+            .iter()
+            .any(|n| self.owners.contains(n))
+        {
+            return Err(DropReason::TypeConflict);
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, out: &mut Samples) {
+        out.family(
+            PACKETS,
+            MetricKind::Counter,
+            "StatsD datagrams received by the agent.",
+            "",
+        );
+        out.push(PACKETS, &[], self.packets as f64);
+        out.family(
+            LINES,
+            MetricKind::Counter,
+            "StatsD lines received by the agent, applied or dropped.",
+            "",
+        );
+        out.push(LINES, &[], self.lines as f64);
+        out.family(
+            DROPPED,
+            MetricKind::Counter,
+            "StatsD lines the agent did not apply, by reason.",
+            "",
+        );
+        for r in DropReason::ALL {
+            out.push(
+                DROPPED,
+                &[("reason", r.label())],
+                self.dropped[r.index()] as f64,
+            );
+        }
+
+        for (name, family) in &mut self.families {
+            let kind = family.kind;
+            out.family(name, kind.metric_kind(), kind.help(), kind.unit());
+            for (labels, value) in &mut family.series {
+                let labels: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                match value {
+                    SeriesValue::Counter(c) => out.push(name, &labels, *c),
+                    SeriesValue::Gauge(g) => out.push(name, &labels, *g),
+                    SeriesValue::Set(members) => {
+                        out.push(name, &labels, members.len() as f64);
+                        // A set counts distinct members per round.
+                        members.clear();
+                    }
+                    SeriesValue::Histogram(h) => h.report(out, name, &labels),
+                }
+            }
+        }
+        self.set_members = 0;
+    }
+}
+
+/// Builds the label set of a line's tags: sanitized names, bare tags
+/// valued `"true"`, reserved (`__`) and empty names or values left out,
+/// the first of repeated names kept. Names the agent sets itself
+/// (`instance`, `job`, and `le` on histograms) become `exported_<name>`,
+/// as Prometheus renames clashing target labels, so a sender cannot
+/// impersonate another host.
+fn label_set(tags: &[(&str, Option<&str>)], kind: SeriesKind) -> LabelSet {
+    let mut set: LabelSet = Vec::with_capacity(tags.len());
+    for &(k, v) in tags {
+        let mut name = sanitize(k);
+        let value = v.unwrap_or("true");
+        if name.is_empty() || name.starts_with("__") || value.is_empty() {
+            continue;
+        }
+        if name == "instance" || name == "job" || (name == "le" && kind.is_histogram()) {
+            name = format!("exported_{name}");
+        }
+        if set.iter().all(|(n, _)| *n != name) {
+            set.push((name, value.to_string()));
+        }
+    }
+    set.sort();
+    set
+}
+
+/// A set member's fingerprint. Collisions (2^-64 per pair) would only
+/// undercount a set by one.
+fn hash(member: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    member.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests;
