@@ -46,6 +46,65 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Log format: `text` or `json`.
     pub log_format: Option<String>,
+    /// `[samplers]`: which built-in samplers run.
+    #[serde(default)]
+    pub samplers: FileSamplers,
+    /// `[statsd]`: the StatsD/DogStatsD listener.
+    #[serde(default)]
+    pub statsd: FileStatsd,
+    /// `[[access_log]]`: web server logs to tail.
+    #[serde(default)]
+    pub access_log: Vec<FileAccessLog>,
+}
+
+/// `[samplers]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSamplers {
+    /// CPU, memory, load, filesystems, network (default true).
+    pub host: Option<bool>,
+    /// Disks, pressure, fds, TCP/UDP counters, clock (default true).
+    pub system: Option<bool>,
+    /// TCP connections by state and per listening port (default true).
+    pub connections: Option<bool>,
+    /// Most listening ports with their own series (default 256).
+    pub connections_max_ports: Option<usize>,
+}
+
+/// `[statsd]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStatsd {
+    /// Listen for StatsD (default true).
+    pub enabled: Option<bool>,
+    /// UDP address (default 127.0.0.1:8125).
+    pub listen: Option<String>,
+    /// Most series kept (default 10000).
+    pub max_series: Option<usize>,
+    /// Longest metric or tag name or value (default 200).
+    pub max_name_len: Option<usize>,
+    /// Most tags per line (default 16).
+    pub max_tags: Option<usize>,
+}
+
+/// One `[[access_log]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// The log file.
+    pub path: PathBuf,
+    /// A preset (`nginx_combined_rt`, `apache_combined_d`,
+    /// `vhost_combined_rt`) or a regex with named groups `method`,
+    /// `status`, `request_time` or `request_time_us`, optional `vhost`.
+    pub format: Option<String>,
+    /// `vhost` label when the format has none.
+    pub vhost: Option<String>,
+    /// Unit of the request time: seconds, milliseconds, microseconds.
+    pub time_unit: Option<String>,
+    /// Most distinct vhosts (default 64).
+    pub max_vhosts: Option<usize>,
+    /// Read an existing file from its start at first run (default false).
+    pub read_existing: Option<bool>,
 }
 
 /// Why the configuration is not usable.
@@ -152,6 +211,12 @@ pub struct AgentConfig {
     pub drain_rate: u32,
     /// How often failover tries the first collector again.
     pub primary_retry: Duration,
+    /// Which built-in samplers run.
+    pub samplers: crate::samplers::SamplerToggles,
+    /// The StatsD listener, if on.
+    pub statsd: Option<crate::samplers::statsd::StatsdConfig>,
+    /// Access logs to tail.
+    pub access_logs: Vec<crate::samplers::access_log::AccessLogConfig>,
     /// Bearer token.
     pub token: String,
     /// Sampling and push interval.
@@ -307,7 +372,35 @@ impl AgentConfig {
         let log_format =
             parse_log_format(log_format.as_deref()).map_err(|r| invalid("log_format", &from, r))?;
 
+        let fs = &file.samplers;
+        let samplers = crate::samplers::SamplerToggles {
+            host: fs.host.unwrap_or(true),
+            system: fs.system.unwrap_or(true),
+            connections: fs.connections.unwrap_or(true),
+            connections_max_ports: match fs.connections_max_ports {
+                Some(0) => {
+                    return Err(invalid(
+                        "samplers.connections_max_ports",
+                        &origin,
+                        "must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => crate::samplers::connections::DEFAULT_MAX_PORTS,
+            },
+        };
+        let statsd = statsd_config(&file.statsd, &origin)?;
+        let access_logs = file
+            .access_log
+            .iter()
+            .enumerate()
+            .map(|(i, a)| access_log_config(i, a, &origin))
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(AgentConfig {
+            samplers,
+            statsd,
+            access_logs,
             collectors,
             mode,
             spool_max_bytes,
@@ -321,6 +414,98 @@ impl AgentConfig {
             log_format,
         })
     }
+}
+
+fn statsd_config(
+    f: &FileStatsd,
+    origin: &str,
+) -> Result<Option<crate::samplers::statsd::StatsdConfig>, ConfigError> {
+    if !f.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let invalid = |key, reason: String| ConfigError::Invalid {
+        key,
+        origin: origin.to_string(),
+        reason,
+    };
+    let mut c = crate::samplers::statsd::StatsdConfig::default();
+    if let Some(l) = &f.listen {
+        c.listen = l.parse().map_err(|e| {
+            invalid(
+                "statsd.listen",
+                format!("{l:?} is not an address:port ({e})"),
+            )
+        })?;
+    }
+    for (key, v, slot) in [
+        ("statsd.max_series", f.max_series, &mut c.max_series),
+        ("statsd.max_name_len", f.max_name_len, &mut c.max_name_len),
+        ("statsd.max_tags", f.max_tags, &mut c.max_tags),
+    ] {
+        match v {
+            Some(0) => return Err(invalid(key, "must be at least 1".into())),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
+    Ok(Some(c))
+}
+
+fn access_log_config(
+    i: usize,
+    f: &FileAccessLog,
+    origin: &str,
+) -> Result<crate::samplers::access_log::AccessLogConfig, ConfigError> {
+    use crate::samplers::access_log::{AccessLogConfig, LogFormat, TimeUnit};
+    let invalid = |key, reason: String| ConfigError::Invalid {
+        key,
+        origin: format!("{origin} [[access_log]] #{} ({})", i + 1, f.path.display()),
+        reason,
+    };
+    let format = match f.format.as_deref() {
+        None => LogFormat::NginxCombinedRt,
+        Some(name) => match LogFormat::preset(name) {
+            Some(p) => p,
+            None if name.contains("(?P<") || name.contains("(?<") => {
+                regex::Regex::new(name)
+                    .map_err(|e| invalid("access_log.format", format!("bad regex: {e}")))?;
+                LogFormat::Custom(name.to_string())
+            }
+            None => {
+                return Err(invalid(
+                    "access_log.format",
+                    format!(
+                        "{name:?} is not nginx_combined_rt, apache_combined_d, vhost_combined_rt, or a regex with named groups"
+                    ),
+                ));
+            }
+        },
+    };
+    let mut c = AccessLogConfig::new(f.path.clone(), format);
+    c.vhost = f.vhost.clone().filter(|v| !v.is_empty());
+    c.time_unit = match f.time_unit.as_deref() {
+        None => None,
+        Some("seconds") => Some(TimeUnit::Seconds),
+        Some("milliseconds") => Some(TimeUnit::Milliseconds),
+        Some("microseconds") => Some(TimeUnit::Microseconds),
+        Some(other) => {
+            return Err(invalid(
+                "access_log.time_unit",
+                format!("{other:?} is not seconds, milliseconds or microseconds"),
+            ));
+        }
+    };
+    if let Some(n) = f.max_vhosts {
+        if n == 0 {
+            return Err(invalid(
+                "access_log.max_vhosts",
+                "must be at least 1".into(),
+            ));
+        }
+        c.max_vhosts = n;
+    }
+    c.read_existing = f.read_existing.unwrap_or(false);
+    Ok(c)
 }
 
 /// Reads `text`/`json` (None means text).
@@ -405,6 +590,9 @@ mod tests {
             "spool_max_bytes",
             "drain_rate",
             "primary_retry",
+            "samplers",
+            "statsd",
+            "access_log",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

@@ -50,7 +50,7 @@ impl SamplingMetrics {
 /// Samples the host at `root` every `interval` and sends one batch per
 /// round to `tx`, until `stop` turns true or `tx` closes.
 pub async fn sample_forever(
-    root: PathBuf,
+    samplers: SamplerSet,
     mut batcher: Batcher,
     interval: Duration,
     tx: mpsc::Sender<Batch>,
@@ -58,7 +58,7 @@ pub async fn sample_forever(
     latest: Option<LatestRound>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sampler = Some(SamplerSet::new(root));
+    let mut sampler = Some(samplers);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -202,8 +202,9 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
 
     let (tx, mut rx) = mpsc::channel::<Batch>(64);
     let latest = listener.as_ref().map(|_| LatestRound::default());
+    let samplers = build_samplers(&cfg, stop.clone())?;
     let sampling_task = tokio::spawn(sample_forever(
-        PathBuf::from("/"),
+        samplers,
         batcher,
         cfg.interval,
         tx,
@@ -236,6 +237,40 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The samplers the config turns on; starts the StatsD listener.
+fn build_samplers(cfg: &AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Result<SamplerSet> {
+    use anyhow::Context;
+    let statsd = match &cfg.statsd {
+        None => None,
+        Some(sc) => match crate::samplers::statsd::StatsdListener::bind(sc.clone()) {
+            Ok(l) => {
+                let state = l.state();
+                tracing::info!(addr = %sc.listen, "StatsD listener started");
+                tokio::spawn(l.run(stop));
+                Some(state)
+            }
+            // Another StatsD server may own the port: keep sampling the
+            // host, and say so.
+            Err(e) => {
+                tracing::error!(addr = %sc.listen, error = %e, "StatsD listener not started");
+                None
+            }
+        },
+    };
+    let mut tailers = Vec::new();
+    for a in &cfg.access_logs {
+        let t = crate::samplers::access_log::AccessLogTailer::new(a.clone(), &cfg.state_dir)
+            .with_context(|| format!("access log {}", a.path.display()))?;
+        tailers.push(t);
+    }
+    Ok(SamplerSet::with(
+        PathBuf::from("/"),
+        &cfg.samplers,
+        statsd,
+        tailers,
+    ))
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -146,7 +146,7 @@ fn start_local_agent(
     let table = batcher.table();
     let (tx, mut rx) = mpsc::channel::<Batch>(64);
     tokio::spawn(sample_forever(
-        PathBuf::from("/"),
+        nines_agent::samplers::SamplerSet::new(PathBuf::from("/")),
         batcher,
         cfg.local_agent_interval,
         tx,

@@ -81,20 +81,63 @@ pub enum SampleError {
     },
 }
 
+/// Which built-in samplers run (each can be turned off in the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerToggles {
+    /// CPU, memory, load, filesystems, network, boot time.
+    pub host: bool,
+    /// Disks, pressure, file descriptors, TCP/UDP counters, clock.
+    pub system: bool,
+    /// TCP connections by state and per listening port.
+    pub connections: bool,
+    /// Most listening ports with a series of their own.
+    pub connections_max_ports: usize,
+}
+
+impl Default for SamplerToggles {
+    fn default() -> Self {
+        SamplerToggles {
+            host: true,
+            system: true,
+            connections: true,
+            connections_max_ports: connections::DEFAULT_MAX_PORTS,
+        }
+    }
+}
+
 /// The samplers one agent runs each round, in order.
 pub struct SamplerSet {
-    host: host::HostSampler,
-    system: system::SystemSampler,
-    connections: connections::ConnectionSampler,
+    host: Option<host::HostSampler>,
+    system: Option<system::SystemSampler>,
+    connections: Option<connections::ConnectionSampler>,
+    statsd: Option<statsd::StatsdState>,
+    access_logs: Vec<access_log::AccessLogTailer>,
 }
 
 impl SamplerSet {
-    /// Every sampler, reading the host at `root`.
+    /// Every built-in sampler, reading the host at `root`.
     pub fn new(root: std::path::PathBuf) -> Self {
+        Self::with(root, &SamplerToggles::default(), None, Vec::new())
+    }
+
+    /// The samplers `toggles` turns on, plus a StatsD listener's state and
+    /// access-log tailers.
+    pub fn with(
+        root: std::path::PathBuf,
+        toggles: &SamplerToggles,
+        statsd: Option<statsd::StatsdState>,
+        access_logs: Vec<access_log::AccessLogTailer>,
+    ) -> Self {
         SamplerSet {
-            host: host::HostSampler::new(root.clone()),
-            system: system::SystemSampler::new(root.clone()),
-            connections: connections::ConnectionSampler::new(root),
+            host: toggles.host.then(|| host::HostSampler::new(root.clone())),
+            system: toggles
+                .system
+                .then(|| system::SystemSampler::new(root.clone())),
+            connections: toggles.connections.then(|| {
+                connections::ConnectionSampler::with_max_ports(root, toggles.connections_max_ports)
+            }),
+            statsd,
+            access_logs,
         }
     }
 
@@ -102,14 +145,21 @@ impl SamplerSet {
     /// others. Returns each failure with the sampler's name.
     pub fn sample(&mut self, out: &mut Samples) -> Vec<(&'static str, SampleError)> {
         let mut failed = Vec::new();
-        if let Err(e) = self.host.sample(out) {
+        if let Some(Err(e)) = self.host.as_mut().map(|s| s.sample(out)) {
             failed.push(("host", e));
         }
-        if let Err(e) = self.system.sample(out) {
+        if let Some(Err(e)) = self.system.as_mut().map(|s| s.sample(out)) {
             failed.push(("system", e));
         }
-        if let Err(e) = self.connections.sample(out) {
+        if let Some(Err(e)) = self.connections.as_mut().map(|s| s.sample(out)) {
             failed.push(("connections", e));
+        }
+        if let Some(s) = &self.statsd {
+            s.sample(out);
+        }
+        for t in &mut self.access_logs {
+            t.poll();
+            t.sample(out);
         }
         failed
     }

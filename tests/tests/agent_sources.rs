@@ -1,0 +1,150 @@
+//! End-to-end: request latencies reach the collector from a real agent's
+//! StatsD listener (real UDP packets) and from an access log written,
+//! rotated and truncated while the agent runs; TCP connection counts per
+//! listening port follow connections the test holds open.
+
+use nines_tests::*;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+
+fn value(c: &Collector, expr: &str) -> Option<f64> {
+    let q = c.query(expr, None);
+    let r = q["data"]["result"].as_array()?;
+    if r.len() != 1 {
+        return None;
+    }
+    r[0]["value"][1].as_str()?.parse().ok()
+}
+
+fn line(status: u16, seconds: f64) -> String {
+    format!(
+        "127.0.0.1 - - [26/Nov/2026:12:00:00 +0000] \"GET /x HTTP/1.1\" {status} 12 \"-\" \"curl\" {seconds}\n"
+    )
+}
+
+#[test]
+fn statsd_access_logs_and_connections_reach_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
+    let statsd_port = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let log = dir.path().join("access.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[statsd]\nlisten = \"127.0.0.1:{statsd_port}\"\n\
+             [[access_log]]\npath = \"{}\"\nformat = \"nginx_combined_rt\"\nvhost = \"shop\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    // A server the test holds 7 connections to.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let clients: Vec<TcpStream> = (0..7)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let accepted: Vec<TcpStream> = (0..7).map(|_| server.accept().unwrap().0).collect();
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _agent = Agent::start(
+        &c,
+        &dir.path().join("agent"),
+        &[
+            "--interval",
+            "1s",
+            "--instance",
+            "src",
+            "--listen",
+            &listen,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    wait_for("connections per listening port", || {
+        (value(
+            &c,
+            &format!("nines_tcp_listen_port_connections{{instance=\"src\",port=\"{port}\"}}"),
+        ) == Some(7.0))
+        .then_some(())
+    });
+
+    // StatsD timings from a real UDP socket.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(
+        b"checkout.latency:50|ms|#route:pay\ncheckout.latency:120|ms|#route:pay",
+        ("127.0.0.1", statsd_port),
+    )
+    .unwrap();
+    udp.send_to(
+        b"checkout.latency:900|ms|#route:pay\ngarbage line",
+        ("127.0.0.1", statsd_port),
+    )
+    .unwrap();
+    let sel = "{instance=\"src\",route=\"pay\"}";
+    wait_for("StatsD histogram", || {
+        (value(&c, &format!("checkout_latency_seconds_count{sel}")) == Some(3.0)).then_some(())
+    });
+    for (le, n) in [("0.1", 1.0), ("0.25", 2.0), ("1", 3.0)] {
+        let b = value(
+            &c,
+            &format!(
+                "checkout_latency_seconds_bucket{{instance=\"src\",route=\"pay\",le=\"{le}\"}}"
+            ),
+        );
+        assert_eq!(b, Some(n), "le={le}");
+    }
+    let sum = value(&c, &format!("checkout_latency_seconds_sum{sel}")).unwrap();
+    assert!((sum - 1.07).abs() < 1e-9, "sum {sum}");
+    wait_for("the garbage line counted", || {
+        (value(
+            &c,
+            "nines_statsd_dropped_lines_total{instance=\"src\",reason=\"parse_error\"}",
+        ) == Some(1.0))
+        .then_some(())
+    });
+
+    // Access log: written, rotated by rename, then truncated.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all((line(200, 0.05) + &line(200, 0.3) + &line(503, 1.2)).as_bytes())
+        .unwrap();
+    drop(f);
+    let req = |class: &str| {
+        value(
+            &c,
+            &format!(
+                "nines_http_requests_total{{instance=\"src\",vhost=\"shop\",method=\"GET\",status_class=\"{class}\"}}"
+            ),
+        )
+    };
+    wait_for("3 requests from the log", || {
+        (req("2xx") == Some(2.0) && req("5xx") == Some(1.0)).then_some(())
+    });
+    std::fs::rename(&log, dir.path().join("access.log.1")).unwrap();
+    std::fs::write(&log, line(404, 0.01)).unwrap();
+    wait_for("the line after rotation", || {
+        (req("4xx") == Some(1.0)).then_some(())
+    });
+    std::fs::write(&log, "").unwrap(); // copy-truncate rotation
+    let rotations = |n: f64| {
+        value(&c, "nines_access_log_rotations_total{instance=\"src\"}") == Some(n)
+    };
+    wait_for("the truncation seen", || rotations(2.0).then_some(()));
+    std::fs::write(&log, line(200, 0.02)).unwrap();
+    wait_for("the line after truncation", || {
+        (req("2xx") == Some(3.0)).then_some(())
+    });
+    assert_eq!(req("5xx"), Some(1.0));
+    assert_eq!(
+        value(
+            &c,
+            "nines_http_request_duration_seconds_count{instance=\"src\",vhost=\"shop\"}"
+        ),
+        Some(5.0)
+    );
+    drop((clients, accepted));
+}
