@@ -7,6 +7,7 @@ pub mod batch;
 pub mod config;
 pub mod identity;
 pub mod logging;
+pub mod probes;
 pub mod process;
 pub mod pull;
 pub mod run;
