@@ -55,6 +55,9 @@ pub struct FileConfig {
     /// `[[access_log]]`: web server logs to tail.
     #[serde(default)]
     pub access_log: Vec<FileAccessLog>,
+    /// `[[probe]]`: active HTTP(S) and TCP checks.
+    #[serde(default)]
+    pub probe: Vec<crate::probes::ProbeConfig>,
 }
 
 /// `[samplers]` in the file.
@@ -217,6 +220,8 @@ pub struct AgentConfig {
     pub statsd: Option<crate::samplers::statsd::StatsdConfig>,
     /// Access logs to tail.
     pub access_logs: Vec<crate::samplers::access_log::AccessLogConfig>,
+    /// Active checks, validated.
+    pub probes: Vec<crate::probes::ValidProbe>,
     /// Bearer token.
     pub token: String,
     /// Sampling and push interval.
@@ -397,7 +402,15 @@ impl AgentConfig {
             .map(|(i, a)| access_log_config(i, a, &origin))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let probes =
+            crate::probes::validate_all(&file.probe).map_err(|e| ConfigError::Invalid {
+                key: "probe",
+                origin: origin.clone(),
+                reason: e.to_string(),
+            })?;
+
         Ok(AgentConfig {
+            probes,
             samplers,
             statsd,
             access_logs,
@@ -593,6 +606,7 @@ mod tests {
             "samplers",
             "statsd",
             "access_log",
+            "probe",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

@@ -248,7 +248,7 @@ fn build_samplers(cfg: &AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Res
             Ok(l) => {
                 let state = l.state();
                 tracing::info!(addr = %sc.listen, "StatsD listener started");
-                tokio::spawn(l.run(stop));
+                tokio::spawn(l.run(stop.clone()));
                 Some(state)
             }
             // Another StatsD server may own the port: keep sampling the
@@ -265,12 +265,13 @@ fn build_samplers(cfg: &AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Res
             .with_context(|| format!("access log {}", a.path.display()))?;
         tailers.push(t);
     }
-    Ok(SamplerSet::with(
-        PathBuf::from("/"),
-        &cfg.samplers,
-        statsd,
-        tailers,
-    ))
+    let set = SamplerSet::with(PathBuf::from("/"), &cfg.samplers, statsd, tailers);
+    Ok(if cfg.probes.is_empty() {
+        set
+    } else {
+        tracing::info!(probes = cfg.probes.len(), "probes started");
+        set.with_probes(crate::probes::spawn(cfg.probes.clone(), stop))
+    })
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -130,9 +130,8 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
         (req("4xx") == Some(1.0)).then_some(())
     });
     std::fs::write(&log, "").unwrap(); // copy-truncate rotation
-    let rotations = |n: f64| {
-        value(&c, "nines_access_log_rotations_total{instance=\"src\"}") == Some(n)
-    };
+    let rotations =
+        |n: f64| value(&c, "nines_access_log_rotations_total{instance=\"src\"}") == Some(n);
     wait_for("the truncation seen", || rotations(2.0).then_some(()));
     std::fs::write(&log, line(200, 0.02)).unwrap();
     wait_for("the line after truncation", || {
@@ -147,4 +146,117 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
         Some(5.0)
     );
     drop((clients, accepted));
+}
+
+/// A tiny HTTP server on loopback: `/ok` answers 200, `/fail` 500.
+fn http_server() -> u16 {
+    use std::io::{BufRead, BufReader};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in l.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            // Read the headers up to the blank line.
+            let mut h = String::new();
+            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let status = if first.contains(" /ok ") {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            let mut s = reader.into_inner();
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn probes_report_success_failure_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
+    let port = http_server();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[statsd]\nenabled = false\n\
+             [[probe]]\nname = \"ok\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/ok\"\ninterval = \"1s\"\n\
+             [[probe]]\nname = \"fail\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/fail\"\ninterval = \"1s\"\n\
+             [[probe]]\nname = \"tcp\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{port}\"\ninterval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _agent = Agent::start(
+        &c,
+        &dir.path().join("agent"),
+        &[
+            "--interval",
+            "1s",
+            "--instance",
+            "pr",
+            "--listen",
+            &listen,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    wait_for("probe results", || {
+        let ok = value(
+            &c,
+            "nines_probe_success_total{instance=\"pr\",probe=\"ok\"}",
+        )?;
+        let fail = value(
+            &c,
+            "nines_probe_failure_total{instance=\"pr\",probe=\"fail\",reason=\"http_status\"}",
+        )?;
+        let tcp = value(
+            &c,
+            "nines_probe_success_total{instance=\"pr\",probe=\"tcp\"}",
+        )?;
+        (ok >= 2.0 && fail >= 2.0 && tcp >= 2.0).then_some(())
+    });
+    assert_eq!(
+        value(&c, "nines_probe_up{instance=\"pr\",probe=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&c, "nines_probe_up{instance=\"pr\",probe=\"fail\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &c,
+            "nines_probe_http_status_code{instance=\"pr\",probe=\"fail\"}"
+        ),
+        Some(500.0)
+    );
+    // Loopback answers well under 100 ms: every attempt is in that bucket.
+    let count = value(
+        &c,
+        "nines_probe_duration_seconds_count{instance=\"pr\",probe=\"ok\",phase=\"total\"}",
+    )
+    .unwrap();
+    let fast = value(
+        &c,
+        "nines_probe_duration_seconds_bucket{instance=\"pr\",probe=\"ok\",phase=\"total\",le=\"0.1\"}",
+    )
+    .unwrap();
+    assert_eq!(fast, count);
+    // PromQL over the probe data: the success ratio of "ok" is 1.
+    let ratio = value(
+        &c,
+        "sum(nines_probe_success_total{probe=\"ok\"}) / (sum(nines_probe_success_total{probe=\"ok\"}) + sum(nines_probe_failure_total{probe=\"ok\"}))",
+    );
+    assert_eq!(ratio, Some(1.0));
 }

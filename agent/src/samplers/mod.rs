@@ -112,6 +112,7 @@ pub struct SamplerSet {
     connections: Option<connections::ConnectionSampler>,
     statsd: Option<statsd::StatsdState>,
     access_logs: Vec<access_log::AccessLogTailer>,
+    probes: Option<crate::probes::ProbeSet>,
 }
 
 impl SamplerSet {
@@ -138,7 +139,14 @@ impl SamplerSet {
             }),
             statsd,
             access_logs,
+            probes: None,
         }
+    }
+
+    /// Adds the results of running probes to every round.
+    pub fn with_probes(mut self, probes: crate::probes::ProbeSet) -> Self {
+        self.probes = Some(probes);
+        self
     }
 
     /// Runs every sampler into `out`; a failing one does not stop the
@@ -160,6 +168,9 @@ impl SamplerSet {
         for t in &mut self.access_logs {
             t.poll();
             t.sample(out);
+        }
+        if let Some(p) = &self.probes {
+            p.sample(out);
         }
         failed
     }
