@@ -51,20 +51,17 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     let accepted: Vec<TcpStream> = (0..7).map(|_| server.accept().unwrap().0).collect();
 
     let listen = format!("127.0.0.1:{}", free_port());
-    let _agent = Agent::start(
-        &c,
-        &dir.path().join("agent"),
-        &[
-            "--interval",
-            "1s",
-            "--instance",
-            "src",
-            "--listen",
-            &listen,
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-    );
+    let agent_args = [
+        "--interval",
+        "1s",
+        "--instance",
+        "src",
+        "--listen",
+        &listen,
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let mut agent = Agent::start(&c, &dir.path().join("agent"), &agent_args);
     wait_for("connections per listening port", || {
         (value(
             &c,
@@ -72,6 +69,17 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
         ) == Some(7.0))
         .then_some(())
     });
+    // `ss` sees the same on this host.
+    let (code, out, err) = run(std::process::Command::new("ss").args([
+        "-Htn",
+        "state",
+        "established",
+        "sport",
+        "=",
+        &format!(":{port}"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 7, "ss printed:\n{out}");
 
     // StatsD timings from a real UDP socket.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -144,6 +152,21 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
             "nines_http_request_duration_seconds_count{instance=\"src\",vhost=\"shop\"}"
         ),
         Some(5.0)
+    );
+    // Across an agent restart no line is counted again: the new process
+    // counts only the line written after it started.
+    agent.kill();
+    let _agent = Agent::start(&c, &dir.path().join("agent"), &agent_args);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(line(301, 0.01).as_bytes()).unwrap();
+    drop(f);
+    wait_for("the line after the restart", || {
+        (req("3xx") == Some(1.0)).then_some(())
+    });
+    assert_eq!(
+        req("2xx"),
+        Some(3.0),
+        "the old value stays the latest sample"
     );
     drop((clients, accepted));
 }
