@@ -292,10 +292,17 @@ where
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut healthy = true;
         loop {
+            // Checked before waiting: a stop requested while the service
+            // was starting has already been sent, and `changed` would wait
+            // for the next one (and the caller, awaiting this task, forever).
+            if *stop.borrow_and_update() {
+                notifier.stopping();
+                return;
+            }
             tokio::select! {
                 biased;
                 changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
+                    if changed.is_err() {
                         notifier.stopping();
                         return;
                     }
@@ -421,7 +428,8 @@ pub struct InstallFlags {
     /// Directory for the unit file (default /etc/systemd/system).
     #[arg(long)]
     pub unit_dir: Option<PathBuf>,
-    /// Where to write the generated config, mode 0600 (it holds the token).
+    /// Where to write the generated config, mode 0600 as it holds the token
+    /// (default /etc/nines/agent.toml or collector.toml).
     #[arg(long)]
     pub config_path: Option<PathBuf>,
     /// Write the files only: no `systemctl daemon-reload` / `enable --now`.
@@ -441,7 +449,8 @@ pub struct UninstallFlags {
     /// Directory of the unit file (default /etc/systemd/system).
     #[arg(long)]
     pub unit_dir: Option<PathBuf>,
-    /// The config file `install` wrote; removed only with --purge.
+    /// The config file `install` wrote (default /etc/nines/agent.toml or
+    /// collector.toml); removed only with --purge.
     #[arg(long)]
     pub config_path: Option<PathBuf>,
     /// Also remove the config and the state directory (`systemctl clean`).
@@ -1299,6 +1308,28 @@ mod tests {
             }
         };
         assert_eq!(last, "STOPPING=1\nSTATUS=stopping");
+    }
+
+    #[tokio::test]
+    async fn a_stop_requested_before_the_supervisor_starts_still_ends_it() {
+        let (_d, path, sock) = listener();
+        let n = Notifier::from_socket(Some(path.as_os_str())).unwrap();
+        let (stop_tx, stop) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        let task = ready_and_supervise_with(
+            &n,
+            Some(Duration::from_secs(60)),
+            "starting".into(),
+            || async { Ok(()) },
+            stop,
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the supervisor ended")
+            .unwrap();
+        assert_eq!(recv(&sock), "READY=1\nSTATUS=starting");
+        assert_eq!(recv(&sock), "STOPPING=1\nSTATUS=stopping");
     }
 
     #[test]
