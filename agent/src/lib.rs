@@ -14,3 +14,4 @@ pub mod run;
 pub mod samplers;
 pub mod ship;
 pub mod spool;
+pub mod systemd;

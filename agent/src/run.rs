@@ -22,6 +22,8 @@ pub struct SamplingMetrics {
     errors: CounterVec,
     duration: Histogram,
     series: Gauge,
+    /// Beats after every round: the systemd watchdog's sign of life.
+    liveness: crate::systemd::Liveness,
 }
 
 impl SamplingMetrics {
@@ -43,7 +45,13 @@ impl SamplingMetrics {
                 LATENCY_BUCKETS,
             ),
             series: r.gauge("nines_agent_series", "Series reported in the last round."),
+            liveness: crate::systemd::Liveness::new(),
         }
+    }
+
+    /// When the loop using these metrics last finished a round.
+    pub fn liveness(&self) -> crate::systemd::Liveness {
+        self.liveness.clone()
     }
 }
 
@@ -91,6 +99,7 @@ pub async fn sample_forever(
         }
         metrics.duration.observe(started.elapsed().as_secs_f64());
         metrics.rounds.inc();
+        metrics.liveness.beat();
         metrics.series.set(out.observations.len() as f64);
         if out.observations.is_empty() {
             continue;
@@ -155,6 +164,7 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     let registry = Registry::new();
     crate::process::register(&registry);
     let sampling = SamplingMetrics::register(&registry);
+    let alive = sampling.liveness();
 
     let listener = match cfg.listen {
         Some(addr) => Some(bind(addr).await?),
@@ -227,6 +237,20 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
         ))
     });
 
+    // Ready with the spool open even while no collector answers. Healthy
+    // while a round finished within three intervals, counted from now.
+    alive.beat();
+    let systemd = crate::systemd::ready_and_supervise(
+        &crate::systemd::Notifier::from_env(),
+        format!(
+            "sampling every {:?}, sending to {}",
+            cfg.interval,
+            cfg.collectors.join(", ")
+        ),
+        alive.check(cfg.interval * 3),
+        stop.clone(),
+    );
+
     let _ = sampling_task.await;
     let _ = spool_task.await;
     for lane in lanes {
@@ -234,6 +258,9 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     }
     if let Some(s) = server {
         s.await??;
+    }
+    if let Some(s) = systemd {
+        let _ = s.await;
     }
     tracing::info!("agent stopped");
     Ok(())

@@ -109,6 +109,27 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         None
     };
 
+    // Ready once storage is open and the API listens. Healthy while
+    // /healthz answers and the writer commits an empty write (a real round
+    // trip through the writer thread and SQLite's write lock, adding no
+    // data; it only counts one more nines_storage_commit_seconds sample).
+    let probe = storage.clone();
+    let systemd = nines_agent::systemd::ready_and_supervise(
+        &nines_agent::systemd::Notifier::from_env(),
+        format!("serving {shown}"),
+        move || {
+            let probe = probe.clone();
+            async move {
+                nines_agent::systemd::probe_healthz(addr).await?;
+                let written = probe.write_series(Vec::new(), Vec::new()).await;
+                written
+                    .map(|_| ())
+                    .map_err(|e| format!("storage writer: {e}"))
+            }
+        },
+        stop.clone(),
+    );
+
     let mut stop_srv = stop.clone();
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
@@ -124,6 +145,9 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         let _ = h.await;
     }
     for s in scrapers {
+        let _ = s.await;
+    }
+    if let Some(s) = systemd {
         let _ = s.await;
     }
     tracing::info!("collector stopped");
