@@ -442,6 +442,13 @@ impl HostSampler {
             }
         };
 
+        // Read-only as the filesystem itself is mounted (the superblock's
+        // options in mountinfo), not as this process sees it: a sandbox
+        // such as systemd's ProtectSystem=strict remounts everything
+        // read-only for the agent alone, which statvfs would report.
+        let superblock_ro = std::fs::read(self.proc_path("self/mountinfo"))
+            .map(|t| parse_mountinfo_readonly(&t))
+            .unwrap_or_default();
         let mut declared = false;
         for mount in parse_mounts(&table) {
             if is_excluded_mount_point(&mount.mount_point) || is_excluded_fs_type(&mount.fs_type) {
@@ -488,11 +495,11 @@ impl HostSampler {
             out.push(FS_AVAIL.name, &labels, fs.f_bavail as f64 * fragment);
             out.push(FS_FILES.name, &labels, fs.f_files as f64);
             out.push(FS_FILES_FREE.name, &labels, fs.f_ffree as f64);
-            let readonly = if fs.f_flag & libc::ST_RDONLY != 0 {
-                1.0
-            } else {
-                0.0
-            };
+            let ro = superblock_ro
+                .get(&mount.mount_point)
+                .copied()
+                .unwrap_or(fs.f_flag & libc::ST_RDONLY != 0);
+            let readonly = if ro { 1.0 } else { 0.0 };
             out.push(FS_READONLY.name, &labels, readonly);
         }
     }
@@ -768,6 +775,27 @@ fn parse_mounts(table: &[u8]) -> Vec<Mount> {
 /// Decodes the kernel's `\ooo` escapes (it writes space, tab, newline and
 /// backslash that way so fields stay whitespace-separated). Anything that is
 /// not a backslash and three octal digits of a byte value stays as it is.
+/// Mount point → whether its filesystem (superblock) is read-only, from
+/// /proc/self/mountinfo: `id parent dev root mountpoint opts ... - fstype
+/// source superopts`. The last line for a mount point wins, as in the
+/// mount table. Malformed lines are skipped.
+fn parse_mountinfo_readonly(text: &[u8]) -> std::collections::HashMap<String, bool> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        let (Some(mount_point), Some(super_opts)) = (fields.get(4), fields.get(sep + 3)) else {
+            continue;
+        };
+        let mount_point = String::from_utf8_lossy(&unescape_octal(mount_point)).into_owned();
+        let ro = super_opts.split(|&b| b == b',').any(|o| o == b"ro");
+        out.insert(mount_point, ro);
+    }
+    out
+}
+
 fn unescape_octal(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut rest = field;
@@ -1387,6 +1415,19 @@ short line
         assert!(is_excluded_fs_type("squashfs"));
         assert!(!is_excluded_fs_type("tmpfs"));
         assert!(!is_excluded_fs_type("ext4"));
+    }
+
+    #[test]
+    fn readonly_comes_from_the_superblock_not_the_sandboxed_view() {
+        let text = b"22 1 8:1 / / ro,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro\n\
+23 22 8:2 / /data ro,nosuid - xfs /dev/sdb1 ro,attr2\n\
+24 22 0:5 / /with\\040space rw - tmpfs tmpfs rw\n\
+garbage line\n";
+        let ro = parse_mountinfo_readonly(text);
+        assert_eq!(ro.get("/"), Some(&false));
+        assert_eq!(ro.get("/data"), Some(&true));
+        assert_eq!(ro.get("/with space"), Some(&false));
+        assert_eq!(ro.len(), 3);
     }
 
     #[test]
