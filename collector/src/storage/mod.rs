@@ -4,22 +4,77 @@
 //! use their own connections (WAL), so reading never blocks ingestion.
 //!
 //! This module never decodes network input and never evaluates PromQL.
+//!
+//! # Layout
+//!
+//! - `samples(series_id, ts, value bits)`: the head, one row per sample,
+//!   written by every ingest commit. An acknowledged write is a committed
+//!   head row (`synchronous = FULL`), exactly as before chunks existed.
+//! - `chunks(id, series_id, start_ts, end_ts, count, data)`: compressed
+//!   runs of one series (`chunk.rs`: delta-of-delta timestamps, XOR
+//!   values, CRC-32). A chunk lies inside one aligned 2 h window, holds at
+//!   most 8192 samples and is full at about 2000 bytes (two per page).
+//!
+//! # Rules
+//!
+//! - Compaction (writer thread, between write rounds, in steps bounded by
+//!   `StorageOptions::step_budget` and 64 units, each step one
+//!   transaction) moves a series' head rows into chunks once they fill a
+//!   chunk, or once their window is closed (the series wrote into a later
+//!   window, or the wall clock is past it and the series has been quiet for
+//!   a minute), so the head holds at most about a chunk or a window per
+//!   series. Full chunks are written once; the rows of an open window's
+//!   last, partial chunk stay in the head. Rows are merged with the chunks
+//!   they overlap (and, closing a window, with its last partial chunk);
+//!   merged chunks and moved rows are deleted in the same transaction: a
+//!   crash leaves either the rows or the chunk.
+//! - Any timestamp is accepted at any time, late or out of order: it goes
+//!   to the head and is visible at once. A sample at a timestamp already
+//!   stored replaces it (the most recently written wins): in the head by
+//!   `INSERT OR REPLACE`; on read, a head row wins over chunks and a later
+//!   chunk (larger id) over an earlier one; compaction merges with the same
+//!   precedence, so chunks normally never overlap.
+//! - Reads take one snapshot (a read transaction), load the chunks that
+//!   overlap the range and the head rows in it, and merge them: ascending,
+//!   one value per timestamp. A chunk that does not decode is logged with
+//!   its series, counted in `nines_storage_corrupt_chunks_total` and
+//!   skipped; compaction leaves it in place.
+//! - Retention (`StorageOptions::retention`, against the wall clock): a
+//!   pass every 5 minutes, in the same bounded steps, deletes chunks that
+//!   end before `now - retention` and head rows before it (a chunk
+//!   straddling the cutoff stays until it is wholly older). Then
+//!   `PRAGMA incremental_vacuum` returns free pages to the file system, a
+//!   few hundred per step; some are kept for reuse by the head. Series
+//!   themselves are kept.
+//! - Files of schema version 1 are migrated at open (see `schema.rs`).
 
+mod chunk;
+mod compact;
 pub mod index;
+mod read;
 mod schema;
+#[cfg(test)]
+mod tests;
 mod writer;
 
+pub use chunk::{ChunkEncoder, ChunkError, ChunkHeader};
 pub use index::SeriesId;
 pub use writer::{Applied, WriteError};
+
+/// The chunk codec, for tools and benchmarks.
+pub mod codec {
+    pub use super::chunk::{decode, decode_range, encode, header};
+}
 
 use crate::query::querier::{Querier, QuerierError, SeriesSamples};
 use index::Index;
 use nines_shared::telemetry::{Counter, Histogram, Registry};
 use nines_shared::{Batch, Labels, MetricMetadata};
 use promql_parser::label::Matchers;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 /// Why storage could not open or answer.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +123,39 @@ impl Default for QueryLimits {
     }
 }
 
+/// How storage keeps and compacts data.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// How long samples are kept, by their timestamp against the wall
+    /// clock; `None` keeps everything. Default 15 days.
+    pub retention: Option<Duration>,
+    /// Longest one background maintenance step (compaction, retention,
+    /// vacuum) runs between write rounds.
+    pub step_budget: Duration,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            retention: Some(Duration::from_secs(15 * 24 * 3600)),
+            step_budget: Duration::from_millis(25),
+        }
+    }
+}
+
+/// What explicit maintenance did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Head rows moved into chunks.
+    pub samples_compacted: usize,
+    /// Chunks written.
+    pub chunks_written: usize,
+    /// Samples deleted by retention.
+    pub samples_expired: usize,
+    /// Chunks found corrupt (left in place).
+    pub corrupt_chunks: usize,
+}
+
 /// Storage's own health metrics.
 #[derive(Clone)]
 pub struct StorageMetrics {
@@ -77,6 +165,16 @@ pub struct StorageMetrics {
     pub samples_appended: Counter,
     /// Series created.
     pub series_created: Counter,
+    /// Chunks that did not decode (each time one is met).
+    pub corrupt_chunks: Counter,
+    /// Head rows moved into chunks.
+    pub compacted_samples: Counter,
+    /// Chunks written by compaction.
+    pub chunks_written: Counter,
+    /// Samples deleted by retention.
+    pub expired_samples: Counter,
+    /// Duration of background maintenance steps.
+    pub maintenance_seconds: Histogram,
 }
 
 impl StorageMetrics {
@@ -96,6 +194,27 @@ impl StorageMetrics {
                 "nines_storage_series_created_total",
                 "Series created in the index.",
             ),
+            corrupt_chunks: r.counter(
+                "nines_storage_corrupt_chunks_total",
+                "Chunks found corrupt and skipped (counted each time one is met).",
+            ),
+            compacted_samples: r.counter(
+                "nines_storage_compacted_samples_total",
+                "Samples moved from the head into compressed chunks.",
+            ),
+            chunks_written: r.counter(
+                "nines_storage_chunks_written_total",
+                "Compressed chunks written by compaction.",
+            ),
+            expired_samples: r.counter(
+                "nines_storage_retention_deleted_samples_total",
+                "Samples deleted because they are older than the retention.",
+            ),
+            maintenance_seconds: r.histogram(
+                "nines_storage_maintenance_step_duration_seconds",
+                "Time of one background maintenance step (compaction, retention, vacuum).",
+                nines_shared::telemetry::LATENCY_BUCKETS,
+            ),
         }
     }
 }
@@ -112,15 +231,26 @@ struct Inner {
     writer: writer::Handle,
     readers: Mutex<Vec<Connection>>,
     limits: QueryLimits,
+    metrics: StorageMetrics,
 }
 
 impl Storage {
     /// Opens (creating if needed) the database at `path`, loads the index and
-    /// starts the writer thread.
+    /// starts the writer thread, with the default [`StorageOptions`].
     pub fn open(
         path: &Path,
         limits: QueryLimits,
         metrics: StorageMetrics,
+    ) -> Result<Storage, StorageError> {
+        Storage::open_with_options(path, limits, metrics, StorageOptions::default())
+    }
+
+    /// [`open`](Self::open) with explicit options.
+    pub fn open_with_options(
+        path: &Path,
+        limits: QueryLimits,
+        metrics: StorageMetrics,
+        options: StorageOptions,
     ) -> Result<Storage, StorageError> {
         let conn = Connection::open(path)?;
         schema::configure(&conn)?;
@@ -128,10 +258,11 @@ impl Storage {
             path: path.display().to_string(),
             reason,
         })?;
+        schema::configure_writer(&conn)?;
         let index = Arc::new(RwLock::new(load_index(&conn)?));
         let series_count = index.read().map(|i| i.len()).unwrap_or(0);
         tracing::info!(path = %path.display(), series = series_count, "storage opened");
-        let writer = writer::spawn(conn, index.clone(), metrics)?;
+        let writer = writer::spawn(conn, index.clone(), metrics.clone(), options)?;
         Ok(Storage {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -139,8 +270,27 @@ impl Storage {
                 writer,
                 readers: Mutex::new(Vec::new()),
                 limits,
+                metrics,
             }),
         })
+    }
+
+    /// Compacts every head row into chunks, runs a retention pass, returns
+    /// every free page to the file system and truncates the WAL. Writes wait
+    /// while it runs (the background does the same in small steps); for
+    /// tools, tests and benchmarks.
+    pub async fn compact_now(&self) -> Result<MaintenanceReport, WriteError> {
+        self.inner.writer.control(writer::Control::CompactAll).await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Logs and counts a corrupt chunk met while reading.
+    fn corrupt(&self, id: SeriesId, c: read::CorruptChunk) {
+        writer::report_corrupt(&self.inner.index, &self.inner.metrics, id, &c, "read");
     }
 
     /// Commits a batch; resolves once it is durable (or refused).
@@ -225,19 +375,15 @@ impl Storage {
         found.dedup_by_key(|(id, _)| *id);
         let mut out = self
             .with_reader(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT 1 FROM samples WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3 LIMIT 1",
-                )?;
-                let mut out = Vec::new();
-                for (id, labels) in found {
-                    let has: Option<i64> = stmt
-                        .query_row((id.0, start, end), |r| r.get(0))
-                        .optional()?;
-                    if has.is_some() {
-                        out.push(labels);
+                read::in_snapshot(conn, |conn| {
+                    let mut out = Vec::new();
+                    for (id, labels) in found {
+                        if read::has_data(conn, id, start, end, &mut |c| self.corrupt(id, c))? {
+                            out.push(labels);
+                        }
                     }
-                }
-                Ok(out)
+                    Ok::<_, StorageError>(out)
+                })
             })
             .map_err(|e| QuerierError::Storage(e.to_string()))?;
         out.sort();
@@ -325,19 +471,42 @@ impl Storage {
         })
     }
 
-    /// Number of sample rows stored for a series' label set (for tests and
-    /// diagnostics).
+    /// Number of samples stored for a series' label set, one per timestamp
+    /// (head and chunks merged; for tests and diagnostics).
     pub fn stored_samples(&self, labels: &Labels) -> Result<usize, StorageError> {
         let Some(id) = self.inner.index.read().ok().and_then(|i| i.id_of(labels)) else {
             return Ok(0);
         };
         self.with_reader(|conn| {
-            let n: i64 = conn.query_row(
-                "SELECT count(*) FROM samples WHERE series_id = ?1",
-                [id.0],
-                |r| r.get(0),
-            )?;
-            Ok(n as usize)
+            read::in_snapshot(conn, |conn| {
+                Ok::<_, StorageError>(
+                    read::read_series(conn, id, i64::MIN, i64::MAX, &mut |c| self.corrupt(id, c))?
+                        .len(),
+                )
+            })
+        })
+    }
+
+    /// Where a series' samples are: (head rows, chunks, samples in chunks).
+    /// For tests and diagnostics.
+    pub fn layout_of(&self, labels: &Labels) -> Result<(usize, usize, usize), StorageError> {
+        let Some(id) = self.inner.index.read().ok().and_then(|i| i.id_of(labels)) else {
+            return Ok((0, 0, 0));
+        };
+        self.with_reader(|conn| {
+            read::in_snapshot(conn, |conn| {
+                let head: i64 = conn.query_row(
+                    "SELECT count(*) FROM samples WHERE series_id = ?1",
+                    [id.0],
+                    |r| r.get(0),
+                )?;
+                let (chunks, in_chunks): (i64, i64) = conn.query_row(
+                    "SELECT count(*), coalesce(sum(count), 0) FROM chunks WHERE series_id = ?1",
+                    [id.0],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Ok::<_, StorageError>((head as usize, chunks as usize, in_chunks as usize))
+            })
         })
     }
 }
@@ -352,30 +521,22 @@ impl Querier for Storage {
         let series = self.matching(matchers)?;
         let max_samples = self.inner.limits.max_samples;
         let result = self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT ts, value FROM samples
-                 WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3 ORDER BY ts",
-            )?;
-            let mut out = Vec::with_capacity(series.len());
-            let mut loaded = 0usize;
-            for (id, labels) in series {
-                let samples = stmt
-                    .query_map((id.0, start, end), |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            f64::from_bits(r.get::<_, i64>(1)? as u64),
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                loaded += samples.len();
-                if loaded > max_samples {
-                    return Ok(Err(QuerierError::TooManySamples(max_samples)));
+            read::in_snapshot(conn, |conn| {
+                let mut out = Vec::with_capacity(series.len());
+                let mut loaded = 0usize;
+                for (id, labels) in series {
+                    let samples =
+                        read::read_series(conn, id, start, end, &mut |c| self.corrupt(id, c))?;
+                    loaded += samples.len();
+                    if loaded > max_samples {
+                        return Ok(Err(QuerierError::TooManySamples(max_samples)));
+                    }
+                    if !samples.is_empty() {
+                        out.push(SeriesSamples { labels, samples });
+                    }
                 }
-                if !samples.is_empty() {
-                    out.push(SeriesSamples { labels, samples });
-                }
-            }
-            Ok(Ok(out))
+                Ok::<_, StorageError>(Ok(out))
+            })
         });
         result.map_err(|e| QuerierError::Storage(e.to_string()))?
     }

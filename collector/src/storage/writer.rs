@@ -4,22 +4,58 @@
 //! stream maps only after the commit, and then answers each caller.
 //!
 //! It never answers before the commit: an acknowledged batch is on disk.
+//!
+//! Between write rounds (and when idle) it runs background maintenance in
+//! bounded steps, each its own transaction of at most
+//! `StorageOptions::step_budget` (and [`STEP_MAX_UNITS`] units): compaction
+//! of series whose head is due into chunks, retention passes over every
+//! series (every [`RETENTION_EVERY`]), and incremental vacuum after
+//! deletions. A write round waits for at most one step.
+//!
+//! A series' head is due when it holds about a full chunk's worth of rows
+//! (learned per series from its last compaction), when it has rows in two
+//! windows (the older is closed), or when the wall clock is past the window
+//! of its oldest row and nothing was written to it for [`QUIET`].
 
+use super::compact;
 use super::index::{Index, SeriesId};
-use super::{SeriesWrite, StorageMetrics};
+use super::read::CorruptChunk;
+use super::schema;
+use super::{MaintenanceReport, SeriesWrite, StorageMetrics, StorageOptions};
 use nines_shared::{
     Batch, Label, Labels, MetricKind, MetricMetadata, SeriesRef, StreamId, UnixMillis,
 };
 use rusqlite::{Connection, OptionalExtension};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most batches committed in one transaction.
 const MAX_BATCHES_PER_ROUND: usize = 64;
 /// How long a batch's (stream, seq) is remembered for de-duplication.
 const DEDUP_WINDOW_MS: i64 = 2 * 24 * 3600 * 1000;
+/// Most units (a series' window compacted, or [`RETENTION_SERIES_PER_UNIT`]
+/// series expired) in one maintenance step.
+pub(super) const STEP_MAX_UNITS: usize = 64;
+/// Series one retention unit goes through.
+const RETENTION_SERIES_PER_UNIT: usize = 64;
+/// How often a retention pass starts.
+const RETENTION_EVERY: Duration = Duration::from_secs(300);
+/// Pages one vacuum step returns to the file system.
+const VACUUM_PAGES_PER_STEP: u32 = 512;
+/// Free pages kept for reuse in the background (the head churns through
+/// them); an explicit [`Control::CompactAll`] frees every page.
+const VACUUM_KEEP_PAGES: i64 = 256;
+/// How often the idle writer wakes to look for due work.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+/// How long background work pauses after a failed step.
+const FAILURE_PAUSE: Duration = Duration::from_secs(10);
+/// A series written to less recently than this has gone quiet: once the
+/// wall clock is past its window, the window is closed.
+pub(super) const QUIET: Duration = Duration::from_secs(60);
+/// Head rows that make a series due before its chunk size is known.
+const DEFAULT_TARGET_ROWS: usize = 512;
 
 /// What happened to a batch that was not refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +91,23 @@ struct Request {
     reply: oneshot::Sender<Result<Applied, WriteError>>,
 }
 
+/// What the writer thread receives.
+enum Msg {
+    Write(Request),
+    Control(
+        Control,
+        oneshot::Sender<Result<MaintenanceReport, WriteError>>,
+    ),
+}
+
+/// Maintenance asked for explicitly.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Control {
+    /// Compact every head row now, run a retention pass, free every free
+    /// page and truncate the WAL. Holds writes back while it runs.
+    CompactAll,
+}
+
 /// What a request asks to write.
 enum Work {
     /// A native batch: de-duplicated by (stream, seq), refs resolved.
@@ -65,7 +118,7 @@ enum Work {
 
 /// Sends batches to the writer thread.
 pub(super) struct Handle {
-    tx: mpsc::SyncSender<Request>,
+    tx: mpsc::SyncSender<Msg>,
 }
 
 impl Handle {
@@ -81,9 +134,19 @@ impl Handle {
         self.send(Work::Series(series, metadata)).await
     }
 
+    pub(super) async fn control(&self, c: Control) -> Result<MaintenanceReport, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(Msg::Control(c, reply)).map_err(|_| ()))
+            .await
+            .map_err(|_| WriteError::Closed)?
+            .map_err(|_| WriteError::Closed)?;
+        rx.await.map_err(|_| WriteError::Closed)?
+    }
+
     async fn send(&self, work: Work) -> Result<Applied, WriteError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Request { work, reply }) {
+        match self.tx.try_send(Msg::Write(Request { work, reply })) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(WriteError::Closed),
             Err(mpsc::TrySendError::Full(req)) => {
@@ -104,20 +167,14 @@ pub(super) fn spawn(
     conn: Connection,
     index: Arc<RwLock<Index>>,
     metrics: StorageMetrics,
+    options: StorageOptions,
 ) -> Result<Handle, super::StorageError> {
-    let (tx, rx) = mpsc::sync_channel::<Request>(256);
+    let (tx, rx) = mpsc::sync_channel::<Msg>(256);
+    let mut w = Writer::new(conn, index, metrics, options);
+    w.load_head()?;
     std::thread::Builder::new()
         .name("nines-sqlite-writer".into())
-        .spawn(move || {
-            let mut w = Writer {
-                conn,
-                index,
-                streams: HashMap::new(),
-                metrics,
-                last_prune: Instant::now(),
-            };
-            w.run(rx)
-        })
+        .spawn(move || w.run(rx))
         .map_err(|e| super::StorageError::Schema {
             path: String::new(),
             reason: format!("cannot start writer thread: {e}"),
@@ -133,6 +190,74 @@ struct Writer {
     streams: HashMap<StreamId, StreamRefs>,
     metrics: StorageMetrics,
     last_prune: Instant,
+    options: StorageOptions,
+    /// Per series with head rows: about how many, their time span, when.
+    head: HashMap<SeriesId, HeadStat>,
+    /// An explicit compaction runs: every window is closed.
+    forcing: bool,
+    /// Series whose head is due for compaction, oldest first.
+    due: VecDeque<SeriesId>,
+    /// A retention pass under way: the last series id done.
+    retention_cursor: Option<i64>,
+    /// Samples the pass under way deleted.
+    retention_deleted: usize,
+    next_retention: Instant,
+    /// Free pages are to be returned to the file system.
+    vacuum: bool,
+    last_scan: Instant,
+    paused_until: Option<Instant>,
+    /// Wall clock in Unix ms (retention's "now"; replaced in tests).
+    clock: fn() -> i64,
+}
+
+/// What the writer knows about one series' head.
+#[derive(Debug, Clone, Copy)]
+struct HeadStat {
+    /// Head rows (replacements counted too until the next compaction).
+    rows: usize,
+    /// Smallest and largest timestamp among them.
+    min_ts: i64,
+    max_ts: i64,
+    /// When the series was last written (or the writer started).
+    last_write: Instant,
+    /// Rows at which a full chunk can be cut.
+    target_rows: usize,
+    /// In the due queue.
+    queued: bool,
+}
+
+impl HeadStat {
+    fn new() -> Self {
+        HeadStat {
+            rows: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            last_write: Instant::now(),
+            target_rows: DEFAULT_TARGET_ROWS,
+            queued: false,
+        }
+    }
+
+    fn due_by_size(&self) -> bool {
+        self.rows > 0
+            && (self.rows >= self.target_rows
+                || compact::window_start(self.max_ts) != compact::window_start(self.min_ts))
+    }
+
+    fn due_by_clock(&self, now_ms: i64) -> bool {
+        self.rows > 0
+            && self.last_write.elapsed() >= QUIET
+            && now_ms > compact::window_last(self.min_ts)
+    }
+}
+
+/// A series' head after compaction, applied once the step commits.
+struct Refresh {
+    id: SeriesId,
+    rows: usize,
+    min_ts: i64,
+    max_ts: i64,
+    bytes_per_sample: Option<f64>,
 }
 
 /// One stream's refs and when it last pushed; streams silent for longer
@@ -152,24 +277,354 @@ const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 struct Effects {
     new_series: Vec<(SeriesId, Labels)>,
     refs: Vec<(SeriesRef, SeriesId)>,
+    /// Head rows written per series: (count, min ts, max ts).
+    head_rows: HashMap<SeriesId, (usize, i64, i64)>,
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
-            let mut round = vec![first];
-            while round.len() < MAX_BATCHES_PER_ROUND {
-                match rx.try_recv() {
-                    Ok(r) => round.push(r),
-                    Err(_) => break,
+    fn new(
+        conn: Connection,
+        index: Arc<RwLock<Index>>,
+        metrics: StorageMetrics,
+        options: StorageOptions,
+    ) -> Writer {
+        let now = Instant::now();
+        Writer {
+            conn,
+            index,
+            streams: HashMap::new(),
+            metrics,
+            last_prune: now,
+            options,
+            head: HashMap::new(),
+            forcing: false,
+            due: VecDeque::new(),
+            retention_cursor: None,
+            retention_deleted: 0,
+            // The first pass soon after start, not at once: opening stays quick.
+            next_retention: now + Duration::from_secs(10),
+            vacuum: false,
+            last_scan: now,
+            paused_until: None,
+            clock: || UnixMillis::now().0,
+        }
+    }
+
+    /// Learns which series have head rows (left by the previous run).
+    fn load_head(&mut self) -> Result<(), super::StorageError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT series_id, count(*), min(ts), max(ts) FROM samples GROUP BY series_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    SeriesId(r.get(0)?),
+                    (r.get::<_, i64>(1)? as usize, r.get(2)?, r.get(3)?),
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        for (id, n) in rows {
+            self.note_head_rows(id, n);
+        }
+        Ok(())
+    }
+
+    fn note_head_rows(&mut self, id: SeriesId, (n, min, max): (usize, i64, i64)) {
+        let st = self.head.entry(id).or_insert_with(HeadStat::new);
+        st.rows += n;
+        st.min_ts = st.min_ts.min(min);
+        st.max_ts = st.max_ts.max(max);
+        st.last_write = Instant::now();
+        if !st.queued && st.due_by_size() {
+            st.queued = true;
+            self.due.push_back(id);
+        }
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        let mut carry: Option<Msg> = None;
+        loop {
+            let msg = match carry.take() {
+                Some(m) => m,
+                None => {
+                    self.tick();
+                    if self.maintenance_pending() {
+                        match rx.try_recv() {
+                            Ok(m) => m,
+                            Err(mpsc::TryRecvError::Empty) => {
+                                self.maintenance_step(Some(self.options.step_budget));
+                                continue;
+                            }
+                            Err(mpsc::TryRecvError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv_timeout(IDLE_TICK) {
+                            Ok(m) => m,
+                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
                 }
-            }
-            self.commit_round(round);
-            if self.last_prune.elapsed().as_secs() > 600 {
-                self.prune_dedup();
+            };
+            match msg {
+                Msg::Control(c, reply) => {
+                    let _ = reply.send(self.control(c));
+                }
+                Msg::Write(first) => {
+                    let mut round = vec![first];
+                    while round.len() < MAX_BATCHES_PER_ROUND {
+                        match rx.try_recv() {
+                            Ok(Msg::Write(r)) => round.push(r),
+                            Ok(other) => {
+                                carry = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_round(round);
+                    // One bounded step between rounds keeps maintenance up
+                    // with ingestion without holding it back for long.
+                    self.tick();
+                    if self.maintenance_pending() {
+                        self.maintenance_step(Some(self.options.step_budget));
+                    }
+                }
             }
         }
         tracing::info!("storage writer stopped");
+    }
+
+    /// Starts what is due by the clock: age-triggered compactions, a
+    /// retention pass, de-duplication pruning.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_scan) >= Duration::from_secs(1) {
+            self.last_scan = now;
+            let now_ms = (self.clock)();
+            for (id, st) in self.head.iter_mut() {
+                if !st.queued && st.due_by_clock(now_ms) {
+                    st.queued = true;
+                    self.due.push_back(*id);
+                }
+            }
+        }
+        if self.retention_cursor.is_none()
+            && self.options.retention.is_some()
+            && now >= self.next_retention
+        {
+            self.retention_cursor = Some(i64::MIN);
+            self.retention_deleted = 0;
+        }
+        if self.last_prune.elapsed().as_secs() > 600 {
+            self.prune_dedup();
+            // Deletions elsewhere leave pages free too: look now and then.
+            match self.free_pages() {
+                Ok((free, total)) if free > (total / 4).max(4 * VACUUM_KEEP_PAGES) => {
+                    self.vacuum = true
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the free page count"),
+            }
+        }
+    }
+
+    fn free_pages(&self) -> rusqlite::Result<(i64, i64)> {
+        let free = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let total = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        Ok((free, total))
+    }
+
+    fn maintenance_pending(&self) -> bool {
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum
+    }
+
+    /// One maintenance step in its own transaction: compaction units first,
+    /// then retention units, within `budget` (none: until nothing is left)
+    /// and [`STEP_MAX_UNITS`]; then, if time is left, one vacuum step.
+    /// Returns what it did.
+    fn maintenance_step(&mut self, budget: Option<Duration>) -> MaintenanceReport {
+        let started = Instant::now();
+        // At least one unit per step, whatever the budget: progress.
+        let within = |units: usize| {
+            units == 0 || budget.is_none_or(|b| units < STEP_MAX_UNITS && started.elapsed() < b)
+        };
+        let mut report = MaintenanceReport::default();
+        let mut units = 0usize;
+        // Changes to memory, applied only once the step commits.
+        let mut finished: Vec<Refresh> = Vec::new();
+        let mut cursor = self.retention_cursor;
+        let mut expired = 0usize;
+        let now_ms = (self.clock)();
+        let mut bps: Option<f64> = None;
+        let result = (|| -> rusqlite::Result<()> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            while within(units) {
+                if let Some(&id) = self.due.get(finished.len()) {
+                    let quiet = self
+                        .head
+                        .get(&id)
+                        .is_none_or(|st| st.last_write.elapsed() >= QUIET);
+                    let close = compact::Close {
+                        force: self.forcing,
+                        quiet_before: quiet.then_some(now_ms),
+                    };
+                    let o = compact::compact_unit(&self.conn, id, close, &mut |c| {
+                        report_corrupt(&self.index, &self.metrics, id, &c, "compaction")
+                    })?;
+                    report.samples_compacted += o.rows;
+                    report.chunks_written += o.written;
+                    report.corrupt_chunks += o.corrupt;
+                    bps = o.bytes_per_sample.or(bps);
+                    if !o.more {
+                        let (rows, min_ts, max_ts): (i64, Option<i64>, Option<i64>) = self
+                            .conn
+                            .prepare_cached(
+                                "SELECT count(*), min(ts), max(ts) FROM samples WHERE series_id = ?1",
+                            )?
+                            .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                        finished.push(Refresh {
+                            id,
+                            rows: rows as usize,
+                            min_ts: min_ts.unwrap_or(i64::MAX),
+                            max_ts: max_ts.unwrap_or(i64::MIN),
+                            bytes_per_sample: bps.take(),
+                        });
+                    }
+                } else if let Some(after) = cursor {
+                    let retention = self.options.retention.unwrap_or(Duration::MAX);
+                    let cutoff = (self.clock)()
+                        .saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+                    let ids: Vec<i64> = self
+                        .conn
+                        .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                        .query_map((after, RETENTION_SERIES_PER_UNIT as i64), |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    for id in &ids {
+                        expired +=
+                            compact::expire_series(&self.conn, SeriesId(*id), cutoff)?.samples;
+                    }
+                    cursor = match ids.last() {
+                        Some(last) if ids.len() == RETENTION_SERIES_PER_UNIT => Some(*last),
+                        _ => None,
+                    };
+                } else {
+                    break;
+                }
+                units += 1;
+            }
+            self.conn.execute_batch("COMMIT")
+        })();
+        if let Err(e) = result {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "storage maintenance step failed; pausing it");
+            self.paused_until = Some(Instant::now() + FAILURE_PAUSE);
+            return MaintenanceReport::default();
+        }
+        for f in finished {
+            self.due.pop_front();
+            if f.rows == 0 {
+                self.head.remove(&f.id);
+                continue;
+            }
+            let st = self.head.entry(f.id).or_insert_with(HeadStat::new);
+            st.rows = f.rows;
+            st.min_ts = f.min_ts;
+            st.max_ts = f.max_ts;
+            st.queued = false;
+            if let Some(b) = f.bytes_per_sample.filter(|b| *b > 0.0) {
+                let fit = (compact::CHUNK_FULL_BYTES as f64 / b) as usize;
+                st.target_rows = fit.clamp(32, compact::CHUNK_MAX_SAMPLES);
+            }
+        }
+        report.samples_expired = expired;
+        self.metrics
+            .compacted_samples
+            .add(report.samples_compacted as u64);
+        self.metrics
+            .chunks_written
+            .add(report.chunks_written as u64);
+        self.metrics.expired_samples.add(expired as u64);
+        self.retention_deleted += expired;
+        if self.retention_cursor.is_some() && cursor.is_none() {
+            // Pass complete.
+            if self.retention_deleted > 0 {
+                self.vacuum = true;
+                tracing::info!(
+                    samples = self.retention_deleted,
+                    "retention pass deleted samples"
+                );
+            }
+            self.next_retention = Instant::now() + RETENTION_EVERY;
+        }
+        self.retention_cursor = cursor;
+        if self.vacuum && within(units) {
+            let keep = if budget.is_some() {
+                VACUUM_KEEP_PAGES
+            } else {
+                0
+            };
+            match schema::incremental_vacuum(&self.conn, VACUUM_PAGES_PER_STEP) {
+                Ok(free) => self.vacuum = free > keep,
+                Err(e) => {
+                    tracing::warn!(error = %e, "incremental vacuum failed");
+                    self.vacuum = false;
+                }
+            }
+        }
+        self.metrics
+            .maintenance_seconds
+            .observe(started.elapsed().as_secs_f64());
+        report
+    }
+
+    fn control(&mut self, c: Control) -> Result<MaintenanceReport, WriteError> {
+        match c {
+            Control::CompactAll => {
+                let ids: Vec<i64> = self
+                    .conn
+                    .prepare("SELECT DISTINCT series_id FROM samples")
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .map_err(|e| WriteError::Storage(e.to_string()))?;
+                for id in ids {
+                    let id = SeriesId(id);
+                    let st = self.head.entry(id).or_insert_with(HeadStat::new);
+                    if !st.queued {
+                        st.queued = true;
+                        self.due.push_back(id);
+                    }
+                }
+                if self.options.retention.is_some() && self.retention_cursor.is_none() {
+                    self.retention_cursor = Some(i64::MIN);
+                    self.retention_deleted = 0;
+                }
+                self.vacuum = true;
+                self.paused_until = None;
+                let mut total = MaintenanceReport::default();
+                while !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum {
+                    self.forcing = true;
+                    let r = self.maintenance_step(None);
+                    self.forcing = false;
+                    if self.paused_until.is_some() {
+                        return Err(WriteError::Storage("maintenance step failed".into()));
+                    }
+                    total.samples_compacted += r.samples_compacted;
+                    total.chunks_written += r.chunks_written;
+                    total.samples_expired += r.samples_expired;
+                    total.corrupt_chunks += r.corrupt_chunks;
+                }
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(|e| WriteError::Storage(e.to_string()))?;
+                Ok(total)
+            }
+        }
     }
 
     fn commit_round(&mut self, round: Vec<Request>) {
@@ -258,6 +713,9 @@ impl Writer {
                         stream.refs.extend(eff.refs);
                         stream.last_seen = Some(Instant::now());
                     }
+                    for (id, n) in eff.head_rows {
+                        self.note_head_rows(id, n);
+                    }
                 }
                 applied
             });
@@ -335,6 +793,8 @@ impl Writer {
                     .ok_or_else(|| WriteError::UnknownRefs(vec![r.0]))?;
                 put.execute((id.0, g.at.0, v.to_bits() as i64))
                     .map_err(sql)?;
+                let e = eff.head_rows.entry(id).or_insert((0, i64::MAX, i64::MIN));
+                *e = (e.0 + 1, e.1.min(g.at.0), e.2.max(g.at.0));
                 samples += 1;
             }
         }
@@ -378,6 +838,13 @@ impl Writer {
             for (t, v) in &s.samples {
                 put.execute((id.0, *t, v.to_bits() as i64)).map_err(sql)?;
                 samples += 1;
+            }
+            if let (Some(min), Some(max)) = (
+                s.samples.iter().map(|x| x.0).min(),
+                s.samples.iter().map(|x| x.0).max(),
+            ) {
+                let e = eff.head_rows.entry(id).or_insert((0, i64::MAX, i64::MIN));
+                *e = (e.0 + s.samples.len(), e.1.min(min), e.2.max(max));
             }
         }
         self.put_metadata(metadata)?;
@@ -454,6 +921,30 @@ impl Writer {
     }
 }
 
+/// Logs and counts a chunk that does not decode.
+pub(super) fn report_corrupt(
+    index: &RwLock<Index>,
+    metrics: &StorageMetrics,
+    id: SeriesId,
+    c: &CorruptChunk,
+    during: &str,
+) {
+    metrics.corrupt_chunks.inc();
+    let labels = index
+        .read()
+        .ok()
+        .and_then(|i| i.labels_of(id).map(|l| l.to_string()))
+        .unwrap_or_default();
+    tracing::error!(
+        series = %labels,
+        series_id = id.0,
+        chunk = c.id,
+        error = %c.error,
+        during,
+        "corrupt chunk skipped"
+    );
+}
+
 /// Labels as stored: a JSON array of `[name, value]` pairs, sorted.
 pub(super) fn labels_to_json(labels: &Labels) -> String {
     let pairs: Vec<[&str; 2]> = labels
@@ -495,13 +986,12 @@ mod tests {
         let conn = Connection::open(dir.join("w.db")).unwrap();
         super::super::schema::configure(&conn).unwrap();
         super::super::schema::migrate(&conn).unwrap();
-        Writer {
+        Writer::new(
             conn,
-            index: Arc::default(),
-            streams: HashMap::new(),
-            metrics: StorageMetrics::register(&Registry::new()),
-            last_prune: Instant::now(),
-        }
+            Arc::default(),
+            StorageMetrics::register(&Registry::new()),
+            StorageOptions::default(),
+        )
     }
 
     fn batch(seq: u64, define: bool, metric: &str, r: u32) -> Batch {
@@ -545,6 +1035,224 @@ mod tests {
         rxs.into_iter()
             .map(|mut rx| rx.try_recv().expect("answered after the round"))
             .collect()
+    }
+
+    fn series_round(w: &mut Writer, writes: Vec<SeriesWrite>) {
+        let (reply, mut rx) = oneshot::channel();
+        w.commit_round(vec![Request {
+            work: Work::Series(writes, vec![]),
+            reply,
+        }]);
+        assert!(matches!(rx.try_recv(), Ok(Ok(Applied::Stored { .. }))));
+    }
+
+    fn series(metric: &str, samples: impl IntoIterator<Item = (i64, f64)>) -> SeriesWrite {
+        SeriesWrite {
+            labels: Labels::new(metric, [("job", "t")]),
+            samples: samples.into_iter().collect(),
+        }
+    }
+
+    fn query_i64(w: &Writer, sql: &str) -> i64 {
+        w.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn compact_everything(w: &mut Writer) {
+        let ids: Vec<SeriesId> = w.head.keys().copied().collect();
+        for id in ids {
+            if let Some(st) = w.head.get_mut(&id).filter(|s| !s.queued) {
+                st.queued = true;
+                w.due.push_back(id);
+            }
+        }
+        w.forcing = true;
+        while !w.due.is_empty() {
+            w.maintenance_step(None);
+        }
+        w.forcing = false;
+    }
+
+    const DAY: i64 = 24 * 3600 * 1000;
+    /// "Now" for retention tests: one hour into a 2 h window.
+    const NOW: i64 = 1_700_000_000_000 - 1_700_000_000_000 % compact::WINDOW_MS + 3_600_000;
+
+    #[test]
+    fn retention_deletes_what_is_older_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.options.retention = Some(Duration::from_millis(DAY as u64));
+        w.clock = || NOW;
+        let cutoff = NOW - DAY; // 1 h into its window
+        let minute = 60_000;
+        // Chunks: wholly old, straddling the cutoff, recent.
+        series_round(
+            &mut w,
+            vec![
+                series(
+                    "old_and_new",
+                    (0..30).map(|i| (NOW - 3 * DAY + i * minute, 1.0)),
+                ),
+                series(
+                    "old_and_new",
+                    (0..30).map(|i| (cutoff - 15 * minute + i * minute, 2.0)),
+                ),
+                series(
+                    "old_and_new",
+                    (0..30).map(|i| (NOW - 40 * minute + i * minute, 3.0)),
+                ),
+                series(
+                    "recent",
+                    (0..30).map(|i| (NOW - 40 * minute + i * minute, 4.0)),
+                ),
+            ],
+        );
+        compact_everything(&mut w);
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM chunks"), 4);
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM samples"), 0);
+        // Head rows: one too old, one recent.
+        series_round(
+            &mut w,
+            vec![series(
+                "old_and_new",
+                [(NOW - 2 * DAY, 5.0), (NOW - minute, 6.0)],
+            )],
+        );
+        // A pass, step by step.
+        w.retention_cursor = Some(i64::MIN);
+        let mut expired = 0;
+        while w.retention_cursor.is_some() {
+            expired += w
+                .maintenance_step(Some(Duration::from_secs(1)))
+                .samples_expired;
+        }
+        assert_eq!(expired, 30 + 1);
+        let spans: Vec<(i64, i64)> = w
+            .conn
+            .prepare("SELECT start_ts, end_ts FROM chunks ORDER BY start_ts")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            spans,
+            vec![
+                (cutoff - 15 * minute, cutoff + 14 * minute),
+                (NOW - 40 * minute, NOW - 11 * minute),
+                (NOW - 40 * minute, NOW - 11 * minute),
+            ]
+        );
+        let head: Vec<i64> = w
+            .conn
+            .prepare("SELECT ts FROM samples")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(head, vec![NOW - minute]);
+        // Without retention nothing is deleted.
+        w.options.retention = None;
+        w.clock = || NOW + 100 * DAY;
+        w.retention_cursor = Some(i64::MIN);
+        while w.retention_cursor.is_some() {
+            w.maintenance_step(None);
+        }
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM chunks"), 3);
+    }
+
+    #[test]
+    fn deleted_data_gives_its_pages_back_to_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.options.retention = Some(Duration::from_millis(DAY as u64));
+        w.clock = || NOW;
+        let writes: Vec<SeriesWrite> = (0..100)
+            .map(|s| {
+                series(
+                    &format!("m{s}"),
+                    (0..2000).map(|i| (NOW - 2 * DAY + i * 1000, ((i * 7919) % 1013) as f64 + 0.5)),
+                )
+            })
+            .collect();
+        series_round(&mut w, writes);
+        compact_everything(&mut w);
+        let pages = query_i64(&w, "PRAGMA page_count");
+        assert!(pages > 300, "{pages}");
+        w.retention_cursor = Some(i64::MIN);
+        while w.retention_cursor.is_some() || w.vacuum {
+            w.maintenance_step(Some(Duration::from_secs(1)));
+        }
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM chunks"), 0);
+        let after = query_i64(&w, "PRAGMA page_count");
+        assert!(after < pages / 2, "{pages} -> {after} pages");
+        assert!(query_i64(&w, "PRAGMA freelist_count") <= VACUUM_KEEP_PAGES);
+    }
+
+    #[test]
+    fn maintenance_steps_are_bounded_and_drain_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.clock = || NOW;
+        let n = 3 * STEP_MAX_UNITS;
+        let writes: Vec<SeriesWrite> = (0..n)
+            .map(|s| {
+                series(
+                    &format!("m{s}"),
+                    // Noisy values: a full chunk every ~250 samples.
+                    (0..600).map(|i| (NOW - 700_000 + i * 1000, (i as f64 * 1.37).sin())),
+                )
+            })
+            .collect();
+        series_round(&mut w, writes);
+        assert_eq!(w.due.len(), n, "600 rows > the default 512: due");
+        // A generous budget still stops at STEP_MAX_UNITS units.
+        let r = w.maintenance_step(Some(Duration::from_secs(3600)));
+        assert_eq!(w.due.len(), n - STEP_MAX_UNITS);
+        assert!(r.chunks_written >= STEP_MAX_UNITS, "{r:?}");
+        // A budget already spent still does one unit: progress.
+        w.maintenance_step(Some(Duration::ZERO));
+        assert_eq!(w.due.len(), n - STEP_MAX_UNITS - 1);
+        let mut steps = 0;
+        while !w.due.is_empty() {
+            w.maintenance_step(Some(Duration::from_millis(25)));
+            steps += 1;
+        }
+        assert!(steps >= 2);
+        // Full chunks were written; the open window's tails stay in the head
+        // (the series are neither quiet nor past their window).
+        let head = query_i64(&w, "SELECT count(*) FROM samples") as usize;
+        assert!(head > 0 && head < n * 600);
+        let in_chunks = query_i64(&w, "SELECT sum(count) FROM chunks") as usize;
+        assert_eq!(head + in_chunks, n * 600);
+        // Every series now knows its chunk size and is not due again yet.
+        assert!(
+            w.head
+                .values()
+                .all(|st| !st.queued && st.target_rows > st.rows)
+        );
+    }
+
+    #[test]
+    fn a_quiet_series_past_its_window_is_compacted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.clock = || NOW + compact::WINDOW_MS;
+        series_round(
+            &mut w,
+            vec![series("q", (0..10).map(|i| (NOW + i * 1000, 1.0)))],
+        );
+        assert!(w.due.is_empty(), "10 rows are not a chunk");
+        w.last_scan = Instant::now() - Duration::from_secs(2);
+        for st in w.head.values_mut() {
+            st.last_write = Instant::now() - QUIET * 2;
+        }
+        w.tick();
+        assert_eq!(w.due.len(), 1);
+        w.maintenance_step(Some(Duration::from_secs(1)));
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM samples"), 0);
+        assert_eq!(query_i64(&w, "SELECT sum(count) FROM chunks"), 10);
+        assert!(w.head.is_empty());
     }
 
     fn count(w: &Writer, table: &str) -> i64 {

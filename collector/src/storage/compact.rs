@@ -1,0 +1,303 @@
+//! Moving samples from the head into chunks, and deleting what retention
+//! no longer keeps. Only the writer thread calls these, inside its own
+//! transaction, so a step is atomic: rows leave the head in the same commit
+//! that writes the chunk holding them.
+//!
+//! Chunk rules: a chunk never crosses a [`WINDOW_MS`] boundary (windows are
+//! aligned to the Unix epoch), holds at most [`CHUNK_MAX_SAMPLES`] samples
+//! and is full once its encoding reaches about [`CHUNK_FULL_BYTES`] (two
+//! fit in one 4 KiB SQLite page). Chunks are appended (ids ascend) and,
+//! in the usual case, written once: compaction writes only full chunks and
+//! leaves the rest of an open window's rows in the head, so pages fill up
+//! and no hole is left behind by a rewrite.
+//!
+//! A unit compacts the head rows of a series' oldest window (at most
+//! [`UNIT_MAX_ROWS`]) merged with every chunk they overlap (late samples).
+//! When the window is closed — the series has rows in a later window, or
+//! the wall clock is past the window and the series went quiet, or the
+//! caller forces it — it also merges the window's last chunk if that one is
+//! not full, and writes everything. Whenever an existing chunk was merged,
+//! everything is written too (its samples must land somewhere). Merged
+//! chunks are deleted and moved rows deleted in the same transaction.
+//! Chunks that do not decode are left in place, counted and logged; the new
+//! chunks win over them on read anyway.
+
+use super::chunk::{self, ChunkEncoder};
+use super::index::SeriesId;
+use super::read::{self, Run};
+use rusqlite::{Connection, params};
+
+/// Width of the aligned time windows chunks never cross (2 h).
+pub const WINDOW_MS: i64 = 2 * 3600 * 1000;
+/// Most samples in one chunk.
+pub const CHUNK_MAX_SAMPLES: usize = 8192;
+/// A chunk is full once its encoding is within the largest sample encoding
+/// (20 bytes) of this size: a row then stays under half of a 4 KiB page.
+pub const CHUNK_FULL_BYTES: usize = 1990;
+const LARGEST_SAMPLE_BYTES: usize = 20;
+/// Most head rows one compaction unit moves.
+pub const UNIT_MAX_ROWS: usize = 8192;
+
+/// First timestamp of the window holding `ts`.
+pub fn window_start(ts: i64) -> i64 {
+    ts.saturating_sub(ts.rem_euclid(WINDOW_MS))
+}
+
+/// Last timestamp of the window holding `ts`.
+pub fn window_last(ts: i64) -> i64 {
+    window_start(ts).saturating_add(WINDOW_MS - 1)
+}
+
+/// When a unit may close its window.
+#[derive(Debug, Clone, Copy)]
+pub struct Close {
+    /// Close whatever the clock says (explicit compaction).
+    pub force: bool,
+    /// The wall clock is past this timestamp and the series went quiet:
+    /// windows ending before it are closed.
+    pub quiet_before: Option<i64>,
+}
+
+/// What one compaction unit did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct UnitOutcome {
+    /// Head rows moved into chunks.
+    pub rows: usize,
+    /// Existing chunks merged (and deleted).
+    pub merged: usize,
+    /// Chunks written.
+    pub written: usize,
+    /// Chunks that did not decode (left in place).
+    pub corrupt: usize,
+    /// Another unit of this series would move rows now (a later window's
+    /// rows follow, or the row limit cut this one short).
+    pub more: bool,
+    /// Encoded bytes per sample seen, to size the next compaction.
+    pub bytes_per_sample: Option<f64>,
+}
+
+/// Compacts the oldest window of a series' head (see the module header).
+/// `corrupt` hears about chunks that do not decode.
+pub fn compact_unit(
+    conn: &Connection,
+    id: SeriesId,
+    close: Close,
+    corrupt: &mut dyn FnMut(read::CorruptChunk),
+) -> rusqlite::Result<UnitOutcome> {
+    let mut out = UnitOutcome::default();
+    let first: Option<i64> = conn
+        .prepare_cached("SELECT min(ts) FROM samples WHERE series_id = ?1")?
+        .query_row([id.0], |r| r.get(0))?;
+    let Some(a) = first else {
+        return Ok(out);
+    };
+    let (ws, we) = (window_start(a), window_last(a));
+    let head: Run = conn
+        .prepare_cached(
+            "SELECT ts, value FROM samples
+             WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3 ORDER BY ts LIMIT ?4",
+        )?
+        .query_map(params![id.0, a, we, UNIT_MAX_ROWS as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                f64::from_bits(r.get::<_, i64>(1)? as u64),
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let b = head.last().map_or(a, |s| s.0);
+    let later: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM samples WHERE series_id = ?1 AND ts > ?2)")?
+        .query_row((id.0, b), |r| r.get(0))?;
+    let moved_on: bool = we < i64::MAX
+        && conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id = ?1 AND ts > ?2)",
+            )?
+            .query_row((id.0, we), |r| r.get(0))?;
+    let closed = close.force || moved_on || close.quiet_before.is_some_and(|q| we < q);
+
+    // Chunks to merge: those overlapping [a, b], and, closing, the window's
+    // last chunk ending before a if it is not full.
+    let mut take: Vec<i64> = Vec::new();
+    let mut open: Option<(i64, i64)> = None; // (end_ts, id)
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, start_ts, end_ts, count, length(data) FROM chunks
+             WHERE series_id = ?1 AND end_ts >= ?2 AND start_ts <= ?3",
+        )?;
+        let mut rows = stmt.query((id.0, ws, b))?;
+        while let Some(r) = rows.next()? {
+            let (cid, s, e, n, len): (i64, i64, i64, i64, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            if e >= a {
+                take.push(cid);
+            } else if closed
+                && s >= ws
+                && (n as usize) < CHUNK_MAX_SAMPLES
+                && (len as usize) + LARGEST_SAMPLE_BYTES < CHUNK_FULL_BYTES
+                && open.is_none_or(|(oe, _)| e > oe)
+            {
+                open = Some((e, cid));
+            }
+        }
+    }
+    take.extend(open.map(|(_, cid)| cid));
+    take.sort_unstable();
+
+    let mut runs: Vec<Run> = Vec::with_capacity(take.len());
+    let mut merged_ids = Vec::with_capacity(take.len());
+    {
+        let mut get = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
+        for cid in take {
+            let decoded = get.query_row([cid], |r| {
+                Ok(read::blob(r.get_ref(0)?).and_then(chunk::decode))
+            })?;
+            match decoded {
+                Ok(run) => {
+                    runs.push(run);
+                    merged_ids.push(cid);
+                }
+                Err(error) => {
+                    out.corrupt += 1;
+                    corrupt(read::CorruptChunk { id: cid, error });
+                }
+            }
+        }
+    }
+    let rows = head.len();
+    let merged = read::merge_two(read::merge_runs(runs), head);
+    let write_all = closed || !merged_ids.is_empty();
+
+    let mut del = conn.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+    for cid in &merged_ids {
+        del.execute([cid])?;
+    }
+    out.merged = merged_ids.len();
+    let cut = write_chunks(conn, id, &merged, write_all)?;
+    out.written = cut.written;
+    out.bytes_per_sample = cut.bytes_per_sample;
+    // Rows now in chunks leave the head. Without write_all only head rows
+    // were merged, so the rows after the last written chunk stay.
+    let moved_to = if write_all { Some(b) } else { cut.last_written };
+    if let Some(to) = moved_to {
+        out.rows = conn
+            .prepare_cached("DELETE FROM samples WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3")?
+            .execute((id.0, a, to))?;
+    }
+    debug_assert!(out.rows <= rows);
+    out.more = (closed && later) || (rows == UNIT_MAX_ROWS && out.rows > 0);
+    Ok(out)
+}
+
+/// What [`write_chunks`] did.
+#[derive(Debug, Default)]
+pub struct Cut {
+    /// Chunks written.
+    pub written: usize,
+    /// Last timestamp written.
+    pub last_written: Option<i64>,
+    /// Encoded bytes per sample.
+    pub bytes_per_sample: Option<f64>,
+}
+
+/// Cuts an ascending run into chunks by the rules above and inserts them;
+/// the last, not full one only with `write_tail`.
+pub fn write_chunks(
+    conn: &Connection,
+    id: SeriesId,
+    samples: &[(i64, f64)],
+    write_tail: bool,
+) -> rusqlite::Result<Cut> {
+    let mut put = conn.prepare_cached(
+        "INSERT INTO chunks (series_id, start_ts, end_ts, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut cut = Cut::default();
+    let (mut bytes, mut count) = (0usize, 0usize);
+    let mut enc = ChunkEncoder::new();
+    let mut first = 0i64;
+    let mut flush = |enc: ChunkEncoder, first: i64, cut: &mut Cut| -> rusqlite::Result<()> {
+        let (n, last) = (enc.len(), enc.last_ts().unwrap_or(first));
+        let data = enc
+            .finish()
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        put.execute(params![id.0, first, last, n as i64, data])?;
+        cut.written += 1;
+        cut.last_written = Some(last);
+        Ok(())
+    };
+    for &(t, v) in samples {
+        if !enc.is_empty()
+            && (enc.len() >= CHUNK_MAX_SAMPLES
+                || enc.size() + LARGEST_SAMPLE_BYTES >= CHUNK_FULL_BYTES
+                || window_start(t) != window_start(first))
+        {
+            bytes += enc.size();
+            count += enc.len();
+            flush(std::mem::take(&mut enc), first, &mut cut)?;
+        }
+        if enc.is_empty() {
+            first = t;
+        }
+        enc.push(t, v)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    }
+    if !enc.is_empty() {
+        bytes += enc.size();
+        count += enc.len();
+        if write_tail {
+            flush(enc, first, &mut cut)?;
+        }
+    }
+    if count > 0 {
+        cut.bytes_per_sample = Some(bytes as f64 / count as f64);
+    }
+    Ok(cut)
+}
+
+/// What retention deleted for one series.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    /// Chunks deleted.
+    pub chunks: usize,
+    /// Samples deleted (in those chunks and from the head).
+    pub samples: usize,
+}
+
+/// Deletes a series' chunks that end before `cutoff` and its head rows
+/// before it. A chunk that straddles the cutoff is kept whole until it ends
+/// before it.
+pub fn expire_series(conn: &Connection, id: SeriesId, cutoff: i64) -> rusqlite::Result<Deleted> {
+    let (chunks, in_chunks): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(count), 0) FROM chunks
+             WHERE series_id = ?1 AND end_ts < ?2",
+        )?
+        .query_row((id.0, cutoff), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if chunks > 0 {
+        conn.prepare_cached("DELETE FROM chunks WHERE series_id = ?1 AND end_ts < ?2")?
+            .execute((id.0, cutoff))?;
+    }
+    let rows = conn
+        .prepare_cached("DELETE FROM samples WHERE series_id = ?1 AND ts < ?2")?
+        .execute((id.0, cutoff))?;
+    Ok(Deleted {
+        chunks: chunks as usize,
+        samples: in_chunks as usize + rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_aligned_and_saturate_at_the_ends() {
+        assert_eq!(window_start(0), 0);
+        assert_eq!(window_start(WINDOW_MS - 1), 0);
+        assert_eq!(window_start(WINDOW_MS), WINDOW_MS);
+        assert_eq!(window_start(-1), -WINDOW_MS);
+        assert_eq!(window_last(-1), -1);
+        assert_eq!(window_start(i64::MIN), i64::MIN);
+        assert_eq!(window_last(i64::MAX), i64::MAX);
+    }
+}
