@@ -37,6 +37,17 @@ pub struct FileConfig {
     /// Targets to pull (`[[scrape]]` tables).
     #[serde(default)]
     pub scrape: Vec<FileScrape>,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: FileStorage,
+}
+
+/// `[storage]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStorage {
+    /// How long samples are kept (default 15d; "0" keeps everything).
+    pub retention: Option<String>,
 }
 
 /// One `[[scrape]]` table: a job and the targets it pulls.
@@ -174,6 +185,8 @@ pub struct CollectorConfig {
     pub limits: Limits,
     /// Targets to pull.
     pub scrape: Vec<crate::scrape::Target>,
+    /// How long samples are kept; None keeps everything.
+    pub retention: Option<Duration>,
 }
 
 impl FileConfig {
@@ -309,7 +322,24 @@ impl CollectorConfig {
         for (i, job) in file.scrape.iter().enumerate() {
             scrape.extend(scrape_targets(i, job, &in_file)?);
         }
+        let retention = match file.storage.retention.as_deref() {
+            None => Some(Duration::from_secs(15 * 24 * 3600)),
+            Some("0") => None,
+            Some(s) => {
+                let d = parse_duration(s)
+                    .map_err(|e| invalid("storage.retention", false, e.to_string()))?;
+                if d < Duration::from_secs(3600) {
+                    return Err(invalid(
+                        "storage.retention",
+                        false,
+                        format!("{s:?} is under the minimum of 1h (\"0\" keeps everything)"),
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(CollectorConfig {
+            retention,
             scrape,
             listen,
             data_dir,
@@ -425,6 +455,8 @@ mod tests {
             "local_agent_interval",
             "log_format",
             "limits",
+            "scrape",
+            "storage",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }

@@ -34,13 +34,17 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
 
     let registry = Registry::new();
     nines_agent::process::register(&registry);
-    let storage = Storage::open(
+    let storage = Storage::open_with_options(
         &cfg.data_dir.join(DB_FILE),
         QueryLimits {
             max_series: cfg.limits.max_query_series,
             max_samples: cfg.limits.max_query_samples,
         },
         StorageMetrics::register(&registry),
+        crate::storage::StorageOptions {
+            retention: cfg.retention,
+            ..crate::storage::StorageOptions::default()
+        },
     )
     .with_context(|| format!("cannot open storage in {}", cfg.data_dir.display()))?;
     {
