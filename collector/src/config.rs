@@ -37,6 +37,11 @@ pub struct FileConfig {
     /// Targets to pull (`[[scrape]]` tables).
     #[serde(default)]
     pub scrape: Vec<FileScrape>,
+    /// Rule files in Prometheus's format (recording and alerting rules).
+    #[serde(default)]
+    pub rule_files: Vec<PathBuf>,
+    /// Default time between rule group evaluations (default 1m).
+    pub evaluation_interval: Option<String>,
 }
 
 /// One `[[scrape]]` table: a job and the targets it pulls.
@@ -174,6 +179,10 @@ pub struct CollectorConfig {
     pub limits: Limits,
     /// Targets to pull.
     pub scrape: Vec<crate::scrape::Target>,
+    /// Rule files to load at start.
+    pub rule_files: Vec<PathBuf>,
+    /// Default interval of rule groups.
+    pub evaluation_interval: Duration,
 }
 
 impl FileConfig {
@@ -305,12 +314,37 @@ impl CollectorConfig {
                 Duration::from_secs(120),
             )?,
         };
+        let evaluation_interval = interval(
+            "evaluation_interval",
+            &None,
+            &file.evaluation_interval,
+            Duration::from_secs(60),
+        )?;
+        if evaluation_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "evaluation_interval",
+                false,
+                "must be at least 100ms".into(),
+            ));
+        }
+        // Relative rule file paths are relative to the config file.
+        let base = o.config.as_deref().and_then(Path::parent);
+        let rule_files = file
+            .rule_files
+            .iter()
+            .map(|p| match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p.clone(),
+            })
+            .collect();
         let mut scrape = Vec::new();
         for (i, job) in file.scrape.iter().enumerate() {
             scrape.extend(scrape_targets(i, job, &in_file)?);
         }
         Ok(CollectorConfig {
             scrape,
+            rule_files,
+            evaluation_interval,
             listen,
             data_dir,
             agent_token,
@@ -425,6 +459,8 @@ mod tests {
             "local_agent_interval",
             "log_format",
             "limits",
+            "rule_files",
+            "evaluation_interval",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }
