@@ -76,6 +76,8 @@ pub struct Group {
     pub last_evaluation_ms: i64,
     /// How long that took.
     pub evaluation_seconds: f64,
+    /// The alerts last saved to the state store (to skip unchanged saves).
+    pub saved: Option<Vec<(RuleKey, Vec<Alert>)>>,
 }
 
 impl Group {
@@ -121,6 +123,7 @@ impl Group {
             rules,
             last_evaluation_ms: 0,
             evaluation_seconds: 0.0,
+            saved: None,
         }
     }
 
@@ -148,9 +151,8 @@ impl Group {
             .collect()
     }
 
-    /// Evaluates rule `i` at `ts` (ms) and returns the series to write. A
-    /// failure is recorded as the rule's health and error; stale markers
-    /// are still written only after a successful evaluation.
+    /// Evaluates rule `i` at `ts` (ms) and returns the series to write: the
+    /// query ([`query_rule`]) then its result applied ([`Group::apply`]).
     pub fn eval_rule(
         &mut self,
         i: usize,
@@ -158,13 +160,41 @@ impl Group {
         engine: &Engine,
         q: &dyn Querier,
     ) -> Vec<SeriesWrite> {
+        let Some(expr) = self.expr(i) else {
+            return Vec::new();
+        };
+        let started = Instant::now();
+        let result = query_rule(&expr, ts, engine, q);
+        self.apply(i, ts, result, started.elapsed().as_secs_f64())
+    }
+
+    /// Rule `i`'s expression.
+    pub fn expr(&self, i: usize) -> Option<String> {
+        self.rules.get(i).map(|r| match &r.kind {
+            RuleKind::Recording(r) => r.expr.clone(),
+            RuleKind::Alerting(a) => a.spec.expr.clone(),
+        })
+    }
+
+    /// Applies rule `i`'s query result at `ts` and returns the series to
+    /// write. A failure is recorded as the rule's health and error; stale
+    /// markers are written only after a successful evaluation.
+    pub fn apply(
+        &mut self,
+        i: usize,
+        ts: i64,
+        result: Result<Vec<InstantSample>, String>,
+        seconds: f64,
+    ) -> Vec<SeriesWrite> {
         let limit = self.spec.limit;
         let Some(rule) = self.rules.get_mut(i) else {
             return Vec::new();
         };
-        let started = Instant::now();
-        let outcome = run(rule, ts, engine, q, limit);
-        rule.evaluation_seconds = started.elapsed().as_secs_f64();
+        let outcome = result.and_then(|vector| match &mut rule.kind {
+            RuleKind::Recording(r) => record(r, &vector, limit),
+            RuleKind::Alerting(a) => a.eval(&vector, ts, limit),
+        });
+        rule.evaluation_seconds = seconds;
         rule.last_evaluation_ms = ts;
         match outcome {
             Err(e) => {
@@ -196,29 +226,22 @@ impl Group {
     }
 }
 
-fn run(
-    rule: &mut Rule,
+/// Runs a rule's expression at `ts`: an instant vector, or a scalar as a
+/// one-element vector without labels, as Prometheus's rule query does.
+pub fn query_rule(
+    expr: &str,
     ts: i64,
     engine: &Engine,
     q: &dyn Querier,
-    limit: usize,
-) -> Result<Vec<(Labels, f64)>, String> {
-    let expr = match &rule.kind {
-        RuleKind::Recording(r) => &r.expr,
-        RuleKind::Alerting(a) => &a.spec.expr,
-    };
-    let vector = match engine.instant(q, expr, ts).map_err(|e| e.to_string())? {
-        Value::Vector(v) => v,
-        Value::Scalar(v) => vec![InstantSample {
+) -> Result<Vec<InstantSample>, String> {
+    match engine.instant(q, expr, ts).map_err(|e| e.to_string())? {
+        Value::Vector(v) => Ok(v),
+        Value::Scalar(v) => Ok(vec![InstantSample {
             labels: Labels::default(),
             t: ts,
             v,
-        }],
-        _ => return Err("rule result is not a vector or scalar".into()),
-    };
-    match &mut rule.kind {
-        RuleKind::Recording(r) => record(r, &vector, limit),
-        RuleKind::Alerting(a) => a.eval(&vector, ts, limit),
+        }]),
+        _ => Err("rule result is not a vector or scalar".into()),
     }
 }
 

@@ -159,10 +159,23 @@ impl Rules {
         let started = Instant::now();
         let n = lock(&group).rules.len();
         for r in 0..n {
-            let (g, e, st) = (group.clone(), engine.clone(), storage.clone());
-            let writes = tokio::task::spawn_blocking(move || lock(&g).eval_rule(r, ts, &e, &st))
-                .await
-                .unwrap_or_default();
+            // The query runs without the group's lock, so the API never
+            // waits behind a slow expression.
+            let Some(expr) = lock(&group).expr(r) else {
+                continue;
+            };
+            let (e, st) = (engine.clone(), storage.clone());
+            let queried = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let result = group::query_rule(&expr, ts, &e, &st);
+                (result, started.elapsed().as_secs_f64())
+            })
+            .await;
+            let (result, seconds) = match queried {
+                Ok(v) => v,
+                Err(e) => (Err(format!("evaluation failed: {e}")), 0.0),
+            };
+            let writes = lock(&group).apply(r, ts, result, seconds);
             if writes.is_empty() {
                 continue;
             }
@@ -176,13 +189,20 @@ impl Rules {
             let mut g = lock(&group);
             g.last_evaluation_ms = ts;
             g.evaluation_seconds = started.elapsed().as_secs_f64();
-            (g.spec.file.clone(), g.spec.name.clone(), g.alerts_to_save())
+            let alerts = g.alerts_to_save();
+            if g.saved.as_ref() == Some(&alerts) {
+                return;
+            }
+            g.saved = Some(alerts.clone());
+            (g.spec.file.clone(), g.spec.name.clone(), alerts)
         };
         if let Some(store) = self.inner.store.clone() {
             let saved =
                 tokio::task::spawn_blocking(move || store.save_group(&file, &name, &alerts)).await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(error = %e, "alert state not saved to {RULES_DB_FILE}");
+            if !matches!(saved, Ok(Ok(()))) {
+                // Try again after the next evaluation.
+                lock(&group).saved = None;
+                tracing::warn!(error = ?saved, "alert state not saved to {RULES_DB_FILE}");
             }
         }
     }
