@@ -506,6 +506,30 @@ mod tests {
     }
 
     #[test]
+    fn rule_files_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "rule_files = [\"r.yml\", \"/etc/x.yml\"]\nevaluation_interval = \"15s\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(cfg.clone()),
+            ..Overrides::default()
+        };
+        let c = CollectorConfig::resolve(&o).unwrap();
+        assert_eq!(
+            c.rule_files,
+            vec![dir.path().join("r.yml"), PathBuf::from("/etc/x.yml")]
+        );
+        assert_eq!(c.evaluation_interval, Duration::from_secs(15));
+        std::fs::write(&cfg, "evaluation_interval = \"1ms\"\n").unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("evaluation_interval"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_file_key_and_reason() {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "[limits]\nmax_future = \"soon\"\n").unwrap();

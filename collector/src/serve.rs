@@ -109,7 +109,12 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         stop.clone(),
     );
 
-    let rule_loops = rules.spawn(engine, storage.clone(), stop.clone());
+    let rule_loops = rules.spawn(
+        engine,
+        storage.clone(),
+        crate::rules::RuleMetrics::register(&registry),
+        stop.clone(),
+    );
 
     let local = if cfg.local_agent {
         Some(start_local_agent(&cfg, ingest, &registry, stop.clone())?)

@@ -169,6 +169,9 @@ fn an_alert_goes_pending_then_firing_and_survives_a_restart() {
     assert_eq!(q["data"]["result"][0]["value"][1], "5", "{q}");
     assert_eq!(q["data"]["result"][0]["metric"]["source"], "rules");
 
+    assert!(c.metric("nines_rule_evaluations_total", "e2e") >= 6.0);
+    assert_eq!(c.metric("nines_rule_evaluation_failures_total", "e2e"), 0.0);
+
     // A crash: the firing alert keeps firing with its activeAt.
     c.kill();
     let c = Collector::start(&data, &["--no-local-agent", "--config", cfg_s]);

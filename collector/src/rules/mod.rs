@@ -27,6 +27,7 @@ pub use store::{RULES_DB_FILE, RuleKey, StateStore};
 use crate::query::Engine;
 use crate::storage::Storage;
 use nines_shared::UnixMillis;
+use nines_shared::telemetry::{CounterVec, GaugeVec, Registry};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +41,42 @@ pub fn load_files(files: &[PathBuf], default_interval: Duration) -> Result<Vec<G
         groups.extend(load_file(f, default_interval)?);
     }
     Ok(groups)
+}
+
+/// The evaluator's own metrics, per group (`<file>;<group>`, as
+/// Prometheus labels its `prometheus_rule_*` metrics).
+#[derive(Clone)]
+pub struct RuleMetrics {
+    /// Rule evaluations.
+    pub evaluations: CounterVec,
+    /// Rule evaluations that failed (query error, refused result, or
+    /// results not stored).
+    pub failures: CounterVec,
+    /// How long the group's last evaluation took.
+    pub last_duration: GaugeVec,
+}
+
+impl RuleMetrics {
+    /// Registers the metrics.
+    pub fn register(r: &Registry) -> Self {
+        RuleMetrics {
+            evaluations: r.counter_vec(
+                "nines_rule_evaluations_total",
+                "Rule evaluations, by rule group.",
+                &["rule_group"],
+            ),
+            failures: r.counter_vec(
+                "nines_rule_evaluation_failures_total",
+                "Rule evaluations that failed, by rule group.",
+                &["rule_group"],
+            ),
+            last_duration: r.gauge_vec(
+                "nines_rule_group_last_duration_seconds",
+                "Time the rule group's last evaluation took.",
+                &["rule_group"],
+            ),
+        }
+    }
 }
 
 /// The loaded rule groups, shared by the evaluation loops and the API.
@@ -122,6 +159,7 @@ impl Rules {
         &self,
         engine: Arc<Engine>,
         storage: Storage,
+        metrics: RuleMetrics,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.inner.groups.len())
@@ -129,6 +167,7 @@ impl Rules {
                 let rules = self.clone();
                 let engine = engine.clone();
                 let storage = storage.clone();
+                let metrics = metrics.clone();
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     let interval = lock(&rules.inner.groups[i]).spec.interval;
@@ -143,7 +182,7 @@ impl Rules {
                             break;
                         }
                         rules
-                            .eval_group(i, UnixMillis::now().0, &engine, &storage)
+                            .eval_group(i, UnixMillis::now().0, &engine, &storage, &metrics)
                             .await;
                     }
                 })
@@ -154,10 +193,24 @@ impl Rules {
     /// Evaluates group `i` once at `ts` (ms): each rule in order, its
     /// series written before the next rule runs (so later rules see them),
     /// then the alert state saved.
-    pub async fn eval_group(&self, i: usize, ts: i64, engine: &Arc<Engine>, storage: &Storage) {
+    pub async fn eval_group(
+        &self,
+        i: usize,
+        ts: i64,
+        engine: &Arc<Engine>,
+        storage: &Storage,
+        metrics: &RuleMetrics,
+    ) {
         let group = self.inner.groups[i].clone();
         let started = Instant::now();
-        let n = lock(&group).rules.len();
+        let (n, key) = {
+            let g = lock(&group);
+            (g.rules.len(), format!("{};{}", g.spec.file, g.spec.name))
+        };
+        let (evaluations, failures) = (
+            metrics.evaluations.with(&[&key]),
+            metrics.failures.with(&[&key]),
+        );
         for r in 0..n {
             // The query runs without the group's lock, so the API never
             // waits behind a slow expression.
@@ -175,11 +228,20 @@ impl Rules {
                 Ok(v) => v,
                 Err(e) => (Err(format!("evaluation failed: {e}")), 0.0),
             };
-            let writes = lock(&group).apply(r, ts, result, seconds);
+            evaluations.inc();
+            let (writes, healthy) = {
+                let mut g = lock(&group);
+                let w = g.apply(r, ts, result, seconds);
+                (w, g.rules[r].health == Health::Ok)
+            };
+            if !healthy {
+                failures.inc();
+            }
             if writes.is_empty() {
                 continue;
             }
             if let Err(e) = storage.write_series(writes, Vec::new()).await {
+                failures.inc();
                 let g = lock(&group);
                 tracing::warn!(group = %g.spec.name, rule = %g.rules[r].kind_name(), error = %e,
                     "rule results not stored");
@@ -189,6 +251,10 @@ impl Rules {
             let mut g = lock(&group);
             g.last_evaluation_ms = ts;
             g.evaluation_seconds = started.elapsed().as_secs_f64();
+            metrics
+                .last_duration
+                .with(&[&key])
+                .set(g.evaluation_seconds);
             let alerts = g.alerts_to_save();
             if g.saved.as_ref() == Some(&alerts) {
                 return;
