@@ -37,6 +37,11 @@ pub struct FileConfig {
     /// Targets to pull (`[[scrape]]` tables).
     #[serde(default)]
     pub scrape: Vec<FileScrape>,
+    /// Rule files in Prometheus's format (recording and alerting rules).
+    #[serde(default)]
+    pub rule_files: Vec<PathBuf>,
+    /// Default time between rule group evaluations (default 1m).
+    pub evaluation_interval: Option<String>,
     /// `[storage]`.
     #[serde(default)]
     pub storage: FileStorage,
@@ -187,6 +192,10 @@ pub struct CollectorConfig {
     pub scrape: Vec<crate::scrape::Target>,
     /// How long samples are kept; None keeps everything.
     pub retention: Option<Duration>,
+    /// Rule files to load at start.
+    pub rule_files: Vec<PathBuf>,
+    /// Default interval of rule groups.
+    pub evaluation_interval: Duration,
 }
 
 impl FileConfig {
@@ -318,6 +327,29 @@ impl CollectorConfig {
                 Duration::from_secs(120),
             )?,
         };
+        let evaluation_interval = interval(
+            "evaluation_interval",
+            &None,
+            &file.evaluation_interval,
+            Duration::from_secs(60),
+        )?;
+        if evaluation_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "evaluation_interval",
+                false,
+                "must be at least 100ms".into(),
+            ));
+        }
+        // Relative rule file paths are relative to the config file.
+        let base = o.config.as_deref().and_then(Path::parent);
+        let rule_files = file
+            .rule_files
+            .iter()
+            .map(|p| match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p.clone(),
+            })
+            .collect();
         let mut scrape = Vec::new();
         for (i, job) in file.scrape.iter().enumerate() {
             scrape.extend(scrape_targets(i, job, &in_file)?);
@@ -341,6 +373,8 @@ impl CollectorConfig {
         Ok(CollectorConfig {
             retention,
             scrape,
+            rule_files,
+            evaluation_interval,
             listen,
             data_dir,
             agent_token,
@@ -457,6 +491,8 @@ mod tests {
             "limits",
             "scrape",
             "storage",
+            "rule_files",
+            "evaluation_interval",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }
@@ -499,6 +535,30 @@ mod tests {
         .unwrap();
         let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
         assert!(e.contains("scrape.targets") && e.contains("nohost"), "{e}");
+    }
+
+    #[test]
+    fn rule_files_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "rule_files = [\"r.yml\", \"/etc/x.yml\"]\nevaluation_interval = \"15s\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(cfg.clone()),
+            ..Overrides::default()
+        };
+        let c = CollectorConfig::resolve(&o).unwrap();
+        assert_eq!(
+            c.rule_files,
+            vec![dir.path().join("r.yml"), PathBuf::from("/etc/x.yml")]
+        );
+        assert_eq!(c.evaluation_interval, Duration::from_secs(15));
+        std::fs::write(&cfg, "evaluation_interval = \"1ms\"\n").unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("evaluation_interval"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod ingest;
 pub mod query;
+pub mod rules;
 pub mod scrape;
 pub mod serve;
 pub mod storage;

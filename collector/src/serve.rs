@@ -32,6 +32,10 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         None => load_or_create_token(&cfg.data_dir)?,
     };
 
+    // A bad rule file stops the collector before it serves anything.
+    let rules = crate::rules::Rules::open(&cfg.rule_files, cfg.evaluation_interval, &cfg.data_dir)
+        .map_err(anyhow::Error::msg)?;
+
     let registry = Registry::new();
     nines_agent::process::register(&registry);
     let storage = Storage::open_with_options(
@@ -64,17 +68,19 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         cfg.limits.max_future,
         IngestMetrics::register(&registry),
     );
+    let engine = Arc::new(Engine {
+        max_samples: cfg.limits.max_query_samples,
+        ..Engine::default()
+    });
     let state = AppState {
         ingest: ingest.clone(),
         storage: storage.clone(),
-        engine: Arc::new(Engine {
-            max_samples: cfg.limits.max_query_samples,
-            ..Engine::default()
-        }),
+        engine: engine.clone(),
         agent_token: token.clone().into(),
         registry: registry.clone(),
         limits: cfg.limits.clone(),
         api_requests: AppState::register_api_metrics(&registry),
+        rules: rules.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -104,6 +110,13 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         cfg.scrape.clone(),
         ingest.clone(),
         crate::scrape::ScrapeMetrics::register(&registry),
+        stop.clone(),
+    );
+
+    let rule_loops = rules.spawn(
+        engine,
+        storage.clone(),
+        crate::rules::RuleMetrics::register(&registry),
         stop.clone(),
     );
 
@@ -150,6 +163,9 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     }
     for s in scrapers {
         let _ = s.await;
+    }
+    for r in rule_loops {
+        let _ = r.await;
     }
     if let Some(s) = systemd {
         let _ = s.await;

@@ -39,7 +39,13 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `f` until it returns Some, or panics after `DEADLINE` with `what`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(what, DEADLINE, f)
+}
+
+/// As [`wait_for`], with its own deadline (for waits that include a
+/// retry backoff or a deliberate outage).
+pub fn wait_for_within<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {
@@ -47,8 +53,8 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
             return v;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
         );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(250));

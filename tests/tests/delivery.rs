@@ -58,6 +58,8 @@ fn agent_args<'a>(
 }
 
 const TOKEN: &str = "delivery-test-token";
+/// Waits that span an outage or a grown retry backoff (at most 30 s).
+const OUTAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 #[test]
 fn a_collector_outage_loses_no_sample() {
@@ -79,12 +81,14 @@ fn a_collector_outage_loses_no_sample() {
     c.kill();
     // The outage lasts until the agent has spooled 30 batches it could not
     // deliver (30 s at 1 s).
-    wait_for("30 spooled batches", || {
+    // The outage itself lasts 30 s.
+    wait_for_within("30 spooled batches", OUTAGE_WAIT, || {
         (agent_metric(&listen, "nines_agent_spool_records", "") >= 30.0).then_some(())
     });
     let c = Collector::start_on(&data, port, &extra);
     let rounds = agent_metric(&listen, "nines_agent_sampling_rounds_total", "");
-    let ts = wait_for("the backlog delivered", || {
+    // The agent's backoff has grown to up to 30 s during the outage.
+    let ts = wait_for_within("the backlog delivered", OUTAGE_WAIT, || {
         let ts = load_timestamps(&c, "outage");
         (ts.len() as f64 >= rounds).then_some(ts)
     });
@@ -116,7 +120,7 @@ fn an_agent_killed_with_sigkill_delivers_its_spool_after_restart() {
     agent.kill();
     let c = Collector::start_on(&data, port, &extra);
     let _agent = Agent::start_with(TOKEN, &agent_args(&collectors, &state, "killed", &listen));
-    let ts = wait_for("the dead agent's spool delivered", || {
+    let ts = wait_for_within("the dead agent's spool delivered", OUTAGE_WAIT, || {
         let ts = load_timestamps(&c, "killed");
         (ts.len() as f64 > rounds).then_some(ts)
     });
@@ -147,7 +151,7 @@ fn replicate_mode_gives_both_collectors_identical_data() {
         (agent_metric(&listen, "nines_agent_spool_records", "") >= 5.0).then_some(())
     });
     let b = Collector::start_on(&db, pb, &extra);
-    wait_for("b caught up", || {
+    wait_for_within("b caught up", OUTAGE_WAIT, || {
         let (ta, tb) = (load_timestamps(&a, "rep"), load_timestamps(&b, "rep"));
         (ta.len() >= 8 && tb.len() >= ta.len()).then_some(())
     });
@@ -159,7 +163,7 @@ fn replicate_mode_gives_both_collectors_identical_data() {
     let pos = args.iter().position(|a| *a == "1s").unwrap();
     args[pos] = "1h";
     let _agent = Agent::start_with(TOKEN, &args);
-    let (ta, tb) = wait_for("identical series on a and b", || {
+    let (ta, tb) = wait_for_within("identical series on a and b", OUTAGE_WAIT, || {
         let (ta, tb) = (load_timestamps(&a, "rep"), load_timestamps(&b, "rep"));
         let sa = a
             .get_json("/api/v1/series?match[]=%7Binstance%3D%22rep%22%7D")

@@ -37,6 +37,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Query API requests by endpoint and outcome.
     pub api_requests: CounterVec,
+    /// Recording and alerting rules, for `/api/v1/rules` and `/api/v1/alerts`.
+    pub rules: crate::rules::Rules,
 }
 
 impl AppState {

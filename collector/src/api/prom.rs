@@ -444,14 +444,16 @@ pub async fn buildinfo() -> Response {
     }))
 }
 
-/// `/api/v1/rules`: no rule groups until alerting exists (Grafana asks).
-pub async fn rules() -> Response {
-    success(json!({"groups": []}))
+/// `/api/v1/rules`: the rule groups, their rules, health and alerts.
+pub async fn rules(State(s): State<AppState>) -> Response {
+    let resp = success(s.rules.rules_json());
+    count(&s, "rules", resp)
 }
 
-/// `/api/v1/alerts`: no alerts until alerting exists.
-pub async fn alerts() -> Response {
-    success(json!({"alerts": []}))
+/// `/api/v1/alerts`: pending and firing alerts.
+pub async fn alerts(State(s): State<AppState>) -> Response {
+    let resp = success(s.rules.alerts_json());
+    count(&s, "alerts", resp)
 }
 
 /// `/api/v1/query_exemplars`: the query is checked; nines stores no

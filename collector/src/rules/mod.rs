@@ -1,0 +1,288 @@
+//! Recording and alerting rules, as Prometheus runs them: rule files in
+//! Prometheus's YAML format, one evaluation loop per group at its
+//! interval, results and `ALERTS` / `ALERTS_FOR_STATE` written to storage,
+//! alert state kept across restarts in `rules.db`, and the JSON of
+//! `/api/v1/rules` and `/api/v1/alerts`.
+//!
+//! Groups come from rule files ([`load_files`]) or from code: build a
+//! [`GroupSpec`] (with a `file` such as `"<builtin>"`) and pass it to
+//! [`Rules::new`] with the others. Nothing here sends notifications.
+//!
+//! Templates in labels and annotations support a documented subset of Go
+//! templates; see [`template`].
+
+mod alerting;
+mod api;
+mod file;
+mod gofmt;
+mod group;
+mod store;
+pub mod template;
+
+pub use alerting::{Alert, AlertState, RESOLVED_RETENTION_MS};
+pub use file::{AlertingSpec, GroupSpec, RecordingSpec, RuleSpec, load_file, parse_rules};
+pub use group::{Group, Health, Rule, RuleKind};
+pub use store::{RULES_DB_FILE, RuleKey, StateStore};
+
+use crate::query::Engine;
+use crate::storage::Storage;
+use nines_shared::UnixMillis;
+use nines_shared::telemetry::{CounterVec, GaugeVec, Registry};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Reads and checks every rule file; the first bad one stops the load with
+/// its file, group, rule and reason.
+pub fn load_files(files: &[PathBuf], default_interval: Duration) -> Result<Vec<GroupSpec>, String> {
+    let mut groups = Vec::new();
+    for f in files {
+        groups.extend(load_file(f, default_interval)?);
+    }
+    Ok(groups)
+}
+
+/// The evaluator's own metrics, per group (`<file>;<group>`, as
+/// Prometheus labels its `prometheus_rule_*` metrics).
+#[derive(Clone)]
+pub struct RuleMetrics {
+    /// Rule evaluations.
+    pub evaluations: CounterVec,
+    /// Rule evaluations that failed (query error, refused result, or
+    /// results not stored).
+    pub failures: CounterVec,
+    /// How long the group's last evaluation took.
+    pub last_duration: GaugeVec,
+}
+
+impl RuleMetrics {
+    /// Registers the metrics.
+    pub fn register(r: &Registry) -> Self {
+        RuleMetrics {
+            evaluations: r.counter_vec(
+                "nines_rule_evaluations_total",
+                "Rule evaluations, by rule group.",
+                &["rule_group"],
+            ),
+            failures: r.counter_vec(
+                "nines_rule_evaluation_failures_total",
+                "Rule evaluations that failed, by rule group.",
+                &["rule_group"],
+            ),
+            last_duration: r.gauge_vec(
+                "nines_rule_group_last_duration_seconds",
+                "Time the rule group's last evaluation took.",
+                &["rule_group"],
+            ),
+        }
+    }
+}
+
+/// The loaded rule groups, shared by the evaluation loops and the API.
+#[derive(Clone, Default)]
+pub struct Rules {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    groups: Vec<Arc<Mutex<Group>>>,
+    store: Option<Arc<StateStore>>,
+}
+
+fn lock(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
+    g.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Rules {
+    /// The groups, with alert state restored from `store` when given.
+    pub fn new(specs: Vec<GroupSpec>, store: Option<StateStore>) -> Result<Rules, String> {
+        let saved = match &store {
+            Some(s) => {
+                let keys: Vec<(String, String)> = specs
+                    .iter()
+                    .map(|g| (g.file.clone(), g.name.clone()))
+                    .collect();
+                s.retain_groups(&keys)
+                    .map_err(|e| format!("{RULES_DB_FILE}: {e}"))?;
+                s.load().map_err(|e| format!("{RULES_DB_FILE}: {e}"))?
+            }
+            None => Default::default(),
+        };
+        let groups = specs
+            .into_iter()
+            .map(|spec| {
+                let mut g = Group::new(spec);
+                g.restore(&saved);
+                Arc::new(Mutex::new(g))
+            })
+            .collect();
+        Ok(Rules {
+            inner: Arc::new(Inner {
+                groups,
+                store: store.map(Arc::new),
+            }),
+        })
+    }
+
+    /// Loads `files` and opens the state store in `data_dir`.
+    pub fn open(
+        files: &[PathBuf],
+        default_interval: Duration,
+        data_dir: &Path,
+    ) -> Result<Rules, String> {
+        let specs = load_files(files, default_interval)?;
+        let path = data_dir.join(RULES_DB_FILE);
+        let store = StateStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Rules::new(specs, Some(store))
+    }
+
+    /// A copy of every group as it is now.
+    pub fn snapshot(&self) -> Vec<Group> {
+        self.inner.groups.iter().map(|g| lock(g).clone()).collect()
+    }
+
+    /// `/api/v1/rules` data.
+    pub fn rules_json(&self) -> serde_json::Value {
+        api::rules_json(&self.snapshot())
+    }
+
+    /// `/api/v1/alerts` data.
+    pub fn alerts_json(&self) -> serde_json::Value {
+        api::alerts_json(&self.snapshot())
+    }
+
+    /// Starts one evaluation loop per group; each ends when `stop` turns
+    /// true.
+    pub fn spawn(
+        &self,
+        engine: Arc<Engine>,
+        storage: Storage,
+        metrics: RuleMetrics,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.inner.groups.len())
+            .map(|i| {
+                let rules = self.clone();
+                let engine = engine.clone();
+                let storage = storage.clone();
+                let metrics = metrics.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    let interval = lock(&rules.inner.groups[i]).spec.interval;
+                    let mut tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            changed = stop.changed() => if changed.is_err() { break },
+                        }
+                        if *stop.borrow() {
+                            break;
+                        }
+                        rules
+                            .eval_group(i, UnixMillis::now().0, &engine, &storage, &metrics)
+                            .await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Evaluates group `i` once at `ts` (ms): each rule in order, its
+    /// series written before the next rule runs (so later rules see them),
+    /// then the alert state saved.
+    pub async fn eval_group(
+        &self,
+        i: usize,
+        ts: i64,
+        engine: &Arc<Engine>,
+        storage: &Storage,
+        metrics: &RuleMetrics,
+    ) {
+        let group = self.inner.groups[i].clone();
+        let started = Instant::now();
+        let (n, key) = {
+            let g = lock(&group);
+            (g.rules.len(), format!("{};{}", g.spec.file, g.spec.name))
+        };
+        let (evaluations, failures) = (
+            metrics.evaluations.with(&[&key]),
+            metrics.failures.with(&[&key]),
+        );
+        for r in 0..n {
+            // The query runs without the group's lock, so the API never
+            // waits behind a slow expression.
+            let Some(expr) = lock(&group).expr(r) else {
+                continue;
+            };
+            let (e, st) = (engine.clone(), storage.clone());
+            let queried = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let result = group::query_rule(&expr, ts, &e, &st);
+                (result, started.elapsed().as_secs_f64())
+            })
+            .await;
+            let (result, seconds) = match queried {
+                Ok(v) => v,
+                Err(e) => (Err(format!("evaluation failed: {e}")), 0.0),
+            };
+            evaluations.inc();
+            let (writes, healthy) = {
+                let mut g = lock(&group);
+                let w = g.apply(r, ts, result, seconds);
+                (w, g.rules[r].health == Health::Ok)
+            };
+            if !healthy {
+                failures.inc();
+            }
+            if writes.is_empty() {
+                continue;
+            }
+            if let Err(e) = storage.write_series(writes, Vec::new()).await {
+                failures.inc();
+                let g = lock(&group);
+                tracing::warn!(group = %g.spec.name, rule = %g.rules[r].kind_name(), error = %e,
+                    "rule results not stored");
+            }
+        }
+        let (file, name, alerts) = {
+            let mut g = lock(&group);
+            g.last_evaluation_ms = ts;
+            g.evaluation_seconds = started.elapsed().as_secs_f64();
+            metrics
+                .last_duration
+                .with(&[&key])
+                .set(g.evaluation_seconds);
+            let alerts = g.alerts_to_save();
+            if g.saved.as_ref() == Some(&alerts) {
+                return;
+            }
+            g.saved = Some(alerts.clone());
+            (g.spec.file.clone(), g.spec.name.clone(), alerts)
+        };
+        if let Some(store) = self.inner.store.clone() {
+            let saved =
+                tokio::task::spawn_blocking(move || store.save_group(&file, &name, &alerts)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                // Try again after the next evaluation.
+                lock(&group).saved = None;
+                tracing::warn!(error = ?saved, "alert state not saved to {RULES_DB_FILE}");
+            }
+        }
+    }
+}
+
+impl Rule {
+    /// The rule's `alert` or `record` name.
+    pub fn kind_name(&self) -> &str {
+        match &self.kind {
+            RuleKind::Recording(r) => &r.record,
+            RuleKind::Alerting(a) => &a.spec.alert,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
