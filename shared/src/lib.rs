@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checksum;
 pub mod duration;
 pub mod exposition;
 pub mod model;

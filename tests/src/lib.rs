@@ -269,6 +269,16 @@ impl Drop for Collector {
     }
 }
 
+/// The value of an instant query that returns exactly one series, now.
+pub fn value(c: &Collector, expr: &str) -> Option<f64> {
+    let q = c.query(expr, None);
+    let r = q["data"]["result"].as_array()?;
+    if r.len() != 1 {
+        return None;
+    }
+    r[0]["value"][1].as_str()?.parse().ok()
+}
+
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

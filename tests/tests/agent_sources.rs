@@ -7,15 +7,6 @@ use nines_tests::*;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 
-fn value(c: &Collector, expr: &str) -> Option<f64> {
-    let q = c.query(expr, None);
-    let r = q["data"]["result"].as_array()?;
-    if r.len() != 1 {
-        return None;
-    }
-    r[0]["value"][1].as_str()?.parse().ok()
-}
-
 fn line(status: u16, seconds: f64) -> String {
     format!(
         "127.0.0.1 - - [26/Nov/2026:12:00:00 +0000] \"GET /x HTTP/1.1\" {status} 12 \"-\" \"curl\" {seconds}\n"

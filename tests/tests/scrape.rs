@@ -6,15 +6,6 @@
 use nines_tests::*;
 use std::process::{Command, Stdio};
 
-fn value(c: &Collector, expr: &str) -> Option<f64> {
-    let q = c.query(expr, None);
-    let r = q["data"]["result"].as_array()?;
-    if r.len() != 1 {
-        return None;
-    }
-    r[0]["value"][1].as_str()?.parse().ok()
-}
-
 #[test]
 fn collector_scrapes_node_exporter_and_agent_and_both_agree() {
     let Some(node_exporter) = peer("prometheus-node-exporter", "prometheus-node-exporter") else {

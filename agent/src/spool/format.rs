@@ -21,6 +21,7 @@
 //! from a payload that was torn mid-write: only a header that checks out is
 //! trusted to say how long its payload is.
 
+use nines_shared::checksum::crc32;
 use std::fmt;
 use std::io::{self, Read};
 
@@ -31,38 +32,6 @@ const MAGIC: [u8; 4] = *b"NSR1";
 /// Largest payload the format accepts. Far above any batch; it bounds what
 /// a damaged-but-plausible header can make a scan allocate.
 pub(super) const MAX_PAYLOAD: usize = 256 << 20;
-
-const CRC_TABLE: [u32; 256] = crc_table();
-
-/// The reflected CRC-32 table for polynomial 0xEDB88320 (zlib, gzip, PNG).
-const fn crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-}
-
-/// CRC-32 (IEEE) of `data`.
-pub(super) fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
-}
 
 /// Appends the record `id` with `payload` to `out`. The caller has checked
 /// that the payload is at most [`MAX_PAYLOAD`] bytes.
@@ -274,12 +243,6 @@ fn read_all(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b""), 0);
-    }
 
     #[test]
     fn records_round_trip_and_scan_stops_at_the_first_bad_one() {
