@@ -7,9 +7,8 @@ use super::params::{MAX_TIME_MS, MIN_TIME_MS, ParamError, Params};
 use super::{ApiError, AppState};
 use crate::query::querier::QuerierError;
 use crate::query::{QueryError, Value};
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nines_shared::exposition::format_value;
 use nines_shared::{Labels, UnixMillis, is_valid_label_name};
@@ -21,29 +20,39 @@ use std::time::Duration;
 /// Prometheus's cap on points per series in a range query.
 const MAX_POINTS: i64 = 11_000;
 
-/// The request as every read endpoint sees it.
-struct Request {
+/// The request as every read endpoint sees it: the state and the merged
+/// query-string and form parameters.
+pub struct Request {
     state: AppState,
     params: Params,
 }
 
-async fn read_request(
-    state: AppState,
-    method: Method,
-    headers: HeaderMap,
-    query: Option<String>,
-    body: Bytes,
-) -> Result<Request, ApiError> {
-    if body.len() > super::params::MAX_FORM_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "bad_data",
-            "form body too large",
-        ));
+impl axum::extract::FromRequest<AppState> for Request {
+    type Rejection = Response;
+
+    /// Parameters from the query string and a form body (bounded).
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, super::params::MAX_FORM_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "bad_data",
+                    "form body too large",
+                )
+                .into_response()
+            })?;
+        let params = Params::from_request(&parts.method, &parts.headers, parts.uri.query(), &body)
+            .map_err(|e| bad_data(&e.to_string()).into_response())?;
+        Ok(Request {
+            state: state.clone(),
+            params,
+        })
     }
-    let params = Params::from_request(&method, &headers, query.as_deref(), &body)
-        .map_err(|e| bad_data(&e.to_string()))?;
-    Ok(Request { state, params })
 }
 
 fn bad_data(msg: &str) -> ApiError {
@@ -168,16 +177,9 @@ async fn evaluate(
 }
 
 /// `/api/v1/query`
-pub async fn query(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn query(r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
-        let r = read_request(s, method, headers, q, body).await?;
         let expr = r.params.required("query")?.to_string();
         let t = r.params.time_or("time", UnixMillis::now().0)?;
         let timeout = timeout_of(&r)?;
@@ -193,16 +195,9 @@ pub async fn query(
 }
 
 /// `/api/v1/query_range`
-pub async fn query_range(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn query_range(r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
-        let r = read_request(s, method, headers, q, body).await?;
         let expr = r.params.required("query")?.to_string();
         let start = r.params.time_or("start", i64::MIN)?;
         let end = r.params.time_or("end", i64::MIN)?;
@@ -308,16 +303,9 @@ async fn read_store<T: Send + 'static>(
 }
 
 /// `/api/v1/series`
-pub async fn series(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn series(r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
-        let r = read_request(s, method, headers, q, body).await?;
         let sel = selectors(&r.params)?;
         if sel.is_empty() {
             return Err(bad_data("no match[] parameter provided"));
@@ -338,16 +326,9 @@ pub async fn series(
 }
 
 /// `/api/v1/labels`
-pub async fn labels(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn labels(r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
-        let r = read_request(s, method, headers, q, body).await?;
         let sel = selectors(&r.params)?;
         let (start, end) = bounds(&r.params)?;
         let limit = limit_of(&r.params)?;
@@ -364,20 +345,12 @@ pub async fn labels(
 }
 
 /// `/api/v1/label/<name>/values`
-pub async fn label_values(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn label_values(Path(name): Path<String>, r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
         if !is_valid_label_name(&name) {
             return Err(bad_data(&format!("invalid label name: {name:?}")));
         }
-        let r = read_request(s, method, headers, q, body).await?;
         let sel = selectors(&r.params)?;
         let (start, end) = bounds(&r.params)?;
         let limit = limit_of(&r.params)?;
@@ -396,16 +369,9 @@ pub async fn label_values(
 }
 
 /// `/api/v1/metadata`
-pub async fn metadata(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn metadata(r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
-        let r = read_request(s, method, headers, q, body).await?;
         let metric = r
             .params
             .get("metric")
@@ -458,16 +424,9 @@ pub async fn alerts(State(s): State<AppState>) -> Response {
 
 /// `/api/v1/query_exemplars`: the query is checked; nines stores no
 /// exemplars, so the answer is empty.
-pub async fn query_exemplars(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    let st = s.clone();
+pub async fn query_exemplars(r: Request) -> Response {
+    let st = r.state.clone();
     let resp = async move {
-        let r = read_request(s, method, headers, q, body).await?;
         let expr = r.params.required("query")?;
         promql_parser::parser::parse(expr)
             .map_err(|e| bad_data(&format!("invalid parameter \"query\": {e}")))?;
