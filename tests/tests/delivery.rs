@@ -220,3 +220,96 @@ fn failover_moves_to_the_second_collector_and_back() {
     all.dedup();
     assert_no_gap(&all, 1500, "a and b together");
 }
+
+#[test]
+fn a_full_spool_drops_the_oldest_batches_and_counts_exactly_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("c");
+    let extra = ["--no-local-agent", "--agent-token", TOKEN];
+    // The collector is down from the start: everything goes to the spool.
+    let state = dir.path().join("a");
+    std::fs::create_dir_all(&state).unwrap();
+    let cfg = state.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "spool_max_bytes = 1048576\n[statsd]\nenabled = false\n",
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://127.0.0.1:{port}");
+    let mut agent = Agent::start_with(
+        TOKEN,
+        &[
+            "--collector",
+            &url,
+            "--interval",
+            "100ms",
+            "--instance",
+            "full",
+            "--listen",
+            &listen,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    // One scrape of the agent, so the three figures belong together: what
+    // the spool holds is exactly what was appended minus what was dropped.
+    let (appended, dropped, held) =
+        wait_for_within("the spool to drop batches", OUTAGE_WAIT, || {
+            let text = http()
+                .get(format!("http://{listen}/metrics"))
+                .send()
+                .ok()?
+                .text()
+                .ok()?;
+            let d = metric_value(
+                &text,
+                "nines_agent_spool_dropped_records_total",
+                "spool_full",
+            );
+            let a = metric_value(&text, "nines_agent_spool_appended_records_total", "");
+            let h = metric_value(&text, "nines_agent_spool_records", "");
+            (d >= 10.0).then_some((a, d, h))
+        });
+    assert_eq!(
+        held,
+        appended - dropped,
+        "appended {appended}, dropped {dropped}"
+    );
+    agent.kill();
+    let c = Collector::start_on(&data, port, &extra);
+    let _agent = Agent::start_with(
+        TOKEN,
+        &[
+            "--collector",
+            &url,
+            "--interval",
+            "1h",
+            "--instance",
+            "full",
+            "--listen",
+            &listen,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let stored = wait_for_within("the spool delivered", OUTAGE_WAIT, || {
+        let n = load_timestamps(&c, "full").len();
+        (agent_metric(&listen, "nines_agent_spool_records", "") == 0.0 && n > 0).then_some(n)
+    });
+    // What the spool held is what arrives (plus the restarted agent's one
+    // round, and at most a few rounds taken between the scrape and the kill).
+    let from_spool = stored as f64 - 1.0;
+    assert!(
+        from_spool >= held && from_spool <= held + 3.0,
+        "held {held}, delivered {from_spool}"
+    );
+    // The oldest went: what is stored is one unbroken run of the newest.
+    let ts = load_timestamps(&c, "full");
+    assert_no_gap(&ts[..ts.len() - 1], 400, "the newest batches");
+}
