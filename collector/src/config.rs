@@ -3,7 +3,7 @@
 //! `deploy/nines-collector.toml`. A bad file or value stops the collector at
 //! start with the file, the key and the reason.
 
-use nines_agent::config::{LogFormat, parse_log_format};
+use nines_agent::config::{LogFormat, load_toml, parse_log_format};
 use nines_shared::duration::parse_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -95,36 +95,8 @@ pub struct FileLimits {
     pub query_timeout: Option<String>,
 }
 
-/// Why the configuration is not usable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for these settings.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The parser's message, with line and key.
-        message: String,
-    },
-    /// A value is out of range or malformed.
-    #[error("setting `{key}`{origin}: {reason}")]
-    Invalid {
-        /// The setting.
-        key: &'static str,
-        /// Where it came from.
-        origin: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
+/// Why the configuration is not usable (shared with the agent).
+pub use nines_agent::config::ConfigError;
 
 /// Flags and environment variables of `serve`; they win over the file.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -201,14 +173,7 @@ pub struct CollectorConfig {
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })
+        load_toml(path)
     }
 }
 

@@ -82,37 +82,47 @@ impl Histogram {
     }
 }
 
-/// A counter family with one or more labels.
+/// A family of counters or gauges with one or more labels: one cell per
+/// combination of label values, created on first use.
 #[derive(Clone)]
-pub struct CounterVec {
+pub struct Labelled<T> {
     labels: &'static [&'static str],
-    cells: Arc<Mutex<BTreeMap<Vec<String>, Counter>>>,
+    cells: Arc<Mutex<BTreeMap<Vec<String>, T>>>,
 }
 
-impl CounterVec {
-    /// The counter for these label values (in the order the family declared).
-    pub fn with(&self, values: &[&str]) -> Counter {
+/// Counters with labels.
+pub type CounterVec = Labelled<Counter>;
+/// Gauges with labels.
+pub type GaugeVec = Labelled<Gauge>;
+
+impl<T: Clone + Default> Labelled<T> {
+    fn new(labels: &'static [&'static str]) -> Self {
+        Labelled {
+            labels,
+            cells: Arc::default(),
+        }
+    }
+
+    /// The cell for these label values (in the order the family declared).
+    pub fn with(&self, values: &[&str]) -> T {
         debug_assert_eq!(values.len(), self.labels.len());
         let key: Vec<String> = values.iter().map(|s| s.to_string()).collect();
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         cells.entry(key).or_default().clone()
     }
-}
 
-/// A gauge family with one or more labels.
-#[derive(Clone)]
-pub struct GaugeVec {
-    labels: &'static [&'static str],
-    cells: Arc<Mutex<BTreeMap<Vec<String>, Gauge>>>,
-}
-
-impl GaugeVec {
-    /// The gauge for these label values (in the order the family declared).
-    pub fn with(&self, values: &[&str]) -> Gauge {
-        debug_assert_eq!(values.len(), self.labels.len());
-        let key: Vec<String> = values.iter().map(|s| s.to_string()).collect();
-        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        cells.entry(key).or_default().clone()
+    /// Writes every cell as a sample line of `name`.
+    fn write(&self, out: &mut String, name: &str, value: impl Fn(&T) -> f64) {
+        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        for (values, cell) in cells.iter() {
+            let pairs: Vec<(&str, &str)> = self
+                .labels
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            write_sample(out, name, &pairs, value(cell));
+        }
     }
 }
 
@@ -169,10 +179,7 @@ impl Registry {
         help: &str,
         labels: &'static [&'static str],
     ) -> CounterVec {
-        let v = CounterVec {
-            labels,
-            cells: Arc::default(),
-        };
+        let v = CounterVec::new(labels);
         self.push(name, help, Family::CounterVec(v.clone()));
         v
     }
@@ -186,10 +193,7 @@ impl Registry {
 
     /// Registers a labelled gauge family.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &'static [&'static str]) -> GaugeVec {
-        let v = GaugeVec {
-            labels,
-            cells: Arc::default(),
-        };
+        let v = GaugeVec::new(labels);
         self.push(name, help, Family::GaugeVec(v.clone()));
         v
     }
@@ -224,29 +228,11 @@ impl Registry {
                 }
                 Family::CounterVec(v) => {
                     write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
-                    let cells = v.cells.lock().unwrap_or_else(|p| p.into_inner());
-                    for (values, c) in cells.iter() {
-                        let pairs: Vec<(&str, &str)> = v
-                            .labels
-                            .iter()
-                            .copied()
-                            .zip(values.iter().map(String::as_str))
-                            .collect();
-                        write_sample(&mut out, &e.name, &pairs, c.get() as f64);
-                    }
+                    v.write(&mut out, &e.name, |c| c.get() as f64);
                 }
                 Family::GaugeVec(v) => {
                     write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
-                    let cells = v.cells.lock().unwrap_or_else(|p| p.into_inner());
-                    for (values, g) in cells.iter() {
-                        let pairs: Vec<(&str, &str)> = v
-                            .labels
-                            .iter()
-                            .copied()
-                            .zip(values.iter().map(String::as_str))
-                            .collect();
-                        write_sample(&mut out, &e.name, &pairs, g.get());
-                    }
+                    v.write(&mut out, &e.name, Gauge::get);
                 }
                 Family::Gauge(g) => {
                     write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);

@@ -25,9 +25,7 @@ use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nines_shared::MetricKind;
-
-use super::{SampleError, Samples};
+use super::{Family, SampleError, Samples, gauge};
 
 /// How many listening ports get their own series unless told otherwise.
 pub const DEFAULT_MAX_PORTS: usize = 256;
@@ -74,35 +72,22 @@ const NETLINK_TIMEOUT_SECONDS: libc::time_t = 10;
 /// read never needs more than this.
 const NETLINK_BUFFER_BYTES: usize = 64 * 1024;
 
-/// A metric family with fixed metadata.
-struct Family {
-    name: &'static str,
-    kind: MetricKind,
-    help: &'static str,
-}
-
-impl Family {
-    fn declare(&self, out: &mut Samples) {
-        out.family(self.name, self.kind, self.help, "");
-    }
-}
-
-const CONNECTION_STATES: Family = Family {
-    name: "node_tcp_connection_states",
-    kind: MetricKind::Gauge,
-    help: "TCP sockets (IPv4 and IPv6) in each state.",
-};
-const LISTENING_PORTS: Family = Family {
-    name: "nines_tcp_listening_ports",
-    kind: MetricKind::Gauge,
-    help: "Distinct local TCP ports with a socket in LISTEN state.",
-};
-const LISTEN_PORT_CONNECTIONS: Family = Family {
-    name: "nines_tcp_listen_port_connections",
-    kind: MetricKind::Gauge,
-    help: "Established TCP connections whose local port is a listening port \
-           (the server side); ports beyond the sampler's bound are summed as \"other\".",
-};
+const CONNECTION_STATES: Family = gauge(
+    "node_tcp_connection_states",
+    "",
+    "TCP sockets (IPv4 and IPv6) in each state.",
+);
+const LISTENING_PORTS: Family = gauge(
+    "nines_tcp_listening_ports",
+    "",
+    "Distinct local TCP ports with a socket in LISTEN state.",
+);
+const LISTEN_PORT_CONNECTIONS: Family = gauge(
+    "nines_tcp_listen_port_connections",
+    "",
+    "Established TCP connections whose local port is a listening port \
+     (the server side); ports beyond the sampler's bound are summed as \"other\".",
+);
 
 /// Counts of one round, in fixed tables indexed by state and port so that
 /// counting a socket never allocates.

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nines_shared::{MetricKind, is_valid_metric_name};
 
-use super::{SampleError, Samples};
+use super::{Family, SampleError, Samples, counter, gauge};
 
 /// USER_HZ when `sysconf` cannot tell us: the kernel fixes the tick rate it
 /// exports to user space at 100 on every architecture Linux supports today.
@@ -72,38 +72,6 @@ const EXCLUDED_FS_TYPES: &[&str] = &[
     "sysfs",
     "tracefs",
 ];
-
-/// A metric family with fixed metadata.
-struct Family {
-    name: &'static str,
-    kind: MetricKind,
-    unit: &'static str,
-    help: &'static str,
-}
-
-impl Family {
-    fn declare(&self, out: &mut Samples) {
-        out.family(self.name, self.kind, self.help, self.unit);
-    }
-}
-
-const fn counter(name: &'static str, unit: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: MetricKind::Counter,
-        unit,
-        help,
-    }
-}
-
-const fn gauge(name: &'static str, unit: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: MetricKind::Gauge,
-        unit,
-        help,
-    }
-}
 
 const CPU_SECONDS: Family = counter(
     "node_cpu_seconds_total",

@@ -11,6 +11,42 @@ pub mod system;
 
 use nines_shared::{Labels, MetricKind, MetricMetadata};
 
+/// A metric family with fixed metadata, declared once per round by the
+/// samplers that report it.
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) kind: MetricKind,
+    pub(crate) unit: &'static str,
+    pub(crate) help: &'static str,
+}
+
+impl Family {
+    /// Declares the family in this round.
+    pub(crate) fn declare(&self, out: &mut Samples) {
+        out.family(self.name, self.kind, self.help, self.unit);
+    }
+}
+
+/// A counter family.
+pub(crate) const fn counter(name: &'static str, unit: &'static str, help: &'static str) -> Family {
+    Family {
+        name,
+        kind: MetricKind::Counter,
+        unit,
+        help,
+    }
+}
+
+/// A gauge family.
+pub(crate) const fn gauge(name: &'static str, unit: &'static str, help: &'static str) -> Family {
+    Family {
+        name,
+        kind: MetricKind::Gauge,
+        unit,
+        help,
+    }
+}
+
 /// One sampled value of one series, before `instance`/`job` are added.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use nines_shared::{MetricKind, is_valid_metric_name};
 
-use super::{SampleError, Samples};
+use super::{Family, SampleError, Samples, counter, gauge};
 
 /// The unit of the sector counts in /proc/diskstats: always 512 bytes,
 /// whatever the device's real sector size (block/stat.rst).
@@ -35,38 +35,6 @@ const DISK_BASE_STATS: usize = 11;
 const DISK_DISCARD_STATS: usize = 15;
 /// With the two flush columns of kernel 5.5+ (20 fields).
 const DISK_FLUSH_STATS: usize = 17;
-
-/// A metric family with fixed metadata.
-struct Family {
-    name: &'static str,
-    kind: MetricKind,
-    unit: &'static str,
-    help: &'static str,
-}
-
-impl Family {
-    fn declare(&self, out: &mut Samples) {
-        out.family(self.name, self.kind, self.help, self.unit);
-    }
-}
-
-const fn counter(name: &'static str, unit: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: MetricKind::Counter,
-        unit,
-        help,
-    }
-}
-
-const fn gauge(name: &'static str, unit: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: MetricKind::Gauge,
-        unit,
-        help,
-    }
-}
 
 /// How a /proc/diskstats column becomes a reported value.
 #[derive(Clone, Copy)]
