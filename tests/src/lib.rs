@@ -5,6 +5,8 @@
 //!
 //! Nothing here fakes a component: every process is the built binary.
 
+pub mod webdriver;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,12 +1,13 @@
 //! The HTTP edge: routes, the shared state, the JSON error envelope, the
 //! native push endpoint, and the collector's own `/metrics` and `/healthz`.
-//! The Prometheus query API lives in [`prom`]. Handlers decode requests and
-//! map results to statuses; they hold no business logic of their own.
+//! The Prometheus query API lives in [`prom`], the web UI in [`ui`]. Handlers
+//! decode requests and map results to statuses; they hold no business logic
+//! of their own.
 
 pub mod params;
 pub mod prom;
 mod push;
-mod status_page;
+pub mod ui;
 
 use crate::config::Limits;
 use crate::ingest::Ingest;
@@ -84,7 +85,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(self_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/", get(status_page::handle))
+        .route("/", get(ui::page))
+        .route("/hosts/{*instance}", get(ui::page))
+        .route("/probes", get(ui::page))
+        .route("/slos", get(ui::page))
+        .route("/slos/{name}", get(ui::page))
+        .route("/alerts", get(ui::page))
+        .route("/explore", get(ui::page))
+        .route("/ui/{*file}", get(ui::asset))
         .fallback(not_found)
         .with_state(state)
 }
