@@ -55,6 +55,7 @@ fn world() -> World {
         &config,
         format!(
             "rule_files = [\"rules.yml\"]\nevaluation_interval = \"1s\"\n\
+             [presence]\ndown_after_intervals = 3\ndown_after_min = \"2s\"\nwrite_interval = \"1s\"\n\
              [[scrape]]\njob = \"node\"\ntargets = [\"127.0.0.1:{scraped_port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n"
         ),
     )
@@ -92,8 +93,11 @@ fn world() -> World {
     };
     remote_write(&c, &[hostile("up", 1.0), hostile("node_load1", 0.5)]);
     let scraped_instance = scraped_listen.clone();
-    wait_for("the scraped agent up", || {
-        (value(&c, &format!("up{{instance=\"{scraped_instance}\"}}")) == Some(1.0)).then_some(())
+    wait_for("both agents up, pushed and scraped", || {
+        (value(&c, &format!("up{{instance=\"{scraped_instance}\"}}")) == Some(1.0)
+            && value(&c, "up{job=\"node\",instance=\"db-1\"}") == Some(1.0)
+            && value(&c, "up{job=\"node\",instance=\"web-1\"}") == Some(1.0))
+        .then_some(())
     });
     World {
         c,
@@ -227,16 +231,15 @@ fn every_page_in_a_real_browser() {
         "return document.querySelectorAll('.rows .row').length >= 4",
     );
     let scraped = w.scraped_instance.clone();
-    assert_eq!(b.js(ROW_STATUS, vec![json!(scraped)]), json!("up"));
+    for host in [scraped.as_str(), "db-1", "web-1"] {
+        assert_eq!(b.js(ROW_STATUS, vec![json!(host)]), json!("up"), "{host}");
+    }
     let web = js_str(
         &b,
         "const r = [...document.querySelectorAll('.rows .row')].find((r) => r.dataset.instance === 'web-1'); return r ? r.innerText : '';",
         vec![],
     );
     assert!(web.contains('%'), "web-1 row shows CPU/memory: {web}");
-    if value(c, "up{instance=\"web-1\"}") == Some(1.0) {
-        assert_eq!(b.js(ROW_STATUS, vec![json!("web-1")]), json!("up"));
-    }
     // Markup in labels is text, and nothing ran.
     let hostile = js_str(
         &b,
@@ -462,7 +465,8 @@ fn every_page_in_a_real_browser() {
     shot(&b, "overview-dark");
     b.click(&b.find("#theme"));
 
-    // A host that stops turns "down" on the overview, by auto-refresh.
+    // A host that stops turns "down" on the overview, by auto-refresh: as
+    // the collector sees its pushes stop and as its scrapes fail.
     b.js(
         "const s = document.getElementById('refresh'); s.value = '10'; s.dispatchEvent(new Event('change'));",
         vec![],
@@ -473,6 +477,7 @@ fn every_page_in_a_real_browser() {
         Duration::from_secs(60),
         || (b.js(ROW_STATUS, vec![json!(scraped)]) == json!("down")).then_some(()),
     );
+    assert_eq!(b.js(ROW_STATUS, vec![json!("web-1")]), json!("up"));
     assert_no_console_errors(&b, "overview after a host stopped", &[]);
     shot(&b, "overview-host-down");
     w.pushing.agent.kill();
