@@ -439,17 +439,58 @@ fn every_page_in_a_real_browser() {
         "return document.querySelector('main table, main .note:not(.info)') !== null",
     );
     if slo_api {
+        // An SLO on the passing probe, made through the API; its list row,
+        // page, charts and report show.
+        let r = http()
+            .post(url("/api/v1/slos"))
+            .header("content-type", "application/json")
+            .body(
+                json!({
+                    "name": "shop-probe",
+                    "description": "the shop answers",
+                    "objective": 99.0,
+                    "window": "30d",
+                    "indicator": {"kind": "probe", "probe": "ok"}
+                })
+                .to_string(),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+        b.goto(&url("/slos"));
+        b.wait_js(
+            "the SLO row",
+            "return document.querySelector('tr[data-slo=\"shop-probe\"]') !== null",
+        );
+        assert_no_console_errors(&b, "slos", &absent);
+        shot(&b, "slos");
+        b.goto(&url("/slos/shop-probe"));
+        b.wait_js(
+            "the SLO charts and report",
+            "return document.querySelectorAll('figure.chart').length === 3 && document.querySelector('.report-form + div dl, .report-form + div .note') !== null",
+        );
+        let csv = js_str(
+            &b,
+            "return document.querySelector('.report-form a').getAttribute('href')",
+            vec![],
+        );
+        assert!(csv.contains("format=csv"), "{csv}");
+        let r = http().get(url(&csv)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{csv}");
+        assert_no_console_errors(&b, "slo page", &absent);
+        shot(&b, "slo");
         b.goto(&url("/slos/no-such-slo"));
         b.wait_js(
             "the not-found view",
             "return document.querySelector('.notfound') !== null",
         );
         assert_no_console_errors(&b, "unknown SLO", &["/api/v1/slos/no-such-slo"]);
+        shot(&b, "slo-not-found");
     } else {
         eprintln!("SKIPPED: SLO pages with data need /api/v1/slos (SLO work)");
         assert_no_console_errors(&b, "slos", &absent);
+        shot(&b, "slos");
     }
-    shot(&b, "slos");
 
     // Dark theme.
     b.goto(&url("/"));
