@@ -87,7 +87,8 @@ async function runUpdate() {
 function route() {
   generation++;
   const g = generation;
-  const path = decodeURI(location.pathname);
+  // Undecoded: each view decodes its own part (a host name may hold '/').
+  const path = location.pathname;
   const ctx = {
     main: fill(main),
     window: timeWindow,

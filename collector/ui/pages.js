@@ -326,7 +326,7 @@ export function probes(ctx) {
       const rate = good + fail > 0 ? good / (good + fail) : NaN;
       const bar = h('span', { class: 'uptime', role: 'img', 'aria-label': 'uptime over the range' });
       const ups = upBy.get(k) || new Map();
-      for (let t = w.start + ((w.end - w.start) % w.step); t <= w.end; t += w.step) {
+      for (let t = w.start; t <= w.end; t += w.step) {
         const v = ups.get(t);
         bar.append(h('span', { class: v === undefined ? 'gap' : v >= 1 ? 'ok' : 'fail', title: `${fmtTime(t)}: ${v === undefined ? 'no data' : v >= 1 ? 'up' : 'down'}` }));
       }

@@ -323,6 +323,26 @@ fn every_page_in_a_real_browser() {
     shot(&b, "host-phone");
     b.resize(1280, 900);
 
+    // The host with markup in its name has its page, with the name as text.
+    b.goto(&url(&format!(
+        "/hosts/{}",
+        form_urlencoded::byte_serialize(HOSTILE_INSTANCE.as_bytes()).collect::<String>()
+    )));
+    let h1 = b.wait_js(
+        "the hostile host's page",
+        "const h = document.querySelector('main h1'); return h ? h.textContent : ''",
+    );
+    assert_eq!(h1, json!(HOSTILE_INSTANCE));
+    b.wait_js(
+        "its charts",
+        "return performance.getEntriesByName('nines:all-charts').length > 0",
+    );
+    assert_eq!(
+        b.js("return window.__pwned === undefined", vec![]),
+        json!(true)
+    );
+    assert_no_console_errors(&b, "hostile host", &[]);
+
     // Unknown host.
     b.goto(&url("/hosts/no-such-host"));
     let nf = b.wait_js(
