@@ -181,6 +181,7 @@ export function overview(ctx) {
       return;
     }
     show();
+    if (performance.getEntriesByName('nines:hosts-drawn').length === 0) performance.mark('nines:hosts-drawn');
   };
 }
 

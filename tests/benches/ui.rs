@@ -12,6 +12,11 @@
 //! samples), generated here deterministically and written through the
 //! collector's remote_write endpoint.
 //!
+//! Then the hosts overview with 2,000 hosts (up, CPU, memory and disk
+//! series for each, one hour at 60 s, also by remote_write): the time from
+//! navigation start to the table drawn (`nines:hosts-drawn`) and to a
+//! scroll through the whole list.
+//!
 //! Run: `cargo build --release --bins -p nines-collector -p nines-agent`
 //! then `cargo bench -p nines-tests --bench ui` (same CARGO_TARGET_DIR).
 //! Needs chromium and chromedriver (Debian packages chromium,
@@ -241,6 +246,80 @@ fn backfill(c: &Collector) -> usize {
     gens.len() * POINTS
 }
 
+const HOSTS: usize = 2_000;
+const HOST_POINTS: usize = 60;
+
+/// 2,000 hosts with the series the overview reads, for the last hour.
+fn backfill_hosts(c: &Collector) -> usize {
+    let now = UnixMillis::now().0 / 60_000 * 60_000;
+    let client = http();
+    let mut samples = 0;
+    for batch in (0..HOSTS).collect::<Vec<_>>().chunks(250) {
+        let mut series = Vec::new();
+        for &h in batch {
+            let inst = format!("host-{h:04}");
+            let rack = format!("rack-{}", h % 20);
+            let base = [
+                ("job", "node"),
+                ("instance", inst.as_str()),
+                ("rack", rack.as_str()),
+            ];
+            let l = |name: &str, extra: &[(&str, &str)]| {
+                let mut v: Vec<(&str, &str)> = base.to_vec();
+                v.extend_from_slice(extra);
+                Labels::new(name, v)
+            };
+            let fs = [
+                ("mountpoint", "/"),
+                ("fstype", "ext4"),
+                ("device", "/dev/vda1"),
+            ];
+            let gens: Vec<(Labels, Box<dyn Fn(usize) -> f64>)> = vec![
+                (
+                    l("up", &[]),
+                    Box::new(move |_| if h % 97 == 0 { 0.0 } else { 1.0 }),
+                ),
+                (
+                    l("node_cpu_seconds_total", &[("cpu", "0"), ("mode", "idle")]),
+                    Box::new(move |k| k as f64 * 60.0 * (0.3 + 0.6 * noise(h, 0))),
+                ),
+                (l("node_memory_MemTotal_bytes", &[]), Box::new(|_| 8e9)),
+                (
+                    l("node_memory_MemAvailable_bytes", &[]),
+                    Box::new(move |k| 8e9 * (0.2 + 0.6 * noise(h, k))),
+                ),
+                (l("node_filesystem_size_bytes", &fs), Box::new(|_| 1e11)),
+                (
+                    l("node_filesystem_avail_bytes", &fs),
+                    Box::new(move |_| 1e11 * noise(h, 1)),
+                ),
+                (
+                    l("node_tcp_connection_states", &[("state", "established")]),
+                    Box::new(move |k| (noise(h, k) * 100.0).floor()),
+                ),
+            ];
+            for (labels, f) in gens {
+                let s: Vec<(i64, f64)> = (0..HOST_POINTS)
+                    .map(|k| (now - (HOST_POINTS - 1 - k) as i64 * 60_000, f(k)))
+                    .collect();
+                samples += s.len();
+                series.push(SeriesWrite { labels, samples: s });
+            }
+        }
+        let r = client
+            .post(format!("{}/api/v1/write", c.url))
+            .header("content-encoding", "snappy")
+            .header("content-type", "application/x-protobuf")
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .header("authorization", format!("Bearer {}", c.token))
+            .body(encode(&series))
+            .send()
+            .expect("remote write");
+        assert_eq!(r.status().as_u16(), 204, "{:?}", r.text());
+    }
+    samples
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -312,5 +391,49 @@ fn main() {
         } else {
             "NOT met"
         }
+    );
+
+    let samples = backfill_hosts(&c);
+    println!("backfilled {HOSTS} hosts ({samples} samples)");
+    let mut drawn = Vec::new();
+    let mut scrolled = Vec::new();
+    for run in 0..=runs {
+        b.goto(&format!("{}/", c.url));
+        let v = wait_for_within("the hosts table", Duration::from_secs(120), || {
+            let v = b.js(
+                "const m = performance.getEntriesByName('nines:hosts-drawn')[0]; return m ? [m.startTime, document.querySelectorAll('.rows .row').length, document.querySelector('.summary').textContent] : null",
+                vec![],
+            );
+            (!v.is_null()).then_some(v)
+        });
+        assert!(
+            v[2].as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{} hosts", HOSTS + 1)),
+            "{v}"
+        );
+        assert!(
+            v[1].as_u64().unwrap_or(0) < 100,
+            "rows outside the view are in the DOM: {v}"
+        );
+        // Scroll to the end a screen at a time, one frame per step.
+        let s = b.js_async(
+            "const done = arguments[arguments.length - 1]; const sc = document.querySelector('.scroller'); const t0 = performance.now(); let frames = 0; function step() { if (sc.scrollTop + sc.clientHeight >= sc.scrollHeight - 1) { done([performance.now() - t0, frames]); return; } sc.scrollTop += sc.clientHeight; frames++; requestAnimationFrame(step); } requestAnimationFrame(step);",
+            vec![],
+        );
+        if run == 0 {
+            continue;
+        }
+        drawn.push(v[0].as_f64().unwrap_or(f64::NAN));
+        scrolled.push(s[0].as_f64().unwrap_or(f64::NAN) / s[1].as_f64().unwrap_or(1.0).max(1.0));
+    }
+    println!("hosts overview, {} hosts, {runs} loads:", HOSTS + 1);
+    println!(
+        "  table drawn: median {:.0} ms from navigation start (runs {drawn:.0?})",
+        median(drawn.clone())
+    );
+    println!(
+        "  scrolling through the list a screen per frame: median {:.1} ms per screen (runs {scrolled:.1?})",
+        median(scrolled.clone())
     );
 }

@@ -135,6 +135,16 @@ impl Browser {
         )
     }
 
+    /// Runs `script` asynchronously: it finishes by calling its last
+    /// argument with the result.
+    pub fn js_async(&self, script: &str, args: Vec<Value>) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
     /// Polls `script` until it returns something truthy (not null, false,
     /// 0 or ""), which is returned; panics with `what` after the deadline.
     pub fn wait_js(&self, what: &str, script: &str) -> Value {
