@@ -64,6 +64,8 @@ export function overview(ctx) {
   }
   let hosts = [];
   let visible = [];
+  // Rows already built since the data last changed, by host.
+  let built = new Map();
 
   function matches(x) {
     const q = text.value.trim().toLowerCase();
@@ -111,7 +113,9 @@ export function overview(ctx) {
     body.style.height = `${visible.length * ROW_H}px`;
     const frag = [];
     for (let i = first; i < last; i++) {
-      const r = rowOf(visible[i]);
+      const x = visible[i];
+      let r = built.get(x.instance);
+      if (!r) { r = rowOf(x); built.set(x.instance, r); }
       r.style.top = `${i * ROW_H}px`;
       frag.push(r);
     }
@@ -125,6 +129,7 @@ export function overview(ctx) {
   });
 
   function show() {
+    built = new Map();
     visible = hosts.filter(matches).sort(cmp);
     const n = { up: 0, down: 0, nodata: 0 };
     for (const x of hosts) n[x.status]++;
