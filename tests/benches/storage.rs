@@ -206,6 +206,7 @@ impl Drop for Server {
 
 fn start_prometheus(binary: &Path, dir: &Path) -> Server {
     let port = free_port();
+    std::fs::create_dir_all(dir).expect("prometheus dir");
     let config = dir.join("prometheus.yml");
     std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("config");
     let child = Command::new(binary)
