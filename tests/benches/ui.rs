@@ -246,6 +246,9 @@ fn backfill(c: &Collector) -> usize {
     gens.len() * POINTS
 }
 
+/// A series' value at step `k`.
+type ValueAt = Box<dyn Fn(usize) -> f64>;
+
 const HOSTS: usize = 2_000;
 const HOST_POINTS: usize = 60;
 
@@ -274,7 +277,7 @@ fn backfill_hosts(c: &Collector) -> usize {
                 ("fstype", "ext4"),
                 ("device", "/dev/vda1"),
             ];
-            let gens: Vec<(Labels, Box<dyn Fn(usize) -> f64>)> = vec![
+            let gens: Vec<(Labels, ValueAt)> = vec![
                 (
                     l("up", &[]),
                     Box::new(move |_| if h % 97 == 0 { 0.0 } else { 1.0 }),
