@@ -7,6 +7,8 @@ use crate::{Agent, Collector, free_port, value, wait_for};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A loopback HTTP server: `/ok` answers 200, anything else 500.
@@ -49,17 +51,39 @@ pub fn access_log_line(status: u16, seconds: f64) -> String {
 
 /// A running agent named `instance` whose probes (`ok`, `fail`), access
 /// log (vhost `shop`), StatsD timer (`checkout_latency`) and connection
-/// counts all have data once [`BusyHost::start`] returns.
+/// counts all have data once [`BusyHost::start`] returns. Requests and
+/// timings keep coming every second while it lives, so rates stay above
+/// zero however long a test takes.
 pub struct BusyHost {
     /// The agent process.
     pub agent: Agent,
     _hold: Vec<TcpStream>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for BusyHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One second's traffic: three requests in the log, one StatsD timing.
+fn traffic(log: &Path, udp: &UdpSocket, statsd_port: u16, i: usize) {
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+        let lines =
+            access_log_line(200, 0.05) + &access_log_line(200, 0.3) + &access_log_line(503, 1.2);
+        let _ = f.write_all(lines.as_bytes());
+    }
+    let _ = udp.send_to(
+        format!("checkout.latency:{}|ms|#route:pay", 50 + (i % 4) * 100).as_bytes(),
+        ("127.0.0.1", statsd_port),
+    );
 }
 
 impl BusyHost {
     /// Starts the agent against `c` with its state and files under `dir`,
-    /// sends traffic for three rounds and waits until the collector has
-    /// all of it.
+    /// starts the traffic and waits until the collector has some of each
+    /// kind.
     pub fn start(c: &Collector, dir: &Path, instance: &str) -> BusyHost {
         let statsd_port = {
             let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -107,22 +131,16 @@ impl BusyHost {
                 .then_some(())
         });
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        for i in 0..3 {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&log)
-                .expect("log");
-            let lines = access_log_line(200, 0.05)
-                + &access_log_line(200, 0.3)
-                + &access_log_line(503, 1.2);
-            f.write_all(lines.as_bytes()).expect("write log");
-            udp.send_to(
-                format!("checkout.latency:{}|ms|#route:pay", 50 + i * 100).as_bytes(),
-                ("127.0.0.1", statsd_port),
-            )
-            .expect("statsd");
-            std::thread::sleep(Duration::from_millis(1100));
-        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                traffic(&log, &udp, statsd_port, i);
+                i += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
         wait_for("every source reported", || {
             let q = |e: String| value(c, &e);
             (q(format!(
@@ -141,6 +159,10 @@ impl BusyHost {
                 ))? >= 1.0)
                 .then_some(())
         });
-        BusyHost { agent, _hold: hold }
+        BusyHost {
+            agent,
+            _hold: hold,
+            stop,
+        }
     }
 }
