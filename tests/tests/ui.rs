@@ -310,6 +310,20 @@ fn every_page_in_a_real_browser() {
     assert!(tip.as_str().unwrap().contains('%'), "{tip}");
     assert_no_console_errors(&b, "host", &[]);
     shot(&b, "host");
+    // The time-range picker: another preset goes into the URL and redraws.
+    b.js(
+        "performance.clearMarks(); const s = document.getElementById('range'); s.value = '15m'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    );
+    b.wait_js(
+        "the charts redrawn for 15 minutes",
+        "return location.search.includes('range=15m') && performance.getEntriesByName('nines:all-charts').length > 0",
+    );
+    let ticks = b.js(
+        "return document.querySelectorAll('figure.chart .axis').length",
+        vec![],
+    );
+    assert!(ticks.as_u64().unwrap() > 0);
     b.resize(390, 844);
     std::thread::sleep(Duration::from_millis(300)); // let the layout settle
     let overflow = b.js(
