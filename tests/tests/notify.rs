@@ -575,3 +575,118 @@ receiver = "am"
         (rows.iter().filter(|r| r["status"] == "delivered").count() >= 2).then_some(())
     });
 }
+
+/// A receiver that never answers well: it hangs past the timeout, then
+/// answers 500, then garbage, in turn.
+fn start_bad_receiver() -> (u16, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let count: Arc<Mutex<usize>> = Arc::default();
+    let n = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let turn = {
+                let mut n = n.lock().unwrap();
+                *n += 1;
+                *n % 3
+            };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                match turn {
+                    1 => std::thread::sleep(std::time::Duration::from_secs(5)),
+                    2 => {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops",
+                        );
+                    }
+                    _ => {
+                        let _ = stream.write_all(b"\x00\x01 this is not HTTP\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn a_broken_receiver_is_retried_then_given_up_visibly_without_holding_up_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad_port, bad_hits) = start_bad_receiver();
+    let good_port = free_port();
+    let good = Hook::start(good_port);
+    std::fs::write(dir.path().join("rules.yml"), RULES).unwrap();
+    let cfg = dir.path().join("collector.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"rule_files = ["rules.yml"]
+evaluation_interval = "1s"
+[[receiver]]
+name = "bad"
+webhook = {{ url = "http://127.0.0.1:{bad_port}/", timeout = "300ms" }}
+[[receiver]]
+name = "good"
+webhook = {{ url = "http://127.0.0.1:{good_port}/" }}
+[route]
+receiver = "good"
+group_wait = "0s"
+group_interval = "1s"
+[[route.routes]]
+matchers = ['alertname=~"Notify.*"']
+receiver = "bad"
+continue = true
+[[route.routes]]
+matchers = ['alertname=~"Notify.*"']
+receiver = "good"
+[notify]
+max_age = "3s"
+backoff_min = "100ms"
+backoff_max = "400ms"
+"#
+        ),
+    )
+    .unwrap();
+    let c = start(dir.path(), &cfg);
+    push(&c, &[("w1", 5.0)]);
+    // The healthy receiver is not held up by the broken one.
+    wait_for("the good receiver's notification", || {
+        (!good.all().is_empty()).then_some(())
+    });
+    let row = wait_for("the bad receiver's notification given up", || {
+        notifications(&c)
+            .into_iter()
+            .find(|r| r["receiver"] == "bad" && r["status"] == "failed")
+    });
+    assert!(row["attempts"].as_i64().unwrap() >= 3, "{row}");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after"),
+        "{row}"
+    );
+    assert!(row["delivered_at"].is_null());
+    assert!(*bad_hits.lock().unwrap() >= 3);
+    assert_eq!(
+        c.metric(
+            "nines_notifications_total",
+            r#"receiver="bad",result="failed""#
+        ),
+        1.0
+    );
+    assert!(
+        c.metric(
+            "nines_notifications_total",
+            r#"receiver="bad",result="retry""#
+        ) >= 2.0
+    );
+    // Rule evaluation went on meanwhile.
+    let before = c.metric("nines_rule_evaluations_total", ";notify\"");
+    wait_for("more evaluations", || {
+        (c.metric("nines_rule_evaluations_total", ";notify\"") > before).then_some(())
+    });
+    assert_eq!(c.metric("nines_notify_outbox_pending", ""), 0.0);
+}

@@ -103,7 +103,7 @@ struct Metrics {
     queued: CounterVec,
     latency: Histogram,
     pending: Gauge,
-    muted: Gauge,
+    known: Gauge,
     store_errors: Counter,
 }
 
@@ -131,7 +131,7 @@ impl Metrics {
                 "nines_notify_outbox_pending",
                 "Notifications in the outbox not yet delivered or given up.",
             ),
-            muted: r.gauge(
+            known: r.gauge(
                 "nines_notify_alerts_known",
                 "Alerts the notifier holds (firing and recently resolved).",
             ),
@@ -265,7 +265,7 @@ impl Notifier {
             }
             let now = UnixMillis::now().0;
             let due = d.flush(now, &self.silences_now());
-            metrics.muted.set(d.alert_count() as f64);
+            metrics.known.set(d.alert_count() as f64);
             if due.is_empty() {
                 continue;
             }
