@@ -3,9 +3,10 @@
 //! small HTTP server in this test on 127.0.0.1) with Alertmanager's v4
 //! payload signed with HMAC-SHA256, then the resolution; a receiver that is
 //! down gets the notification once it is back, across a SIGKILL of the
-//! collector, exactly once; silences and inhibition keep alerts out; a real
-//! Alertmanager receives the alerts (checked with amtool); bad settings
-//! and bad silences are refused.
+//! collector, exactly once; a receiver that hangs, fails or answers garbage
+//! is retried and given up visibly; silences and inhibition keep alerts
+//! out; two real Alertmanagers each hold an HA pair's alerts once (checked
+//! with amtool); bad settings and bad silences are refused.
 
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::{Labels, UnixMillis};
@@ -503,7 +504,7 @@ impl Drop for Alertmanager {
 }
 
 #[test]
-fn a_real_alertmanager_receives_the_alerts() {
+fn two_real_alertmanagers_receive_the_alerts_of_an_ha_pair_once() {
     let Some(am) = peer("prometheus-alertmanager", "prometheus-alertmanager") else {
         return;
     };
@@ -511,68 +512,103 @@ fn a_real_alertmanager_receives_the_alerts() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let am_port = free_port();
     let am_cfg = dir.path().join("alertmanager.yml");
     std::fs::write(
         &am_cfg,
         "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
     )
     .unwrap();
-    let _am = Alertmanager(
-        Command::new(am)
-            .arg(format!("--config.file={}", am_cfg.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("am-data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start alertmanager"),
-    );
-    let am_url = format!("http://127.0.0.1:{am_port}");
-    wait_for("Alertmanager to answer", || {
-        http()
-            .get(format!("{am_url}/api/v2/status"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    let mut ams = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        ams.push(Alertmanager(
+            Command::new(&am)
+                .arg(format!("--config.file={}", am_cfg.display()))
+                .arg(format!(
+                    "--storage.path={}",
+                    dir.path().join(format!("am-data-{i}")).display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--cluster.listen-address=")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start alertmanager"),
+        ));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("Alertmanager to answer", || {
+            http()
+                .get(format!("{url}/api/v2/status"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        urls.push(url);
+    }
     let receivers = format!(
         r#"[[receiver]]
 name = "am"
-alertmanager = {{ urls = ["{am_url}"], resend_delay = "1s" }}
+alertmanager = {{ urls = ["{}", "{}"], resend_delay = "1s" }}
 [route]
 receiver = "am"
-"#
+"#,
+        urls[0], urls[1]
     );
-    let cfg = write_config(dir.path(), &receivers);
-    let c = start(dir.path(), &cfg);
-    push(&c, &[("w1", 20.0)]);
-    let out = wait_for("amtool to list both alerts", || {
-        let (code, out, _) = run(Command::new(&amtool)
-            .arg("alert")
-            .arg("query")
-            .arg(format!("--alertmanager.url={am_url}")));
-        (code == 0 && out.contains("NotifyHot") && out.contains("NotifyWarm")).then_some(out)
-    });
-    assert!(out.contains("w1 is hot"), "{out}");
-    let (code, out, err) = run(Command::new(&amtool)
-        .args(["alert", "query", "-o", "json", "alertname=NotifyHot"])
-        .arg(format!("--alertmanager.url={am_url}")));
-    assert_eq!(code, 0, "{err}");
-    let alerts: Value = serde_json::from_str(&out).unwrap();
-    let a = &alerts[0];
-    assert_eq!(a["labels"]["instance"], "w1");
-    assert_eq!(a["labels"]["severity"], "critical");
-    assert_eq!(a["status"]["state"], "active");
-    assert!(a["generatorURL"].as_str().unwrap().starts_with(&c.url));
+    // An HA pair: two collectors with the same rules and the same data.
+    let pair: Vec<Collector> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let d = dir.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            let cfg = write_config(&d, &receivers);
+            start(&d, &cfg)
+        })
+        .collect();
+    for c in &pair {
+        push(c, &[("w1", 20.0)]);
+    }
+    for url in &urls {
+        let out = wait_for("amtool to list both alerts", || {
+            let (code, out, _) = run(Command::new(&amtool)
+                .arg("alert")
+                .arg("query")
+                .arg(format!("--alertmanager.url={url}")));
+            (code == 0 && out.contains("NotifyHot") && out.contains("NotifyWarm")).then_some(out)
+        });
+        assert!(out.contains("w1 is hot"), "{out}");
+        // Both collectors sent it; the Alertmanager holds it once.
+        wait_for("both collectors to have delivered to it", || {
+            pair.iter()
+                .all(|c| {
+                    notifications(c).iter().any(|r| {
+                        r["status"] == "delivered"
+                            && r["target"].as_str().unwrap().starts_with(url.as_str())
+                    })
+                })
+                .then_some(())
+        });
+        let (code, out, err) = run(Command::new(&amtool)
+            .args(["alert", "query", "-o", "json", "alertname=NotifyHot"])
+            .arg(format!("--alertmanager.url={url}")));
+        assert_eq!(code, 0, "{err}");
+        let alerts: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(alerts.as_array().unwrap().len(), 1, "{alerts}");
+        let a = &alerts[0];
+        assert_eq!(a["labels"]["instance"], "w1");
+        assert_eq!(a["labels"]["severity"], "critical");
+        assert_eq!(a["status"]["state"], "active");
+        assert!(
+            a["generatorURL"]
+                .as_str()
+                .unwrap()
+                .contains("/graph?g0.expr=")
+        );
+    }
     // Re-sent while firing: more than one delivery per Alertmanager.
     wait_for("a re-send", || {
-        let rows = notifications(&c);
-        (rows.iter().filter(|r| r["status"] == "delivered").count() >= 2).then_some(())
+        let rows = notifications(&pair[0]);
+        (rows.iter().filter(|r| r["status"] == "delivered").count() >= 4).then_some(())
     });
 }
 

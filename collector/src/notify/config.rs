@@ -287,6 +287,21 @@ pub fn resolve(
                     ));
                 }
                 for (k, v) in &w.headers {
+                    let lower = k.to_ascii_lowercase();
+                    if [
+                        "content-type",
+                        "content-length",
+                        "host",
+                        "x-nines-signature",
+                    ]
+                    .contains(&lower.as_str())
+                    {
+                        return Err(invalid(
+                            "receiver.webhook.headers",
+                            &place,
+                            format!("{k:?} is set by the collector itself"),
+                        ));
+                    }
                     if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
                         || reqwest::header::HeaderValue::from_str(v).is_err()
                     {
@@ -676,6 +691,11 @@ continue = true
                 GOOD.replace("http://127.0.0.1:1/x", "ftp://x"),
                 "receiver.webhook.url",
                 "only http://",
+            ),
+            (
+                GOOD.replace("\"X-Team\"", "\"Content-Type\""),
+                "receiver.webhook.headers",
+                "set by the collector",
             ),
             (
                 GOOD.replace("http://127.0.0.1:1/x", "not a url"),

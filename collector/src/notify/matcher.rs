@@ -54,7 +54,16 @@ impl PartialEq for Matcher {
 
 impl fmt::Display for Matcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}{:?}", self.name, self.op.as_str(), self.value)
+        let mut quoted = String::with_capacity(self.value.len() + 2);
+        for c in self.value.chars() {
+            match c {
+                '"' => quoted.push_str("\\\""),
+                '\\' => quoted.push_str("\\\\"),
+                '\n' => quoted.push_str("\\n"),
+                c => quoted.push(c),
+            }
+        }
+        write!(f, "{}{}\"{quoted}\"", self.name, self.op.as_str())
     }
 }
 
@@ -174,6 +183,26 @@ pub fn all_match(ms: &[Matcher], labels: &BTreeMap<String, String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(s in ".{0,40}") {
+            let _ = Matcher::parse(&s);
+        }
+
+        #[test]
+        fn a_printed_matcher_parses_back_the_same(
+            name in "[a-zA-Z_][a-zA-Z0-9_]{0,10}",
+            op in 0usize..2,
+            value in "(.|\n){0,20}",
+        ) {
+            let op = [MatchOp::Equal, MatchOp::NotEqual][op];
+            let m = Matcher::new(&name, op, &value).unwrap();
+            let again = Matcher::parse(&m.to_string()).unwrap();
+            prop_assert_eq!(again, m);
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
