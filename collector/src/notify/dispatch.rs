@@ -34,6 +34,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// is treated as resolved.
 const FORGET_AFTER_MS: i64 = 15 * 60 * 1000;
 
+/// How long a group's "all resolved" notification is remembered (ms).
+const LOG_KEEP_MS: i64 = 24 * 3600 * 1000;
+
 #[derive(Debug, Clone)]
 struct Tracked {
     alert: NotifyAlert,
@@ -232,6 +235,26 @@ impl Dispatcher {
         for fp in gone {
             self.alerts.remove(&fp);
             self.am_sent.retain(|(_, f), _| *f != fp);
+        }
+        // Groups whose last word was "all resolved" a day ago need no
+        // memory of it; without this, churning label sets would pile up.
+        let open: BTreeSet<(&str, &str)> = self
+            .groups
+            .values()
+            .map(|g| (g.receiver.as_str(), g.key.as_str()))
+            .collect();
+        let stale: Vec<(String, String)> = self
+            .log
+            .iter()
+            .filter(|((r, k), l)| {
+                l.firing.is_empty()
+                    && now - l.at > LOG_KEEP_MS
+                    && !open.contains(&(r.as_str(), k.as_str()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.log.remove(&k);
         }
     }
 
@@ -562,6 +585,9 @@ repeat_interval = "1h"
         assert_eq!(instances(&n[0]), ["a:resolved"]);
         assert_eq!(body(&n[0])["status"], "resolved");
         assert_eq!(d.group_count(), 0);
+        assert_eq!(d.log.len(), 1);
+        d.flush(t3 + LOG_KEEP_MS + 1, &[]);
+        assert!(d.log.is_empty(), "forgotten a day after all resolved");
     }
 
     #[test]
