@@ -290,9 +290,25 @@ fn a_receiver_that_is_down_gets_the_notification_once_after_a_restart() {
         ) >= 2.0
     );
 
+    // A silence (for another instance) is kept across the restart too.
+    let r = http()
+        .post(format!("{}/api/v1/silences", c.url))
+        .header("content-type", "application/json")
+        .body(
+            json!({"matchers": [{"name": "instance", "value": "w9"}],
+                "endsAt": "2099-01-01T00:00:00Z", "createdBy": "t", "comment": "kept"})
+            .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
     c.kill();
     let hook = Hook::start(port);
     let c = start(dir.path(), &cfg);
+    let (_, list) = c.get_json("/api/v1/silences");
+    assert_eq!(list["data"][0]["comment"], "kept", "{list}");
+    assert_eq!(list["data"][0]["status"]["state"], "active");
     wait_for("the notification after the restart", || {
         (!hook.all().is_empty()).then_some(())
     });
