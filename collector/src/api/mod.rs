@@ -4,6 +4,7 @@
 //! decode requests and map results to statuses; they hold no business logic
 //! of their own.
 
+mod notify;
 pub mod params;
 pub mod prom;
 mod push;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub api_requests: CounterVec,
     /// Recording and alerting rules, for `/api/v1/rules` and `/api/v1/alerts`.
     pub rules: crate::rules::Rules,
+    /// Silences and the notification outbox.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl AppState {
@@ -79,6 +82,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
         .route("/api/v1/rules", get(prom::rules))
         .route("/api/v1/alerts", get(prom::alerts))
+        .route(
+            "/api/v1/silences",
+            get(notify::list_silences).post(notify::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(notify::expire_silence),
+        )
+        .route("/api/v1/notifications", get(notify::notifications))
         .route(
             "/api/v1/query_exemplars",
             get(prom::query_exemplars).post(prom::query_exemplars),

@@ -6,7 +6,8 @@
 //!
 //! Groups come from rule files ([`load_files`]) or from code: build a
 //! [`GroupSpec`] (with a `file` such as `"<builtin>"`) and pass it to
-//! [`Rules::new`] with the others. Nothing here sends notifications.
+//! [`Rules::new`] with the others. Nothing here sends notifications: after
+//! each evaluation the group's alerts are offered to [`crate::notify`].
 //!
 //! Templates in labels and annotations support a documented subset of Go
 //! templates; see [`template`].
@@ -89,6 +90,8 @@ pub struct Rules {
 struct Inner {
     groups: Vec<Arc<Mutex<Group>>>,
     store: Option<Arc<StateStore>>,
+    /// Where evaluated alerts go, with the external URL for their links.
+    notify: std::sync::OnceLock<(crate::notify::AlertSink, String)>,
 }
 
 fn lock(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
@@ -122,6 +125,7 @@ impl Rules {
             inner: Arc::new(Inner {
                 groups,
                 store: store.map(Arc::new),
+                notify: Default::default(),
             }),
         })
     }
@@ -136,6 +140,12 @@ impl Rules {
         let path = data_dir.join(RULES_DB_FILE);
         let store = StateStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Rules::new(specs, Some(store))
+    }
+
+    /// Hands each group's firing and resolved alerts to `sink` after every
+    /// evaluation (set once, before [`Rules::spawn`]).
+    pub fn notify_to(&self, sink: crate::notify::AlertSink, external_url: String) {
+        let _ = self.inner.notify.set((sink, external_url));
     }
 
     /// A copy of every group as it is now.
@@ -246,6 +256,9 @@ impl Rules {
                 tracing::warn!(group = %g.spec.name, rule = %g.rules[r].kind_name(), error = %e,
                     "rule results not stored");
             }
+        }
+        if let Some((sink, url)) = self.inner.notify.get() {
+            sink.offer(crate::notify::alerts_of(&lock(&group), url));
         }
         let (file, name, alerts) = {
             let mut g = lock(&group);
