@@ -45,6 +45,7 @@ struct World {
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let scraped_port = free_port();
+    let hook = nines_tests::sources::http_server();
     std::fs::write(
         dir.path().join("rules.yml"),
         "groups:\n  - name: ui\n    interval: 1s\n    rules:\n      - alert: AlwaysFiring\n        expr: vector(1)\n        labels:\n          severity: ticket\n        annotations:\n          summary: fires so the alerts page has one\n",
@@ -56,6 +57,8 @@ fn world() -> World {
         format!(
             "rule_files = [\"rules.yml\"]\nevaluation_interval = \"1s\"\n\
              [presence]\ndown_after_intervals = 3\ndown_after_min = \"2s\"\nwrite_interval = \"1s\"\n\
+             [[receiver]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{hook}/ok\" }}\n\
+             [route]\nreceiver = \"hook\"\ngroup_wait = \"1s\"\n\
              [[scrape]]\njob = \"node\"\ntargets = [\"127.0.0.1:{scraped_port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n"
         ),
     )
@@ -431,6 +434,16 @@ fn every_page_in_a_real_browser() {
     shot(&b, "explore-error");
 
     // Alerts: the firing rule, deliveries, silences.
+    if notify_api {
+        wait_for("the alert delivered to the webhook", || {
+            let (_, n) = c.get_json("/api/v1/notifications?limit=10");
+            n["data"]
+                .as_array()?
+                .iter()
+                .any(|d| d["status"] == "delivered")
+                .then_some(())
+        });
+    }
     b.goto(&url("/alerts"));
     b.wait_js(
         "the firing alert",
@@ -458,13 +471,35 @@ fn every_page_in_a_real_browser() {
         assert_eq!(made["createdBy"], "ui-test");
         assert_eq!(made["matchers"][0]["name"], "alertname");
         assert_eq!(made["matchers"][0]["value"], "AlwaysFiring");
+        assert_eq!(made["status"]["state"], "active");
+        let id = made["id"].as_str().unwrap().to_string();
+        shot(&b, "alerts");
+        // Expire it from the page.
+        b.click(&b.find(&format!("tr[data-silence=\"{id}\"] button")));
+        wait_for("the silence expired in the API", || {
+            let (_, list) = c.get_json("/api/v1/silences");
+            list["data"]
+                .as_array()?
+                .iter()
+                .any(|s| s["id"] == id.as_str() && s["status"]["state"] == "expired")
+                .then_some(())
+        });
     } else {
         eprintln!(
             "SKIPPED: creating a silence from the page needs /api/v1/silences (notifications work)"
         );
     }
+    if notify_api {
+        let sent = b.js(
+            "return [...document.querySelectorAll('main .state')].some((s) => s.textContent === 'sent')",
+            vec![],
+        );
+        assert_eq!(sent, json!(true), "no sent delivery listed");
+    }
     assert_no_console_errors(&b, "alerts", &absent);
-    shot(&b, "alerts");
+    if !silence_api {
+        shot(&b, "alerts");
+    }
 
     // SLOs.
     b.goto(&url("/slos"));
