@@ -264,6 +264,16 @@ fn every_page_in_a_real_browser() {
     );
     b.clear(&filter);
     b.type_into(&filter, " ");
+    // The label filter offers the label (as text) and narrows to its host.
+    let picked = b.js(
+        "const s = document.querySelector('.filters select'); const o = [...s.options].find((o) => o.textContent === 'env=' + arguments[0]); if (!o) return null; s.value = o.value; s.dispatchEvent(new Event('change')); return [...document.querySelectorAll('.rows .row')].map((r) => r.dataset.instance);",
+        vec![json!(HOSTILE_LABEL)],
+    );
+    assert_eq!(picked, json!([HOSTILE_INSTANCE]));
+    b.js(
+        "const s = document.querySelector('.filters select'); s.value = ''; s.dispatchEvent(new Event('change'));",
+        vec![],
+    );
     assert_no_console_errors(&b, "overview", &[]);
     shot(&b, "overview");
 
