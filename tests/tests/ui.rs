@@ -337,6 +337,20 @@ fn every_page_in_a_real_browser() {
         vec![],
     );
     assert!(ticks.as_u64().unwrap() > 0);
+    // A custom range: the last 10 minutes typed as from/to.
+    b.js(
+        "performance.clearMarks(); const s = document.getElementById('range'); s.value = 'custom'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    );
+    b.js(
+        "const p = (t) => { const d = new Date(t - new Date(t).getTimezoneOffset() * 60000); return d.toISOString().slice(0, 16); }; document.getElementById('from').value = p(Date.now() - 600000); document.getElementById('to').value = p(Date.now() + 60000);",
+        vec![],
+    );
+    b.click(&b.find("#apply"));
+    b.wait_js(
+        "the charts redrawn for the custom range",
+        "return location.search.includes('from=') && location.search.includes('to=') && performance.getEntriesByName('nines:all-charts').length > 0",
+    );
     b.resize(390, 844);
     std::thread::sleep(Duration::from_millis(300)); // let the layout settle
     let overflow = b.js(
