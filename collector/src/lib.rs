@@ -6,8 +6,8 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
-pub mod presence;
 pub mod notify;
+pub mod presence;
 pub mod query;
 pub mod rules;
 pub mod scrape;
