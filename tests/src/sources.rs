@@ -1,8 +1,10 @@
 //! A host with every agent source busy, for tests that need each kind of
 //! series to have data: a loopback HTTP server with a passing and a failing
 //! probe, an access log with requests of several status classes, StatsD
-//! timings, and established connections to a listening port.
+//! timings, and established connections to a listening port. The probe
+//! targets are [`Hook`] servers answering 200 and 500.
 
+use crate::hook::Hook;
 use crate::{Agent, Collector, free_port, value, wait_for};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -10,37 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// A loopback HTTP server: `/ok` answers 200, anything else 500.
-pub fn http_server() -> u16 {
-    use std::io::{BufRead, BufReader};
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in l.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream);
-            let mut first = String::new();
-            if reader.read_line(&mut first).is_err() {
-                continue;
-            }
-            let mut h = String::new();
-            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
-                h.clear();
-            }
-            let status = if first.contains(" /ok ") {
-                "200 OK"
-            } else {
-                "500 Internal Server Error"
-            };
-            let mut s = reader.into_inner();
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
-            );
-        }
-    });
-    port
-}
 
 /// One nginx `combined` line with request time.
 pub fn access_log_line(status: u16, seconds: f64) -> String {
@@ -58,6 +29,7 @@ pub struct BusyHost {
     /// The agent process.
     pub agent: Agent,
     _hold: Vec<TcpStream>,
+    _targets: [Hook; 2],
     stop: Arc<AtomicBool>,
 }
 
@@ -89,7 +61,9 @@ impl BusyHost {
             let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
             s.local_addr().expect("addr").port()
         };
-        let web = http_server();
+        let ok = Hook::start(0);
+        let fail = Hook::start(0);
+        fail.set_status(500);
         let log = dir.join(format!("{instance}-access.log"));
         std::fs::write(&log, "").expect("log");
         let cfg = dir.join(format!("{instance}-agent.toml"));
@@ -98,9 +72,11 @@ impl BusyHost {
             format!(
                 "[statsd]\nlisten = \"127.0.0.1:{statsd_port}\"\n\
                  [[access_log]]\npath = \"{}\"\nformat = \"nginx_combined_rt\"\nvhost = \"shop\"\n\
-                 [[probe]]\nname = \"ok\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{web}/ok\"\ninterval = \"1s\"\n\
-                 [[probe]]\nname = \"fail\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{web}/fail\"\ninterval = \"1s\"\n",
-                log.display()
+                 [[probe]]\nname = \"ok\"\nkind = \"http\"\ntarget = \"{}/ok\"\ninterval = \"1s\"\n\
+                 [[probe]]\nname = \"fail\"\nkind = \"http\"\ntarget = \"{}/fail\"\ninterval = \"1s\"\n",
+                log.display(),
+                ok.url(),
+                fail.url()
             ),
         )
         .expect("agent config");
@@ -162,6 +138,7 @@ impl BusyHost {
         BusyHost {
             agent,
             _hold: hold,
+            _targets: [ok, fail],
             stop,
         }
     }

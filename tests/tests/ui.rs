@@ -39,13 +39,14 @@ struct World {
     pushing: BusyHost,
     scraped: Agent,
     scraped_instance: String,
+    hook: nines_tests::hook::Hook,
     _dir: tempfile::TempDir,
 }
 
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let scraped_port = free_port();
-    let hook = nines_tests::sources::http_server();
+    let hook = nines_tests::hook::Hook::start(0);
     std::fs::write(
         dir.path().join("rules.yml"),
         "groups:\n  - name: ui\n    interval: 1s\n    rules:\n      - alert: AlwaysFiring\n        expr: vector(1)\n        labels:\n          severity: ticket\n        annotations:\n          summary: fires so the alerts page has one\n",
@@ -57,9 +58,10 @@ fn world() -> World {
         format!(
             "rule_files = [\"rules.yml\"]\nevaluation_interval = \"1s\"\n\
              [presence]\ndown_after_intervals = 3\ndown_after_min = \"2s\"\nwrite_interval = \"1s\"\n\
-             [[receiver]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{hook}/ok\" }}\n\
+             [[receiver]]\nname = \"hook\"\nwebhook = {{ url = \"{}/alerts\" }}\n\
              [route]\nreceiver = \"hook\"\ngroup_wait = \"1s\"\n\
-             [[scrape]]\njob = \"node\"\ntargets = [\"127.0.0.1:{scraped_port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n"
+             [[scrape]]\njob = \"node\"\ntargets = [\"127.0.0.1:{scraped_port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n",
+            hook.url()
         ),
     )
     .unwrap();
@@ -107,6 +109,7 @@ fn world() -> World {
         pushing,
         scraped,
         scraped_instance,
+        hook,
         _dir: dir,
     }
 }
@@ -514,6 +517,13 @@ fn every_page_in_a_real_browser() {
         );
     }
     if notify_api {
+        assert!(
+            w.hook
+                .all()
+                .iter()
+                .any(|r| r.request_line.starts_with("POST /alerts")),
+            "the webhook got nothing"
+        );
         let sent = b.js(
             "return [...document.querySelectorAll('main .state')].some((s) => s.textContent === 'sent')",
             vec![],
