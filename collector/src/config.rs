@@ -45,6 +45,12 @@ pub struct FileConfig {
     /// `[storage]`.
     #[serde(default)]
     pub storage: FileStorage,
+    /// Service level objectives (`[[slo]]` tables).
+    #[serde(default)]
+    pub slo: Vec<crate::slo::SloDefinition>,
+    /// `[builtin_rules]`.
+    #[serde(default)]
+    pub builtin_rules: crate::rules::builtin::FileBuiltinRules,
 }
 
 /// `[storage]` in the file.
@@ -166,8 +172,12 @@ pub struct CollectorConfig {
     pub retention: Option<Duration>,
     /// Rule files to load at start.
     pub rule_files: Vec<PathBuf>,
-    /// Default interval of rule groups.
+    /// Default interval of rule groups, and of SLO evaluation.
     pub evaluation_interval: Duration,
+    /// SLOs from the file, checked.
+    pub slos: Vec<crate::slo::Slo>,
+    /// Built-in alert rules.
+    pub builtin_rules: crate::rules::builtin::BuiltinRules,
 }
 
 impl FileConfig {
@@ -335,7 +345,21 @@ impl CollectorConfig {
                 Some(d)
             }
         };
+        let slos = crate::slo::validate_config(&file.slo).map_err(|(i, e)| {
+            let name = file.slo.get(i).map(|d| d.name.as_str()).unwrap_or("");
+            ConfigError::Invalid {
+                key: "slo",
+                origin: format!("{in_file} [[slo]] #{} (name {name:?})", i + 1),
+                reason: e.to_string(),
+            }
+        })?;
+        let builtin_rules = file
+            .builtin_rules
+            .resolve()
+            .map_err(|(key, reason)| invalid(key, false, reason))?;
         Ok(CollectorConfig {
+            slos,
+            builtin_rules,
             retention,
             scrape,
             rule_files,

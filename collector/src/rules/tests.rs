@@ -230,7 +230,8 @@ fn state_is_restored_from_the_store_after_a_restart() {
     let path = dir.path().join(RULES_DB_FILE);
     {
         let rules = Rules::new(spec.clone(), Some(StateStore::open(&path).unwrap())).unwrap();
-        let g = &rules.inner.groups[0];
+        let groups = rules.groups();
+        let g = &groups[0];
         for k in 0..4 {
             mem.push(load("node"), t0 + k * 1000, 5.0);
             eval_all(&mut lock(g), &mem, t0 + k * 1000);
@@ -241,7 +242,8 @@ fn state_is_restored_from_the_store_after_a_restart() {
         store.save_group("r.yml", "g", &g.alerts_to_save()).unwrap();
     }
     let rules = Rules::new(spec, Some(StateStore::open(&path).unwrap())).unwrap();
-    let mut g = lock(&rules.inner.groups[0]);
+    let groups = rules.groups();
+    let mut g = lock(&groups[0]);
     let a = alert(&g).unwrap().clone();
     assert_eq!((a.state, a.active_at), (AlertState::Firing, t0));
     // Still firing on the next evaluation: no new wait for `for`.
@@ -268,7 +270,8 @@ fn a_builtin_group_can_be_made_from_code() {
         })],
     };
     let rules = Rules::new(vec![spec], None).unwrap();
-    let mut g = lock(&rules.inner.groups[0]);
+    let groups = rules.groups();
+    let mut g = lock(&groups[0]);
     eval_all(&mut g, &Mem::default(), 1000);
     drop(g);
     let j = rules.alerts_json();
