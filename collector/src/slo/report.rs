@@ -354,10 +354,7 @@ mod tests {
         let i = &r.incidents[0];
         // The one-minute measuring window crosses the 10% budget 6 s into
         // the outage and leaves it 54 s after; within a step of that.
-        assert!(
-            (i.start - (t0 + 606_000)).abs() <= r.step_ms,
-            "{i:?}"
-        );
+        assert!((i.start - (t0 + 606_000)).abs() <= r.step_ms, "{i:?}");
         assert!(
             i.end >= t0 + 1_200_000 && i.end <= t0 + 1_200_000 + 60_000 + r.step_ms,
             "{i:?}"
