@@ -175,15 +175,15 @@ fn a_half_failing_probe_burns_the_budget_fires_the_alert_and_reports_exactly() {
     let s = wait_for("the SLO's burn rate", || {
         let s = slo(&c, "web");
         let burn = s["status"]["burn_rates"]["20s"].as_f64()?;
-        (burn > 2.0 && s["status"]["sli"].as_f64().is_some()).then_some(s)
+        let sli = s["status"]["sli"].as_f64()?;
+        // The first one or two attempts can show any ratio.
+        (burn > 2.0 && (0.2..0.8).contains(&sli)).then_some(s)
     });
     assert_eq!(s["source"], "config");
     assert_eq!(s["objective"], 90.0);
     assert_eq!(s["window"], "10m");
     assert_eq!(s["missing_data"], "excluded");
     assert_eq!(s["indicator"], json!({"kind": "probe", "probe": "web"}));
-    let sli = s["status"]["sli"].as_f64().unwrap();
-    assert!((0.2..0.8).contains(&sli), "{s}");
     assert!(
         s["status"]["budget_spent_ratio"].as_f64().unwrap() > 1.0,
         "{s}"

@@ -56,12 +56,10 @@ fn change_error(e: ChangeError) -> Response {
     }
 }
 
-fn definition(body: &[u8]) -> Result<SloDefinition, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        // serde names the field ("missing field `objective`", "unknown
-        // field `x`") and the place in the body.
-        invalid("body", &format!("not an SLO definition: {e}"))
-    })
+/// The body as a definition; serde's error names the field ("missing
+/// field `objective`", "unknown field `x`") and the place in the body.
+fn definition(body: &[u8]) -> Result<SloDefinition, String> {
+    serde_json::from_slice(body).map_err(|e| format!("not an SLO definition: {e}"))
 }
 
 /// `GET /api/v1/slos`
@@ -81,7 +79,7 @@ pub async fn get(State(s): State<AppState>, Path(name): Path<String>) -> Respons
 pub async fn create(State(s): State<AppState>, body: Bytes) -> Response {
     let def = match definition(&body) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(e) => return invalid("body", &e),
     };
     let name = def.name.clone();
     match s.slos.put(def, false).await {
@@ -97,7 +95,7 @@ pub async fn create(State(s): State<AppState>, body: Bytes) -> Response {
 pub async fn replace(State(s): State<AppState>, Path(name): Path<String>, body: Bytes) -> Response {
     let mut def = match definition(&body) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(e) => return invalid("body", &e),
     };
     if def.name.is_empty() {
         def.name = name.clone();
