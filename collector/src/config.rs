@@ -51,6 +51,27 @@ pub struct FileConfig {
     /// `[builtin_rules]`.
     #[serde(default)]
     pub builtin_rules: crate::rules::builtin::FileBuiltinRules,
+    /// `[presence]`.
+    #[serde(default)]
+    pub presence: FilePresence,
+}
+
+/// `[presence]` in the file: when a pushing agent counts as down, and how
+/// often `up` and the collector's own metrics are stored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePresence {
+    /// Silent for this many of its sampling intervals: down (default 3).
+    pub down_after_intervals: Option<u32>,
+    /// ...but never sooner than this (default 30s).
+    pub down_after_min: Option<String>,
+    /// Silent this long: forgotten (default 7d).
+    pub forget_after: Option<String>,
+    /// How often `up` is written for each agent (default 10s).
+    pub write_interval: Option<String>,
+    /// How often the collector's own metrics are stored (default 15s; "0"
+    /// never).
+    pub self_metrics_interval: Option<String>,
 }
 
 /// `[storage]` in the file.
@@ -178,6 +199,8 @@ pub struct CollectorConfig {
     pub slos: Vec<crate::slo::Slo>,
     /// Built-in alert rules.
     pub builtin_rules: crate::rules::builtin::BuiltinRules,
+    /// Agent presence (`up` for pushing agents) and self-metrics.
+    pub presence: crate::presence::PresenceConfig,
 }
 
 impl FileConfig {
@@ -357,9 +380,11 @@ impl CollectorConfig {
             .builtin_rules
             .resolve()
             .map_err(|(key, reason)| invalid(key, false, reason))?;
+        let presence = resolve_presence(&file.presence, &in_file)?;
         Ok(CollectorConfig {
             slos,
             builtin_rules,
+            presence,
             retention,
             scrape,
             rule_files,
@@ -373,6 +398,83 @@ impl CollectorConfig {
             limits,
         })
     }
+}
+
+/// Resolves `[presence]`, checking every value.
+fn resolve_presence(
+    f: &FilePresence,
+    origin: &str,
+) -> Result<crate::presence::PresenceConfig, ConfigError> {
+    let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+        key,
+        origin: origin.to_string(),
+        reason,
+    };
+    let d = crate::presence::PresenceConfig::default();
+    let duration = |key, v: &Option<String>, default: Duration, min: Duration| match v {
+        None => Ok(default),
+        Some(s) => {
+            let v = parse_duration(s).map_err(|e| invalid(key, e.to_string()))?;
+            if v < min {
+                return Err(invalid(
+                    key,
+                    format!("{s:?} is under the minimum of {min:?}"),
+                ));
+            }
+            Ok(v)
+        }
+    };
+    let down_after_intervals = match f.down_after_intervals {
+        Some(0) => {
+            return Err(invalid(
+                "presence.down_after_intervals",
+                "must be at least 1".into(),
+            ));
+        }
+        Some(n) => n,
+        None => d.down_after_intervals,
+    };
+    let second = Duration::from_secs(1);
+    let write_interval = duration(
+        "presence.write_interval",
+        &f.write_interval,
+        d.write_interval,
+        second,
+    )?;
+    let down_after_min = duration(
+        "presence.down_after_min",
+        &f.down_after_min,
+        d.down_after_min,
+        second,
+    )?;
+    let forget_after = duration(
+        "presence.forget_after",
+        &f.forget_after,
+        d.forget_after,
+        Duration::from_secs(60),
+    )?;
+    if forget_after <= down_after_min {
+        return Err(invalid(
+            "presence.forget_after",
+            format!("{forget_after:?} must be longer than down_after_min ({down_after_min:?})"),
+        ));
+    }
+    let self_metrics_interval = match f.self_metrics_interval.as_deref() {
+        Some("0") => None,
+        _ => Some(duration(
+            "presence.self_metrics_interval",
+            &f.self_metrics_interval,
+            d.self_metrics_interval.unwrap_or(Duration::from_secs(15)),
+            second,
+        )?),
+    };
+    Ok(crate::presence::PresenceConfig {
+        down_after_intervals,
+        down_after_min,
+        forget_after,
+        write_interval,
+        self_metrics_interval,
+    })
 }
 
 /// Resolves one `[[scrape]]` table into targets, checking every value.

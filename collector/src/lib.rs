@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod presence;
 pub mod query;
 pub mod rules;
 pub mod scrape;

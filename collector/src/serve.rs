@@ -61,12 +61,23 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         max_samples: cfg.limits.max_samples_per_batch,
         ..WireLimits::default()
     };
+    let presence = crate::presence::Presence::open(
+        &cfg.data_dir.join(crate::presence::AGENTS_DB_FILE),
+        cfg.presence.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open {}",
+            cfg.data_dir.join(crate::presence::AGENTS_DB_FILE).display()
+        )
+    })?;
     let ingest = Ingest::new(
         storage.clone(),
         wire_limits,
         cfg.limits.max_future,
         IngestMetrics::register(&registry),
-    );
+    )
+    .with_presence(presence.clone());
     let engine = Arc::new(Engine {
         max_samples: cfg.limits.max_query_samples,
         ..Engine::default()
@@ -105,6 +116,13 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     let _ = out.flush();
     drop(out);
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "collector listening");
+
+    let presence_loop = presence.spawn(
+        ingest.clone(),
+        registry.clone(),
+        addr.to_string(),
+        stop.clone(),
+    );
 
     let scrapers = crate::scrape::spawn(
         cfg.scrape.clone(),
@@ -170,6 +188,7 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     for s in scrapers {
         let _ = s.await;
     }
+    let _ = presence_loop.await;
     for r in rule_loops {
         let _ = r.await;
     }

@@ -9,8 +9,15 @@ use axum::response::Html;
 pub(super) async fn handle(State(s): State<AppState>) -> Html<String> {
     let st = s.clone();
     let instances = tokio::task::spawn_blocking(move || {
+        // Hosts are what agents report (job="node"), not the collector's
+        // own series or other scraped jobs.
+        let hosts = promql_parser::label::Matchers::new(vec![promql_parser::label::Matcher::new(
+            promql_parser::label::MatchOp::Equal,
+            "job",
+            "node",
+        )]);
         st.storage
-            .label_values("instance", &[], i64::MIN, i64::MAX)
+            .label_values("instance", &[hosts], i64::MIN, i64::MAX)
             .unwrap_or_default()
     })
     .await

@@ -106,6 +106,7 @@ pub struct Ingest {
     limits: WireLimits,
     max_future: Duration,
     metrics: IngestMetrics,
+    presence: Option<crate::presence::Presence>,
 }
 
 impl Ingest {
@@ -121,7 +122,15 @@ impl Ingest {
             limits,
             max_future,
             metrics,
+            presence: None,
         }
+    }
+
+    /// Tells `presence` about every native batch accepted (stored or a
+    /// duplicate), so it can report which agents are pushing.
+    pub fn with_presence(mut self, presence: crate::presence::Presence) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// The counters, for refusals decided before the body is read.
@@ -161,7 +170,15 @@ impl Ingest {
             .with(&[&batch.stream.agent])
             .set(offset_ms as f64 / 1000.0);
         self.check_timestamps(batch.groups.iter().map(|g| g.at.0))?;
-        Ok(self.storage.write(batch).await?)
+        let seen = self
+            .presence
+            .as_ref()
+            .map(|_| crate::presence::Seen::of(&batch));
+        let applied = self.storage.write(batch).await?;
+        if let (Some(p), Some(seen)) = (&self.presence, seen) {
+            p.observe(seen);
+        }
+        Ok(applied)
     }
 
     /// Decodes a remote_write body and commits it, with the same checks
