@@ -6,10 +6,9 @@
 //! the raw probe counters read through `/api/v1/query`. SLOs made through
 //! the API are checked, kept across a restart and refused with the field
 //! when invalid; a bad `[[slo]]` stops the collector at start. The
-//! built-in HostDown alert fires on `up == 0`.
+//! built-in HostDown alert fires for a killed agent, not for a live one.
 
-use nines_collector::ingest::remote_write::{SeriesWrite, encode};
-use nines_shared::{Labels, UnixMillis};
+use nines_shared::UnixMillis;
 use nines_tests::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -475,30 +474,14 @@ fn an_invalid_slo_in_the_config_stops_the_collector_naming_file_field_and_reason
     }
 }
 
-fn push_up(c: &Collector, instance: &str, v: f64) {
-    let body = encode(&[SeriesWrite {
-        labels: Labels::new("up", [("job", "node"), ("instance", instance)]),
-        samples: vec![(UnixMillis::now().0, v)],
-    }]);
-    let r = http()
-        .post(format!("{}/api/v1/write", c.url))
-        .header("authorization", format!("Bearer {}", c.token))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .body(body)
-        .send()
-        .expect("remote write");
-    assert_eq!(r.status().as_u16(), 204);
-}
-
 #[test]
-fn the_builtin_host_down_alert_fires_when_up_turns_zero() {
+fn the_builtin_host_down_alert_fires_when_an_agent_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        "evaluation_interval = \"1s\"\n[builtin_rules]\nhost_down_for = \"2s\"\n",
+        "evaluation_interval = \"1s\"\n[builtin_rules]\nhost_down_for = \"1s\"\n\
+         [presence]\ndown_after_intervals = 3\ndown_after_min = \"2s\"\nwrite_interval = \"1s\"\n",
     )
     .unwrap();
     let c = Collector::start(
@@ -530,18 +513,50 @@ fn the_builtin_host_down_alert_fires_when_up_turns_zero() {
             "AgentClockSkew"
         ]
     );
-    push_up(&c, "h1", 1.0);
-    push_up(&c, "h2", 1.0);
-    wait_for("h1 reported down", || {
-        push_up(&c, "h1", 0.0);
-        push_up(&c, "h2", 1.0);
+    // Two agents on one machine: no StatsD listener, own /metrics ports.
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(&agent_cfg, "[statsd]\nenabled = false\n").unwrap();
+    let agent = |instance: &str| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        Agent::start(
+            &c,
+            &dir.path().join(instance),
+            &[
+                "--interval",
+                "1s",
+                "--instance",
+                instance,
+                "--listen",
+                &listen,
+                "--config",
+                agent_cfg.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut doomed = agent("h1");
+    let _alive = agent("h2");
+    let up = |i: &str| value(&c, &format!("up{{job=\"node\",instance=\"{i}\"}}"));
+    wait_for("both agents up", || {
+        (up("h1") == Some(1.0) && up("h2") == Some(1.0)).then_some(())
+    });
+    assert!(
+        !alerts(&c)
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "HostDown"),
+        "no host is down yet"
+    );
+    doomed.kill();
+    wait_for_within("h1 reported down", 2 * DEADLINE, || {
         alerts(&c).into_iter().find(|a| {
             a["labels"]["alertname"] == "HostDown"
                 && a["labels"]["instance"] == "h1"
                 && a["state"] == "firing"
         })
     });
-    let a = alerts(&c);
+    let a: Vec<Value> = alerts(&c)
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == "HostDown")
+        .collect();
     assert!(!a.iter().any(|a| a["labels"]["instance"] == "h2"), "{a:?}");
     let h1 = a.iter().find(|a| a["labels"]["instance"] == "h1").unwrap();
     assert_eq!(h1["labels"]["severity"], "page");

@@ -172,15 +172,23 @@ pub fn builtin_group(
     if let Some(h) = cfg.disk_full_hours {
         rules.push(Builtin {
             alert: "DiskPredictedFull",
+            // The trend alone over a few minutes of data says nothing, so
+            // it needs an hour of history (the `offset 1h` sample), a
+            // filesystem under 40% free and writable, and an hour of
+            // holding.
             expr: format!(
-                "predict_linear(node_filesystem_avail_bytes{{fstype!~\"tmpfs|ramfs|squashfs|overlay|devtmpfs\"}}[6h], {}) < 0",
-                u64::from(h) * 3600
+                "node_filesystem_avail_bytes{{{fs}}} / node_filesystem_size_bytes{{{fs}}} < 0.4 \
+                 and predict_linear(node_filesystem_avail_bytes{{{fs}}}[6h], {}) < 0 \
+                 and node_filesystem_readonly{{{fs}}} == 0 \
+                 and node_filesystem_avail_bytes{{{fs}}} offset 1h",
+                u64::from(h) * 3600,
+                fs = "fstype!~\"tmpfs|ramfs|squashfs|overlay|devtmpfs\""
             ),
-            for_: Duration::from_secs(1800),
+            for_: Duration::from_secs(3600),
             severity: "ticket",
             summary: "Filesystem {{ $labels.mountpoint }} on {{ $labels.instance }} is predicted to fill up",
             description: format!(
-                "At the last 6 hours' rate, {{{{ $labels.mountpoint }}}} on {{{{ $labels.instance }}}} runs out of space within {h} hours."
+                "{{{{ $labels.mountpoint }}}} on {{{{ $labels.instance }}}} has {{{{ $value | humanizePercentage }}}} free and, at the last 6 hours' rate, runs out of space within {h} hours."
             ),
         });
     }
@@ -309,5 +317,68 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(f.resolve().unwrap_err().0, "builtin_rules.disk_full_hours");
+    }
+
+    fn disk_expr() -> String {
+        let g = builtin_group(
+            &BuiltinRules::default(),
+            Duration::from_secs(30),
+            &HashSet::new(),
+        )
+        .unwrap()
+        .unwrap();
+        g.rules
+            .iter()
+            .find_map(|r| match r {
+                super::super::file::RuleSpec::Alerting(a) if a.alert == "DiskPredictedFull" => {
+                    Some(a.expr.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// A filesystem of 100 GB losing 1 GB per 10 minutes from 30 GB free,
+    /// sampled every 10 s for `minutes`.
+    fn filling_disk(t_end: i64, minutes: i64) -> crate::query::in_memory::InMemoryQuerier {
+        use crate::query::querier::SeriesSamples;
+        use nines_shared::Labels;
+        let labels = |m: &str| {
+            Labels::new(
+                m,
+                [
+                    ("instance", "h"),
+                    ("mountpoint", "/"),
+                    ("fstype", "ext4"),
+                    ("device", "sda"),
+                ],
+            )
+        };
+        let n = minutes * 6;
+        let series = |m: &str, f: &dyn Fn(i64) -> f64| SeriesSamples {
+            labels: labels(m),
+            samples: (0..=n).map(|i| (t_end - (n - i) * 10_000, f(i))).collect(),
+        };
+        crate::query::in_memory::InMemoryQuerier::new(vec![
+            series("node_filesystem_avail_bytes", &|i| {
+                30e9 - i as f64 * 1e9 / 60.0
+            }),
+            series("node_filesystem_size_bytes", &|_| 100e9),
+            series("node_filesystem_readonly", &|_| 0.0),
+        ])
+    }
+
+    #[test]
+    fn disk_predicted_full_needs_an_hour_of_history() {
+        let engine = crate::query::Engine::default();
+        let t = 1_700_000_000_000;
+        let n = |q| match engine.instant(&q, &disk_expr(), t).unwrap() {
+            crate::query::Value::Vector(v) => v.len(),
+            _ => panic!("not a vector"),
+        };
+        // 2 h of steady loss: about 18 GB left after, gone within 24 h.
+        assert_eq!(n(filling_disk(t, 120)), 1);
+        // The same trend over 2 minutes is not enough to say so.
+        assert_eq!(n(filling_disk(t, 2)), 0);
     }
 }
