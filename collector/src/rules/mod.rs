@@ -179,11 +179,16 @@ impl Rules {
             g.restore(&saved);
             Arc::new(Mutex::new(g))
         });
+        let mut gone = Vec::new();
         let keys = {
             let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
             groups.retain(|g| {
                 let g = lock(g);
-                !(g.spec.file == file && g.spec.name == name)
+                let hit = g.spec.file == file && g.spec.name == name;
+                if hit {
+                    gone.extend(g.written_series());
+                }
+                !hit
             });
             if let Some(g) = &added {
                 groups.push(g.clone());
@@ -206,6 +211,26 @@ impl Rules {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        if let Some(rt) = &runtime {
+            // What the old group wrote ends now, not after the lookback
+            // (a replacement writes its own again at its first evaluation).
+            let ts = UnixMillis::now().0;
+            let stale: Vec<crate::storage::SeriesWrite> = gone
+                .into_iter()
+                .map(|labels| crate::storage::SeriesWrite {
+                    labels,
+                    samples: vec![(ts, f64::from_bits(crate::query::STALE_MARKER_BITS))],
+                })
+                .collect();
+            if !stale.is_empty() {
+                let storage = rt.storage.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = storage.write_series(stale, Vec::new()).await {
+                        tracing::warn!(error = %e, "stale markers of a removed rule group not stored");
+                    }
+                });
+            }
+        }
         if let (Some(g), Some(rt)) = (added, runtime) {
             // The handle is not kept: the loop ends with `stop` or when the
             // group is replaced.

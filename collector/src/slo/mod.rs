@@ -23,7 +23,7 @@ use crate::query::Engine;
 use crate::rules::{AlertState, GroupSpec, RuleKind, Rules};
 use crate::storage::{SeriesWrite, Storage};
 use eval::Status;
-use nines_shared::telemetry::{Counter, Registry};
+use nines_shared::telemetry::{Counter, Gauge, Registry};
 use nines_shared::{Labels, UnixMillis};
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +61,8 @@ pub struct SloMetrics {
     pub evaluations: Counter,
     /// Evaluations with a failed query or unstored series.
     pub failures: Counter,
+    /// How long the last round over every SLO took.
+    pub last_duration: Gauge,
 }
 
 impl SloMetrics {
@@ -71,6 +73,10 @@ impl SloMetrics {
             failures: r.counter(
                 "nines_slo_evaluation_failures_total",
                 "SLO evaluations with a failed query or series not stored.",
+            ),
+            last_duration: r.gauge(
+                "nines_slo_last_evaluation_duration_seconds",
+                "Time the last evaluation of every SLO took.",
             ),
         }
     }
@@ -313,6 +319,7 @@ impl Slos {
         storage: &Storage,
         metrics: &SloMetrics,
     ) {
+        let started = std::time::Instant::now();
         let list: Vec<Arc<Slo>> = self.entries().values().map(|e| e.slo.clone()).collect();
         let step = self.inner.interval.as_millis() as i64;
         let mut writes = Vec::new();
@@ -366,6 +373,7 @@ impl Slos {
             }
             *written = now_written;
         }
+        metrics.last_duration.set(started.elapsed().as_secs_f64());
         if writes.is_empty() {
             return;
         }
@@ -405,11 +413,18 @@ fn entry_json(e: &Entry, groups: &[crate::rules::Group]) -> Json {
                 } else {
                     a.state()
                 };
-                alerts.push(json!({
+                let mut alert = json!({
                     "name": a.spec.alert,
                     "severity": severity,
                     "state": state.as_str(),
-                }));
+                });
+                // Burn-rate alerts share a name; their windows tell them apart.
+                for (k, v, _) in &a.spec.labels {
+                    if k == "long_window" || k == "short_window" {
+                        alert[k] = json!(v);
+                    }
+                }
+                alerts.push(alert);
             }
         }
     }
