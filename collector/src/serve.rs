@@ -217,6 +217,14 @@ fn open_rules(cfg: &CollectorConfig) -> anyhow::Result<(crate::rules::Rules, cra
     let slo_store = crate::slo::SloStore::open(&slo_path)
         .with_context(|| format!("cannot open {}", slo_path.display()))?;
     let slos = crate::slo::load_all(&cfg.slos, Some(&slo_store)).map_err(anyhow::Error::msg)?;
+    for s in &slos {
+        let now = nines_shared::UnixMillis::now().0;
+        let window = Duration::from_millis(s.window.length_ms(now).max(0) as u64);
+        if cfg.retention.is_some_and(|r| window > r) {
+            tracing::warn!(slo = %s.def.name, ?window, retention = ?cfg.retention,
+                "SLO window is longer than storage retention: the time before retention counts as missing data");
+        }
+    }
     specs.extend(crate::slo::rule_groups(&slos, interval).map_err(anyhow::Error::msg)?);
     let path = cfg.data_dir.join(crate::rules::RULES_DB_FILE);
     let store = crate::rules::StateStore::open(&path)
