@@ -5,6 +5,8 @@
 //!
 //! Nothing here fakes a component: every process is the built binary.
 
+pub mod loadgen;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -261,6 +263,13 @@ pub fn push_headers(auth: &str) -> Vec<(&'static str, &str)> {
         ("content-encoding", nines_shared::wire::CONTENT_ENCODING),
         (nines_shared::wire::VERSION_HEADER, "1"),
     ]
+}
+
+impl Collector {
+    /// The collector's process id (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
 }
 
 impl Drop for Collector {

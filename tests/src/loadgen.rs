@@ -1,59 +1,38 @@
-//! Bytes per sample on disk and ingest rate for node-like data.
-//!
-//! Writes 1,000 series (10 hosts × 100 node_exporter-like series: CPU
-//! seconds, memory, network, disk, filesystem, load, process counts, a
-//! clock) for one hour at 1 s through `Storage::write_series` (10 s of every
-//! series per call, as a remote_write sender would), with background
-//! compaction running as it does in production; then compacts the rest,
-//! vacuums and truncates the WAL, checks every sample reads back bit for
-//! bit, and prints the file size per sample.
-//!
-//! Two runs: timestamps as the agent takes them (round start + 0–2 ms of
-//! timer jitter) and timestamps on the exact 1 s grid.
-//!
-//! ```text
-//! CARGO_TARGET_DIR=/work/target-storage cargo bench -p nines-collector --bench storage_size
-//! ```
-//!
-//! `NINES_BENCH_MINUTES` shortens the hour for a quick look.
+//! A load generator: a fleet of simulated hosts whose series move as
+//! node_exporter's do (CPU tick counters, memory in pages, network and disk
+//! counters, filesystem gauges, load averages, small integer gauges,
+//! constants and a clock), deterministic for a seed. The storage benchmarks
+//! send the same stream to nines (remote_write or native push) and to
+//! Prometheus (remote_write, or blocks built by promtool from the
+//! OpenMetrics text [`Fleet::openmetrics`] writes).
 
-use nines_collector::query::querier::Querier;
-use nines_collector::storage::{QueryLimits, SeriesWrite, Storage, StorageMetrics, StorageOptions};
+use nines_collector::ingest::remote_write::SeriesWrite;
 use nines_shared::Labels;
-use nines_shared::telemetry::Registry;
-use promql_parser::label::{MatchOp, Matcher, Matchers};
-use std::time::Instant;
-
-const HOSTS: usize = 10;
-const WINDOW_MS: i64 = 2 * 3600 * 1000;
-
-/// Start of the data: the start of the previous 2 h chunk window (so an
-/// hour of data is one window, and well inside the retention).
-fn t0() -> i64 {
-    let now = nines_shared::UnixMillis::now().0;
-    now - now.rem_euclid(WINDOW_MS) - WINDOW_MS
-}
+use std::io::Write;
 
 /// xorshift64*: deterministic, good enough for test data.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    /// True with probability p.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
 
 /// How one series moves each second.
-enum Kind {
+pub enum Kind {
     /// A counter of CPU ticks (1/100 s) growing by `lo..hi` ticks per second.
     CpuTicks { ticks: u64, lo: u64, hi: u64 },
     /// An integer counter growing by `0..max` with probability `p`.
@@ -71,12 +50,17 @@ enum Kind {
     Clock,
 }
 
-struct Series {
-    labels: Labels,
-    kind: Kind,
+/// One node-like series and its state.
+pub struct NodeSeries {
+    /// Its labels.
+    pub labels: Labels,
+    /// How it moves.
+    pub kind: Kind,
 }
 
-fn host_series(host: usize, rng: &mut Rng) -> Vec<Series> {
+/// The 100 node_exporter-like series of host number `host`
+/// (`instance="host-NN:9100"`, `job="node"`).
+pub fn host_series(host: usize, rng: &mut Rng) -> Vec<NodeSeries> {
     let inst = format!("host-{host:02}:9100");
     let mut out = Vec::new();
     let mut add = |metric: &str, extra: &[(&str, &str)], kind: Kind| {
@@ -85,7 +69,7 @@ fn host_series(host: usize, rng: &mut Rng) -> Vec<Series> {
             ("job".into(), "node".into()),
         ];
         pairs.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
-        out.push(Series {
+        out.push(NodeSeries {
             labels: Labels::new(metric, pairs),
             kind,
         });
@@ -328,7 +312,8 @@ fn host_series(host: usize, rng: &mut Rng) -> Vec<Series> {
     out
 }
 
-fn step(kind: &mut Kind, rng: &mut Rng, ts: i64) -> f64 {
+/// The series' next value, at `ts` ms (one second after the last).
+pub fn step(kind: &mut Kind, rng: &mut Rng, ts: i64) -> f64 {
     match kind {
         Kind::CpuTicks { ticks, lo, hi } => {
             *ticks += *lo + rng.below(*hi - *lo + 1);
@@ -361,141 +346,89 @@ fn step(kind: &mut Kind, rng: &mut Rng, ts: i64) -> f64 {
     }
 }
 
-fn run(name: &str, jitter_ms: u64, seconds: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("bench.db");
-    let storage = Storage::open_with_options(
-        &path,
-        QueryLimits::default(),
-        StorageMetrics::register(&Registry::new()),
-        StorageOptions::default(),
-    )
-    .expect("open");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut hosts: Vec<Vec<Series>> = (0..HOSTS).map(|h| host_series(h, &mut rng)).collect();
-    let series: usize = hosts.iter().map(Vec::len).sum();
-    // Everything written, to check the read-back.
-    let mut expected: Vec<Vec<(i64, f64)>> = vec![Vec::with_capacity(seconds); series];
-
-    let t0 = t0();
-    let per_call = 10;
-    let started = Instant::now();
-    for block in (0..seconds).step_by(per_call) {
-        let mut writes: Vec<SeriesWrite> = Vec::with_capacity(series);
-        let mut k = 0;
-        for host in hosts.iter_mut() {
-            // One timestamp per host per round, shared by its series.
-            let times: Vec<i64> = (block..(block + per_call).min(seconds))
-                .map(|s| {
-                    t0 + s as i64 * 1000
-                        + if jitter_ms > 0 {
-                            rng.below(jitter_ms + 1) as i64
-                        } else {
-                            0
-                        }
-                })
-                .collect();
-            for s in host.iter_mut() {
-                let samples: Vec<(i64, f64)> = times
-                    .iter()
-                    .map(|&t| (t, step(&mut s.kind, &mut rng, t)))
-                    .collect();
-                expected[k].extend_from_slice(&samples);
-                k += 1;
-                writes.push(SeriesWrite {
-                    labels: s.labels.clone(),
-                    samples,
-                });
-            }
-        }
-        rt.block_on(storage.write_series(writes, vec![]))
-            .expect("write");
-    }
-    let ingest = started.elapsed();
-    let samples = series * seconds;
-
-    let started = Instant::now();
-    let report = rt.block_on(storage.compact_now()).expect("compact");
-    let compact = started.elapsed();
-
-    // Every sample back, bit for bit.
-    let mut k = 0;
-    for (h, host) in hosts.iter().enumerate() {
-        let m = Matchers::new(vec![Matcher::new(
-            MatchOp::Equal,
-            "instance",
-            &format!("host-{h:02}:9100"),
-        )]);
-        let mut got = storage.select(&m, i64::MIN, i64::MAX).expect("select");
-        got.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let mut want: Vec<(&Labels, &Vec<(i64, f64)>)> = host
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (&s.labels, &expected[k + i]))
-            .collect();
-        want.sort_by(|a, b| a.0.cmp(b.0));
-        assert_eq!(got.len(), want.len());
-        for (g, (l, w)) in got.iter().zip(want) {
-            assert_eq!(&g.labels, l);
-            let gb: Vec<(i64, u64)> = g.samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
-            let wb: Vec<(i64, u64)> = w.iter().map(|&(t, v)| (t, v.to_bits())).collect();
-            assert!(gb == wb, "{l}: samples differ");
-        }
-        k += host.len();
-    }
-
-    let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let wal = std::fs::metadata(path.with_extension("db-wal"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open read-only");
-    let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
-    let chunks = q("SELECT count(*) FROM chunks");
-    let blob = q("SELECT coalesce(sum(length(data)), 0) FROM chunks");
-    let head = q("SELECT count(*) FROM samples");
-    let pages = q("PRAGMA page_count");
-    let free = q("PRAGMA freelist_count");
-    let series_bytes = q("SELECT coalesce(sum(length(labels) + length(metric)), 0) FROM series");
-
-    println!("== {name}");
-    println!(
-        "  {series} series x {seconds} s = {samples} samples, {chunks} chunks ({:.0} samples/chunk), {head} head rows left",
-        samples as f64 / chunks.max(1) as f64
-    );
-    println!(
-        "  ingest: {:.2} s, {:.0} samples/s (background compaction moved {} samples meanwhile)",
-        ingest.as_secs_f64(),
-        samples as f64 / ingest.as_secs_f64(),
-        samples - report.samples_compacted,
-    );
-    println!(
-        "  final compaction: {:.2} s for {} samples",
-        compact.as_secs_f64(),
-        report.samples_compacted
-    );
-    println!(
-        "  file: {file} bytes (+{wal} WAL), {pages} pages, {free} free => {:.3} bytes/sample",
-        (file + wal) as f64 / samples as f64
-    );
-    println!(
-        "  chunk blobs: {blob} bytes => {:.3} bytes/sample; series labels: {series_bytes} bytes",
-        blob as f64 / samples as f64
-    );
+/// Simulated hosts, each with its series.
+pub struct Fleet {
+    /// Per host, its series.
+    pub hosts: Vec<Vec<NodeSeries>>,
+    rng: Rng,
 }
 
-fn main() {
-    let minutes: usize = std::env::var("NINES_BENCH_MINUTES")
-        .ok()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(60);
-    let seconds = minutes * 60;
-    run("agent-like timestamps (0-2 ms jitter)", 2, seconds);
-    run("timestamps on the 1 s grid", 0, seconds);
+impl Fleet {
+    /// `hosts` hosts of 100 series each, from `seed`.
+    pub fn new(hosts: usize, seed: u64) -> Fleet {
+        let mut rng = Rng(seed | 1);
+        let hosts = (0..hosts).map(|h| host_series(h, &mut rng)).collect();
+        Fleet { hosts, rng }
+    }
+
+    /// Series in the fleet.
+    pub fn series(&self) -> usize {
+        self.hosts.iter().map(Vec::len).sum()
+    }
+
+    /// Host `h`'s next `times.len()` samples per series (one per
+    /// timestamp, each one second on from the last), as remote_write
+    /// series.
+    pub fn host_round(&mut self, h: usize, times: &[i64]) -> Vec<SeriesWrite> {
+        let rng = &mut self.rng;
+        self.hosts[h]
+            .iter_mut()
+            .map(|s| SeriesWrite {
+                labels: s.labels.clone(),
+                samples: times
+                    .iter()
+                    .map(|&t| (t, step(&mut s.kind, rng, t)))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// `seconds` seconds of every series from `t0` (ms): host by host, one
+    /// timestamp per second shared by the host's series, each `0..=jitter_ms`
+    /// ms after the second (an agent's timer), in fleet order.
+    pub fn take(&mut self, t0: i64, seconds: usize, jitter_ms: u64) -> Vec<SeriesWrite> {
+        let mut all = Vec::with_capacity(self.series());
+        for h in 0..self.hosts.len() {
+            let times: Vec<i64> = (0..seconds)
+                .map(|s| {
+                    let j = if jitter_ms > 0 {
+                        self.rng.below(jitter_ms + 1) as i64
+                    } else {
+                        0
+                    };
+                    t0 + s as i64 * 1000 + j
+                })
+                .collect();
+            all.extend(self.host_round(h, &times));
+        }
+        all
+    }
+}
+
+/// Writes `series` as OpenMetrics text (one untyped family per metric
+/// name), what `promtool tsdb create-blocks-from openmetrics` reads.
+pub fn write_openmetrics(series: &[SeriesWrite], out: &mut impl Write) -> std::io::Result<()> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&SeriesWrite>> = Default::default();
+    for s in series {
+        by_name
+            .entry(s.labels.get("__name__").unwrap_or(""))
+            .or_default()
+            .push(s);
+    }
+    for (name, series) in by_name {
+        writeln!(out, "# TYPE {name} unknown")?;
+        for s in series {
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .filter(|l| l.name != "__name__")
+                .map(|l| format!("{}=\"{}\"", l.name, l.value))
+                .collect();
+            let labels = labels.join(",");
+            for (t, v) in &s.samples {
+                writeln!(out, "{name}{{{labels}}} {v} {}.{:03}", t / 1000, t % 1000)?;
+            }
+        }
+    }
+    writeln!(out, "# EOF")
 }
