@@ -319,4 +319,71 @@ mod tests {
         let sli = s.sli.unwrap();
         assert!((sli - 0.75).abs() < 0.02, "{sli}");
     }
+
+    fn counter(name: &str, labels: &[(&str, &str)], t0: i64, per_second: f64) -> SeriesSamples {
+        SeriesSamples {
+            labels: Labels::new(name, labels.iter().copied()),
+            samples: (0..=600i64)
+                .map(|i| (t0 - 600_000 + i * 1000, i as f64 * per_second))
+                .collect(),
+        }
+    }
+
+    fn slo_of(indicator: IndicatorDefinition) -> Slo {
+        let def = SloDefinition {
+            name: "x".into(),
+            description: String::new(),
+            objective: 99.0,
+            window: Some("5m".into()),
+            missing_data: None,
+            indicator,
+            burn_alerts: None,
+            budget_alert: None,
+        };
+        validate(&def, Source::Api).unwrap()
+    }
+
+    #[test]
+    fn requests_and_latency_indicators_read_access_log_series() {
+        let t0 = 1_700_000_000_000;
+        let r = "nines_http_requests_total";
+        let h = "nines_http_request_duration_seconds";
+        // shop: 8 2xx and 2 5xx per second; other: only 5xx (left out).
+        let q = InMemoryQuerier::new(vec![
+            counter(r, &[("vhost", "shop"), ("status_class", "2xx")], t0, 8.0),
+            counter(r, &[("vhost", "shop"), ("status_class", "5xx")], t0, 2.0),
+            counter(r, &[("vhost", "other"), ("status_class", "5xx")], t0, 50.0),
+            counter(
+                &format!("{h}_bucket"),
+                &[("vhost", "shop"), ("le", "0.25")],
+                t0,
+                9.0,
+            ),
+            counter(
+                &format!("{h}_bucket"),
+                &[("vhost", "shop"), ("le", "+Inf")],
+                t0,
+                10.0,
+            ),
+            counter(&format!("{h}_count"), &[("vhost", "shop")], t0, 10.0),
+        ]);
+        let requests = slo_of(IndicatorDefinition {
+            kind: "requests".into(),
+            matchers: Some("vhost=\"shop\"".into()),
+            ..Default::default()
+        });
+        let s = evaluate(&requests, t0, 10_000, &Engine::default(), &q);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert!((s.sli.unwrap() - 0.8).abs() < 1e-9, "{s:?}");
+        assert!((s.burn_rates["5m"].unwrap() - 20.0).abs() < 1e-6);
+        assert!(s.missing_ratio < 1e-9);
+        let latency = slo_of(IndicatorDefinition {
+            kind: "latency".into(),
+            matchers: Some("vhost=\"shop\"".into()),
+            threshold_seconds: Some(0.25),
+            ..Default::default()
+        });
+        let s = evaluate(&latency, t0, 10_000, &Engine::default(), &q);
+        assert!((s.sli.unwrap() - 0.9).abs() < 1e-9, "{s:?}");
+    }
 }
