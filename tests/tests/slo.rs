@@ -437,9 +437,22 @@ fn slos_are_managed_through_the_api_and_bad_ones_are_refused_with_the_field() {
         (json!("api"), json!(99.0))
     );
 
+    // What a GET answers can be sent back.
+    let (status, body) = post_json(&c, "PUT", "/api/v1/slos/hosts", &s);
+    assert_eq!(status, 200, "{body}");
+
+    wait_for("the API SLO's series", || {
+        value(&c, "nines_slo_objective_ratio{slo=\"hosts\"}")
+    });
     let (status, _) = delete(&c, "/api/v1/slos/hosts");
     assert_eq!(status, 200);
     assert_eq!(c.get_json("/api/v1/slos/hosts").0, 404);
+    // Its series end (stale markers), not linger for the lookback.
+    wait_for("the deleted SLO's series to end", || {
+        value(&c, "nines_slo_objective_ratio{slo=\"hosts\"}")
+            .is_none()
+            .then_some(())
+    });
     let (_, rules) = c.get_json("/api/v1/rules");
     assert!(
         !rules["data"]["groups"]

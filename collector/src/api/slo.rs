@@ -57,9 +57,16 @@ fn change_error(e: ChangeError) -> Response {
 }
 
 /// The body as a definition; serde's error names the field ("missing
-/// field `objective`", "unknown field `x`") and the place in the body.
+/// field `objective`", "unknown field `x`"). The read-only fields of a GET
+/// answer (`source`, `status`) are ignored, so what was read can be sent
+/// back.
 fn definition(body: &[u8]) -> Result<SloDefinition, String> {
-    serde_json::from_slice(body).map_err(|e| format!("not an SLO definition: {e}"))
+    let mut v: Json = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if let Json::Object(m) = &mut v {
+        m.remove("source");
+        m.remove("status");
+    }
+    serde_json::from_value(v).map_err(|e| format!("not an SLO definition: {e}"))
 }
 
 /// `GET /api/v1/slos`
