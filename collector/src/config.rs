@@ -51,6 +51,16 @@ pub struct FileConfig {
     /// `[builtin_rules]`.
     #[serde(default)]
     pub builtin_rules: crate::rules::builtin::FileBuiltinRules,
+    /// Notification receivers (`[[receiver]]` tables).
+    #[serde(default)]
+    pub receiver: Vec<crate::notify::config::FileReceiver>,
+    /// The notification routing tree.
+    pub route: Option<crate::notify::config::FileRoute>,
+    /// Inhibit rules; absent: the built-in one, `[]`: none.
+    pub inhibit_rule: Option<Vec<crate::notify::config::FileInhibitRule>>,
+    /// `[notify]`: the outbox and retries.
+    #[serde(default)]
+    pub notify: crate::notify::config::FileNotify,
     /// `[presence]`.
     #[serde(default)]
     pub presence: FilePresence,
@@ -201,6 +211,8 @@ pub struct CollectorConfig {
     pub builtin_rules: crate::rules::builtin::BuiltinRules,
     /// Agent presence (`up` for pushing agents) and self-metrics.
     pub presence: crate::presence::PresenceConfig,
+    /// Receivers, routes, inhibition and the outbox.
+    pub notify: crate::notify::config::NotifyConfig,
 }
 
 impl FileConfig {
@@ -381,10 +393,26 @@ impl CollectorConfig {
             .resolve()
             .map_err(|(key, reason)| invalid(key, false, reason))?;
         let presence = resolve_presence(&file.presence, &in_file)?;
+        let notify = crate::notify::config::resolve(
+            &file.receiver,
+            file.route.as_ref(),
+            file.inhibit_rule.as_deref(),
+            &file.notify,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            origin: if e.place.is_empty() {
+                in_file.clone()
+            } else {
+                format!("{in_file} {}", e.place)
+            },
+            reason: e.reason,
+        })?;
         Ok(CollectorConfig {
             slos,
             builtin_rules,
             presence,
+            notify,
             retention,
             scrape,
             rule_files,
@@ -586,6 +614,10 @@ mod tests {
             "evaluation_interval",
             "builtin_rules",
             "slo",
+            "receiver",
+            "route",
+            "inhibit_rule",
+            "notify",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }
@@ -628,6 +660,22 @@ mod tests {
         );
         from_file.scrape.clear();
         from_file.slos.clear();
+        let notify = raw["notify"].as_table().unwrap();
+        assert_eq!(notify.len(), 5, "every [notify] key is in the example");
+        let route = raw["route"].as_table().unwrap();
+        assert_eq!(route.len(), 6, "every [route] key is in the example");
+        let child = route["routes"].as_array().unwrap()[0].as_table().unwrap();
+        assert_eq!(child.len(), 8, "every route key is in the example");
+        let receivers = raw["receiver"].as_array().unwrap();
+        let hook = receivers[0]["webhook"].as_table().unwrap();
+        assert_eq!(hook.len(), 5, "every webhook key is in the example");
+        let am = receivers[1]["alertmanager"].as_table().unwrap();
+        assert_eq!(am.len(), 3, "every alertmanager key is in the example");
+        assert_eq!(from_file.notify.receivers.len(), 2);
+        assert!(from_file.notify.route.is_some());
+        // The example's receivers and routes show the keys; none by default.
+        from_file.notify.receivers.clear();
+        from_file.notify.route = None;
         let defaults = CollectorConfig::resolve(&Overrides::default()).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }

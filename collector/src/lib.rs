@@ -1,4 +1,4 @@
-//! nines-collector: `ingest -> storage -> query`, with `api` at the edge and
+//! nines-collector: `ingest -> storage -> query -> rules -> notify`, with `api` at the edge and
 //! `serve` wiring them together.
 
 #![warn(missing_docs)]
@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod notify;
 pub mod presence;
 pub mod query;
 pub mod rules;

@@ -37,6 +37,9 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
 
     let registry = Registry::new();
     nines_agent::process::register(&registry);
+    let (notifier, notify_parts) =
+        crate::notify::Notifier::open(cfg.notify.clone(), &cfg.data_dir, &registry)
+            .map_err(anyhow::Error::msg)?;
     let storage = Storage::open_with_options(
         &cfg.data_dir.join(DB_FILE),
         QueryLimits {
@@ -92,6 +95,7 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         api_requests: AppState::register_api_metrics(&registry),
         rules: rules.clone(),
         slos: slos.clone(),
+        notifier: notifier.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -131,6 +135,13 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         stop.clone(),
     );
 
+    let external_url = if cfg.notify.external_url.is_empty() {
+        shown.trim_end_matches('/').to_string()
+    } else {
+        cfg.notify.external_url.clone()
+    };
+    rules.notify_to(notifier.sink(), external_url.clone());
+    let notify_loops = notifier.spawn(notify_parts, external_url, stop.clone());
     let rule_loops = rules.spawn(
         engine.clone(),
         storage.clone(),
@@ -193,6 +204,9 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         let _ = r.await;
     }
     let _ = slo_loop.await;
+    for n in notify_loops {
+        let _ = n.await;
+    }
     if let Some(s) = systemd {
         let _ = s.await;
     }

@@ -3,6 +3,7 @@
 //! The Prometheus query API lives in [`prom`]. Handlers decode requests and
 //! map results to statuses; they hold no business logic of their own.
 
+mod notify;
 pub mod params;
 pub mod prom;
 mod push;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub rules: crate::rules::Rules,
     /// Service level objectives, for `/api/v1/slos`.
     pub slos: crate::slo::Slos,
+    /// Silences and the notification outbox.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl AppState {
@@ -87,6 +90,15 @@ pub fn router(state: AppState) -> Router {
             get(slo::get).put(slo::replace).delete(slo::delete),
         )
         .route("/api/v1/slos/{name}/report", get(slo::get_report))
+        .route(
+            "/api/v1/silences",
+            get(notify::list_silences).post(notify::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(notify::expire_silence),
+        )
+        .route("/api/v1/notifications", get(notify::notifications))
         .route(
             "/api/v1/query_exemplars",
             get(prom::query_exemplars).post(prom::query_exemplars),

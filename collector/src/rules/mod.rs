@@ -8,7 +8,8 @@
 //! [`GroupSpec`] (with a `file` such as `"<builtin>"`) and pass it to
 //! [`Rules::new`] with the others. Groups made from code can be added,
 //! replaced or removed while running ([`Rules::set_group`]) without
-//! touching the others' state. Nothing here sends notifications.
+//! touching the others' state. Nothing here sends notifications: after
+//! each evaluation the group's alerts are offered to [`crate::notify`].
 //!
 //! Templates in labels and annotations support a documented subset of Go
 //! templates; see [`template`].
@@ -92,6 +93,8 @@ pub struct Rules {
 struct Inner {
     groups: RwLock<Vec<Arc<Mutex<Group>>>>,
     store: Option<Arc<StateStore>>,
+    /// Where evaluated alerts go, with the external URL for their links.
+    notify: std::sync::OnceLock<(crate::notify::AlertSink, String)>,
     /// What new loops need; set by [`Rules::spawn`].
     runtime: Mutex<Option<Runtime>>,
 }
@@ -136,6 +139,7 @@ impl Rules {
                 groups: RwLock::new(groups),
                 store: store.map(Arc::new),
                 runtime: Mutex::new(None),
+                notify: Default::default(),
             }),
         })
     }
@@ -158,6 +162,12 @@ impl Rules {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Hands each group's firing and resolved alerts to `sink` after every
+    /// evaluation (set once, before [`Rules::spawn`]).
+    pub fn notify_to(&self, sink: crate::notify::AlertSink, external_url: String) {
+        let _ = self.inner.notify.set((sink, external_url));
     }
 
     /// A copy of every group as it is now.
@@ -370,6 +380,9 @@ impl Rules {
                 tracing::warn!(group = %g.spec.name, rule = %g.rules[r].kind_name(), error = %e,
                     "rule results not stored");
             }
+        }
+        if let Some((sink, url)) = self.inner.notify.get() {
+            sink.offer(crate::notify::alerts_of(&lock(&group), url));
         }
         let (file, name, alerts) = {
             let mut g = lock(&group);
