@@ -2,8 +2,9 @@
 //! server that fails every other request; the collector's SLO over that
 //! probe shows the burn in `nines_slo_*` and `/api/v1/slos`, its
 //! burn-rate alert (short windows from the config) goes pending or firing
-//! in `/api/v1/alerts`, and the report's availability equals the ratio of
-//! the raw probe counters read through `/api/v1/query`. SLOs made through
+//! in `/api/v1/alerts` and reaches a webhook through the notifier, and the
+//! report's availability equals the ratio of the raw probe counters read
+//! through `/api/v1/query`. SLOs made through
 //! the API are checked, kept across a restart and refused with the field
 //! when invalid; a bad `[[slo]]` stops the collector at start. The
 //! built-in HostDown alert fires for a killed agent, not for a live one.
@@ -55,6 +56,42 @@ fn flaky_server() -> (u16, Arc<Answers>) {
         }
     });
     (port, answers)
+}
+
+/// A webhook receiver on loopback: keeps each request's JSON body.
+fn webhook() -> (u16, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0usize;
+            let mut h = String::new();
+            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                if let Some((k, v)) = h.trim_end().split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                h.clear();
+            }
+            let mut body = vec![0u8; len];
+            if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_slice(&body) {
+                g.lock().unwrap().push(v);
+            }
+            let mut s = reader.into_inner();
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, got)
 }
 
 const SLO_CONFIG: &str = r#"evaluation_interval = "1s"
@@ -162,7 +199,15 @@ fn start_probing(c: &Collector, dir: &Path, port: u16) -> Agent {
 fn a_half_failing_probe_burns_the_budget_fires_the_alert_and_reports_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("collector.toml");
-    std::fs::write(&cfg, SLO_CONFIG).unwrap();
+    let (hook_port, notified) = webhook();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{SLO_CONFIG}[[receiver]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{hook_port}/\" }}\n\
+             [route]\nreceiver = \"hook\"\ngroup_by = [\"alertname\", \"slo\"]\ngroup_wait = \"0s\"\n"
+        ),
+    )
+    .unwrap();
     let cfg_arg = cfg.to_str().unwrap().to_string();
     let args = ["--no-local-agent", "--config", &cfg_arg];
     let c = Collector::start(&dir.path().join("c"), &args);
@@ -231,6 +276,24 @@ fn a_half_failing_probe_burns_the_budget_fires_the_alert_and_reports_exactly() {
             .into_iter()
             .find(|a| a["labels"]["alertname"] == "SloBurnRate" && a["state"] == "firing")
     });
+    // The firing alert reaches the notifier and a webhook.
+    let payload = wait_for("the burn-rate alert at the webhook", || {
+        notified
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["alerts"].as_array().is_some_and(|a| {
+                    a.iter().any(|a| {
+                        a["labels"]["alertname"] == "SloBurnRate"
+                            && a["labels"]["slo"] == "web"
+                            && a["status"] == "firing"
+                    })
+                })
+            })
+            .cloned()
+    });
+    assert_eq!(payload["receiver"], "hook");
     let s = slo(&c, "web");
     let states: Vec<&Value> = s["status"]["alerts"].as_array().unwrap().iter().collect();
     assert!(
