@@ -5,6 +5,7 @@
 //!
 //! Nothing here fakes a component: every process is the built binary.
 
+pub mod hook;
 pub mod loadgen;
 
 use std::io::{BufRead, BufReader};

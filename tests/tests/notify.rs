@@ -10,9 +10,10 @@
 
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::{Labels, UnixMillis};
+use nines_tests::hook::{Hook, Received};
 use nines_tests::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,76 +38,6 @@ const RULES: &str = r#"groups:
 "#;
 
 const SECRET: &str = "s3cret-key";
-
-/// One request the receiver got.
-#[derive(Clone, Debug)]
-struct Received {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("webhook body is JSON")
-    }
-}
-
-/// A webhook receiver: answers 200 to every POST and keeps what it got.
-struct Hook {
-    got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Hook {
-    fn start(port: u16) -> Hook {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind webhook");
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let g = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.trim_end().split_once(':') {
-                        headers.push((k.trim().to_string(), v.trim().to_string()));
-                    }
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0u8; len];
-                if reader.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                g.lock().unwrap().push(Received { headers, body });
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Hook { got }
-    }
-
-    fn all(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-}
 
 fn push(c: &Collector, series: &[(&str, f64)]) {
     let writes: Vec<SeriesWrite> = series
