@@ -318,6 +318,9 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> SloError {
 /// The label value of a duration: its largest exact unit (`5m`, `1d`).
 pub fn duration_label(d: Duration) -> String {
     let ms = d.as_millis() as u64;
+    if ms == 0 {
+        return "0s".into();
+    }
     for (unit, size) in [
         ("w", 7 * 86_400_000u64),
         ("d", 86_400_000),
@@ -937,6 +940,7 @@ mod tests {
         assert_eq!(duration_label(Duration::from_secs(3600)), "1h");
         assert_eq!(duration_label(Duration::from_secs(90)), "90s");
         assert_eq!(duration_label(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_label(Duration::ZERO), "0s");
         assert_eq!(promql_range(2500), "2500ms");
     }
 }
