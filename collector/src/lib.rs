@@ -12,4 +12,5 @@ pub mod query;
 pub mod rules;
 pub mod scrape;
 pub mod serve;
+pub mod slo;
 pub mod storage;

@@ -8,6 +8,7 @@ mod notify;
 pub mod params;
 pub mod prom;
 mod push;
+mod slo;
 pub mod ui;
 
 use crate::config::Limits;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub api_requests: CounterVec,
     /// Recording and alerting rules, for `/api/v1/rules` and `/api/v1/alerts`.
     pub rules: crate::rules::Rules,
+    /// Service level objectives, for `/api/v1/slos`.
+    pub slos: crate::slo::Slos,
     /// Silences and the notification outbox.
     pub notifier: crate::notify::Notifier,
 }
@@ -82,6 +85,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
         .route("/api/v1/rules", get(prom::rules))
         .route("/api/v1/alerts", get(prom::alerts))
+        .route("/api/v1/slos", get(slo::list).post(slo::create))
+        .route(
+            "/api/v1/slos/{name}",
+            get(slo::get).put(slo::replace).delete(slo::delete),
+        )
+        .route("/api/v1/slos/{name}/report", get(slo::get_report))
         .route(
             "/api/v1/silences",
             get(notify::list_silences).post(notify::create_silence),

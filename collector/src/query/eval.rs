@@ -395,7 +395,7 @@ pub(super) fn samples_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> 
 
 /// The selector's matchers with its metric name (which the parser keeps
 /// apart) added as a `__name__` matcher, to every `or` group if any.
-fn selector_matchers(vs: &VectorSelector) -> Matchers {
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Matchers {
     let mut matchers = vs.matchers.clone();
     if let Some(name) = &vs.name {
         let by_name = Matcher::new(MatchOp::Equal, METRIC_NAME_LABEL, name);
