@@ -560,6 +560,10 @@ fn every_page_in_a_real_browser() {
             .send()
             .unwrap();
         assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+        wait_for("the SLO evaluated", || {
+            let (_, s) = c.get_json("/api/v1/slos/shop-probe");
+            s["data"]["status"]["sli"].as_f64()
+        });
         b.goto(&url("/slos"));
         b.wait_js(
             "the SLO row",
@@ -571,6 +575,16 @@ fn every_page_in_a_real_browser() {
         b.wait_js(
             "the SLO charts and report",
             "return document.querySelectorAll('figure.chart').length === 3 && document.querySelector('.report-form + div dl, .report-form + div .note') !== null",
+        );
+        let facts = js_str(
+            &b,
+            "return document.querySelector('dl.facts').innerText",
+            vec![],
+        );
+        assert!(facts.contains("100%"), "the SLI shows: {facts}");
+        b.wait_js(
+            "the burn-down drawn",
+            "return document.querySelectorAll('figure.chart path.line, figure.chart circle').length > 0",
         );
         let csv = js_str(
             &b,
