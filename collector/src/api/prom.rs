@@ -15,6 +15,7 @@ use nines_shared::{Labels, UnixMillis, is_valid_label_name};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use promql_parser::parser::Expr;
 use serde_json::{Map, Value as Json, json};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Prometheus's cap on points per series in a range query.
@@ -116,33 +117,73 @@ fn json_labels(labels: &Labels) -> Json {
 /// (strings escaped by serde_json, times as Prometheus writes them,
 /// values as [`format_value`] spells them).
 struct AnswerWriter {
-    out: Vec<u8>,
+    out: String,
 }
 
 impl AnswerWriter {
+    /// A JSON string, escaped as serde_json escapes it.
     fn str(&mut self, s: &str) {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.out, s);
+        self.out.push('"');
+        let mut plain = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.out.push_str(&s[plain..i]);
+            plain = i + 1;
+            if escape.is_empty() {
+                let _ = write!(self.out, "\\u{:04x}", b);
+            } else {
+                self.out.push_str(escape);
+            }
+        }
+        self.out.push_str(&s[plain..]);
+        self.out.push('"');
     }
 
     fn raw(&mut self, s: &str) {
-        self.out.extend_from_slice(s.as_bytes());
+        self.out.push_str(s);
     }
 
     /// Unix seconds as a JSON number: an integer when whole, as Prometheus
     /// writes it.
     fn time(&mut self, ms: i64) {
-        use std::io::Write as _;
         if ms % 1000 == 0 {
-            let _ = write!(self.out, "{}", ms / 1000);
+            let secs = ms / 1000;
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut u = secs.unsigned_abs();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (u % 10) as u8;
+                u /= 10;
+                if u == 0 {
+                    break;
+                }
+            }
+            if secs < 0 {
+                self.out.push('-');
+            }
+            for &d in &digits[at..] {
+                self.out.push(d as char);
+            }
         } else {
-            let _ = serde_json::to_writer(&mut self.out, &(ms as f64 / 1000.0));
+            let x = ms as f64 / 1000.0;
+            self.out
+                .push_str(&serde_json::to_string(&x).unwrap_or_else(|_| x.to_string()));
         }
     }
 
     /// A sample value as a JSON string, as [`format_value`] spells it.
     fn value(&mut self, v: f64) {
-        use std::io::Write as _;
         if v.is_finite() {
             // The digits of a finite float never need escaping.
             let _ = write!(self.out, "\"{v}\"");
@@ -233,7 +274,7 @@ fn query_success(v: &Value, t: i64) -> Response {
         _ => 1,
     };
     let mut w = AnswerWriter {
-        out: Vec::with_capacity(64 + points * 32),
+        out: String::with_capacity(64 + points * 32),
     };
     w.raw("{\"status\":\"success\",\"data\":");
     w.data(v, t);
@@ -244,7 +285,7 @@ fn query_success(v: &Value, t: i64) -> Response {
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
-        w.out,
+        w.out.into_bytes(),
     )
         .into_response()
 }
@@ -584,11 +625,11 @@ mod tests {
     }
 
     fn written(v: &Value, t: i64) -> String {
-        let mut w = AnswerWriter { out: Vec::new() };
+        let mut w = AnswerWriter { out: String::new() };
         w.raw("{\"status\":\"success\",\"data\":");
         w.data(v, t);
         w.raw("}");
-        String::from_utf8(w.out).expect("utf-8")
+        w.out
     }
 
     #[test]
@@ -596,7 +637,10 @@ mod tests {
         let odd = Labels::new(
             "m",
             [
-                ("a", "quote \" back \\ nl \n tab \t ctl \u{1} é ☃"),
+                (
+                    "a",
+                    "quote \" back \\ nl \n tab \t ctl \u{1} \u{8} \u{c} \u{1f} \u{7f} é ☃",
+                ),
                 ("b", ""),
             ],
         );
@@ -615,7 +659,17 @@ mod tests {
             f64::INFINITY,
             f64::NEG_INFINITY,
         ];
-        let times = [0, 1_700_000_000_000, 1_700_000_000_001, -1_500, 999, -3_000];
+        let times = [
+            0,
+            1_700_000_000_000,
+            1_700_000_000_001,
+            -1_500,
+            999,
+            -3_000,
+            i64::MIN,
+            -9_223_372_036_854_775_000,
+            i64::MAX - 807,
+        ];
         let mut cases = vec![
             Value::String("s \"x\"\n".into()),
             Value::Vector(vec![]),
