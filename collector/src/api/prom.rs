@@ -153,28 +153,31 @@ impl AnswerWriter {
         self.out.push_str(s);
     }
 
+    /// An integer's decimal digits.
+    fn int(&mut self, n: i64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut u = n.unsigned_abs();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (u % 10) as u8;
+            u /= 10;
+            if u == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            self.out.push('-');
+        }
+        self.out
+            .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    }
+
     /// Unix seconds as a JSON number: an integer when whole, as Prometheus
     /// writes it.
     fn time(&mut self, ms: i64) {
         if ms % 1000 == 0 {
-            let secs = ms / 1000;
-            let mut digits = [0u8; 20];
-            let mut at = digits.len();
-            let mut u = secs.unsigned_abs();
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (u % 10) as u8;
-                u /= 10;
-                if u == 0 {
-                    break;
-                }
-            }
-            if secs < 0 {
-                self.out.push('-');
-            }
-            for &d in &digits[at..] {
-                self.out.push(d as char);
-            }
+            self.int(ms / 1000);
         } else {
             let x = ms as f64 / 1000.0;
             self.out
@@ -184,12 +187,20 @@ impl AnswerWriter {
 
     /// A sample value as a JSON string, as [`format_value`] spells it.
     fn value(&mut self, v: f64) {
-        if v.is_finite() {
+        /// Below 2^53 every integer is a float, and floats are at most 1
+        /// apart, so the shortest digits that read back as an integral
+        /// value are the integer's own: Display prints exactly those.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        self.out.push('"');
+        if v != 0.0 && v.fract() == 0.0 && v.abs() < EXACT {
+            self.int(v as i64);
+        } else if v.is_finite() {
             // The digits of a finite float never need escaping.
-            let _ = write!(self.out, "\"{v}\"");
+            let _ = write!(self.out, "{v}");
         } else {
-            self.str(&format_value(v));
+            self.out.push_str(&format_value(v));
         }
+        self.out.push('"');
     }
 
     /// `[t,"v"]`
@@ -630,6 +641,51 @@ mod tests {
         w.data(v, t);
         w.raw("}");
         w.out
+    }
+
+    #[test]
+    fn written_values_are_spelled_as_format_value_spells_them() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            4096.0 * 24_414_062.0,
+            9_007_199_254_740_991.0,
+            -9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+            9_007_199_254_740_994.0,
+            1e21,
+            1e22,
+            0.5,
+            -2.5e-9,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::from_bits(0x7ff0_0000_0000_0002),
+        ];
+        // SplitMix64: arbitrary bit patterns, and integers of every size.
+        let mut x = 0x6e69_6e65_7300_0001u64;
+        for i in 0..20_000 {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            values.push(f64::from_bits(z));
+            values.push((z >> (i % 64)) as f64);
+            values.push(-((z >> (i % 60)) as f64) / 4.0);
+        }
+        for v in values {
+            let mut w = AnswerWriter { out: String::new() };
+            w.value(v);
+            assert_eq!(
+                w.out,
+                format!("\"{}\"", format_value(v)),
+                "{:x}",
+                v.to_bits()
+            );
+        }
     }
 
     #[test]
