@@ -15,7 +15,7 @@ use nines_shared::{Labels, UnixMillis, is_valid_label_name};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use promql_parser::parser::Expr;
 use serde_json::{Map, Value as Json, json};
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 /// Prometheus's cap on points per series in a range query.
@@ -117,60 +117,70 @@ fn json_labels(labels: &Labels) -> Json {
 /// (strings escaped by serde_json, times as Prometheus writes them,
 /// values as [`format_value`] spells them).
 struct AnswerWriter {
-    out: String,
+    out: Vec<u8>,
 }
 
 impl AnswerWriter {
     /// A JSON string, escaped as serde_json escapes it.
     fn str(&mut self, s: &str) {
-        self.out.push('"');
+        self.out.push(b'"');
         let mut plain = 0;
         for (i, b) in s.bytes().enumerate() {
-            let escape = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0..=0x1f => "",
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => b"",
                 _ => continue,
             };
-            self.out.push_str(&s[plain..i]);
+            self.out.extend_from_slice(&s.as_bytes()[plain..i]);
             plain = i + 1;
             if escape.is_empty() {
                 let _ = write!(self.out, "\\u{:04x}", b);
             } else {
-                self.out.push_str(escape);
+                self.out.extend_from_slice(escape);
             }
         }
-        self.out.push_str(&s[plain..]);
-        self.out.push('"');
+        self.out.extend_from_slice(&s.as_bytes()[plain..]);
+        self.out.push(b'"');
     }
 
     fn raw(&mut self, s: &str) {
-        self.out.push_str(s);
+        self.out.extend_from_slice(s.as_bytes());
     }
 
-    /// An integer's decimal digits.
+    /// An integer's decimal digits, two at a time.
     fn int(&mut self, n: i64) {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
         let mut digits = [0u8; 20];
         let mut at = digits.len();
         let mut u = n.unsigned_abs();
-        loop {
+        while u >= 100 {
+            let pair = (u % 100) as usize * 2;
+            u /= 100;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if u >= 10 {
+            let pair = u as usize * 2;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
             at -= 1;
-            digits[at] = b'0' + (u % 10) as u8;
-            u /= 10;
-            if u == 0 {
-                break;
-            }
+            digits[at] = b'0' + u as u8;
         }
         if n < 0 {
-            self.out.push('-');
+            self.out.push(b'-');
         }
-        self.out
-            .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+        self.out.extend_from_slice(&digits[at..]);
     }
 
     /// Unix seconds as a JSON number: an integer when whole, as Prometheus
@@ -179,9 +189,8 @@ impl AnswerWriter {
         if ms % 1000 == 0 {
             self.int(ms / 1000);
         } else {
-            let x = ms as f64 / 1000.0;
-            self.out
-                .push_str(&serde_json::to_string(&x).unwrap_or_else(|_| x.to_string()));
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut self.out, &(ms as f64 / 1000.0));
         }
     }
 
@@ -191,16 +200,16 @@ impl AnswerWriter {
         /// apart, so the shortest digits that read back as an integral
         /// value are the integer's own: Display prints exactly those.
         const EXACT: f64 = 9_007_199_254_740_992.0;
-        self.out.push('"');
+        self.out.push(b'"');
         if v != 0.0 && v.fract() == 0.0 && v.abs() < EXACT {
             self.int(v as i64);
         } else if v.is_finite() {
             // The digits of a finite float never need escaping.
             let _ = write!(self.out, "{v}");
         } else {
-            self.out.push_str(&format_value(v));
+            self.raw(&format_value(v));
         }
-        self.out.push('"');
+        self.out.push(b'"');
     }
 
     /// `[t,"v"]`
@@ -285,7 +294,7 @@ fn query_success(v: &Value, t: i64) -> Response {
         _ => 1,
     };
     let mut w = AnswerWriter {
-        out: String::with_capacity(64 + points * 32),
+        out: Vec::with_capacity(64 + points * 32),
     };
     w.raw("{\"status\":\"success\",\"data\":");
     w.data(v, t);
@@ -296,7 +305,7 @@ fn query_success(v: &Value, t: i64) -> Response {
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
-        w.out.into_bytes(),
+        w.out,
     )
         .into_response()
 }
@@ -636,11 +645,11 @@ mod tests {
     }
 
     fn written(v: &Value, t: i64) -> String {
-        let mut w = AnswerWriter { out: String::new() };
+        let mut w = AnswerWriter { out: Vec::new() };
         w.raw("{\"status\":\"success\",\"data\":");
         w.data(v, t);
         w.raw("}");
-        w.out
+        String::from_utf8(w.out).expect("utf-8")
     }
 
     #[test]
@@ -677,10 +686,10 @@ mod tests {
             values.push(-((z >> (i % 60)) as f64) / 4.0);
         }
         for v in values {
-            let mut w = AnswerWriter { out: String::new() };
+            let mut w = AnswerWriter { out: Vec::new() };
             w.value(v);
             assert_eq!(
-                w.out,
+                String::from_utf8(w.out).expect("utf-8"),
                 format!("\"{}\"", format_value(v)),
                 "{:x}",
                 v.to_bits()
