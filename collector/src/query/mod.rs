@@ -23,6 +23,7 @@ mod label_sets;
 mod over_time;
 mod quantile;
 pub mod querier;
+mod range_eval;
 mod subquery;
 mod value;
 
