@@ -222,7 +222,8 @@ fn open_rules(cfg: &CollectorConfig) -> anyhow::Result<(crate::rules::Rules, cra
     let interval = cfg.evaluation_interval;
     let mut specs =
         crate::rules::load_files(&cfg.rule_files, interval).map_err(anyhow::Error::msg)?;
-    if let Some(g) = builtin_group(&cfg.builtin_rules, interval, &alert_names(&specs))
+    let builtin_interval = cfg.builtin_rules.interval;
+    if let Some(g) = builtin_group(&cfg.builtin_rules, builtin_interval, &alert_names(&specs))
         .map_err(anyhow::Error::msg)?
     {
         specs.push(g);

@@ -21,13 +21,15 @@ pub const BUILTIN_GROUP: &str = "nines";
 pub struct FileBuiltinRules {
     /// All built-in rules on or off (default true).
     pub enabled: Option<bool>,
+    /// How often the built-in group is evaluated (default 15s).
+    pub interval: Option<String>,
     /// `HostDown`: an agent's `up` is 0 (default true).
     pub host_down: Option<bool>,
     /// How long `up` must stay 0 (default 1m).
     pub host_down_for: Option<String>,
     /// `ProbeFailing`: a probe's last attempts failed (default true).
     pub probe_failing: Option<bool>,
-    /// How long a probe must keep failing (default 5m).
+    /// How long a probe must keep failing (default 1m).
     pub probe_failing_for: Option<String>,
     /// `DiskPredictedFull` (default true).
     pub disk_full: Option<bool>,
@@ -62,6 +64,8 @@ pub struct BuiltinRules {
     pub spool_dropping: bool,
     /// AgentClockSkew's threshold in seconds.
     pub clock_skew_seconds: Option<f64>,
+    /// How often the group is evaluated.
+    pub interval: Duration,
 }
 
 impl FileBuiltinRules {
@@ -76,8 +80,12 @@ impl FileBuiltinRules {
         let probe_failing_for = dur(
             "builtin_rules.probe_failing_for",
             &self.probe_failing_for,
-            300,
+            60,
         )?;
+        let interval = dur("builtin_rules.interval", &self.interval, 15)?;
+        if interval < Duration::from_secs(1) {
+            return Err(("builtin_rules.interval", "must be at least 1s".into()));
+        }
         let hours = self.disk_full_hours.unwrap_or(24);
         if hours == 0 {
             return Err(("builtin_rules.disk_full_hours", "must be at least 1".into()));
@@ -104,6 +112,7 @@ impl FileBuiltinRules {
             cert_expiry_days: on(self.cert_expiry).then_some(days),
             spool_dropping: on(self.spool_dropping),
             clock_skew_seconds: on(self.clock_skew).then_some(skew),
+            interval,
         })
     }
 }
@@ -120,6 +129,7 @@ impl Default for BuiltinRules {
                 cert_expiry_days: None,
                 spool_dropping: false,
                 clock_skew_seconds: None,
+                interval: Duration::from_secs(15),
             })
     }
 }
