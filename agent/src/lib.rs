@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod probes;

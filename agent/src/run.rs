@@ -24,6 +24,8 @@ pub struct SamplingMetrics {
     series: Gauge,
     /// Beats after every round: the systemd watchdog's sign of life.
     liveness: crate::systemd::Liveness,
+    /// The registry whose families every batch also carries, if any.
+    health: Option<Registry>,
 }
 
 impl SamplingMetrics {
@@ -46,7 +48,17 @@ impl SamplingMetrics {
             ),
             series: r.gauge("nines_agent_series", "Series reported in the last round."),
             liveness: crate::systemd::Liveness::new(),
+            health: None,
         }
+    }
+
+    /// Every batch also carries the families of `registry` (the agent's
+    /// own health), labelled like the host series, so a collector stores
+    /// and alerts on them. The pull page is unchanged: it serves the
+    /// registry itself.
+    pub fn with_health_in_batches(mut self, registry: &Registry) -> Self {
+        self.health = Some(registry.clone());
+        self
     }
 
     /// When the loop using these metrics last finished a round.
@@ -101,17 +113,23 @@ pub async fn sample_forever(
         metrics.rounds.inc();
         metrics.liveness.beat();
         metrics.series.set(out.observations.len() as f64);
-        if out.observations.is_empty() {
+        // The pull page serves the registry itself: it gets the samplers'
+        // series only.
+        let for_pull = latest.as_ref().map(|_| out.clone());
+        let mut round = out;
+        if let Some(r) = &metrics.health {
+            if let Err(e) = crate::health::append_registry(r, &mut round) {
+                metrics.errors.with(&["health"]).inc();
+                tracing::warn!(error = %e, "cannot read the agent's own metrics");
+            }
+        }
+        if let (Some(l), Some(p)) = (&latest, for_pull) {
+            l.set(p);
+        }
+        if round.observations.is_empty() {
             continue;
         }
-        let batch = match &latest {
-            Some(l) => {
-                let b = batcher.batch(out.clone(), at);
-                l.set(out);
-                b
-            }
-            None => batcher.batch(out, at),
-        };
+        let batch = batcher.batch(round, at);
         if tx.send(batch).await.is_err() {
             return;
         }
@@ -163,7 +181,7 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     })?;
     let registry = Registry::new();
     crate::process::register(&registry);
-    let sampling = SamplingMetrics::register(&registry);
+    let sampling = SamplingMetrics::register(&registry).with_health_in_batches(&registry);
     let alive = sampling.liveness();
 
     let listener = match cfg.listen {
