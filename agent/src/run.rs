@@ -26,6 +26,8 @@ pub struct SamplingMetrics {
     liveness: crate::systemd::Liveness,
     /// The registry whose families every batch also carries, if any.
     health: Option<Registry>,
+    /// Give freed heap pages back to the kernel after every round.
+    release_memory: bool,
 }
 
 impl SamplingMetrics {
@@ -49,7 +51,16 @@ impl SamplingMetrics {
             series: r.gauge("nines_agent_series", "Series reported in the last round."),
             liveness: crate::systemd::Liveness::new(),
             health: None,
+            release_memory: false,
         }
+    }
+
+    /// After every round (once its batch is handed on), the heap's free
+    /// pages go back to the kernel: what a round allocates is freed by
+    /// the next, so the agent's resident memory stays near what it holds.
+    pub fn with_memory_released_after_rounds(mut self) -> Self {
+        self.release_memory = true;
+        self
     }
 
     /// Every batch also carries the families of `registry` (the agent's
@@ -133,6 +144,9 @@ pub async fn sample_forever(
         if tx.send(batch).await.is_err() {
             return;
         }
+        if metrics.release_memory {
+            crate::footprint::release_free_memory();
+        }
     }
 }
 
@@ -181,7 +195,9 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     })?;
     let registry = Registry::new();
     crate::process::register(&registry);
-    let sampling = SamplingMetrics::register(&registry).with_health_in_batches(&registry);
+    let sampling = SamplingMetrics::register(&registry)
+        .with_health_in_batches(&registry)
+        .with_memory_released_after_rounds();
     let alive = sampling.liveness();
 
     let listener = match cfg.listen {
