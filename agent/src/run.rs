@@ -125,22 +125,24 @@ pub async fn sample_forever(
         metrics.liveness.beat();
         metrics.series.set(out.observations.len() as f64);
         // The pull page serves the registry itself: it gets the samplers'
-        // series only.
-        let for_pull = latest.as_ref().map(|_| out.clone());
+        // series only, so the agent's own families are taken off again.
         let mut round = out;
+        let (sampled, families) = (round.observations.len(), round.metadata.len());
         if let Some(r) = &metrics.health {
             if let Err(e) = crate::health::append_registry(r, &mut round) {
                 metrics.errors.with(&["health"]).inc();
                 tracing::warn!(error = %e, "cannot read the agent's own metrics");
             }
         }
-        if let (Some(l), Some(p)) = (&latest, for_pull) {
-            l.set(p);
+        let batch = (!round.observations.is_empty()).then(|| batcher.batch(&round, at));
+        if let Some(l) = &latest {
+            round.observations.truncate(sampled);
+            round.metadata.truncate(families);
+            l.set(round);
         }
-        if round.observations.is_empty() {
+        let Some(batch) = batch else {
             continue;
-        }
-        let batch = batcher.batch(round, at);
+        };
         if tx.send(batch).await.is_err() {
             return;
         }
