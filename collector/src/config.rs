@@ -628,7 +628,7 @@ mod tests {
         let builtin = raw["builtin_rules"].as_table().unwrap();
         assert_eq!(
             builtin.len(),
-            12,
+            13,
             "every [builtin_rules] key is in the example"
         );
         let slo = raw["slo"].as_array().unwrap()[0].as_table().unwrap();
