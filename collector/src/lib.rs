@@ -12,5 +12,6 @@ pub mod query;
 pub mod rules;
 pub mod scrape;
 pub mod serve;
+pub mod sidecar;
 pub mod slo;
 pub mod storage;

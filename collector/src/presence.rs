@@ -135,11 +135,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Presence {
     /// Opens (creating) `agents.db` at `path` and loads the known agents.
     pub fn open(path: &Path, cfg: PresenceConfig) -> Result<Presence, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
+        let conn = crate::sidecar::open(
+            path,
+            crate::sidecar::Durability::Normal,
             "CREATE TABLE IF NOT EXISTS agents (
                 agent TEXT PRIMARY KEY,
                 instance TEXT NOT NULL,

@@ -28,12 +28,13 @@
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::Labels;
-use nines_tests::{Collector, bin_dir, free_port, in_ci, peer, wait_for};
+use nines_tests::prometheus::Prometheus;
+use nines_tests::{Collector, bin_dir, in_ci, peer, wait_for};
 use serde_json::Value as Json;
 
 const MIN: i64 = 60_000;
@@ -302,51 +303,21 @@ fn write_to_nines(data: &Dataset, nines: &Collector, client: &reqwest::blocking:
     }
 }
 
-/// Prometheus, killed when dropped.
-struct Prometheus {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts Prometheus on the blocks in `tsdb`. Compaction is off (min and
 /// max block duration equal), as it would otherwise start a minute in and
 /// run while queries are timed.
 fn start_prometheus(binary: &Path, dir: &Path, tsdb: &Path) -> Prometheus {
-    let port = free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("config");
-    let log = dir.join("prometheus.log");
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", tsdb.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--storage.tsdb.retention.time=30d")
-        .arg("--storage.tsdb.min-block-duration=2h")
-        .arg("--storage.tsdb.max-block-duration=2h")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start prometheus");
-    let p = Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    wait_for("prometheus to be ready", || {
-        let r = nines_tests::http()
-            .get(format!("{}/-/ready", p.url))
-            .send()
-            .ok()?;
-        r.status().is_success().then_some(())
-    });
-    p
+    Prometheus::start(
+        binary,
+        dir,
+        "scrape_interval: 1m",
+        Some(tsdb),
+        &[
+            "--storage.tsdb.retention.time=30d",
+            "--storage.tsdb.min-block-duration=2h",
+            "--storage.tsdb.max-block-duration=2h",
+        ],
+    )
 }
 
 /// POSTs a form to `/api/v1/<endpoint>`; returns the time until the whole

@@ -37,11 +37,12 @@ use nines_collector::storage::{QueryLimits, Storage, StorageMetrics, StorageOpti
 use nines_shared::telemetry::Registry;
 use nines_shared::{Batch, SampleGroup, Seq, SeriesDefinition, SeriesRef, StreamId, UnixMillis};
 use nines_tests::loadgen::{Fleet, write_openmetrics};
-use nines_tests::{Collector, free_port, in_ci, peer, wait_for};
+use nines_tests::prometheus::Prometheus;
+use nines_tests::{Collector, in_ci, peer};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WINDOW_MS: i64 = 2 * 3600 * 1000;
@@ -186,67 +187,38 @@ fn size(promtool: &Path) {
 
 // -------------------------------------------------------------- ingest
 
-/// A server under load, killed when dropped.
+/// A server under load.
 struct Server {
-    child: Option<Child>,
     pid: u32,
     url: String,
     token: String,
-    _collector: Option<Collector>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    /// The process (a Prometheus or a Collector), killed when dropped.
+    _process: Box<dyn std::any::Any + Send + Sync>,
 }
 
 fn start_prometheus(binary: &Path, dir: &Path) -> Server {
-    let port = free_port();
-    std::fs::create_dir_all(dir).expect("prometheus dir");
-    let config = dir.join("prometheus.yml");
-    std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("config");
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--web.enable-remote-write-receiver")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log"))
-        .spawn()
-        .expect("start prometheus");
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("prometheus to be ready", || {
-        let r = nines_tests::http()
-            .get(format!("{url}/-/ready"))
-            .send()
-            .ok()?;
-        r.status().is_success().then_some(())
-    });
+    let p = Prometheus::start(
+        binary,
+        dir,
+        "scrape_interval: 1m",
+        None,
+        &["--web.enable-remote-write-receiver"],
+    );
     Server {
-        pid: child.id(),
-        child: Some(child),
-        url,
+        pid: p.pid(),
+        url: p.url.clone(),
         token: String::new(),
-        _collector: None,
+        _process: Box::new(p),
     }
 }
 
 fn start_nines(dir: &Path) -> Server {
     let c = Collector::start(dir, &["--no-local-agent"]);
     Server {
-        child: None,
         pid: c.pid(),
         url: c.url.clone(),
         token: c.token.clone(),
-        _collector: Some(c),
+        _process: Box::new(c),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod hook;
 pub mod loadgen;
+pub mod prometheus;
 pub mod sources;
 pub mod webdriver;
 

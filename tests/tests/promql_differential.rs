@@ -23,11 +23,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::Labels;
+use nines_tests::prometheus::Prometheus;
 use nines_tests::*;
 use serde_json::Value as Json;
 
@@ -447,52 +447,6 @@ fn generate(end: i64) -> Dataset {
         );
     }
     data
-}
-
-/// A Prometheus server started for the test, killed when dropped.
-struct Prometheus {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn start_prometheus(binary: &Path, dir: &Path) -> Prometheus {
-    let port = free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(&config, "global:\n  evaluation_interval: 1m\n").expect("config");
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--web.enable-remote-write-receiver")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log"))
-        .spawn()
-        .expect("start prometheus");
-    let p = Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    wait_for("prometheus to be ready", || {
-        let r = http().get(format!("{}/-/ready", p.url)).send().ok()?;
-        r.status().is_success().then_some(())
-    });
-    p
 }
 
 /// POSTs a remote_write body; returns (status, body).
@@ -981,7 +935,13 @@ fn promql_answers_match_prometheus_2_42() {
     let data = generate(end);
     let expected = data.visible_samples();
 
-    let prom = start_prometheus(&prometheus_bin, dir.path());
+    let prom = Prometheus::start(
+        &prometheus_bin,
+        dir.path(),
+        "evaluation_interval: 1m",
+        None,
+        &["--web.enable-remote-write-receiver"],
+    );
     // Like the Prometheus here, which does not scrape itself and has no
     // rule files, nines holds only the loaded data: its own metrics are not
     // stored and its built-in alert rules are off.

@@ -103,9 +103,9 @@ impl NotifyStore {
     }
 
     fn init(conn: Connection) -> rusqlite::Result<NotifyStore> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
+        let conn = crate::sidecar::prepare(
+            conn,
+            crate::sidecar::Durability::Full,
             "CREATE TABLE IF NOT EXISTS outbox (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 receiver TEXT NOT NULL,

@@ -35,11 +35,9 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<StateStore, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
+        let conn = crate::sidecar::open(
+            path,
+            crate::sidecar::Durability::Normal,
             "CREATE TABLE IF NOT EXISTS alert_state (
                 file TEXT NOT NULL,
                 grp TEXT NOT NULL,

@@ -34,10 +34,9 @@ pub enum SloStoreError {
 impl SloStore {
     /// Opens (creating) the store.
     pub fn open(path: &Path) -> Result<SloStore, SloStoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
+        let conn = crate::sidecar::open(
+            path,
+            crate::sidecar::Durability::Full,
             "CREATE TABLE IF NOT EXISTS slos (
                  name TEXT PRIMARY KEY,
                  definition TEXT NOT NULL,
