@@ -44,14 +44,17 @@ pub struct Route {
 }
 
 impl Route {
-    /// The values a root inherits from: Alertmanager's defaults.
+    /// The values a root inherits from: Alertmanager's defaults, but for
+    /// `group_by`, which is `["alertname"]` rather than one group for every
+    /// alert, so that a new kind of alert (a host down) is not held back by
+    /// the `group_interval` of an unrelated one (a probe failing).
     pub fn root_defaults() -> Route {
         Route {
             id: 0,
             key: String::new(),
             receiver: String::new(),
             matchers: Vec::new(),
-            group_by: GroupBy::Labels(Vec::new()),
+            group_by: GroupBy::Labels(vec!["alertname".to_string()]),
             group_wait: Duration::from_secs(30),
             group_interval: Duration::from_secs(300),
             repeat_interval: Duration::from_secs(4 * 3600),
