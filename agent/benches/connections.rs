@@ -1,8 +1,11 @@
 //! Benchmark: one TCP connection sample with 20,000 open loopback
 //! connections, next to node_exporter's tcpstat collector scraped on the
 //! same host (Debian's prometheus-node-exporter with
-//! `--collector.disable-defaults --collector.tcpstat`). Target: at most one
-//! fifth of node_exporter's time.
+//! `--collector.disable-defaults --collector.tcpstat
+//! --web.disable-exporter-metrics`, so a scrape does the tcpstat work and
+//! nothing else). Target: at most one fifth of node_exporter's time. The
+//! per-family netlink dump (two walks of the kernel's table, what the
+//! sampler falls back to) is timed too.
 //!
 //! Run: `cargo bench -p nines-agent --bench connections`
 //! (`NINES_BENCH_CONNECTIONS=N` to change the count). The server ends of
@@ -32,10 +35,11 @@ fn main() {
 
     let root = PathBuf::from("/");
     let mut netlink = ConnectionSampler::new(root.clone());
+    let mut per_family = ConnectionSampler::new(root.clone()).with_one_walk_dump(false);
     let mut procfs = ConnectionSampler::new(root).with_netlink(false);
     let ne = start_node_exporter();
 
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut times: [Vec<Duration>; 4] = Default::default();
     for _ in 0..ROUNDS {
         // Alternate, so load from elsewhere hits all three alike.
         let t = Instant::now();
@@ -46,6 +50,11 @@ fn main() {
         let t = Instant::now();
         procfs.sample(&mut Samples::default()).expect("/proc round");
         times[1].push(t.elapsed());
+        let t = Instant::now();
+        per_family
+            .sample(&mut Samples::default())
+            .expect("per-family netlink round");
+        times[3].push(t.elapsed());
         if let Some((_, port)) = &ne {
             let t = Instant::now();
             let body = scrape(*port);
@@ -70,6 +79,8 @@ fn main() {
     let ours = median(&mut times[0]).unwrap_or_default();
     let ours_proc = median(&mut times[1]).unwrap_or_default();
     println!("nines connection sample (netlink):   median {ours:>10.2?} over {ROUNDS} rounds");
+    let ours_per_family = median(&mut times[3]).unwrap_or_default();
+    println!("nines connection sample (per family): median {ours_per_family:>9.2?}");
     println!("nines connection sample (/proc):     median {ours_proc:>10.2?}");
     match (ne, median(&mut times[2])) {
         (Some((mut child, _)), Some(theirs)) => {
@@ -98,6 +109,7 @@ fn start_node_exporter() -> Option<(Child, u16)> {
         .args([
             "--collector.disable-defaults",
             "--collector.tcpstat",
+            "--web.disable-exporter-metrics",
             &format!("--web.listen-address=127.0.0.1:{port}"),
         ])
         .stdout(Stdio::null())

@@ -18,7 +18,13 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 pub struct SeriesTable {
     labels: Vec<Labels>,
-    ids: HashMap<Labels, SeriesRef>,
+    /// By the hash of the labels sent (with `instance` and `job`); the
+    /// labels themselves are in `labels`, not kept twice.
+    ids: HashMap<u64, Vec<SeriesRef>>,
+    hasher: std::hash::RandomState,
+    /// By the labels a sampler reported, so a known series is found
+    /// without building its full label set again each round.
+    reported: HashMap<Labels, SeriesRef>,
     metadata: HashMap<String, MetricMetadata>,
 }
 
@@ -101,35 +107,52 @@ impl Batcher {
         self.table.clone()
     }
 
-    /// One batch from one sampling round taken at `at`.
-    pub fn batch(&mut self, round: Samples, at: UnixMillis) -> Batch {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+    /// One batch from one sampling round taken at `at`. Labels are copied
+    /// only for series this stream has not seen yet.
+    pub fn batch(&mut self, round: &Samples, at: UnixMillis) -> Batch {
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let table = &mut *guard;
         let mut definitions = Vec::new();
         let mut metadata = Vec::new();
-        for m in round.metadata {
-            let changed = table.metadata.get(&m.name) != Some(&m);
+        for m in &round.metadata {
+            let changed = table.metadata.get(&m.name) != Some(m);
             if changed {
                 table.metadata.insert(m.name.clone(), m.clone());
-                metadata.push(m);
+                metadata.push(m.clone());
             }
         }
         let mut values = Vec::with_capacity(round.observations.len());
         let mut seen = HashSet::with_capacity(round.observations.len());
-        for o in round.observations {
-            let mut labels = o.labels;
-            if labels.get("instance").is_none() {
-                labels.set("instance", &self.instance);
-            }
-            if labels.get("job").is_none() {
-                labels.set("job", &self.job);
-            }
-            let r = match table.ids.get(&labels) {
+        for o in &round.observations {
+            let r = match table.reported.get(&o.labels) {
                 Some(r) => *r,
                 None => {
-                    let r = SeriesRef(table.labels.len() as u32);
-                    table.labels.push(labels.clone());
-                    table.ids.insert(labels.clone(), r);
-                    definitions.push(SeriesDefinition { series: r, labels });
+                    let mut labels = o.labels.clone();
+                    if labels.get("instance").is_none() {
+                        labels.set("instance", &self.instance);
+                    }
+                    if labels.get("job").is_none() {
+                        labels.set("job", &self.job);
+                    }
+                    // Two reported label sets can name one series (one
+                    // with this instance spelled out): one ref for both.
+                    let hash = std::hash::BuildHasher::hash_one(&table.hasher, &labels);
+                    let known = table.ids.get(&hash).and_then(|refs| {
+                        refs.iter()
+                            .copied()
+                            .find(|r| table.labels.get(r.0 as usize) == Some(&labels))
+                    });
+                    let r = match known {
+                        Some(r) => r,
+                        None => {
+                            let r = SeriesRef(table.labels.len() as u32);
+                            table.labels.push(labels.clone());
+                            table.ids.entry(hash).or_default().push(r);
+                            definitions.push(SeriesDefinition { series: r, labels });
+                            r
+                        }
+                    };
+                    table.reported.insert(o.labels.clone(), r);
                     r
                 }
             };
@@ -172,14 +195,14 @@ mod tests {
     #[test]
     fn series_are_defined_once_and_sequence_numbers_increase() {
         let mut b = Batcher::new("agent-1", "host-a", "node");
-        let first = b.batch(round(1.0), UnixMillis(1000));
+        let first = b.batch(&round(1.0), UnixMillis(1000));
         assert_eq!(first.seq, Seq(0));
         assert_eq!(first.definitions.len(), 2);
         assert_eq!(first.metadata.len(), 1);
         let l = &first.definitions[0].labels;
         assert_eq!(l.get("instance"), Some("host-a"));
         assert_eq!(l.get("job"), Some("node"));
-        let second = b.batch(round(2.0), UnixMillis(2000));
+        let second = b.batch(&round(2.0), UnixMillis(2000));
         assert_eq!(second.seq, Seq(1));
         assert!(second.definitions.is_empty());
         assert!(second.metadata.is_empty());
@@ -187,10 +210,24 @@ mod tests {
     }
 
     #[test]
+    fn a_series_reported_with_and_without_its_instance_has_one_ref() {
+        let mut b = Batcher::new("agent-1", "host-a", "node");
+        let mut s = Samples::default();
+        s.push("up", &[], 1.0);
+        s.push("up", &[("instance", "host-a")], 2.0);
+        let first = b.batch(&s, UnixMillis(1000));
+        assert_eq!(first.definitions.len(), 1);
+        assert_eq!(first.groups[0].values, vec![(SeriesRef(0), 1.0)]);
+        let second = b.batch(&s, UnixMillis(2000));
+        assert!(second.definitions.is_empty());
+        assert_eq!(second.groups[0].values, vec![(SeriesRef(0), 1.0)]);
+    }
+
+    #[test]
     fn all_definitions_can_be_reattached() {
         let mut b = Batcher::new("agent-1", "host-a", "node");
-        b.batch(round(1.0), UnixMillis(1000));
-        let second = b.batch(round(2.0), UnixMillis(2000));
+        b.batch(&round(1.0), UnixMillis(1000));
+        let second = b.batch(&round(2.0), UnixMillis(2000));
         let full = b.table().lock().unwrap().with_all_definitions(&second);
         assert_eq!(full.definitions.len(), 2);
         assert_eq!(full.metadata.len(), 1);

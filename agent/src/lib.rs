@@ -5,6 +5,8 @@
 
 pub mod batch;
 pub mod config;
+pub mod footprint;
+pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod probes;

@@ -24,6 +24,10 @@ pub struct SamplingMetrics {
     series: Gauge,
     /// Beats after every round: the systemd watchdog's sign of life.
     liveness: crate::systemd::Liveness,
+    /// The registry whose families every batch also carries, if any.
+    health: Option<Registry>,
+    /// Give freed heap pages back to the kernel after every round.
+    release_memory: bool,
 }
 
 impl SamplingMetrics {
@@ -46,7 +50,26 @@ impl SamplingMetrics {
             ),
             series: r.gauge("nines_agent_series", "Series reported in the last round."),
             liveness: crate::systemd::Liveness::new(),
+            health: None,
+            release_memory: false,
         }
+    }
+
+    /// After every round (once its batch is handed on), the heap's free
+    /// pages go back to the kernel: what a round allocates is freed by
+    /// the next, so the agent's resident memory stays near what it holds.
+    pub fn with_memory_released_after_rounds(mut self) -> Self {
+        self.release_memory = true;
+        self
+    }
+
+    /// Every batch also carries the families of `registry` (the agent's
+    /// own health), labelled like the host series, so a collector stores
+    /// and alerts on them. The pull page is unchanged: it serves the
+    /// registry itself.
+    pub fn with_health_in_batches(mut self, registry: &Registry) -> Self {
+        self.health = Some(registry.clone());
+        self
     }
 
     /// When the loop using these metrics last finished a round.
@@ -101,19 +124,30 @@ pub async fn sample_forever(
         metrics.rounds.inc();
         metrics.liveness.beat();
         metrics.series.set(out.observations.len() as f64);
-        if out.observations.is_empty() {
-            continue;
-        }
-        let batch = match &latest {
-            Some(l) => {
-                let b = batcher.batch(out.clone(), at);
-                l.set(out);
-                b
+        // The pull page serves the registry itself: it gets the samplers'
+        // series only, so the agent's own families are taken off again.
+        let mut round = out;
+        let (sampled, families) = (round.observations.len(), round.metadata.len());
+        if let Some(r) = &metrics.health {
+            if let Err(e) = crate::health::append_registry(r, &mut round) {
+                metrics.errors.with(&["health"]).inc();
+                tracing::warn!(error = %e, "cannot read the agent's own metrics");
             }
-            None => batcher.batch(out, at),
+        }
+        let batch = (!round.observations.is_empty()).then(|| batcher.batch(&round, at));
+        if let Some(l) = &latest {
+            round.observations.truncate(sampled);
+            round.metadata.truncate(families);
+            l.set(round);
+        }
+        let Some(batch) = batch else {
+            continue;
         };
         if tx.send(batch).await.is_err() {
             return;
+        }
+        if metrics.release_memory {
+            crate::footprint::release_free_memory();
         }
     }
 }
@@ -163,7 +197,9 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     })?;
     let registry = Registry::new();
     crate::process::register(&registry);
-    let sampling = SamplingMetrics::register(&registry);
+    let sampling = SamplingMetrics::register(&registry)
+        .with_health_in_batches(&registry)
+        .with_memory_released_after_rounds();
     let alive = sampling.liveness();
 
     let listener = match cfg.listen {

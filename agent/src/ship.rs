@@ -216,6 +216,12 @@ pub fn start(
     let tasks = cursors
         .into_iter()
         .map(|(cursor, links)| {
+            // Counters exist from zero, so the first rejection shows as an
+            // increase (a series born at 1 does not, to `increase()`).
+            for l in &links {
+                metrics.acked.with(&[&l.base]);
+                metrics.rejected.with(&[&l.base]);
+            }
             let lane = Lane {
                 spool: spool.clone(),
                 cursor,

@@ -45,6 +45,22 @@ pub struct FileConfig {
     /// `[storage]`.
     #[serde(default)]
     pub storage: FileStorage,
+    /// Service level objectives (`[[slo]]` tables).
+    #[serde(default)]
+    pub slo: Vec<crate::slo::SloDefinition>,
+    /// `[builtin_rules]`.
+    #[serde(default)]
+    pub builtin_rules: crate::rules::builtin::FileBuiltinRules,
+    /// Notification receivers (`[[receiver]]` tables).
+    #[serde(default)]
+    pub receiver: Vec<crate::notify::config::FileReceiver>,
+    /// The notification routing tree.
+    pub route: Option<crate::notify::config::FileRoute>,
+    /// Inhibit rules; absent: the built-in one, `[]`: none.
+    pub inhibit_rule: Option<Vec<crate::notify::config::FileInhibitRule>>,
+    /// `[notify]`: the outbox and retries.
+    #[serde(default)]
+    pub notify: crate::notify::config::FileNotify,
     /// `[presence]`.
     #[serde(default)]
     pub presence: FilePresence,
@@ -187,10 +203,16 @@ pub struct CollectorConfig {
     pub retention: Option<Duration>,
     /// Rule files to load at start.
     pub rule_files: Vec<PathBuf>,
-    /// Default interval of rule groups.
+    /// Default interval of rule groups, and of SLO evaluation.
     pub evaluation_interval: Duration,
+    /// SLOs from the file, checked.
+    pub slos: Vec<crate::slo::Slo>,
+    /// Built-in alert rules.
+    pub builtin_rules: crate::rules::builtin::BuiltinRules,
     /// Agent presence (`up` for pushing agents) and self-metrics.
     pub presence: crate::presence::PresenceConfig,
+    /// Receivers, routes, inhibition and the outbox.
+    pub notify: crate::notify::config::NotifyConfig,
 }
 
 impl FileConfig {
@@ -358,9 +380,39 @@ impl CollectorConfig {
                 Some(d)
             }
         };
+        let slos = crate::slo::validate_config(&file.slo).map_err(|(i, e)| {
+            let name = file.slo.get(i).map(|d| d.name.as_str()).unwrap_or("");
+            ConfigError::Invalid {
+                key: "slo",
+                origin: format!("{in_file} [[slo]] #{} (name {name:?})", i + 1),
+                reason: e.to_string(),
+            }
+        })?;
+        let builtin_rules = file
+            .builtin_rules
+            .resolve()
+            .map_err(|(key, reason)| invalid(key, false, reason))?;
         let presence = resolve_presence(&file.presence, &in_file)?;
+        let notify = crate::notify::config::resolve(
+            &file.receiver,
+            file.route.as_ref(),
+            file.inhibit_rule.as_deref(),
+            &file.notify,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            origin: if e.place.is_empty() {
+                in_file.clone()
+            } else {
+                format!("{in_file} {}", e.place)
+            },
+            reason: e.reason,
+        })?;
         Ok(CollectorConfig {
+            slos,
+            builtin_rules,
             presence,
+            notify,
             retention,
             scrape,
             rule_files,
@@ -560,6 +612,12 @@ mod tests {
             "storage",
             "rule_files",
             "evaluation_interval",
+            "builtin_rules",
+            "slo",
+            "receiver",
+            "route",
+            "inhibit_rule",
+            "notify",
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }
@@ -567,14 +625,57 @@ mod tests {
         assert_eq!(limits.len(), 7, "every [limits] key is in the example");
         let scrape = raw["scrape"].as_array().unwrap()[0].as_table().unwrap();
         assert_eq!(scrape.len(), 7, "every [[scrape]] key is in the example");
+        let builtin = raw["builtin_rules"].as_table().unwrap();
+        assert_eq!(
+            builtin.len(),
+            13,
+            "every [builtin_rules] key is in the example"
+        );
+        let slo = raw["slo"].as_array().unwrap()[0].as_table().unwrap();
+        assert_eq!(slo.len(), 8, "every [[slo]] key is in the example");
+        let indicator = slo["indicator"].as_table().unwrap();
+        assert_eq!(indicator["kind"].as_str(), Some("probe"));
+        let burn = slo["burn_alerts"].as_array().unwrap();
+        assert_eq!(burn[0].as_table().unwrap().len(), 5);
         let mut from_file = CollectorConfig::resolve(&Overrides {
             config: Some(path),
             ..Overrides::default()
         })
         .unwrap();
         assert_eq!(from_file.scrape.len(), 1);
-        // The example's job shows the keys; there are no targets by default.
+        assert_eq!(from_file.slos.len(), 1);
+        // The example's job and SLO show the keys; there are none by
+        // default. The SLO's alerts are the defaults.
+        assert_eq!(
+            from_file.slos[0].burn_alerts,
+            crate::slo::spec::validate(
+                &crate::slo::SloDefinition {
+                    burn_alerts: None,
+                    ..from_file.slos[0].def.clone()
+                },
+                crate::slo::Source::Config
+            )
+            .unwrap()
+            .burn_alerts
+        );
         from_file.scrape.clear();
+        from_file.slos.clear();
+        let notify = raw["notify"].as_table().unwrap();
+        assert_eq!(notify.len(), 5, "every [notify] key is in the example");
+        let route = raw["route"].as_table().unwrap();
+        assert_eq!(route.len(), 6, "every [route] key is in the example");
+        let child = route["routes"].as_array().unwrap()[0].as_table().unwrap();
+        assert_eq!(child.len(), 8, "every route key is in the example");
+        let receivers = raw["receiver"].as_array().unwrap();
+        let hook = receivers[0]["webhook"].as_table().unwrap();
+        assert_eq!(hook.len(), 5, "every webhook key is in the example");
+        let am = receivers[1]["alertmanager"].as_table().unwrap();
+        assert_eq!(am.len(), 3, "every alertmanager key is in the example");
+        assert_eq!(from_file.notify.receivers.len(), 2);
+        assert!(from_file.notify.route.is_some());
+        // The example's receivers and routes show the keys; none by default.
+        from_file.notify.receivers.clear();
+        from_file.notify.route = None;
         let defaults = CollectorConfig::resolve(&Overrides::default()).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }
@@ -626,6 +727,42 @@ mod tests {
         std::fs::write(&cfg, "evaluation_interval = \"1ms\"\n").unwrap();
         let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
         assert!(e.contains("evaluation_interval"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_slo_names_file_entry_field_and_reason() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let o = Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let slo = |name: &str, objective: &str, extra: &str| {
+            format!(
+                "[[slo]]\nname = \"{name}\"\nobjective = {objective}\n{extra}[slo.indicator]\nkind = \"probe\"\nprobe = \"p\"\n"
+            )
+        };
+        std::fs::write(f.path(), slo("a", "100.0", "")).unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("[[slo]] #1") && e.contains("objective"), "{e}");
+        std::fs::write(f.path(), slo("a", "99.0", "window = \"fortnight\"\n")).unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("window") && e.contains("fortnight"), "{e}");
+        std::fs::write(f.path(), slo("a", "99.0", "") + &slo("a", "98.0", "")).unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("[[slo]] #2") && e.contains("name"), "{e}");
+        std::fs::write(
+            f.path(),
+            "[[slo]]\nname = \"r\"\nobjective = 99.0\n[slo.indicator]\nkind = \"ratio\"\ngood = \"sum(rate(x[$window])\"\ntotal = \"sum(rate(y[$window]))\"\n",
+        )
+        .unwrap();
+        let e = CollectorConfig::resolve(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("indicator.good") && e.contains("bad PromQL"),
+            "{e}"
+        );
+        std::fs::write(f.path(), slo("ok", "99.5", "")).unwrap();
+        assert_eq!(CollectorConfig::resolve(&o).unwrap().slos.len(), 1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! nines-collector: `ingest -> storage -> query`, with `api` at the edge and
+//! nines-collector: `ingest -> storage -> query -> rules -> notify`, with `api` at the edge and
 //! `serve` wiring them together.
 
 #![warn(missing_docs)]
@@ -6,9 +6,11 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod notify;
 pub mod presence;
 pub mod query;
 pub mod rules;
 pub mod scrape;
 pub mod serve;
+pub mod slo;
 pub mod storage;

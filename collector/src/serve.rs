@@ -33,11 +33,13 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     };
 
     // A bad rule file stops the collector before it serves anything.
-    let rules = crate::rules::Rules::open(&cfg.rule_files, cfg.evaluation_interval, &cfg.data_dir)
-        .map_err(anyhow::Error::msg)?;
+    let (rules, slos) = open_rules(&cfg)?;
 
     let registry = Registry::new();
     nines_agent::process::register(&registry);
+    let (notifier, notify_parts) =
+        crate::notify::Notifier::open(cfg.notify.clone(), &cfg.data_dir, &registry)
+            .map_err(anyhow::Error::msg)?;
     let storage = Storage::open_with_options(
         &cfg.data_dir.join(DB_FILE),
         QueryLimits {
@@ -92,6 +94,8 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         limits: cfg.limits.clone(),
         api_requests: AppState::register_api_metrics(&registry),
         rules: rules.clone(),
+        slos: slos.clone(),
+        notifier: notifier.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -131,10 +135,23 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         stop.clone(),
     );
 
+    let external_url = if cfg.notify.external_url.is_empty() {
+        shown.trim_end_matches('/').to_string()
+    } else {
+        cfg.notify.external_url.clone()
+    };
+    rules.notify_to(notifier.sink(), external_url.clone());
+    let notify_loops = notifier.spawn(notify_parts, external_url, stop.clone());
     let rule_loops = rules.spawn(
-        engine,
+        engine.clone(),
         storage.clone(),
         crate::rules::RuleMetrics::register(&registry),
+        stop.clone(),
+    );
+    let slo_loop = slos.spawn(
+        engine,
+        storage.clone(),
+        crate::slo::SloMetrics::register(&registry),
         stop.clone(),
     );
 
@@ -186,11 +203,50 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
     for r in rule_loops {
         let _ = r.await;
     }
+    let _ = slo_loop.await;
+    for n in notify_loops {
+        let _ = n.await;
+    }
     if let Some(s) = systemd {
         let _ = s.await;
     }
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// The rule groups (rule files, the built-in group unless a rule file
+/// overrides its alerts, and every SLO's alerts) with their state from
+/// `rules.db`, and the SLOs (config and `slo.db`).
+fn open_rules(cfg: &CollectorConfig) -> anyhow::Result<(crate::rules::Rules, crate::slo::Slos)> {
+    use crate::rules::builtin::{alert_names, builtin_group};
+    let interval = cfg.evaluation_interval;
+    let mut specs =
+        crate::rules::load_files(&cfg.rule_files, interval).map_err(anyhow::Error::msg)?;
+    let builtin_interval = cfg.builtin_rules.interval;
+    if let Some(g) = builtin_group(&cfg.builtin_rules, builtin_interval, &alert_names(&specs))
+        .map_err(anyhow::Error::msg)?
+    {
+        specs.push(g);
+    }
+    let slo_path = cfg.data_dir.join(crate::slo::SLO_DB_FILE);
+    let slo_store = crate::slo::SloStore::open(&slo_path)
+        .with_context(|| format!("cannot open {}", slo_path.display()))?;
+    let slos = crate::slo::load_all(&cfg.slos, Some(&slo_store)).map_err(anyhow::Error::msg)?;
+    for s in &slos {
+        let now = nines_shared::UnixMillis::now().0;
+        let window = Duration::from_millis(s.window.length_ms(now).max(0) as u64);
+        if cfg.retention.is_some_and(|r| window > r) {
+            tracing::warn!(slo = %s.def.name, ?window, retention = ?cfg.retention,
+                "SLO window is longer than storage retention: the time before retention counts as missing data");
+        }
+    }
+    specs.extend(crate::slo::rule_groups(&slos, interval).map_err(anyhow::Error::msg)?);
+    let path = cfg.data_dir.join(crate::rules::RULES_DB_FILE);
+    let store = crate::rules::StateStore::open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let rules = crate::rules::Rules::new(specs, Some(store)).map_err(anyhow::Error::msg)?;
+    let slos = crate::slo::Slos::new(slos, Some(slo_store), rules.clone(), interval);
+    Ok((rules, slos))
 }
 
 /// The in-process agent: samples this host and commits straight into

@@ -21,7 +21,9 @@
 //! NINES_BIN_DIR). `NINES_BENCH_RUNS=N` changes the timed runs per case
 //! (default 15: the development machine is shared, and more runs steady
 //! the median); a case whose warm-up is slow gets fewer runs (at least 3)
-//! so the whole bench stays within a few minutes.
+//! so the whole bench stays within a few minutes. `NINES_BENCH_ONLY=text`
+//! times only the cases whose name contains the text (e.g. to profile one
+//! of them); the median then covers those cases alone.
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write as _};
@@ -636,6 +638,7 @@ fn main() {
     for (name, expr) in &exprs {
         println!("  {name:<22} {expr}");
     }
+    let only = std::env::var("NINES_BENCH_ONLY").unwrap_or_default();
     let ranges: [(&str, i64, i64); 2] = [("1h@15s", 60 * MIN, 15), ("24h@5m", 24 * 60 * MIN, 300)];
 
     let mut table = String::new();
@@ -654,6 +657,9 @@ fn main() {
     let mut differ = 0;
     for &(range_name, span, step) in &ranges {
         for &(name, expr) in &exprs {
+            if !format!("{range_name} {name}").contains(&only) {
+                continue;
+            }
             let form = [
                 ("query", expr.to_string()),
                 ("start", ((end - span) / 1000).to_string()),

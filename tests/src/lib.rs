@@ -5,7 +5,10 @@
 //!
 //! Nothing here fakes a component: every process is the built binary.
 
+pub mod hook;
 pub mod loadgen;
+pub mod sources;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -301,15 +304,22 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `nines-agent run` against `collector` with `extra` flags.
+    /// Its /metrics listener is on a free port unless `extra` names one,
+    /// so agents never contend for the default port.
     pub fn start(collector: &Collector, state_dir: &Path, extra: &[&str]) -> Agent {
-        let child = Command::new(bin("nines-agent"))
-            .arg("run")
+        let mut cmd = Command::new(bin("nines-agent"));
+        cmd.arg("run")
             .arg("--collector")
             .arg(&collector.url)
             .arg("--token")
             .arg(&collector.token)
             .arg("--state-dir")
-            .arg(state_dir)
+            .arg(state_dir);
+        if !extra.contains(&"--listen") {
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", free_port()));
+        }
+        let child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

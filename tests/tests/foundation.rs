@@ -123,7 +123,13 @@ fn collector_runs_an_agent_for_its_own_host_by_default() {
     });
     let (status, page) = c.get_text("/");
     assert_eq!(status, 200);
-    assert!(page.contains("Hosts reporting: 1"), "{page}");
+    assert!(page.contains("/ui/app.js"), "{page}");
+    let hosts = c.get_json("/api/v1/label/instance/values?match[]=%7Bjob%3D%22node%22%7D");
+    assert_eq!(
+        hosts.1["data"].as_array().map(Vec::len),
+        Some(1),
+        "{hosts:?}"
+    );
 }
 
 #[test]

@@ -982,10 +982,15 @@ fn promql_answers_match_prometheus_2_42() {
     let expected = data.visible_samples();
 
     let prom = start_prometheus(&prometheus_bin, dir.path());
-    // Like the Prometheus here, which does not scrape itself, nines holds
-    // only the loaded data: its own metrics are not stored.
+    // Like the Prometheus here, which does not scrape itself and has no
+    // rule files, nines holds only the loaded data: its own metrics are not
+    // stored and its built-in alert rules are off.
     let cfg = dir.path().join("nines.toml");
-    std::fs::write(&cfg, "[presence]\nself_metrics_interval = \"0\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[presence]\nself_metrics_interval = \"0\"\n[builtin_rules]\nenabled = false\n",
+    )
+    .unwrap();
     let nines = Collector::start(
         &dir.path().join("nines"),
         &["--no-local-agent", "--config", cfg.to_str().unwrap()],

@@ -8,7 +8,8 @@
 //! chunk, so a restarted agent neither counts a line twice nor skips one.
 //! It follows rotation by rename (the old file is read to its end, then the
 //! new one from its start) and by copy-truncate (a file shorter than the
-//! position is read again from its start).
+//! position, or whose bytes just before the position are no longer the
+//! ones read there, is read again from its start).
 //!
 //! This file must never write to the log, hold more than one line (plus a
 //! read buffer) in memory, let the log's content choose unbounded label
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nines_shared::MetricKind;
@@ -51,6 +52,11 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// Most bytes read from one file per poll, so a huge backlog is spread
 /// over several rounds instead of stalling one.
 const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;
+
+/// How many of the last bytes read are kept to recognise the file's
+/// content at the read position: a copy-truncate that has grown past the
+/// position by the next poll has other bytes there (log lines carry times).
+const FINGERPRINT_BYTES: usize = 64;
 
 /// Longest virtual host name taken from a log (DNS names are at most 253).
 const MAX_VHOST_LEN: usize = 253;
@@ -215,6 +221,9 @@ struct Tail {
     /// The line in progress grew past [`MAX_LINE_BYTES`]: its bytes are
     /// dropped until its newline, then it is counted as unparsed.
     overlong: bool,
+    /// The last bytes read (at most [`FINGERPRINT_BYTES`]), ending at
+    /// `offset`.
+    seen: Vec<u8>,
 }
 
 impl Tail {
@@ -312,8 +321,9 @@ fn status_class(first_digit: u8) -> &'static str {
 /// Limits: lines a server writes to a log after the agent stopped and
 /// before that log was rotated away are not read (the restarted agent
 /// finds another file at the path and starts it from its beginning); a
-/// copy-truncate whose new content outgrows the old position between two
-/// polls is not noticed; and the counters start from zero with the agent
+/// copy-truncate whose new content outgrows the old position while the
+/// agent is stopped is not noticed (the bytes before the saved position
+/// are only known from the first poll on); and the counters start from zero with the agent
 /// process, as Prometheus counters do, so only the position survives a
 /// restart. Two tailers reporting the same `vhost` would report the same
 /// series: give each log its own `vhost`.
@@ -515,12 +525,14 @@ impl AccessLogTailer {
             line_start: 0,
             partial: Vec::new(),
             overlong: false,
+            seen: Vec::with_capacity(FINGERPRINT_BYTES),
         };
         if start > 0 {
             match tail.file.seek(SeekFrom::Start(start)) {
                 Ok(_) => {
                     tail.offset = start;
                     tail.line_start = start;
+                    tail.seen = bytes_before(&tail.file, start).unwrap_or_default();
                 }
                 Err(e) => self.log_error(&e),
             }
@@ -534,27 +546,48 @@ impl AccessLogTailer {
         self.current = Some(tail);
     }
 
-    /// Starts a file over from its beginning if it is now shorter than what
-    /// was read (copy-truncate rotation). Lines written between the last
-    /// read and the truncation are lost; nothing can see them.
+    /// Starts a file over from its beginning if it was truncated since the
+    /// last read (copy-truncate rotation): it is now shorter than what was
+    /// read, or it has grown past that again but the bytes just before the
+    /// read position are not the ones read there. Lines written between
+    /// the last read and the truncation are lost; nothing can see them.
     fn check_truncation(&mut self, tail: &mut Tail) {
         let Ok(meta) = tail.file.metadata() else {
             return;
         };
-        if meta.len() >= tail.offset {
+        let shorter = meta.len() < tail.offset;
+        if !shorter && !self.rewritten(tail) {
             return;
         }
         if let Err(e) = tail.file.seek(SeekFrom::Start(0)) {
             self.log_error(&e);
             return;
         }
-        tracing::info!(path = %self.path_label, "access log truncated; reading it from the start");
+        if shorter {
+            tracing::info!(path = %self.path_label, "access log truncated; reading it from the start");
+        } else {
+            tracing::info!(path = %self.path_label, "access log truncated and written past the last position; reading it from the start");
+        }
         self.rotations += 1;
         tail.offset = 0;
         tail.line_start = 0;
         tail.partial.clear();
         tail.overlong = false;
+        tail.seen.clear();
         self.save(tail.position());
+    }
+
+    /// Whether the bytes before `tail`'s read position differ from the
+    /// ones read there. A file that cannot be read there now is left to
+    /// the next read to report.
+    fn rewritten(&self, tail: &Tail) -> bool {
+        if tail.seen.is_empty() {
+            return false;
+        }
+        match bytes_before(&tail.file, tail.offset) {
+            Ok(now) => now.len() == tail.seen.len() && now != tail.seen,
+            Err(_) => false,
+        }
     }
 
     /// Reads and counts what is new in `tail`, saving the position after
@@ -588,6 +621,7 @@ impl AccessLogTailer {
     fn consume(&mut self, tail: &mut Tail, chunk: &[u8]) {
         let base = tail.offset;
         tail.offset += chunk.len() as u64;
+        remember_last(&mut tail.seen, chunk);
         let mut rest = chunk;
         let mut consumed = 0u64;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
@@ -806,6 +840,27 @@ fn load_position(state_file: &Path, path: &str) -> Option<Position> {
         id: FileId { dev, ino },
         offset,
     })
+}
+
+/// Up to [`FINGERPRINT_BYTES`] bytes of `file` ending at `end` (fewer only
+/// when `end` is closer to the start), read without moving its position.
+fn bytes_before(file: &File, end: u64) -> io::Result<Vec<u8>> {
+    let start = end.saturating_sub(FINGERPRINT_BYTES as u64);
+    let mut bytes = vec![0; (end - start) as usize];
+    file.read_exact_at(&mut bytes, start)?;
+    Ok(bytes)
+}
+
+/// Keeps the last [`FINGERPRINT_BYTES`] of `seen` followed by `chunk`.
+fn remember_last(seen: &mut Vec<u8>, chunk: &[u8]) {
+    if chunk.len() >= FINGERPRINT_BYTES {
+        seen.clear();
+        seen.extend_from_slice(&chunk[chunk.len() - FINGERPRINT_BYTES..]);
+        return;
+    }
+    seen.extend_from_slice(chunk);
+    let excess = seen.len().saturating_sub(FINGERPRINT_BYTES);
+    seen.drain(..excess);
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across Rust releases, as

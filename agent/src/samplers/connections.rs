@@ -4,8 +4,12 @@
 //!
 //! It is meant to be on by default, on hosts with tens of thousands of
 //! connections, so it reads the kernel's socket table through netlink
-//! sock_diag (one binary dump per address family) rather than the text of
-//! /proc/net/tcp, and counts into fixed tables: the per-socket loop never
+//! sock_diag rather than the text of /proc/net/tcp: one binary dump of
+//! IPv4 and IPv6 together (the kernel's TCP table holds both, and the
+//! original `TCPDIAG_GETSOCK` request walks it once for both, where
+//! `SOCK_DIAG_BY_FAMILY` needs one walk per family; that request is used
+//! when a kernel does not answer the first), with no extension attributes,
+//! and counts into fixed tables: the per-socket loop never
 //! allocates, and every buffer is reused from round to round. When netlink
 //! is refused (seccomp, gVisor, a kernel without inet_diag) it falls back
 //! to `<root>/proc/net/tcp` and `tcp6` for good and says so once.
@@ -179,6 +183,9 @@ pub struct ConnectionSampler {
     /// Kept open across rounds; dropped (closed) after any netlink error
     /// so that a half-read dump cannot leak into the next round.
     netlink: Option<Netlink>,
+    /// Whether the one-walk `TCPDIAG_GETSOCK` dump works here; false once
+    /// the kernel refused it, then each family is dumped on its own.
+    one_walk: bool,
     /// Reused for the text of /proc/net/tcp{,6}.
     text: Vec<u8>,
     tally: Tally,
@@ -212,6 +219,7 @@ impl ConnectionSampler {
             max_ports,
             method: Method::Netlink,
             netlink: None,
+            one_walk: true,
             text: Vec::new(),
             tally: Tally::new(),
         }
@@ -226,6 +234,14 @@ impl ConnectionSampler {
         } else {
             Method::Proc
         };
+        self
+    }
+
+    /// With `false`, dumps each address family on its own
+    /// (`SOCK_DIAG_BY_FAMILY`, two walks of the kernel's table) even where
+    /// the one-walk dump works: for comparison in the benchmark.
+    pub fn with_one_walk_dump(mut self, enabled: bool) -> Self {
+        self.one_walk = enabled;
         self
     }
 
@@ -268,8 +284,30 @@ impl ConnectionSampler {
         Ok(())
     }
 
-    /// Dumps IPv4 then IPv6 TCP sockets into the tally.
+    /// Dumps IPv4 and IPv6 TCP sockets into the tally: in one walk of the
+    /// kernel's table where it can, else IPv4 then IPv6.
     fn count_netlink(&mut self) -> io::Result<()> {
+        if self.one_walk {
+            let netlink = match &mut self.netlink {
+                Some(netlink) => netlink,
+                None => self.netlink.insert(Netlink::open()?),
+            };
+            match netlink.dump_both(&mut self.tally) {
+                Ok(()) => return Ok(()),
+                // A kernel without the compatibility request (or a sandbox
+                // that only lets SOCK_DIAG_BY_FAMILY through).
+                Err(e) if is_refusal(&e) || e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(error = %e, "TCPDIAG_GETSOCK refused; dumping each address family");
+                    self.one_walk = false;
+                    self.netlink = None;
+                    self.tally.clear();
+                }
+                Err(e) => {
+                    self.netlink = None;
+                    return Err(e);
+                }
+            }
+        }
         let netlink = match &mut self.netlink {
             Some(netlink) => netlink,
             None => self.netlink.insert(Netlink::open()?),
@@ -470,6 +508,29 @@ struct DumpRequest {
     body: InetDiagReqV2,
 }
 
+/// `struct inet_diag_req` from linux/inet_diag.h, the request's first
+/// version: sent as `TCPDIAG_GETSOCK`, the kernel dumps every TCP socket
+/// whatever its family (it sets `AF_UNSPEC`) in one walk of its table.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagReq {
+    family: u8,
+    src_len: u8,
+    dst_len: u8,
+    ext: u8,
+    id: InetDiagSockId,
+    states: u32,
+    dbs: u32,
+}
+
+/// A `TCPDIAG_GETSOCK` dump request, sent as one datagram.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CompatDumpRequest {
+    header: NlMsgHdr,
+    body: InetDiagReq,
+}
+
 // The kernel's sizes; also proves there is no padding, so every byte of a
 // request is initialized when it is sent.
 const _: () = assert!(size_of::<NlMsgHdr>() == 16);
@@ -477,6 +538,8 @@ const _: () = assert!(size_of::<InetDiagSockId>() == 48);
 const _: () = assert!(size_of::<InetDiagReqV2>() == 56);
 const _: () = assert!(size_of::<InetDiagMsg>() == 72);
 const _: () = assert!(size_of::<DumpRequest>() == 72);
+const _: () = assert!(size_of::<InetDiagReq>() == 60);
+const _: () = assert!(size_of::<CompatDumpRequest>() == 76);
 
 const NLMSG_HDR_LEN: usize = size_of::<NlMsgHdr>();
 /// linux/netlink.h: NLMSG_ALIGNTO.
@@ -491,6 +554,9 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x100 | 0x200;
 /// linux/sock_diag.h: the message type of sock_diag requests and replies.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// linux/inet_diag.h: the first inet_diag request for TCP sockets; its
+/// replies carry the same type.
+const TCPDIAG_GETSOCK: u16 = 18;
 
 const STATE_OFFSET: usize = offset_of!(InetDiagMsg, state);
 const SPORT_OFFSET: usize = offset_of!(InetDiagMsg, id) + offset_of!(InetDiagSockId, sport);
@@ -550,12 +616,50 @@ impl Netlink {
         self.dump_with(family, 0, DUMP_STATES, tally)
     }
 
+    /// Dumps the TCP sockets of both families in one walk of the kernel's
+    /// table (`TCPDIAG_GETSOCK`), asking for no extensions.
+    fn dump_both(&mut self, tally: &mut Tally) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = CompatDumpRequest {
+            header: NlMsgHdr {
+                len: size_of::<CompatDumpRequest>() as u32,
+                kind: TCPDIAG_GETSOCK,
+                flags: NLM_F_REQUEST | NLM_F_DUMP,
+                seq: self.seq,
+                pid: 0,
+            },
+            body: InetDiagReq {
+                family: libc::AF_UNSPEC as u8,
+                src_len: 0,
+                dst_len: 0,
+                ext: 0,
+                id: InetDiagSockId {
+                    sport: [0; 2],
+                    dport: [0; 2],
+                    src: [[0; 4]; 4],
+                    dst: [[0; 4]; 4],
+                    interface: 0,
+                    cookie: [0; 2],
+                },
+                states: DUMP_STATES,
+                dbs: 0,
+            },
+        };
+        self.send(&request)?;
+        self.receive_dump(tally)
+    }
+
     /// A dump with the given extension bits (`idiag_ext`) and state mask;
     /// other values than [`Netlink::dump`]'s are for the benchmark, which
     /// times the request node_exporter sends.
     fn dump_with(&mut self, family: u8, ext: u8, states: u32, tally: &mut Tally) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         self.send_request(family, ext, states)?;
+        self.receive_dump(tally)
+    }
+
+    /// Reads the replies to the dump just requested into `tally`.
+    fn receive_dump(&mut self, tally: &mut Tally) -> io::Result<()> {
         loop {
             let n = self.receive()?;
             let Some(batch) = self.buf.get(..n) else {
@@ -595,6 +699,12 @@ impl Netlink {
                 },
             },
         };
+        self.send(&request)
+    }
+
+    /// Sends one request datagram to the kernel. `T` is one of the
+    /// request structs, which have no padding (asserted above).
+    fn send<T: Copy>(&self, request: &T) -> io::Result<()> {
         // The kernel is port id 0.
         let kernel = kernel_address();
         loop {
@@ -605,8 +715,8 @@ impl Netlink {
             let sent = unsafe {
                 libc::sendto(
                     self.fd.as_raw_fd(),
-                    (&raw const request).cast(),
-                    size_of::<DumpRequest>(),
+                    std::ptr::from_ref(request).cast(),
+                    size_of::<T>(),
                     0,
                     (&raw const kernel).cast(),
                     size_of::<libc::sockaddr_nl>() as libc::socklen_t,
@@ -719,7 +829,7 @@ fn parse_batch(mut rest: &[u8], seq: u32, tally: &mut Tally) -> io::Result<Batch
         };
         if msg_seq == seq {
             match kind {
-                SOCK_DIAG_BY_FAMILY => {
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                     let (Some(&state), Some(port)) = (
                         payload.get(STATE_OFFSET),
                         payload
@@ -1265,6 +1375,60 @@ mod tests {
             seen.push(counts);
         }
         panic!("netlink and /proc never agreed on at least {K}: {seen:?}");
+    }
+
+    #[test]
+    fn one_walk_dump_counts_ipv4_and_ipv6_as_the_per_family_dumps_do() {
+        const K: usize = 5;
+        let (v4, _c4, _s4) = loopback_connections(K);
+        // IPv6 loopback may be off (ipv6.disable=1): then only IPv4 is
+        // checked.
+        let v6 = TcpListener::bind("[::1]:0").ok().map(|l| {
+            let addr = l.local_addr().expect("address");
+            let pairs: Vec<(TcpStream, TcpStream)> = (0..K)
+                .map(|_| {
+                    let c = TcpStream::connect(addr).expect("connect [::1]");
+                    (c, l.accept().expect("accept").0)
+                })
+                .collect();
+            (l, pairs)
+        });
+        let mut ports = vec![v4.local_addr().expect("address").port()];
+        ports.extend(
+            v6.as_ref()
+                .map(|(l, _)| l.local_addr().expect("address").port()),
+        );
+
+        let Some(mut one_walk) = netlink_sampler_or_skip(1 << 16) else {
+            return;
+        };
+        assert!(one_walk.one_walk, "TCPDIAG_GETSOCK refused by this kernel");
+        let mut per_family = ConnectionSampler::with_max_ports(PathBuf::from("/"), 1 << 16);
+        per_family.one_walk = false;
+        // Exact in at least one round: see the note on churn above.
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let (mut a, mut b) = (Samples::default(), Samples::default());
+            one_walk.sample(&mut a).expect("one-walk sample");
+            per_family.sample(&mut b).expect("per-family sample");
+            assert!(one_walk.one_walk && !per_family.one_walk);
+            assert_eq!(one_walk.method, Method::Netlink, "no fallback happened");
+            let counts: Vec<_> = ports
+                .iter()
+                .map(|p| {
+                    let label = p.to_string();
+                    (port_value(&a, &label), port_value(&b, &label))
+                })
+                .collect();
+            if counts
+                .iter()
+                .all(|&(x, y)| x == Some(K as f64) && y == Some(K as f64))
+            {
+                return;
+            }
+            seen.push(counts);
+        }
+        panic!("the dumps never both counted {K} per port: {seen:?}");
     }
 
     #[test]

@@ -65,6 +65,14 @@ impl SpoolMetrics {
         }
     }
 
+    /// Creates `cursor`'s spool-full drop counters at zero, so the first
+    /// drop shows as an increase (a series born at its first drop does
+    /// not, to `increase()`).
+    pub(super) fn start_cursor(&self, cursor: &str) {
+        self.dropped_records.with(&[cursor, SPOOL_FULL]);
+        self.dropped_bytes.with(&[cursor, SPOOL_FULL]);
+    }
+
     /// Counts `records` (`bytes` long) lost to `cursor` for `reason`.
     pub(super) fn drop(&self, cursor: &str, reason: &str, records: u64, bytes: u64) {
         if records == 0 {

@@ -592,6 +592,7 @@ impl Spool {
             tracing::info!(cursor = name, at = pos, "spool: new cursor");
             self.refresh_gauges();
         }
+        self.metrics.start_cursor(name);
         Ok(Cursor {
             name: name.to_string(),
         })

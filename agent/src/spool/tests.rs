@@ -632,3 +632,24 @@ proptest! {
         prop_assert_eq!(again.last(), Some(&(id.0, b"after".to_vec())));
     }
 }
+
+#[test]
+fn a_cursor_drop_counter_exists_at_zero_before_the_first_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Registry::new();
+    let mut s = open(dir.path(), opts(300, 1 << 20), SpoolMetrics::register(&r));
+    s.cursor("c-a").unwrap();
+    let text = r.render();
+    assert!(
+        text.contains(
+            "nines_agent_spool_dropped_records_total{cursor=\"c-a\",reason=\"spool_full\"} 0\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "nines_agent_spool_dropped_bytes_total{cursor=\"c-a\",reason=\"spool_full\"} 0\n"
+        ),
+        "{text}"
+    );
+}

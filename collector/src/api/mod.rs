@@ -1,12 +1,15 @@
 //! The HTTP edge: routes, the shared state, the JSON error envelope, the
 //! native push endpoint, and the collector's own `/metrics` and `/healthz`.
-//! The Prometheus query API lives in [`prom`]. Handlers decode requests and
-//! map results to statuses; they hold no business logic of their own.
+//! The Prometheus query API lives in [`prom`], the web UI in [`ui`]. Handlers
+//! decode requests and map results to statuses; they hold no business logic
+//! of their own.
 
+mod notify;
 pub mod params;
 pub mod prom;
 mod push;
-mod status_page;
+mod slo;
+pub mod ui;
 
 use crate::config::Limits;
 use crate::ingest::Ingest;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub api_requests: CounterVec,
     /// Recording and alerting rules, for `/api/v1/rules` and `/api/v1/alerts`.
     pub rules: crate::rules::Rules,
+    /// Service level objectives, for `/api/v1/slos`.
+    pub slos: crate::slo::Slos,
+    /// Silences and the notification outbox.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl AppState {
@@ -78,13 +85,35 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
         .route("/api/v1/rules", get(prom::rules))
         .route("/api/v1/alerts", get(prom::alerts))
+        .route("/api/v1/slos", get(slo::list).post(slo::create))
+        .route(
+            "/api/v1/slos/{name}",
+            get(slo::get).put(slo::replace).delete(slo::delete),
+        )
+        .route("/api/v1/slos/{name}/report", get(slo::get_report))
+        .route(
+            "/api/v1/silences",
+            get(notify::list_silences).post(notify::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(notify::expire_silence),
+        )
+        .route("/api/v1/notifications", get(notify::notifications))
         .route(
             "/api/v1/query_exemplars",
             get(prom::query_exemplars).post(prom::query_exemplars),
         )
         .route("/metrics", get(self_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/", get(status_page::handle))
+        .route("/", get(ui::page))
+        .route("/hosts/{*instance}", get(ui::page))
+        .route("/probes", get(ui::page))
+        .route("/slos", get(ui::page))
+        .route("/slos/{name}", get(ui::page))
+        .route("/alerts", get(ui::page))
+        .route("/explore", get(ui::page))
+        .route("/ui/{*file}", get(ui::asset))
         .fallback(not_found)
         .with_state(state)
 }

@@ -15,6 +15,7 @@ use nines_shared::{Labels, UnixMillis, is_valid_label_name};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use promql_parser::parser::Expr;
 use serde_json::{Map, Value as Json, json};
+use std::io::Write as _;
 use std::time::Duration;
 
 /// Prometheus's cap on points per series in a range query.
@@ -101,16 +102,6 @@ fn querier_error(e: &QuerierError) -> ApiError {
     }
 }
 
-/// Unix seconds as a JSON number: an integer when whole, as Prometheus
-/// writes it.
-fn json_time(ms: i64) -> Json {
-    if ms % 1000 == 0 {
-        json!(ms / 1000)
-    } else {
-        json!(ms as f64 / 1000.0)
-    }
-}
-
 fn json_labels(labels: &Labels) -> Json {
     let mut m = Map::new();
     for l in labels.iter() {
@@ -119,27 +110,204 @@ fn json_labels(labels: &Labels) -> Json {
     Json::Object(m)
 }
 
-fn json_value(v: &Value, t: i64) -> Json {
-    match v {
-        Value::Scalar(x) => {
-            json!({"resultType": "scalar", "result": [json_time(t), format_value(*x)]})
+/// A query answer written straight into the response body, without an
+/// intermediate JSON tree: a range query's answer has a string per point,
+/// and building then serializing a tree of them cost more than the
+/// evaluation. The bytes are what serde_json writes for the same tree
+/// (strings escaped by serde_json, times as Prometheus writes them,
+/// values as [`format_value`] spells them).
+struct AnswerWriter {
+    out: Vec<u8>,
+}
+
+impl AnswerWriter {
+    /// A JSON string, escaped as serde_json escapes it.
+    fn str(&mut self, s: &str) {
+        self.out.push(b'"');
+        let mut plain = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            self.out.extend_from_slice(&s.as_bytes()[plain..i]);
+            plain = i + 1;
+            if escape.is_empty() {
+                let _ = write!(self.out, "\\u{:04x}", b);
+            } else {
+                self.out.extend_from_slice(escape);
+            }
         }
-        Value::String(s) => json!({"resultType": "string", "result": [json_time(t), s]}),
-        Value::Vector(samples) => json!({
-            "resultType": "vector",
-            "result": samples.iter().map(|s| json!({
-                "metric": json_labels(&s.labels),
-                "value": [json_time(s.t), format_value(s.v)],
-            })).collect::<Vec<_>>(),
-        }),
-        Value::Matrix(series) => json!({
-            "resultType": "matrix",
-            "result": series.iter().map(|s| json!({
-                "metric": json_labels(&s.labels),
-                "values": s.samples.iter().map(|(t, v)| json!([json_time(*t), format_value(*v)])).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }),
+        self.out.extend_from_slice(&s.as_bytes()[plain..]);
+        self.out.push(b'"');
     }
+
+    fn raw(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    /// An integer's decimal digits, two at a time.
+    fn int(&mut self, n: i64) {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut u = n.unsigned_abs();
+        while u >= 100 {
+            let pair = (u % 100) as usize * 2;
+            u /= 100;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if u >= 10 {
+            let pair = u as usize * 2;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
+            at -= 1;
+            digits[at] = b'0' + u as u8;
+        }
+        if n < 0 {
+            self.out.push(b'-');
+        }
+        self.out.extend_from_slice(&digits[at..]);
+    }
+
+    /// Unix seconds as a JSON number: an integer when whole, as Prometheus
+    /// writes it.
+    fn time(&mut self, ms: i64) {
+        if ms % 1000 == 0 {
+            self.int(ms / 1000);
+        } else {
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut self.out, &(ms as f64 / 1000.0));
+        }
+    }
+
+    /// A sample value as a JSON string, as [`format_value`] spells it.
+    fn value(&mut self, v: f64) {
+        /// Below 2^53 every integer is a float, and floats are at most 1
+        /// apart, so the shortest digits that read back as an integral
+        /// value are the integer's own: Display prints exactly those.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        self.out.push(b'"');
+        if v != 0.0 && v.fract() == 0.0 && v.abs() < EXACT {
+            self.int(v as i64);
+        } else if v.is_finite() {
+            // The digits of a finite float never need escaping.
+            let _ = write!(self.out, "{v}");
+        } else {
+            self.raw(&format_value(v));
+        }
+        self.out.push(b'"');
+    }
+
+    /// `[t,"v"]`
+    fn point(&mut self, t: i64, v: f64) {
+        self.raw("[");
+        self.time(t);
+        self.raw(",");
+        self.value(v);
+        self.raw("]");
+    }
+
+    fn labels(&mut self, labels: &Labels) {
+        self.raw("{");
+        for (i, l) in labels.iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            self.str(&l.name);
+            self.raw(":");
+            self.str(&l.value);
+        }
+        self.raw("}");
+    }
+
+    /// The `data` object of a query answer.
+    fn data(&mut self, v: &Value, t: i64) {
+        match v {
+            Value::Scalar(x) => {
+                self.raw("{\"resultType\":\"scalar\",\"result\":");
+                self.point(t, *x);
+            }
+            Value::String(s) => {
+                self.raw("{\"resultType\":\"string\",\"result\":[");
+                self.time(t);
+                self.raw(",");
+                self.str(s);
+                self.raw("]");
+            }
+            Value::Vector(samples) => {
+                self.raw("{\"resultType\":\"vector\",\"result\":[");
+                for (i, s) in samples.iter().enumerate() {
+                    if i > 0 {
+                        self.raw(",");
+                    }
+                    self.raw("{\"metric\":");
+                    self.labels(&s.labels);
+                    self.raw(",\"value\":");
+                    self.point(s.t, s.v);
+                    self.raw("}");
+                }
+                self.raw("]");
+            }
+            Value::Matrix(series) => {
+                self.raw("{\"resultType\":\"matrix\",\"result\":[");
+                for (i, s) in series.iter().enumerate() {
+                    if i > 0 {
+                        self.raw(",");
+                    }
+                    self.raw("{\"metric\":");
+                    self.labels(&s.labels);
+                    self.raw(",\"values\":[");
+                    for (j, &(pt, pv)) in s.samples.iter().enumerate() {
+                        if j > 0 {
+                            self.raw(",");
+                        }
+                        self.point(pt, pv);
+                    }
+                    self.raw("]}");
+                }
+                self.raw("]");
+            }
+        }
+        self.raw("}");
+    }
+}
+
+/// The success envelope around a query answer, written directly.
+fn query_success(v: &Value, t: i64) -> Response {
+    let points = match v {
+        Value::Matrix(m) => m.iter().map(|s| s.samples.len() + 1).sum(),
+        Value::Vector(v) => v.len(),
+        _ => 1,
+    };
+    let mut w = AnswerWriter {
+        out: Vec::with_capacity(64 + points * 32),
+    };
+    w.raw("{\"status\":\"success\",\"data\":");
+    w.data(v, t);
+    w.raw("}");
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        w.out,
+    )
+        .into_response()
 }
 
 /// The query's timeout: the `timeout` parameter, capped by the config.
@@ -187,7 +355,7 @@ pub async fn query(r: Request) -> Response {
             st.engine.instant(&st.storage, &expr, t)
         })
         .await?;
-        Ok::<_, ApiError>(success(json_value(&v, t)))
+        Ok::<_, ApiError>(query_success(&v, t))
     }
     .await
     .unwrap_or_else(IntoResponse::into_response);
@@ -225,7 +393,7 @@ pub async fn query_range(r: Request) -> Response {
             st.engine.range(&st.storage, &expr, start, end, step)
         })
         .await?;
-        Ok(success(json_value(&v, end)))
+        Ok(query_success(&v, end))
     }
     .await
     .unwrap_or_else(IntoResponse::into_response);
@@ -436,4 +604,183 @@ pub async fn query_exemplars(r: Request) -> Response {
     .await
     .unwrap_or_else(IntoResponse::into_response);
     count(&st, "query_exemplars", resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{InstantSample, RangeSeries};
+
+    /// The answer as a JSON tree, the way it was built before it was
+    /// written directly: the reference for the writer's bytes.
+    fn tree(v: &Value, t: i64) -> Json {
+        fn time(ms: i64) -> Json {
+            if ms % 1000 == 0 {
+                json!(ms / 1000)
+            } else {
+                json!(ms as f64 / 1000.0)
+            }
+        }
+        let data = match v {
+            Value::Scalar(x) => {
+                json!({"resultType": "scalar", "result": [time(t), format_value(*x)]})
+            }
+            Value::String(s) => json!({"resultType": "string", "result": [time(t), s]}),
+            Value::Vector(samples) => json!({
+                "resultType": "vector",
+                "result": samples.iter().map(|s| json!({
+                    "metric": json_labels(&s.labels),
+                    "value": [time(s.t), format_value(s.v)],
+                })).collect::<Vec<_>>(),
+            }),
+            Value::Matrix(series) => json!({
+                "resultType": "matrix",
+                "result": series.iter().map(|s| json!({
+                    "metric": json_labels(&s.labels),
+                    "values": s.samples.iter().map(|(t, v)| json!([time(*t), format_value(*v)])).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        json!({"status": "success", "data": data})
+    }
+
+    fn written(v: &Value, t: i64) -> String {
+        let mut w = AnswerWriter { out: Vec::new() };
+        w.raw("{\"status\":\"success\",\"data\":");
+        w.data(v, t);
+        w.raw("}");
+        String::from_utf8(w.out).expect("utf-8")
+    }
+
+    #[test]
+    fn written_values_are_spelled_as_format_value_spells_them() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            4096.0 * 24_414_062.0,
+            9_007_199_254_740_991.0,
+            -9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+            9_007_199_254_740_994.0,
+            1e21,
+            1e22,
+            0.5,
+            -2.5e-9,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::from_bits(0x7ff0_0000_0000_0002),
+        ];
+        // SplitMix64: arbitrary bit patterns, and integers of every size.
+        let mut x = 0x6e69_6e65_7300_0001u64;
+        for i in 0..20_000 {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            values.push(f64::from_bits(z));
+            values.push((z >> (i % 64)) as f64);
+            values.push(-((z >> (i % 60)) as f64) / 4.0);
+        }
+        for v in values {
+            let mut w = AnswerWriter { out: Vec::new() };
+            w.value(v);
+            assert_eq!(
+                String::from_utf8(w.out).expect("utf-8"),
+                format!("\"{}\"", format_value(v)),
+                "{:x}",
+                v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn written_answers_equal_the_json_tree() {
+        let odd = Labels::new(
+            "m",
+            [
+                (
+                    "a",
+                    "quote \" back \\ nl \n tab \t ctl \u{1} \u{8} \u{c} \u{1f} \u{7f} é ☃",
+                ),
+                ("b", ""),
+            ],
+        );
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            0.1 + 0.2,
+            1e21,
+            1.5e-7,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            123_456_789_012.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let times = [
+            0,
+            1_700_000_000_000,
+            1_700_000_000_001,
+            -1_500,
+            999,
+            -3_000,
+            i64::MIN,
+            -9_223_372_036_854_775_000,
+            i64::MAX - 807,
+        ];
+        let mut cases = vec![
+            Value::String("s \"x\"\n".into()),
+            Value::Vector(vec![]),
+            Value::Matrix(vec![]),
+        ];
+        for &v in &values {
+            cases.push(Value::Scalar(v));
+        }
+        cases.push(Value::Vector(
+            values
+                .iter()
+                .zip(times.iter().cycle())
+                .map(|(&v, &t)| InstantSample {
+                    labels: odd.clone(),
+                    t,
+                    v,
+                })
+                .collect(),
+        ));
+        cases.push(Value::Matrix(vec![
+            RangeSeries {
+                labels: Labels::default(),
+                samples: vec![],
+            },
+            RangeSeries {
+                labels: odd.clone(),
+                samples: times.iter().copied().zip(values.iter().copied()).collect(),
+            },
+            RangeSeries {
+                labels: Labels::new("up", [("job", "node")]),
+                samples: vec![(1_000, 1.0), (2_500, 2.0)],
+            },
+        ]));
+        for v in &cases {
+            for &t in &times {
+                let text = written(v, t);
+                let parsed: Json = serde_json::from_str(&text).expect("valid JSON");
+                assert_eq!(parsed, tree(v, t), "{text}");
+                // Byte for byte what serde_json writes for the tree, up to
+                // the order of object keys (the tree sorts them).
+                let mut a: Vec<u8> = text.into_bytes();
+                let mut b: Vec<u8> = serde_json::to_vec(&tree(v, t)).expect("json");
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b);
+            }
+        }
+    }
 }

@@ -102,7 +102,7 @@ impl Grouping {
 
     /// The labels of the group `labels` falls in, which are also the
     /// group's output labels.
-    fn key(&self, labels: &Labels) -> Labels {
+    pub(crate) fn key(&self, labels: &Labels) -> Labels {
         if self.without {
             drop_names_and_metric(labels, &self.labels)
         } else {
@@ -111,15 +111,191 @@ impl Grouping {
     }
 }
 
+/// What a group's elements must offer: their value. Instant vectors
+/// aggregate [`InstantSample`]s; a range query evaluated series by series
+/// aggregates references to its series at one step.
+pub(crate) trait Element: Clone {
+    /// The element's value.
+    fn value(&self) -> f64;
+}
+
+impl Element for InstantSample {
+    fn value(&self) -> f64 {
+        self.v
+    }
+}
+
 /// One group's running state.
-struct Group {
-    labels: Labels,
+pub(crate) struct Group<E> {
     value: f64,
     mean: f64,
     count: u64,
     /// topk/bottomk: a binary heap as Go's `container/heap` keeps it;
     /// quantile: the values in input order.
-    heap: Vec<InstantSample>,
+    heap: Vec<E>,
+}
+
+/// What a group gives when its elements are all in.
+pub(crate) enum GroupResult<E> {
+    /// One value, under the group's labels.
+    Value(f64),
+    /// topk/bottomk: the kept elements, in Prometheus's output order.
+    Elements(Vec<E>),
+}
+
+impl<E: Element> Group<E> {
+    /// A group whose first element is `first`.
+    pub(crate) fn new(op: AggregateOp, first: E) -> Self {
+        let v = first.value();
+        let value = match op {
+            AggregateOp::Stddev | AggregateOp::Stdvar => 0.0,
+            AggregateOp::Group => 1.0,
+            _ => v,
+        };
+        let heap = match op {
+            AggregateOp::Topk | AggregateOp::Bottomk | AggregateOp::Quantile => vec![first],
+            _ => Vec::new(),
+        };
+        Group {
+            value,
+            mean: v,
+            count: 1,
+            heap,
+        }
+    }
+
+    /// Folds one more element into the group (`k` for topk/bottomk).
+    pub(crate) fn add(&mut self, op: AggregateOp, s: E, k: usize) {
+        let g = self;
+        let v = s.value();
+        match op {
+            AggregateOp::Sum => g.value += v,
+            AggregateOp::Avg => {
+                g.count += 1;
+                if g.mean.is_infinite() {
+                    if v.is_infinite() && (g.mean > 0.0) == (v > 0.0) {
+                        // Same-signed infinities: the mean is already right.
+                        return;
+                    }
+                    if !v.is_infinite() && !v.is_nan() {
+                        // A finite value cannot move an infinite mean.
+                        return;
+                    }
+                }
+                let n = g.count as f64;
+                g.mean += v / n - g.mean / n;
+            }
+            AggregateOp::Group => {}
+            AggregateOp::Max => {
+                if g.value < v || g.value.is_nan() {
+                    g.value = v;
+                }
+            }
+            AggregateOp::Min => {
+                if g.value > v || g.value.is_nan() {
+                    g.value = v;
+                }
+            }
+            AggregateOp::Count | AggregateOp::CountValues => g.count += 1,
+            AggregateOp::Stddev | AggregateOp::Stdvar => {
+                g.count += 1;
+                let delta = v - g.mean;
+                g.mean += delta / g.count as f64;
+                g.value += delta * (v - g.mean);
+            }
+            AggregateOp::Topk | AggregateOp::Bottomk => {
+                let less = heap_less(op);
+                if g.heap.len() < k {
+                    g.heap.push(s);
+                    let last = g.heap.len() - 1;
+                    sift_up(&mut g.heap, last, less);
+                } else if let Some(root) = g.heap.first() {
+                    let rv = root.value();
+                    let replaces = match op {
+                        AggregateOp::Topk => rv < v,
+                        _ => rv > v,
+                    } || (rv.is_nan() && !v.is_nan());
+                    if replaces {
+                        g.heap[0] = s;
+                        if k > 1 {
+                            sift_down(&mut g.heap, 0, less);
+                        }
+                    }
+                }
+            }
+            AggregateOp::Quantile => g.heap.push(s),
+        }
+    }
+
+    /// The group's result (`param`: φ of quantile).
+    pub(crate) fn finish(self, op: AggregateOp, param: &Param) -> GroupResult<E> {
+        let g = self;
+        GroupResult::Value(match op {
+            AggregateOp::Avg => g.mean,
+            AggregateOp::Count | AggregateOp::CountValues => g.count as f64,
+            AggregateOp::Stdvar => g.value / g.count as f64,
+            AggregateOp::Stddev => (g.value / g.count as f64).sqrt(),
+            AggregateOp::Topk | AggregateOp::Bottomk => {
+                let mut heap = g.heap;
+                // sort.Reverse of the heap order: greatest first for topk,
+                // smallest first for bottomk, NaN last in both.
+                let less = heap_less(op);
+                heap.sort_by(|a, b| {
+                    if less(b.value(), a.value()) {
+                        std::cmp::Ordering::Less
+                    } else if less(a.value(), b.value()) {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        std::cmp::Ordering::Equal
+                    }
+                });
+                return GroupResult::Elements(heap);
+            }
+            AggregateOp::Quantile => {
+                let q = match param {
+                    Param::Number(q) => *q,
+                    _ => f64::NAN,
+                };
+                let mut values: Vec<f64> = g.heap.iter().map(Element::value).collect();
+                quantile(q, &mut values)
+            }
+            _ => g.value,
+        })
+    }
+}
+
+/// topk/bottomk's `k` for an input of `len` elements, as Prometheus 2.42
+/// reads the parameter; `None` when the answer is empty (k < 1). Other
+/// operators get 0.
+pub(crate) fn ranking_k(
+    op: AggregateOp,
+    param: &Param,
+    len: usize,
+) -> Result<Option<usize>, QueryError> {
+    if !matches!(op, AggregateOp::Topk | AggregateOp::Bottomk) {
+        return Ok(Some(0));
+    }
+    let f = match param {
+        Param::Number(f) => *f,
+        _ => f64::NAN,
+    };
+    // Go's convertibleToInt64, then int64(f): truncation.
+    if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&f) {
+        return Err(QueryError::InvalidArgument(format!(
+            "Scalar value {} overflows int64",
+            go_value_text(f)
+        )));
+    }
+    let k_signed = f.trunc();
+    if k_signed < 1.0 {
+        return Ok(None);
+    }
+    // A k beyond the input size keeps everything.
+    Ok(Some(if k_signed >= len as f64 {
+        len.max(1)
+    } else {
+        k_signed as usize
+    }))
 }
 
 /// Aggregates `input` (evaluated at `t`) as Prometheus 2.42 does.
@@ -130,30 +306,9 @@ pub(crate) fn aggregate(
     input: Vec<InstantSample>,
     t: i64,
 ) -> Result<Vec<InstantSample>, QueryError> {
-    let mut k: usize = 0;
-    if matches!(op, AggregateOp::Topk | AggregateOp::Bottomk) {
-        let f = match param {
-            Param::Number(f) => *f,
-            _ => f64::NAN,
-        };
-        // Go's convertibleToInt64, then int64(f): truncation.
-        if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&f) {
-            return Err(QueryError::InvalidArgument(format!(
-                "Scalar value {} overflows int64",
-                go_value_text(f)
-            )));
-        }
-        let k_signed = f.trunc();
-        if k_signed < 1.0 {
-            return Ok(Vec::new());
-        }
-        // A k beyond the input size keeps everything.
-        k = if k_signed >= input.len() as f64 {
-            input.len().max(1)
-        } else {
-            k_signed as usize
-        };
-    }
+    let Some(k) = ranking_k(op, param, input.len())? else {
+        return Ok(Vec::new());
+    };
     let mut grouping = grouping.clone();
     let value_label = match (op, param) {
         (AggregateOp::CountValues, Param::Label(l)) => {
@@ -171,7 +326,7 @@ pub(crate) fn aggregate(
         _ => None,
     };
 
-    let mut groups: Vec<Group> = Vec::new();
+    let mut groups: Vec<(Labels, Group<InstantSample>)> = Vec::new();
     let mut index: HashMap<Labels, usize> = HashMap::new();
     for s in input {
         let s = match &value_label {
@@ -184,132 +339,25 @@ pub(crate) fn aggregate(
         let key = grouping.key(&s.labels);
         let Some(&gi) = index.get(&key) else {
             index.insert(key.clone(), groups.len());
-            let value = match op {
-                AggregateOp::Stddev | AggregateOp::Stdvar => 0.0,
-                AggregateOp::Group => 1.0,
-                _ => s.v,
-            };
-            let heap = match op {
-                AggregateOp::Topk | AggregateOp::Bottomk | AggregateOp::Quantile => vec![s.clone()],
-                _ => Vec::new(),
-            };
-            groups.push(Group {
-                labels: key,
-                value,
-                mean: s.v,
-                count: 1,
-                heap,
-            });
+            groups.push((key, Group::new(op, s)));
             continue;
         };
-        let Some(g) = groups.get_mut(gi) else {
+        let Some((_, g)) = groups.get_mut(gi) else {
             continue;
         };
-        add(op, g, s, k);
+        g.add(op, s, k);
     }
 
     let mut out = Vec::with_capacity(groups.len());
-    for g in groups {
-        let value = match op {
-            AggregateOp::Avg => g.mean,
-            AggregateOp::Count | AggregateOp::CountValues => g.count as f64,
-            AggregateOp::Stdvar => g.value / g.count as f64,
-            AggregateOp::Stddev => (g.value / g.count as f64).sqrt(),
-            AggregateOp::Topk | AggregateOp::Bottomk => {
-                let mut heap = g.heap;
-                // sort.Reverse of the heap order: greatest first for topk,
-                // smallest first for bottomk, NaN last in both.
-                let less = heap_less(op);
-                heap.sort_by(|a, b| {
-                    if less(b.v, a.v) {
-                        std::cmp::Ordering::Less
-                    } else if less(a.v, b.v) {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        std::cmp::Ordering::Equal
-                    }
-                });
-                out.extend(heap.into_iter().map(|s| InstantSample { t, ..s }));
-                continue;
+    for (labels, g) in groups {
+        match g.finish(op, param) {
+            GroupResult::Value(v) => out.push(InstantSample { labels, t, v }),
+            GroupResult::Elements(kept) => {
+                out.extend(kept.into_iter().map(|s| InstantSample { t, ..s }));
             }
-            AggregateOp::Quantile => {
-                let q = match param {
-                    Param::Number(q) => *q,
-                    _ => f64::NAN,
-                };
-                let mut values: Vec<f64> = g.heap.iter().map(|s| s.v).collect();
-                quantile(q, &mut values)
-            }
-            _ => g.value,
-        };
-        out.push(InstantSample {
-            labels: g.labels,
-            t,
-            v: value,
-        });
+        }
     }
     Ok(out)
-}
-
-/// Folds one more element into its group.
-fn add(op: AggregateOp, g: &mut Group, s: InstantSample, k: usize) {
-    let v = s.v;
-    match op {
-        AggregateOp::Sum => g.value += v,
-        AggregateOp::Avg => {
-            g.count += 1;
-            if g.mean.is_infinite() {
-                if v.is_infinite() && (g.mean > 0.0) == (v > 0.0) {
-                    // Same-signed infinities: the mean is already right.
-                    return;
-                }
-                if !v.is_infinite() && !v.is_nan() {
-                    // A finite value cannot move an infinite mean.
-                    return;
-                }
-            }
-            let n = g.count as f64;
-            g.mean += v / n - g.mean / n;
-        }
-        AggregateOp::Group => {}
-        AggregateOp::Max => {
-            if g.value < v || g.value.is_nan() {
-                g.value = v;
-            }
-        }
-        AggregateOp::Min => {
-            if g.value > v || g.value.is_nan() {
-                g.value = v;
-            }
-        }
-        AggregateOp::Count | AggregateOp::CountValues => g.count += 1,
-        AggregateOp::Stddev | AggregateOp::Stdvar => {
-            g.count += 1;
-            let delta = v - g.mean;
-            g.mean += delta / g.count as f64;
-            g.value += delta * (v - g.mean);
-        }
-        AggregateOp::Topk | AggregateOp::Bottomk => {
-            let less = heap_less(op);
-            if g.heap.len() < k {
-                g.heap.push(s);
-                let last = g.heap.len() - 1;
-                sift_up(&mut g.heap, last, less);
-            } else if let Some(root) = g.heap.first() {
-                let replaces = match op {
-                    AggregateOp::Topk => root.v < v,
-                    _ => root.v > v,
-                } || (root.v.is_nan() && !v.is_nan());
-                if replaces {
-                    g.heap[0] = s;
-                    if k > 1 {
-                        sift_down(&mut g.heap, 0, less);
-                    }
-                }
-            }
-        }
-        AggregateOp::Quantile => g.heap.push(s),
-    }
 }
 
 /// The heap order: topk keeps its smallest element on top, bottomk its
@@ -323,10 +371,10 @@ fn heap_less(op: AggregateOp) -> fn(f64, f64) -> bool {
 }
 
 /// Go's `heap.up`.
-fn sift_up(h: &mut [InstantSample], mut j: usize, less: fn(f64, f64) -> bool) {
+fn sift_up<E: Element>(h: &mut [E], mut j: usize, less: fn(f64, f64) -> bool) {
     while j > 0 {
         let i = (j - 1) / 2;
-        if !less(h[j].v, h[i].v) {
+        if !less(h[j].value(), h[i].value()) {
             break;
         }
         h.swap(i, j);
@@ -335,7 +383,7 @@ fn sift_up(h: &mut [InstantSample], mut j: usize, less: fn(f64, f64) -> bool) {
 }
 
 /// Go's `heap.down`.
-fn sift_down(h: &mut [InstantSample], mut i: usize, less: fn(f64, f64) -> bool) {
+fn sift_down<E: Element>(h: &mut [E], mut i: usize, less: fn(f64, f64) -> bool) {
     let n = h.len();
     loop {
         let j1 = 2 * i + 1;
@@ -344,10 +392,10 @@ fn sift_down(h: &mut [InstantSample], mut i: usize, less: fn(f64, f64) -> bool) 
         }
         let mut j = j1;
         let j2 = j1 + 1;
-        if j2 < n && less(h[j2].v, h[j1].v) {
+        if j2 < n && less(h[j2].value(), h[j1].value()) {
             j = j2;
         }
-        if !less(h[j].v, h[i].v) {
+        if !less(h[j].value(), h[i].value()) {
             break;
         }
         h.swap(i, j);

@@ -174,23 +174,11 @@ pub(crate) fn vector_scalar(
     side: ScalarSide,
     return_bool: bool,
 ) -> Vec<InstantSample> {
+    let drops_name = vector_scalar_drops_name(op, return_bool);
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
-        let (l, r) = match side {
-            ScalarSide::Right => (s.v, scalar),
-            ScalarSide::Left => (scalar, s.v),
-        };
-        let (mut value, mut keep) = op.element(l, r);
-        if matches!(op, BinaryOp::Comparison(_)) {
-            // The vector element's value, whichever side it is on.
-            value = s.v;
-        }
-        if return_bool {
-            value = truth(keep);
-            keep = true;
-        }
-        if keep {
-            let labels = if op.drops_metric_name() || return_bool {
+        if let Some(value) = vector_scalar_value(op, s.v, scalar, side, return_bool) {
+            let labels = if drops_name {
                 without_metric_name(&s.labels)
             } else {
                 s.labels
@@ -203,6 +191,36 @@ pub(crate) fn vector_scalar(
         }
     }
     out
+}
+
+/// Whether a vector/scalar operation's elements lose `__name__`.
+pub(crate) fn vector_scalar_drops_name(op: BinaryOp, return_bool: bool) -> bool {
+    op.drops_metric_name() || return_bool
+}
+
+/// The value one vector element `v` gives in a vector/scalar operation, or
+/// `None` when a comparison filters it out.
+pub(crate) fn vector_scalar_value(
+    op: BinaryOp,
+    v: f64,
+    scalar: f64,
+    side: ScalarSide,
+    return_bool: bool,
+) -> Option<f64> {
+    let (l, r) = match side {
+        ScalarSide::Right => (v, scalar),
+        ScalarSide::Left => (scalar, v),
+    };
+    let (mut value, mut keep) = op.element(l, r);
+    if matches!(op, BinaryOp::Comparison(_)) {
+        // The vector element's value, whichever side it is on.
+        value = v;
+    }
+    if return_bool {
+        value = truth(keep);
+        keep = true;
+    }
+    keep.then_some(value)
 }
 
 /// How the elements of two instant vectors are paired.

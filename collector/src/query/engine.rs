@@ -1,6 +1,10 @@
 //! The query engine's entry points: an instant query (one evaluation time)
 //! and a range query (a grid of steps assembled into a matrix), with the
 //! parameter and result-type checks Prometheus applies before evaluating.
+//! A range query is evaluated series by series over all its steps
+//! (`range_eval`) when every node of the expression allows it, and
+//! otherwise as one instant evaluation per step, merged by label set; both
+//! give the same answer.
 //!
 //! The engine holds only configuration; each query gets its own evaluator.
 //! It must never read storage more than once per selector per query, nor
@@ -21,6 +25,7 @@ use super::dialect;
 use super::error::QueryError;
 use super::eval::Evaluator;
 use super::querier::Querier;
+use super::range_eval::{self, Steps};
 use super::value::{RangeSeries, Value};
 
 /// Prometheus's default lookback delta: an instant vector selector sees a
@@ -99,37 +104,76 @@ impl Engine {
             ValueType::String => return Err(QueryError::RangeQueryType { found: "string" }),
         }
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, start_ms, end_ms);
-        let mut series: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
-        let mut t = start_ms;
-        loop {
-            match evaluator.eval(&expr, t)? {
-                Value::Scalar(v) => {
-                    evaluator.charge(1)?;
-                    series.entry(Labels::default()).or_default().push((t, v));
-                }
-                Value::Vector(samples) => {
-                    evaluator.charge(samples.len())?;
-                    for s in samples {
-                        series.entry(s.labels).or_default().push((t, s.v));
-                    }
-                }
-                other => {
-                    return Err(QueryError::RangeQueryType {
-                        found: other.documented_type(),
-                    });
-                }
-            }
-            match t.checked_add(step_ms) {
-                Some(next) if next <= end_ms => t = next,
-                _ => break,
+        if range_eval::supported(&expr) {
+            let steps = Steps::new(start_ms, end_ms, step_ms);
+            if let Some(result) = evaluator.eval_steps(&expr, &steps)? {
+                evaluator.charge(result.points())?;
+                return Ok(Value::Matrix(result.into_matrix(&steps)));
             }
         }
-        Ok(Value::Matrix(
-            series
-                .into_iter()
-                .map(|(labels, samples)| RangeSeries { labels, samples })
-                .collect(),
-        ))
+        range_step_by_step(&mut evaluator, &expr, start_ms, end_ms, step_ms)
+    }
+}
+
+/// A range query evaluated as a series of instant queries, one per step,
+/// the steps' vectors merged by label set: for the expressions
+/// [`range_eval`] does not evaluate series by series.
+fn range_step_by_step(
+    evaluator: &mut Evaluator<'_>,
+    expr: &Expr,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+) -> Result<Value, QueryError> {
+    let mut series: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut t = start_ms;
+    loop {
+        match evaluator.eval(expr, t)? {
+            Value::Scalar(v) => {
+                evaluator.charge(1)?;
+                series.entry(Labels::default()).or_default().push((t, v));
+            }
+            Value::Vector(samples) => {
+                evaluator.charge(samples.len())?;
+                for s in samples {
+                    series.entry(s.labels).or_default().push((t, s.v));
+                }
+            }
+            other => {
+                return Err(QueryError::RangeQueryType {
+                    found: other.documented_type(),
+                });
+            }
+        }
+        match t.checked_add(step_ms) {
+            Some(next) if next <= end_ms => t = next,
+            _ => break,
+        }
+    }
+    Ok(Value::Matrix(
+        series
+            .into_iter()
+            .map(|(labels, samples)| RangeSeries { labels, samples })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+impl Engine {
+    /// [`Engine::range`] always step by step: the reference the series by
+    /// series evaluation is tested against.
+    pub(crate) fn range_step_by_step(
+        &self,
+        q: &dyn Querier,
+        expr: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Value, QueryError> {
+        check_range(start_ms, end_ms, step_ms)?;
+        let expr = parse(expr)?;
+        let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, start_ms, end_ms);
+        range_step_by_step(&mut evaluator, &expr, start_ms, end_ms, step_ms)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The PromQL evaluator: computes the value of one parsed expression at one
-//! evaluation time, one function per expression kind. A range query calls
-//! it once per step; an instant query once.
+//! evaluation time, one function per expression kind. An instant query
+//! calls it once; a range query once per step, unless `range_eval`
+//! evaluates it series by series (which calls it only for scalar
+//! arguments).
 //!
 //! Storage is read once per selector per query: the first evaluation of a
 //! selector loads every sample any step of the query can need, later steps
@@ -356,7 +358,7 @@ pub(super) fn instant_vector(mut samples: Vec<InstantSample>) -> Result<Value, Q
 /// window is closed, `[at - width, at]`, as in Prometheus 2.x (3.x made it
 /// left-open): a sample exactly `width` before `at` is inside, for both the
 /// lookback and range selectors.
-fn window_floor(at: i64, width: i64) -> i64 {
+pub(super) fn window_floor(at: i64, width: i64) -> i64 {
     at.saturating_sub(width)
 }
 
@@ -395,7 +397,7 @@ pub(super) fn samples_in_window(samples: &[(i64, f64)], at: i64, width: i64) -> 
 
 /// The selector's matchers with its metric name (which the parser keeps
 /// apart) added as a `__name__` matcher, to every `or` group if any.
-fn selector_matchers(vs: &VectorSelector) -> Matchers {
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Matchers {
     let mut matchers = vs.matchers.clone();
     if let Some(name) = &vs.name {
         let by_name = Matcher::new(MatchOp::Equal, METRIC_NAME_LABEL, name);

@@ -24,7 +24,7 @@ use super::over_time::{self, Window};
 use super::value::{InstantSample, RangeSeries, Value, without_metric_name};
 
 /// The functions that take a range vector.
-const RANGE_FUNCTIONS: &[&str] = &[
+pub(super) const RANGE_FUNCTIONS: &[&str] = &[
     "rate",
     "irate",
     "increase",
@@ -49,7 +49,7 @@ const RANGE_FUNCTIONS: &[&str] = &[
 ];
 
 /// Strips any parentheses around an expression.
-fn unwrap_parens(mut e: &Expr) -> &Expr {
+pub(super) fn unwrap_parens(mut e: &Expr) -> &Expr {
     while let Expr::Paren(p) = e {
         e = &p.expr;
     }
@@ -433,7 +433,7 @@ fn map_values(v: Vec<InstantSample>, t: i64, f: impl Fn(f64) -> f64) -> Result<V
 }
 
 /// The one-value functions of one instant vector.
-fn element_function(name: &str) -> Option<fn(f64) -> f64> {
+pub(super) fn element_function(name: &str) -> Option<fn(f64) -> f64> {
     Some(match name {
         "abs" => f64::abs,
         "ceil" => f64::ceil,
@@ -497,7 +497,13 @@ fn go_min(a: f64, b: f64) -> f64 {
 }
 
 /// The value of a range-vector function for one series' window.
-fn over_window(name: &str, s: &[(i64, f64)], w: Window, t: i64, param: f64) -> Option<f64> {
+pub(super) fn over_window(
+    name: &str,
+    s: &[(i64, f64)],
+    w: Window,
+    t: i64,
+    param: f64,
+) -> Option<f64> {
     use over_time as o;
     match name {
         "rate" => o::extrapolated_rate(s, w, true, true),

@@ -13,7 +13,7 @@ use super::label_sets::drop_names_and_metric;
 use super::value::InstantSample;
 
 /// The label holding a bucket's upper bound.
-const BUCKET_LABEL: &str = "le";
+pub(crate) const BUCKET_LABEL: &str = "le";
 
 /// One cumulative bucket: upper bound and count.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,7 +56,7 @@ pub(crate) fn histogram_quantile(q: f64, input: &[InstantSample], t: i64) -> Vec
 
 /// An `le` value as Go's `strconv.ParseFloat` reads the usual forms
 /// (`0.5`, `1e3`, `+Inf`, `Inf`, `NaN`).
-fn parse_bound(s: &str) -> Option<f64> {
+pub(crate) fn parse_bound(s: &str) -> Option<f64> {
     s.parse::<f64>().ok()
 }
 

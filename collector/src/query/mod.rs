@@ -11,18 +11,19 @@ mod binary;
 mod dialect;
 mod engine;
 mod error;
-mod eval;
+pub(crate) mod eval;
 #[cfg(test)]
 mod fixtures;
 mod functions;
 mod go_time;
 mod histogram;
 #[cfg(test)]
-mod in_memory;
+pub(crate) mod in_memory;
 mod label_sets;
 mod over_time;
 mod quantile;
 pub mod querier;
+mod range_eval;
 mod subquery;
 mod value;
 

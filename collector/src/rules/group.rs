@@ -127,6 +127,15 @@ impl Group {
         }
     }
 
+    /// The series the rules' last evaluations wrote (results and
+    /// `ALERTS`), to mark stale when the group goes away.
+    pub fn written_series(&self) -> Vec<Labels> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.written.iter().cloned())
+            .collect()
+    }
+
     /// Puts back alerts saved before a restart.
     pub fn restore(&mut self, saved: &BTreeMap<RuleKey, Vec<Alert>>) {
         for r in &mut self.rules {

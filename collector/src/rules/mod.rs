@@ -6,13 +6,17 @@
 //!
 //! Groups come from rule files ([`load_files`]) or from code: build a
 //! [`GroupSpec`] (with a `file` such as `"<builtin>"`) and pass it to
-//! [`Rules::new`] with the others. Nothing here sends notifications.
+//! [`Rules::new`] with the others. Groups made from code can be added,
+//! replaced or removed while running ([`Rules::set_group`]) without
+//! touching the others' state. Nothing here sends notifications: after
+//! each evaluation the group's alerts are offered to [`crate::notify`].
 //!
 //! Templates in labels and annotations support a documented subset of Go
 //! templates; see [`template`].
 
 mod alerting;
 mod api;
+pub mod builtin;
 mod file;
 mod gofmt;
 mod group;
@@ -29,7 +33,7 @@ use crate::storage::Storage;
 use nines_shared::UnixMillis;
 use nines_shared::telemetry::{CounterVec, GaugeVec, Registry};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -87,8 +91,20 @@ pub struct Rules {
 
 #[derive(Default)]
 struct Inner {
-    groups: Vec<Arc<Mutex<Group>>>,
+    groups: RwLock<Vec<Arc<Mutex<Group>>>>,
     store: Option<Arc<StateStore>>,
+    /// Where evaluated alerts go, with the external URL for their links.
+    notify: std::sync::OnceLock<(crate::notify::AlertSink, String)>,
+    /// What new loops need; set by [`Rules::spawn`].
+    runtime: Mutex<Option<Runtime>>,
+}
+
+#[derive(Clone)]
+struct Runtime {
+    engine: Arc<Engine>,
+    storage: Storage,
+    metrics: RuleMetrics,
+    stop: watch::Receiver<bool>,
 }
 
 fn lock(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
@@ -120,8 +136,10 @@ impl Rules {
             .collect();
         Ok(Rules {
             inner: Arc::new(Inner {
-                groups,
+                groups: RwLock::new(groups),
                 store: store.map(Arc::new),
+                runtime: Mutex::new(None),
+                notify: Default::default(),
             }),
         })
     }
@@ -138,9 +156,97 @@ impl Rules {
         Rules::new(specs, Some(store))
     }
 
+    fn groups(&self) -> Vec<Arc<Mutex<Group>>> {
+        self.inner
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Hands each group's firing and resolved alerts to `sink` after every
+    /// evaluation (set once, before [`Rules::spawn`]).
+    pub fn notify_to(&self, sink: crate::notify::AlertSink, external_url: String) {
+        let _ = self.inner.notify.set((sink, external_url));
+    }
+
     /// A copy of every group as it is now.
     pub fn snapshot(&self) -> Vec<Group> {
-        self.inner.groups.iter().map(|g| lock(g).clone()).collect()
+        self.groups().iter().map(|g| lock(g).clone()).collect()
+    }
+
+    /// Adds, replaces (`spec` given) or removes (`None`) the group `name`
+    /// of `file` while running. A replaced group keeps the saved state of
+    /// the alerts it still has; a removed group's state is forgotten.
+    /// Other groups are not touched.
+    pub fn set_group(&self, file: &str, name: &str, spec: Option<GroupSpec>) -> Result<(), String> {
+        let saved = match (&self.inner.store, &spec) {
+            (Some(s), Some(_)) => s.load().map_err(|e| format!("{RULES_DB_FILE}: {e}"))?,
+            _ => Default::default(),
+        };
+        let added = spec.map(|spec| {
+            let mut g = Group::new(spec);
+            g.restore(&saved);
+            Arc::new(Mutex::new(g))
+        });
+        let mut gone = Vec::new();
+        let keys = {
+            let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
+            groups.retain(|g| {
+                let g = lock(g);
+                let hit = g.spec.file == file && g.spec.name == name;
+                if hit {
+                    gone.extend(g.written_series());
+                }
+                !hit
+            });
+            if let Some(g) = &added {
+                groups.push(g.clone());
+            }
+            groups
+                .iter()
+                .map(|g| {
+                    let g = lock(g);
+                    (g.spec.file.clone(), g.spec.name.clone())
+                })
+                .collect::<Vec<_>>()
+        };
+        if let Some(s) = &self.inner.store {
+            s.retain_groups(&keys)
+                .map_err(|e| format!("{RULES_DB_FILE}: {e}"))?;
+        }
+        let runtime = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(rt) = &runtime {
+            // What the old group wrote ends now, not after the lookback
+            // (a replacement writes its own again at its first evaluation).
+            let ts = UnixMillis::now().0;
+            let stale: Vec<crate::storage::SeriesWrite> = gone
+                .into_iter()
+                .map(|labels| crate::storage::SeriesWrite {
+                    labels,
+                    samples: vec![(ts, f64::from_bits(crate::query::STALE_MARKER_BITS))],
+                })
+                .collect();
+            if !stale.is_empty() {
+                let storage = rt.storage.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = storage.write_series(stale, Vec::new()).await {
+                        tracing::warn!(error = %e, "stale markers of a removed rule group not stored");
+                    }
+                });
+            }
+        }
+        if let (Some(g), Some(rt)) = (added, runtime) {
+            // The handle is not kept: the loop ends with `stop` or when the
+            // group is replaced.
+            drop(self.spawn_loop(g, rt));
+        }
+        Ok(())
     }
 
     /// `/api/v1/rules` data.
@@ -154,7 +260,8 @@ impl Rules {
     }
 
     /// Starts one evaluation loop per group; each ends when `stop` turns
-    /// true.
+    /// true (or when its group is replaced or removed). Groups added later
+    /// with [`Rules::set_group`] get their own loop.
     pub fn spawn(
         &self,
         engine: Arc<Engine>,
@@ -162,32 +269,46 @@ impl Rules {
         metrics: RuleMetrics,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.inner.groups.len())
-            .map(|i| {
-                let rules = self.clone();
-                let engine = engine.clone();
-                let storage = storage.clone();
-                let metrics = metrics.clone();
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    let interval = lock(&rules.inner.groups[i]).spec.interval;
-                    let mut tick = tokio::time::interval(interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => {}
-                            changed = stop.changed() => if changed.is_err() { break },
-                        }
-                        if *stop.borrow() {
-                            break;
-                        }
-                        rules
-                            .eval_group(i, UnixMillis::now().0, &engine, &storage, &metrics)
-                            .await;
-                    }
-                })
-            })
+        let rt = Runtime {
+            engine,
+            storage,
+            metrics,
+            stop,
+        };
+        *self.inner.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt.clone());
+        self.groups()
+            .into_iter()
+            .map(|g| self.spawn_loop(g, rt.clone()))
             .collect()
+    }
+
+    fn spawn_loop(&self, group: Arc<Mutex<Group>>, rt: Runtime) -> tokio::task::JoinHandle<()> {
+        let rules = self.clone();
+        let mut stop = rt.stop.clone();
+        tokio::spawn(async move {
+            let interval = lock(&group).spec.interval;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = stop.changed() => if changed.is_err() { break },
+                }
+                let current = rules.groups().iter().any(|g| Arc::ptr_eq(g, &group));
+                if *stop.borrow() || !current {
+                    break;
+                }
+                rules
+                    .eval(
+                        group.clone(),
+                        UnixMillis::now().0,
+                        &rt.engine,
+                        &rt.storage,
+                        &rt.metrics,
+                    )
+                    .await;
+            }
+        })
     }
 
     /// Evaluates group `i` once at `ts` (ms): each rule in order, its
@@ -201,7 +322,20 @@ impl Rules {
         storage: &Storage,
         metrics: &RuleMetrics,
     ) {
-        let group = self.inner.groups[i].clone();
+        let Some(group) = self.groups().get(i).cloned() else {
+            return;
+        };
+        self.eval(group, ts, engine, storage, metrics).await
+    }
+
+    async fn eval(
+        &self,
+        group: Arc<Mutex<Group>>,
+        ts: i64,
+        engine: &Arc<Engine>,
+        storage: &Storage,
+        metrics: &RuleMetrics,
+    ) {
         let started = Instant::now();
         let (n, key) = {
             let g = lock(&group);
@@ -246,6 +380,9 @@ impl Rules {
                 tracing::warn!(group = %g.spec.name, rule = %g.rules[r].kind_name(), error = %e,
                     "rule results not stored");
             }
+        }
+        if let Some((sink, url)) = self.inner.notify.get() {
+            sink.offer(crate::notify::alerts_of(&lock(&group), url));
         }
         let (file, name, alerts) = {
             let mut g = lock(&group);

@@ -230,7 +230,8 @@ fn state_is_restored_from_the_store_after_a_restart() {
     let path = dir.path().join(RULES_DB_FILE);
     {
         let rules = Rules::new(spec.clone(), Some(StateStore::open(&path).unwrap())).unwrap();
-        let g = &rules.inner.groups[0];
+        let groups = rules.groups();
+        let g = &groups[0];
         for k in 0..4 {
             mem.push(load("node"), t0 + k * 1000, 5.0);
             eval_all(&mut lock(g), &mem, t0 + k * 1000);
@@ -241,7 +242,8 @@ fn state_is_restored_from_the_store_after_a_restart() {
         store.save_group("r.yml", "g", &g.alerts_to_save()).unwrap();
     }
     let rules = Rules::new(spec, Some(StateStore::open(&path).unwrap())).unwrap();
-    let mut g = lock(&rules.inner.groups[0]);
+    let groups = rules.groups();
+    let mut g = lock(&groups[0]);
     let a = alert(&g).unwrap().clone();
     assert_eq!((a.state, a.active_at), (AlertState::Firing, t0));
     // Still firing on the next evaluation: no new wait for `for`.
@@ -268,10 +270,83 @@ fn a_builtin_group_can_be_made_from_code() {
         })],
     };
     let rules = Rules::new(vec![spec], None).unwrap();
-    let mut g = lock(&rules.inner.groups[0]);
+    let groups = rules.groups();
+    let mut g = lock(&groups[0]);
     eval_all(&mut g, &Mem::default(), 1000);
     drop(g);
     let j = rules.alerts_json();
     assert_eq!(j["alerts"][0]["labels"]["alertname"], "Always");
     assert_eq!(j["alerts"][0]["state"], "firing");
+}
+
+#[test]
+fn one_group_is_replaced_or_removed_while_the_others_keep_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(RULES_DB_FILE);
+    let always = |file: &str, name: &str, alert: &str| GroupSpec {
+        file: file.into(),
+        name: name.into(),
+        interval: Duration::from_secs(30),
+        limit: 0,
+        rules: vec![RuleSpec::Alerting(AlertingSpec {
+            alert: alert.into(),
+            expr: "vector(1)".into(),
+            for_: Duration::from_secs(600),
+            keep_firing_for: Duration::ZERO,
+            labels: vec![],
+            annotations: vec![],
+        })],
+    };
+    let store = StateStore::open(&path).unwrap();
+    let rules = Rules::new(
+        vec![always("r.yml", "kept", "Kept"), always("<slo>", "a", "A")],
+        Some(store),
+    )
+    .unwrap();
+    let mem = Mem::default();
+    for g in rules.groups() {
+        let mut g = lock(&g);
+        eval_all(&mut g, &mem, 1000);
+        let (file, name, alerts) = (g.spec.file.clone(), g.spec.name.clone(), g.alerts_to_save());
+        rules
+            .inner
+            .store
+            .as_ref()
+            .unwrap()
+            .save_group(&file, &name, &alerts)
+            .unwrap();
+    }
+    // Replaced: the new group keeps the saved pending alert of the same
+    // rule; another group is added; the untouched one is the same object.
+    let kept = rules.groups()[0].clone();
+    rules
+        .set_group("<slo>", "a", Some(always("<slo>", "a", "A")))
+        .unwrap();
+    rules
+        .set_group("<slo>", "b", Some(always("<slo>", "b", "B")))
+        .unwrap();
+    let groups = rules.groups();
+    assert_eq!(groups.len(), 3);
+    assert!(Arc::ptr_eq(&groups[0], &kept));
+    let a = rules
+        .snapshot()
+        .into_iter()
+        .find(|g| g.spec.name == "a")
+        .unwrap();
+    let RuleKind::Alerting(rule) = &a.rules[0].kind else {
+        panic!("not an alert")
+    };
+    let alert = rule.active.values().next().unwrap();
+    assert_eq!((alert.state, alert.active_at), (AlertState::Pending, 1000));
+    // Removed: gone from the API and from the store; the others stay.
+    rules.set_group("<slo>", "a", None).unwrap();
+    let names: Vec<String> = rules
+        .snapshot()
+        .iter()
+        .map(|g| g.spec.name.clone())
+        .collect();
+    assert_eq!(names, ["kept", "b"]);
+    let saved = StateStore::open(&path).unwrap().load().unwrap();
+    assert!(saved.keys().all(|k| k.group != "a"));
+    assert!(saved.keys().any(|k| k.group == "kept"));
 }

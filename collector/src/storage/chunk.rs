@@ -132,26 +132,42 @@ impl<'a> BitReader<'a> {
         self.data.len() * 8 - self.pos
     }
 
-    fn read(&mut self, mut n: u32) -> Result<u64, ChunkError> {
+    /// The next `n` bits (at most 64), most significant first.
+    fn read(&mut self, n: u32) -> Result<u64, ChunkError> {
         if (n as usize) > self.remaining() {
             return Err(ChunkError::Truncated);
         }
-        let mut out = 0u64;
-        while n > 0 {
-            let byte = self.data[self.pos / 8];
-            let used = (self.pos % 8) as u32;
-            let avail = 8 - used;
-            let k = avail.min(n);
-            let bits = ((byte as u64) >> (avail - k)) & ((1u64 << k) - 1);
-            out = (out << k) | bits;
-            self.pos += k as usize;
-            n -= k;
+        if n == 0 {
+            return Ok(0);
         }
-        Ok(out)
+        if n > 56 {
+            // More than one 8-byte load can hold after a partial byte.
+            let high = self.read(n - 32)?;
+            let low = self.read(32)?;
+            return Ok((high << 32) | low);
+        }
+        // Eight bytes from the current one (zeros past the end), of which
+        // the `n` after the bits already used are wanted: `used + n <= 63`.
+        let at = self.pos / 8;
+        let word = match self.data.get(at..at + 8) {
+            Some(b) => u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            None => {
+                let mut buf = [0u8; 8];
+                let rest = self.data.get(at..).unwrap_or_default();
+                buf[..rest.len()].copy_from_slice(rest);
+                u64::from_be_bytes(buf)
+            }
+        };
+        let used = (self.pos % 8) as u32;
+        self.pos += n as usize;
+        Ok((word << used) >> (64 - n))
     }
 
     fn bit(&mut self) -> Result<bool, ChunkError> {
-        Ok(self.read(1)? == 1)
+        let byte = *self.data.get(self.pos / 8).ok_or(ChunkError::Truncated)?;
+        let bit = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Ok(bit == 1)
     }
 }
 

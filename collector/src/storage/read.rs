@@ -199,10 +199,13 @@ pub fn in_snapshot<R, E: From<rusqlite::Error>>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<R, E>,
 ) -> Result<R, E> {
-    conn.execute_batch("BEGIN DEFERRED")?;
+    // Prepared once per connection: a query opens a snapshot per select.
+    conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
     let out = f(conn);
     // A read transaction has nothing to keep: end it either way.
-    let end = conn.execute_batch("COMMIT");
+    let end = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]).map(|_| ()));
     if end.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }

@@ -301,6 +301,59 @@ fn copy_truncate_rotation_starts_over() {
 }
 
 #[test]
+fn copy_truncate_outgrowing_the_position_before_a_poll_starts_over() {
+    let fx = Fixture::new();
+    let mut t = fx.tailer(|_| {});
+    let mut server = writer(&fx.log());
+    for _ in 0..2 {
+        server
+            .write_all(nginx("GET", 200, "0.1").as_bytes())
+            .expect("write");
+    }
+    t.poll();
+    assert_eq!(lines(&t), 2.0);
+    server.set_len(0).expect("truncate");
+    // Between two polls the truncated file grows past the old position
+    // (same inode, size >= offset): 3 new lines of other requests.
+    for status in [404, 503, 201] {
+        server
+            .write_all(nginx("PUT", status, "0.3").as_bytes())
+            .expect("write");
+    }
+    t.poll();
+    let out = snap(&t);
+    assert_eq!(requests(&out, "", "GET", "2xx"), Some(2.0));
+    assert_eq!(requests(&out, "", "PUT", "4xx"), Some(1.0));
+    assert_eq!(requests(&out, "", "PUT", "5xx"), Some(1.0));
+    assert_eq!(requests(&out, "", "PUT", "2xx"), Some(1.0));
+    assert_eq!(lines(&t), 5.0);
+    assert_eq!(own(&t, ROTATIONS), 1.0);
+    // Appends after that are plain appends, not rotations.
+    server
+        .write_all(nginx("GET", 200, "0.1").as_bytes())
+        .expect("write");
+    t.poll();
+    t.poll();
+    assert_eq!(lines(&t), 6.0);
+    assert_eq!(own(&t, ROTATIONS), 1.0);
+}
+
+#[test]
+fn appends_in_small_pieces_are_never_taken_for_a_truncation() {
+    let fx = Fixture::new();
+    let mut t = fx.tailer(|_| {});
+    let mut server = writer(&fx.log());
+    let line = nginx("GET", 200, "0.1");
+    // Pieces shorter and longer than the bytes remembered, split mid-line.
+    for piece in line.as_bytes().chunks(7).chain(line.as_bytes().chunks(90)) {
+        server.write_all(piece).expect("write");
+        t.poll();
+    }
+    assert_eq!(lines(&t), 2.0);
+    assert_eq!(own(&t, ROTATIONS), 0.0);
+}
+
+#[test]
 fn a_restart_counts_every_line_exactly_once() {
     let fx = Fixture::new();
     let line = nginx("GET", 200, "0.1");
