@@ -83,7 +83,7 @@ pub struct ChunkHeader {
 // ---------------------------------------------------------------- bits
 
 /// Appends bits MSB first.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct BitWriter {
     buf: Vec<u8>,
     /// Bits still free in the last byte (0 = a new byte is needed).
@@ -173,7 +173,7 @@ impl<'a> BitReader<'a> {
 
 // ------------------------------------------------------------- varints
 
-fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -185,7 +185,7 @@ fn uvarint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn get_uvarint(data: &[u8], pos: &mut usize) -> Result<u64, ChunkError> {
+pub(super) fn get_uvarint(data: &[u8], pos: &mut usize) -> Result<u64, ChunkError> {
     let mut v = 0u64;
     for i in 0..10 {
         let b = *data.get(*pos).ok_or(ChunkError::Truncated)?;
@@ -201,11 +201,11 @@ fn get_uvarint(data: &[u8], pos: &mut usize) -> Result<u64, ChunkError> {
     Err(ChunkError::Corrupt("varint too long"))
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(super) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(super) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
@@ -230,7 +230,7 @@ fn sign_extend(v: u64, bits: u32) -> i64 {
 }
 
 /// Builds one chunk sample by sample.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ChunkEncoder {
     w: BitWriter,
     count: u32,
@@ -265,6 +265,11 @@ impl ChunkEncoder {
             + uvarint_len(self.last_ts.wrapping_sub(self.first_ts) as u64)
             + self.w.bits().div_ceil(8)
             + 4
+    }
+
+    /// First timestamp pushed.
+    pub fn first_ts(&self) -> Option<i64> {
+        (self.count > 0).then_some(self.first_ts)
     }
 
     /// Last timestamp pushed.
@@ -342,6 +347,31 @@ impl ChunkEncoder {
         self.w.write((new_len & 63) as u64, 6);
         self.w.write(x >> trail, new_len);
         self.window = Some((lead, trail));
+    }
+
+    /// Appends the samples pushed so far with `start <= ts <= end` to
+    /// `out`, without finishing the encoder.
+    pub fn decode_range_into(
+        &self,
+        start: i64,
+        end: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<(), ChunkError> {
+        if self.count == 0 || self.last_ts < start || self.first_ts > end {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(self.size());
+        body.push(VERSION);
+        put_uvarint(&mut body, self.count as u64);
+        put_uvarint(&mut body, zigzag(self.first_ts));
+        put_uvarint(&mut body, self.last_ts.wrapping_sub(self.first_ts) as u64);
+        body.extend_from_slice(&self.w.buf);
+        decode_body(&body, start, end, out).map(|_| ())
+    }
+
+    /// Gives back unused capacity.
+    pub fn shrink(&mut self) {
+        self.w.buf.shrink_to_fit();
     }
 
     /// The finished blob.

@@ -1,24 +1,24 @@
 //! Moving samples from the head into chunks, and deleting what retention
 //! no longer keeps. Only the writer thread calls these, inside its own
-//! transaction, so a step is atomic: rows leave the head in the same commit
-//! that writes the chunk holding them.
+//! transaction, so a step is atomic; the writer drops the moved samples
+//! from the in-memory head only once the chunk holding them is committed.
 //!
 //! Chunk rules: a chunk never crosses a [`WINDOW_MS`] boundary (windows are
 //! aligned to the Unix epoch), holds at most [`CHUNK_MAX_SAMPLES`] samples
 //! and is full once its encoding reaches about [`CHUNK_FULL_BYTES`] (two
 //! fit in one 4 KiB SQLite page). Chunks are appended (ids ascend) and,
 //! in the usual case, written once: compaction writes only full chunks and
-//! leaves the rest of an open window's rows in the head, so pages fill up
+//! leaves the rest of an open window's samples in the head, so pages fill up
 //! and no hole is left behind by a rewrite.
 //!
-//! A unit compacts the head rows of a series' oldest window (at most
+//! A unit compacts the head samples of a series' oldest window (at most
 //! [`UNIT_MAX_ROWS`]) merged with every chunk they overlap (late samples).
 //! When the window is closed — the series has rows in a later window, or
 //! the wall clock is past the window and the series went quiet, or the
 //! caller forces it — it also merges the window's last chunk if that one is
 //! not full, and writes everything. Whenever an existing chunk was merged,
 //! everything is written too (its samples must land somewhere). Merged
-//! chunks are deleted and moved rows deleted in the same transaction.
+//! chunks are deleted in the same transaction that writes their samples.
 //! Chunks that do not decode are left in place, counted and logged; the new
 //! chunks win over them on read anyway.
 
@@ -74,46 +74,33 @@ pub struct UnitOutcome {
     pub more: bool,
     /// Encoded bytes per sample seen, to size the next compaction.
     pub bytes_per_sample: Option<f64>,
+    /// Head samples up to this timestamp are in chunks now.
+    pub moved_to: Option<i64>,
 }
 
 /// Compacts the oldest window of a series' head (see the module header).
-/// `corrupt` hears about chunks that do not decode.
+/// `head` is the series' whole head, ascending, one sample per timestamp.
+/// `corrupt` hears about chunks that do not decode. The head samples with
+/// timestamps up to [`UnitOutcome::moved_to`] are in chunks once the
+/// transaction commits; the caller drops them from the head then.
 pub fn compact_unit(
     conn: &Connection,
     id: SeriesId,
+    head: &[(i64, f64)],
     close: Close,
     corrupt: &mut dyn FnMut(read::CorruptChunk),
 ) -> rusqlite::Result<UnitOutcome> {
     let mut out = UnitOutcome::default();
-    let first: Option<i64> = conn
-        .prepare_cached("SELECT min(ts) FROM samples WHERE series_id = ?1")?
-        .query_row([id.0], |r| r.get(0))?;
-    let Some(a) = first else {
+    let Some(&(a, _)) = head.first() else {
         return Ok(out);
     };
     let (ws, we) = (window_start(a), window_last(a));
-    let head: Run = conn
-        .prepare_cached(
-            "SELECT ts, value FROM samples
-             WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3 ORDER BY ts LIMIT ?4",
-        )?
-        .query_map(params![id.0, a, we, UNIT_MAX_ROWS as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                f64::from_bits(r.get::<_, i64>(1)? as u64),
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    let in_window = head.partition_point(|s| s.0 <= we).min(UNIT_MAX_ROWS);
+    let (unit, rest) = head.split_at(in_window);
+    let head: Run = unit.to_vec();
     let b = head.last().map_or(a, |s| s.0);
-    let later: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM samples WHERE series_id = ?1 AND ts > ?2)")?
-        .query_row((id.0, b), |r| r.get(0))?;
-    let moved_on: bool = we < i64::MAX
-        && conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id = ?1 AND ts > ?2)",
-            )?
-            .query_row((id.0, we), |r| r.get(0))?;
+    let later = !rest.is_empty();
+    let moved_on = rest.last().is_some_and(|s| s.0 > we);
     let closed = close.force || moved_on || close.quiet_before.is_some_and(|q| we < q);
 
     // Chunks to merge: those overlapping [a, b], and, closing, the window's
@@ -176,13 +163,11 @@ pub fn compact_unit(
     let cut = write_chunks(conn, id, &merged, write_all)?;
     out.written = cut.written;
     out.bytes_per_sample = cut.bytes_per_sample;
-    // Rows now in chunks leave the head. Without write_all only head rows
-    // were merged, so the rows after the last written chunk stay.
-    let moved_to = if write_all { Some(b) } else { cut.last_written };
-    if let Some(to) = moved_to {
-        out.rows = conn
-            .prepare_cached("DELETE FROM samples WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3")?
-            .execute((id.0, a, to))?;
+    // Samples now in chunks leave the head. Without write_all only head
+    // samples were merged, so those after the last written chunk stay.
+    out.moved_to = if write_all { Some(b) } else { cut.last_written };
+    if let Some(to) = out.moved_to {
+        out.rows = unit.partition_point(|s| s.0 <= to);
     }
     debug_assert!(out.rows <= rows);
     out.more = (closed && later) || (rows == UNIT_MAX_ROWS && out.rows > 0);
@@ -263,9 +248,9 @@ pub struct Deleted {
     pub samples: usize,
 }
 
-/// Deletes a series' chunks that end before `cutoff` and its head rows
-/// before it. A chunk that straddles the cutoff is kept whole until it ends
-/// before it.
+/// Deletes a series' chunks that end before `cutoff` (the caller drops
+/// head samples before it once the transaction commits). A chunk that
+/// straddles the cutoff is kept whole until it ends before it.
 pub fn expire_series(conn: &Connection, id: SeriesId, cutoff: i64) -> rusqlite::Result<Deleted> {
     let (chunks, in_chunks): (i64, i64) = conn
         .prepare_cached(
@@ -277,12 +262,9 @@ pub fn expire_series(conn: &Connection, id: SeriesId, cutoff: i64) -> rusqlite::
         conn.prepare_cached("DELETE FROM chunks WHERE series_id = ?1 AND end_ts < ?2")?
             .execute((id.0, cutoff))?;
     }
-    let rows = conn
-        .prepare_cached("DELETE FROM samples WHERE series_id = ?1 AND ts < ?2")?
-        .execute((id.0, cutoff))?;
     Ok(Deleted {
         chunks: chunks as usize,
-        samples: in_chunks as usize + rows,
+        samples: in_chunks as usize,
     })
 }
 

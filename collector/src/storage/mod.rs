@@ -7,9 +7,12 @@
 //!
 //! # Layout
 //!
-//! - `samples(series_id, ts, value bits)`: the head, one row per sample,
-//!   written by every ingest commit. An acknowledged write is a committed
-//!   head row (`synchronous = FULL`), exactly as before chunks existed.
+//! - `ingest_log(id, data)`: one row per committed write (a native batch
+//!   or a remote_write request) holding its samples encoded (`log.rs`).
+//!   An acknowledged write is a committed log row (`synchronous = FULL`).
+//!   Its samples are then in the head, in memory (`head.rs`): per series an
+//!   open chunk encoder and a small sorted buffer for out-of-order samples.
+//!   At open the log is replayed into the head.
 //! - `chunks(id, series_id, start_ts, end_ts, count, data)`: compressed
 //!   runs of one series (`chunk.rs`: delta-of-delta timestamps, XOR
 //!   values, CRC-32). A chunk lies inside one aligned 2 h window, holds at
@@ -19,29 +22,33 @@
 //!
 //! - Compaction (writer thread, between write rounds, in steps bounded by
 //!   `StorageOptions::step_budget` and 64 units, each step one
-//!   transaction) moves a series' head rows into chunks once they fill a
+//!   transaction) moves a series' head samples into chunks once they fill a
 //!   chunk, or once their window is closed (the series wrote into a later
 //!   window, or the wall clock is past it and the series has been quiet for
 //!   a minute), so the head holds at most about a chunk or a window per
-//!   series. Full chunks are written once; the rows of an open window's
-//!   last, partial chunk stay in the head. Rows are merged with the chunks
+//!   series. Full chunks are written once; the samples of an open window's
+//!   last, partial chunk stay in the head. They are merged with the chunks
 //!   they overlap (and, closing a window, with its last partial chunk);
-//!   merged chunks and moved rows are deleted in the same transaction: a
-//!   crash leaves either the rows or the chunk.
+//!   merged chunks are deleted in the same transaction, which also logs
+//!   again the samples left in the head and moves the series' `log_from`
+//!   past the older log rows; the head drops the moved samples after the
+//!   commit. Log rows older than every head's `log_from` are deleted in a
+//!   later step. A crash leaves either the log rows or the chunk.
 //! - Any timestamp is accepted at any time, late or out of order: it goes
 //!   to the head and is visible at once. A sample at a timestamp already
 //!   stored replaces it (the most recently written wins): in the head by
-//!   `INSERT OR REPLACE`; on read, a head row wins over chunks and a later
+//!   replacing the value (replay applies log rows in order); on read, a head row wins over chunks and a later
 //!   chunk (larger id) over an earlier one; compaction merges with the same
 //!   precedence, so chunks normally never overlap.
-//! - Reads take one snapshot (a read transaction), load the chunks that
-//!   overlap the range and the head rows in it, and merge them: ascending,
+//! - Reads copy the head samples in the range from memory, then take one
+//!   snapshot (a read transaction), load the chunks that overlap the range
+//!   and merge them: ascending,
 //!   one value per timestamp. A chunk that does not decode is logged with
 //!   its series, counted in `nines_storage_corrupt_chunks_total` and
 //!   skipped; compaction leaves it in place.
 //! - Retention (`StorageOptions::retention`, against the wall clock): a
 //!   pass every 5 minutes, in the same bounded steps, deletes chunks that
-//!   end before `now - retention` and head rows before it (a chunk
+//!   end before `now - retention` and head samples before it (a chunk
 //!   straddling the cutoff stays until it is wholly older). Then
 //!   `PRAGMA incremental_vacuum` returns free pages to the file system, a
 //!   few hundred per step; some are kept for reuse by the head. Series
@@ -50,7 +57,9 @@
 
 mod chunk;
 mod compact;
+mod head;
 pub mod index;
+mod log;
 mod read;
 mod schema;
 #[cfg(test)]
@@ -175,6 +184,8 @@ pub struct StorageMetrics {
     pub expired_samples: Counter,
     /// Duration of background maintenance steps.
     pub maintenance_seconds: Histogram,
+    /// Ingest log rows (or their series groups) skipped at replay.
+    pub corrupt_log_rows: Counter,
 }
 
 impl StorageMetrics {
@@ -215,6 +226,10 @@ impl StorageMetrics {
                 "Time of one background maintenance step (compaction, retention, vacuum).",
                 nines_shared::telemetry::LATENCY_BUCKETS,
             ),
+            corrupt_log_rows: r.counter(
+                "nines_storage_corrupt_log_rows_total",
+                "Ingest log rows (or series groups in them) found corrupt at replay and skipped.",
+            ),
         }
     }
 }
@@ -228,6 +243,7 @@ pub struct Storage {
 struct Inner {
     path: PathBuf,
     index: Arc<RwLock<Index>>,
+    head: Arc<head::Head>,
     writer: writer::Handle,
     readers: Mutex<Vec<Connection>>,
     limits: QueryLimits,
@@ -262,11 +278,13 @@ impl Storage {
         let index = Arc::new(RwLock::new(load_index(&conn)?));
         let series_count = index.read().map(|i| i.len()).unwrap_or(0);
         tracing::info!(path = %path.display(), series = series_count, "storage opened");
-        let writer = writer::spawn(conn, index.clone(), metrics.clone(), options)?;
+        let head = Arc::new(head::Head::default());
+        let writer = writer::spawn(conn, index.clone(), head.clone(), metrics.clone(), options)?;
         Ok(Storage {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 index,
+                head,
                 writer,
                 readers: Mutex::new(Vec::new()),
                 limits,
@@ -373,11 +391,17 @@ impl Storage {
         }
         found.sort_by_key(|(id, _)| *id);
         found.dedup_by_key(|(id, _)| *id);
-        let mut out = self
+        // The head first (see read.rs): a compaction committing later
+        // leaves its samples in the chunks the snapshot sees.
+        let (in_head, rest): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|(id, _)| self.inner.head.has_data(*id, start, end));
+        let mut out: Vec<Labels> = in_head.into_iter().map(|(_, l)| l).collect();
+        let more = self
             .with_reader(|conn| {
                 read::in_snapshot(conn, |conn| {
                     let mut out = Vec::new();
-                    for (id, labels) in found {
+                    for (id, labels) in rest {
                         if read::has_data(conn, id, start, end, &mut |c| self.corrupt(id, c))? {
                             out.push(labels);
                         }
@@ -386,6 +410,7 @@ impl Storage {
                 })
             })
             .map_err(|e| QuerierError::Storage(e.to_string()))?;
+        out.extend(more);
         out.sort();
         Ok(out)
     }
@@ -477,35 +502,34 @@ impl Storage {
         let Some(id) = self.inner.index.read().ok().and_then(|i| i.id_of(labels)) else {
             return Ok(0);
         };
+        let head = self.inner.head.run(id, i64::MIN, i64::MAX);
         self.with_reader(|conn| {
             read::in_snapshot(conn, |conn| {
                 Ok::<_, StorageError>(
-                    read::read_series(conn, id, i64::MIN, i64::MAX, &mut |c| self.corrupt(id, c))?
-                        .len(),
+                    read::read_series(conn, id, i64::MIN, i64::MAX, head, &mut |c| {
+                        self.corrupt(id, c)
+                    })?
+                    .len(),
                 )
             })
         })
     }
 
-    /// Where a series' samples are: (head rows, chunks, samples in chunks).
-    /// For tests and diagnostics.
+    /// Where a series' samples are: (head samples, chunks, samples in
+    /// chunks). For tests and diagnostics.
     pub fn layout_of(&self, labels: &Labels) -> Result<(usize, usize, usize), StorageError> {
         let Some(id) = self.inner.index.read().ok().and_then(|i| i.id_of(labels)) else {
             return Ok((0, 0, 0));
         };
+        let head = self.inner.head.count(id);
         self.with_reader(|conn| {
             read::in_snapshot(conn, |conn| {
-                let head: i64 = conn.query_row(
-                    "SELECT count(*) FROM samples WHERE series_id = ?1",
-                    [id.0],
-                    |r| r.get(0),
-                )?;
                 let (chunks, in_chunks): (i64, i64) = conn.query_row(
                     "SELECT count(*), coalesce(sum(count), 0) FROM chunks WHERE series_id = ?1",
                     [id.0],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                Ok::<_, StorageError>((head as usize, chunks as usize, in_chunks as usize))
+                Ok::<_, StorageError>((head, chunks as usize, in_chunks as usize))
             })
         })
     }
@@ -520,13 +544,25 @@ impl Querier for Storage {
     ) -> Result<Vec<SeriesSamples>, QuerierError> {
         let series = self.matching(matchers)?;
         let max_samples = self.inner.limits.max_samples;
+        // The head first (see read.rs), within the sample limit.
+        let mut heads = Vec::with_capacity(series.len());
+        let mut in_head = 0usize;
+        for (id, _) in &series {
+            let run = self.inner.head.run(*id, start, end);
+            in_head += run.len();
+            if in_head > max_samples {
+                return Err(QuerierError::TooManySamples(max_samples));
+            }
+            heads.push(run);
+        }
         let result = self.with_reader(|conn| {
             read::in_snapshot(conn, |conn| {
                 let mut out = Vec::with_capacity(series.len());
                 let mut loaded = 0usize;
-                for (id, labels) in series {
-                    let samples =
-                        read::read_series(conn, id, start, end, &mut |c| self.corrupt(id, c))?;
+                for ((id, labels), head) in series.into_iter().zip(heads) {
+                    let samples = read::read_series(conn, id, start, end, head, &mut |c| {
+                        self.corrupt(id, c)
+                    })?;
                     loaded += samples.len();
                     if loaded > max_samples {
                         return Ok(Err(QuerierError::TooManySamples(max_samples)));

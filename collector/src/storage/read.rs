@@ -1,20 +1,26 @@
-//! Reading a series back: the chunks that overlap a range and the head rows
-//! in it, merged into one ascending run with one value per timestamp.
+//! Reading a series back: the chunks that overlap a range and the head
+//! samples in it (copied from memory by the caller, before the read
+//! transaction starts), merged into one ascending run with one value per
+//! timestamp.
 //!
-//! Precedence at a timestamp held more than once: a head row wins over any
-//! chunk, and among chunks the one with the larger id (created later)
+//! Precedence at a timestamp held more than once: a head sample wins over
+//! any chunk, and among chunks the one with the larger id (created later)
 //! wins. Both follow from how data moves: a chunk only ever holds what was
-//! in the head when it was built, and the head holds one row per timestamp
-//! (a later write replaces it), so whatever is in the head now, or in a
-//! later chunk, was written later.
+//! in the head when it was built, and the head holds one value per
+//! timestamp (a later write replaces it), so whatever is in the head now,
+//! or in a later chunk, was written later.
+//!
+//! The head is copied before the snapshot is taken: a compaction that
+//! commits in between leaves its samples in the copy and in the chunks the
+//! snapshot sees (the same values), never in neither.
 //!
 //! A chunk that does not decode is skipped and reported to the caller; it
 //! never fails the read.
 
 use super::chunk::{self, ChunkError};
 use super::index::SeriesId;
+use rusqlite::Connection;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension};
 
 /// Samples ascending by timestamp.
 pub type Run = Vec<(i64, f64)>;
@@ -105,28 +111,15 @@ pub fn merge_two(low: Run, high: Run) -> Run {
     out
 }
 
-/// Head rows of a series in `[start, end]`, ascending.
-pub fn head_rows(conn: &Connection, id: SeriesId, start: i64, end: i64) -> rusqlite::Result<Run> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT ts, value FROM samples
-         WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3 ORDER BY ts",
-    )?;
-    let rows = stmt.query_map((id.0, start, end), |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            f64::from_bits(r.get::<_, i64>(1)? as u64),
-        ))
-    })?;
-    rows.collect()
-}
-
-/// Every sample of a series in `[start, end]`: chunks and head merged.
-/// Corrupt chunks are passed to `corrupt` and left out.
+/// Every sample of a series in `[start, end]`: chunks and `head` (its head
+/// samples in the range) merged. Corrupt chunks are passed to `corrupt`
+/// and left out.
 pub fn read_series(
     conn: &Connection,
     id: SeriesId,
     start: i64,
     end: i64,
+    head: Run,
     corrupt: &mut dyn FnMut(CorruptChunk),
 ) -> rusqlite::Result<Run> {
     let mut stmt = conn.prepare_cached(
@@ -146,14 +139,12 @@ pub fn read_series(
             }),
         }
     }
-    Ok(merge_two(
-        merge_runs(runs),
-        head_rows(conn, id, start, end)?,
-    ))
+    Ok(merge_two(merge_runs(runs), head))
 }
 
-/// True when a series has a sample in `[start, end]` (without loading them
-/// unless a chunk straddles the whole range).
+/// True when a series has a chunk sample in `[start, end]` (without
+/// loading them unless a chunk straddles the whole range). The caller asks
+/// the head first.
 pub fn has_data(
     conn: &Connection,
     id: SeriesId,
@@ -161,15 +152,6 @@ pub fn has_data(
     end: i64,
     corrupt: &mut dyn FnMut(CorruptChunk),
 ) -> rusqlite::Result<bool> {
-    let head: Option<i64> = conn
-        .prepare_cached(
-            "SELECT 1 FROM samples WHERE series_id = ?1 AND ts BETWEEN ?2 AND ?3 LIMIT 1",
-        )?
-        .query_row((id.0, start, end), |r| r.get(0))
-        .optional()?;
-    if head.is_some() {
-        return Ok(true);
-    }
     let mut stmt = conn.prepare_cached(
         "SELECT id, start_ts, end_ts FROM chunks
          WHERE series_id = ?1 AND end_ts >= ?2 AND start_ts <= ?3",

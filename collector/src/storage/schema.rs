@@ -9,11 +9,19 @@
 //! change the auto-vacuum mode; it takes time and free disk space in
 //! proportion to the file). Its raw rows stay in `samples`, the head, and
 //! the writer compacts them into chunks in the background.
+//!
+//! Version 3 replaces the row-per-sample head table `samples` with
+//! `ingest_log` (one row per committed write, `log.rs`) and an in-memory
+//! head (`head.rs`), and adds `series.log_from`: the first log row whose
+//! samples of that series are not in chunks yet (replay skips the series'
+//! samples in older rows). A version 2 file is migrated at open: the rows
+//! of `samples` move into log rows (up to 4096 samples each) in one
+//! transaction and the table is dropped.
 
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE series (
@@ -61,6 +69,21 @@ CREATE TABLE chunks (
 CREATE INDEX chunks_by_series ON chunks (series_id, end_ts, start_ts);
 ";
 
+/// What version 3 changes (the move of `samples` rows is done in code).
+const SCHEMA_V3: &str = "
+-- The ingest log: one row per committed write, its samples encoded
+-- (log.rs). AUTOINCREMENT: ids never go back, even after the newest rows
+-- were deleted, so series.log_from stays meaningful.
+CREATE TABLE ingest_log (
+    id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    data BLOB NOT NULL
+);
+ALTER TABLE series ADD COLUMN log_from INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Most samples one migrated log row holds.
+const MIGRATED_ROW_SAMPLES: usize = 4096;
+
 /// Settings for every connection: WAL so readers never block the writer,
 /// and a busy timeout so a reader opening during a checkpoint waits.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -78,7 +101,7 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// series) is touched all over by every write round, so it should stay in
 /// memory. Negative: KiB.
 pub fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "cache_size", -65536)
+    conn.pragma_update(None, "cache_size", -16384)
 }
 
 /// Creates or checks the schema, migrating older versions.
@@ -93,16 +116,36 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
             conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
                 .map_err(err)?;
             conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} DROP TABLE samples;
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(err)?;
         }
-        1 => {
-            conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
-            ))
-            .map_err(err)?;
-            tracing::info!("storage schema migrated from version 1 to 2");
+        1 | 2 => {
+            conn.execute_batch("BEGIN").map_err(err)?;
+            let step = (|| {
+                if version == 1 {
+                    conn.execute_batch(SCHEMA_V2)?;
+                }
+                conn.execute_batch(SCHEMA_V3)?;
+                let moved = samples_to_log(conn)?;
+                conn.execute_batch(&format!(
+                    "DROP TABLE samples; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))?;
+                Ok::<_, rusqlite::Error>(moved)
+            })();
+            match step {
+                Ok(moved) => tracing::info!(
+                    from = version,
+                    to = SCHEMA_VERSION,
+                    head_samples = moved,
+                    "storage schema migrated"
+                ),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(err(e));
+                }
+            }
         }
         SCHEMA_VERSION => {}
         v => {
@@ -112,6 +155,34 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
         }
     }
     ensure_incremental_vacuum(conn).map_err(err)
+}
+
+/// Moves every `samples` row into `ingest_log` rows; returns how many.
+fn samples_to_log(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut stmt =
+        conn.prepare("SELECT series_id, ts, value FROM samples ORDER BY series_id, ts")?;
+    let mut rows = stmt.query([])?;
+    let mut put = conn.prepare("INSERT INTO ingest_log (data) VALUES (?1)")?;
+    let mut groups: Vec<super::log::Group> = Vec::new();
+    let (mut pending, mut moved) = (0usize, 0usize);
+    while let Some(r) = rows.next()? {
+        let (id, ts, bits): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        match groups.last_mut() {
+            Some(g) if g.0.0 == id => g.1.push((ts, bits as u64)),
+            _ => groups.push((super::index::SeriesId(id), vec![(ts, bits as u64)])),
+        }
+        pending += 1;
+        moved += 1;
+        if pending >= MIGRATED_ROW_SAMPLES {
+            put.execute([super::log::encode(&groups)])?;
+            groups.clear();
+            pending = 0;
+        }
+    }
+    if pending > 0 {
+        put.execute([super::log::encode(&groups)])?;
+    }
+    Ok(moved)
 }
 
 /// Turns on incremental auto-vacuum if the file does not have it yet (a
@@ -187,11 +258,17 @@ mod tests {
         assert_eq!(pragma(&conn, "auto_vacuum"), 0);
         migrate(&conn).unwrap();
         assert_eq!(pragma(&conn, "auto_vacuum"), 2);
-        assert_eq!(pragma(&conn, "user_version"), 2);
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
+        assert_eq!(pragma(&conn, "user_version"), SCHEMA_VERSION);
+        let data: Vec<u8> = conn
+            .query_row("SELECT data FROM ingest_log", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(
+            super::super::log::decode(&data).unwrap(),
+            vec![(
+                super::super::index::SeriesId(1),
+                vec![(1000, 4607182418800017408)]
+            )]
+        );
         let n: i64 = conn
             .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
             .unwrap();

@@ -3,7 +3,10 @@
 //! whole or not at all), commits the round, updates the in-memory index and
 //! stream maps only after the commit, and then answers each caller.
 //!
-//! It never answers before the commit: an acknowledged batch is on disk.
+//! A write is one `ingest_log` row (its samples encoded, `log.rs`) plus the
+//! series, de-duplication and metadata rows it needs; the samples go into
+//! the in-memory head (`head.rs`) once the round commits. It never answers
+//! before the commit: an acknowledged batch is on disk.
 //!
 //! Between write rounds (and when idle) it runs background maintenance in
 //! bounded steps, each its own transaction of at most
@@ -12,14 +15,25 @@
 //! series (every [`RETENTION_EVERY`]), and incremental vacuum after
 //! deletions. A write round waits for at most one step.
 //!
+//! Compaction reads a series' head from memory, writes chunks, and in the
+//! same transaction re-logs the samples it leaves in the head (one log row)
+//! and records in `series.log_from` the first log row still needed for the
+//! series; after the commit the head keeps only those samples. Log rows
+//! older than every head's `log_from` are deleted in a maintenance step. At
+//! open the log is replayed into the head, skipping each series' samples in
+//! rows before its `log_from`; a row that does not decode is logged,
+//! counted in `nines_storage_corrupt_log_rows_total` and skipped.
+//!
 //! A series' head is due when it holds about a full chunk's worth of rows
 //! (learned per series from its last compaction), when it has rows in two
 //! windows (the older is closed), or when the wall clock is past the window
 //! of its oldest row and nothing was written to it for [`QUIET`].
 
 use super::compact;
+use super::head::{Head, SeriesHead};
 use super::index::{Index, SeriesId};
-use super::read::CorruptChunk;
+use super::log;
+use super::read::{CorruptChunk, Run};
 use super::schema;
 use super::{MaintenanceReport, SeriesWrite, StorageMetrics, StorageOptions};
 use nines_shared::{
@@ -54,6 +68,8 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(10);
 /// A series written to less recently than this has gone quiet: once the
 /// wall clock is past its window, the window is closed.
 pub(super) const QUIET: Duration = Duration::from_secs(60);
+/// How often log rows no head needs any more are looked for.
+const LOG_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Head rows that make a series due before its chunk size is known.
 const DEFAULT_TARGET_ROWS: usize = 512;
 
@@ -98,6 +114,8 @@ enum Msg {
         Control,
         oneshot::Sender<Result<MaintenanceReport, WriteError>>,
     ),
+    /// The store is closing: finish and stop.
+    Stop,
 }
 
 /// Maintenance asked for explicitly.
@@ -119,6 +137,18 @@ enum Work {
 /// Sends batches to the writer thread.
 pub(super) struct Handle {
     tx: mpsc::SyncSender<Msg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    /// Stops the writer and waits for it: once a store is dropped nothing
+    /// of it writes to the file any more.
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Handle {
@@ -166,25 +196,34 @@ impl Handle {
 pub(super) fn spawn(
     conn: Connection,
     index: Arc<RwLock<Index>>,
+    mem: Arc<Head>,
     metrics: StorageMetrics,
     options: StorageOptions,
 ) -> Result<Handle, super::StorageError> {
     let (tx, rx) = mpsc::sync_channel::<Msg>(256);
-    let mut w = Writer::new(conn, index, metrics, options);
-    w.load_head()?;
-    std::thread::Builder::new()
+    let mut w = Writer::new(conn, index, mem, metrics, options);
+    w.replay()?;
+    let thread = std::thread::Builder::new()
         .name("nines-sqlite-writer".into())
         .spawn(move || w.run(rx))
         .map_err(|e| super::StorageError::Schema {
             path: String::new(),
             reason: format!("cannot start writer thread: {e}"),
         })?;
-    Ok(Handle { tx })
+    Ok(Handle {
+        tx,
+        thread: Some(thread),
+    })
 }
 
 struct Writer {
     conn: Connection,
     index: Arc<RwLock<Index>>,
+    /// The samples not in chunks yet (shared with readers).
+    mem: Arc<Head>,
+    /// Log rows no head needs are to be deleted.
+    trim_log: bool,
+    last_trim: Instant,
     /// Per stream, what its refs name. Lost on restart, by design: the
     /// collector then answers "unknown refs" and the agent re-sends.
     streams: HashMap<StreamId, StreamRefs>,
@@ -254,9 +293,9 @@ impl HeadStat {
 /// A series' head after compaction, applied once the step commits.
 struct Refresh {
     id: SeriesId,
-    rows: usize,
-    min_ts: i64,
-    max_ts: i64,
+    /// What stays in the head and its first log row; `None` when nothing
+    /// moved (the head stays as it is).
+    rest: Option<(Run, i64)>,
     bytes_per_sample: Option<f64>,
 }
 
@@ -277,14 +316,16 @@ const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 struct Effects {
     new_series: Vec<(SeriesId, Labels)>,
     refs: Vec<(SeriesRef, SeriesId)>,
-    /// Head rows written per series: (count, min ts, max ts).
-    head_rows: HashMap<SeriesId, (usize, i64, i64)>,
+    /// Samples written per series, in write order, and their log row.
+    groups: Vec<log::Group>,
+    log_id: i64,
 }
 
 impl Writer {
     fn new(
         conn: Connection,
         index: Arc<RwLock<Index>>,
+        mem: Arc<Head>,
         metrics: StorageMetrics,
         options: StorageOptions,
     ) -> Writer {
@@ -292,6 +333,9 @@ impl Writer {
         Writer {
             conn,
             index,
+            mem,
+            trim_log: false,
+            last_trim: now,
             streams: HashMap::new(),
             metrics,
             last_prune: now,
@@ -310,24 +354,108 @@ impl Writer {
         }
     }
 
-    /// Learns which series have head rows (left by the previous run).
-    fn load_head(&mut self) -> Result<(), super::StorageError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT series_id, count(*), min(ts), max(ts) FROM samples GROUP BY series_id",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    SeriesId(r.get(0)?),
-                    (r.get::<_, i64>(1)? as usize, r.get(2)?, r.get(3)?),
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Rebuilds the head from the ingest log (left by the previous run).
+    fn replay(&mut self) -> Result<(), super::StorageError> {
+        let started = Instant::now();
+        let log_from: HashMap<i64, i64> = self
+            .conn
+            .prepare("SELECT id, log_from FROM series")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mem = self.mem.clone();
+        let mut heads = mem.write();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, data FROM ingest_log ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        let (mut replayed, mut log_rows) = (0usize, 0usize);
+        let mut stats: HashMap<SeriesId, (usize, i64, i64)> = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let row_id: i64 = row.get(0)?;
+            log_rows += 1;
+            let groups = match super::read::blob(row.get_ref(1)?).and_then(log::decode) {
+                Ok(g) => g,
+                Err(error) => {
+                    self.metrics.corrupt_log_rows.inc();
+                    tracing::error!(row = row_id, %error, "corrupt ingest log row skipped");
+                    continue;
+                }
+            };
+            for (id, samples) in groups {
+                match log_from.get(&id.0) {
+                    None => {
+                        self.metrics.corrupt_log_rows.inc();
+                        tracing::error!(
+                            row = row_id,
+                            series_id = id.0,
+                            "ingest log row names an unknown series; its samples skipped"
+                        );
+                        continue;
+                    }
+                    Some(&from) if row_id < from => continue,
+                    Some(_) => {}
+                }
+                let h = heads.entry(id).or_default();
+                if h.is_empty() {
+                    h.log_from = row_id;
+                }
+                let st = stats.entry(id).or_insert((0, i64::MAX, i64::MIN));
+                for &(t, b) in &samples {
+                    h.push(t, b);
+                    *st = (st.0 + 1, st.1.min(t), st.2.max(t));
+                }
+                replayed += samples.len();
+            }
+        }
+        drop(rows);
         drop(stmt);
-        for (id, n) in rows {
+        drop(heads);
+        for (id, n) in stats {
             self.note_head_rows(id, n);
         }
+        if log_rows > 0 {
+            tracing::info!(
+                log_rows,
+                samples = replayed,
+                seconds = started.elapsed().as_secs_f64(),
+                "ingest log replayed into the head"
+            );
+        }
         Ok(())
+    }
+
+    /// Appends one log row; returns its id.
+    fn append_log(&self, groups: &[log::Group]) -> rusqlite::Result<i64> {
+        self.conn
+            .prepare_cached("INSERT INTO ingest_log (data) VALUES (?1)")?
+            .execute([log::encode(groups)])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Logs again what a compaction leaves in a series' head and records
+    /// the row as the series' first needed one (inside the step's
+    /// transaction); returns the row's id. Older rows no longer hold
+    /// anything of the series that is not in chunks.
+    fn relog(&self, id: SeriesId, rest: &Run) -> rusqlite::Result<i64> {
+        let from = if rest.is_empty() {
+            self.next_log_id()?
+        } else {
+            let bits = rest.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+            self.append_log(&[(id, bits)])?
+        };
+        self.conn
+            .prepare_cached("UPDATE series SET log_from = ?2 WHERE id = ?1")?
+            .execute((id.0, from))?;
+        Ok(from)
+    }
+
+    /// The id the next log row will get (inside the current transaction).
+    fn next_log_id(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'ingest_log'), 0) + 1",
+            [],
+            |r| r.get(0),
+        )
     }
 
     fn note_head_rows(&mut self, id: SeriesId, (n, min, max): (usize, i64, i64)) {
@@ -368,6 +496,7 @@ impl Writer {
                 }
             };
             match msg {
+                Msg::Stop => break,
                 Msg::Control(c, reply) => {
                     let _ = reply.send(self.control(c));
                 }
@@ -400,6 +529,10 @@ impl Writer {
     /// retention pass, de-duplication pruning.
     fn tick(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.last_trim) >= LOG_TRIM_EVERY {
+            self.last_trim = now;
+            self.trim_log = true;
+        }
         if now.duration_since(self.last_scan) >= Duration::from_secs(1) {
             self.last_scan = now;
             let now_ms = (self.clock)();
@@ -442,7 +575,7 @@ impl Writer {
         if self.paused_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum
+        !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum || self.trim_log
     }
 
     /// One maintenance step in its own transaction: compaction units first,
@@ -463,8 +596,26 @@ impl Writer {
         let mut expired = 0usize;
         let now_ms = (self.clock)();
         let mut bps: Option<f64> = None;
+        // The series a unit is working on: its head as the step left it,
+        // and whether anything of it moved yet.
+        let mut work: Option<(SeriesId, Run, bool)> = None;
+        // Series retention went through, and the cutoff.
+        let mut expire: Vec<SeriesId> = Vec::new();
+        let mut expire_cutoff = i64::MIN;
+        let mut partial: Option<(SeriesId, Run, i64)> = None;
+        let trim = std::mem::take(&mut self.trim_log);
         let result = (|| -> rusqlite::Result<()> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            if trim {
+                // Rows before every head's first needed row hold nothing
+                // that is not in chunks (or re-logged) now.
+                let oldest = self.mem.read().values().map(|h| h.log_from).min();
+                let next = self.next_log_id()?;
+                let keep_from = oldest.map_or(next, |o| o.min(next));
+                self.conn
+                    .prepare_cached("DELETE FROM ingest_log WHERE id < ?1")?
+                    .execute([keep_from])?;
+            }
             while within(units) {
                 if let Some(&id) = self.due.get(finished.len()) {
                     let quiet = self
@@ -475,25 +626,31 @@ impl Writer {
                         force: self.forcing,
                         quiet_before: quiet.then_some(now_ms),
                     };
-                    let o = compact::compact_unit(&self.conn, id, close, &mut |c| {
+                    let (run, mut moved) = match work.take() {
+                        Some((w, run, moved)) if w == id => (run, moved),
+                        _ => (self.mem.run(id, i64::MIN, i64::MAX), false),
+                    };
+                    let o = compact::compact_unit(&self.conn, id, &run, close, &mut |c| {
                         report_corrupt(&self.index, &self.metrics, id, &c, "compaction")
                     })?;
                     report.samples_compacted += o.rows;
                     report.chunks_written += o.written;
                     report.corrupt_chunks += o.corrupt;
                     bps = o.bytes_per_sample.or(bps);
-                    if !o.more {
-                        let (rows, min_ts, max_ts): (i64, Option<i64>, Option<i64>) = self
-                            .conn
-                            .prepare_cached(
-                                "SELECT count(*), min(ts), max(ts) FROM samples WHERE series_id = ?1",
-                            )?
-                            .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    moved |= o.rows > 0;
+                    let rest: Run = run[o.rows..].to_vec();
+                    if o.more {
+                        work = Some((id, rest, moved));
+                    } else {
+                        let rest = if moved {
+                            let from = self.relog(id, &rest)?;
+                            Some((rest, from))
+                        } else {
+                            None
+                        };
                         finished.push(Refresh {
                             id,
-                            rows: rows as usize,
-                            min_ts: min_ts.unwrap_or(i64::MAX),
-                            max_ts: max_ts.unwrap_or(i64::MIN),
+                            rest,
                             bytes_per_sample: bps.take(),
                         });
                     }
@@ -509,7 +666,9 @@ impl Writer {
                     for id in &ids {
                         expired +=
                             compact::expire_series(&self.conn, SeriesId(*id), cutoff)?.samples;
+                        expire.push(SeriesId(*id));
                     }
+                    expire_cutoff = cutoff;
                     cursor = match ids.last() {
                         Some(last) if ids.len() == RETENTION_SERIES_PER_UNIT => Some(*last),
                         _ => None,
@@ -519,6 +678,12 @@ impl Writer {
                 }
                 units += 1;
             }
+            // A series cut short by the budget: what moved so far leaves
+            // its head too; it stays first in the queue.
+            if let Some((id, rest, true)) = work.take() {
+                let from = self.relog(id, &rest)?;
+                partial = Some((id, rest, from));
+            }
             self.conn.execute_batch("COMMIT")
         })();
         if let Err(e) = result {
@@ -527,22 +692,61 @@ impl Writer {
             self.paused_until = Some(Instant::now() + FAILURE_PAUSE);
             return MaintenanceReport::default();
         }
+        // Committed: the head follows.
+        let mem = self.mem.clone();
+        let mut heads = mem.write();
+        if let Some((id, rest, from)) = partial {
+            if rest.is_empty() {
+                heads.remove(&id);
+            } else {
+                let h = SeriesHead::from_run(&rest, from);
+                if let (Some(st), Some((a, b))) = (self.head.get_mut(&id), h.span()) {
+                    st.rows = h.len();
+                    st.min_ts = a;
+                    st.max_ts = b;
+                }
+                heads.insert(id, h);
+            }
+        }
         for f in finished {
             self.due.pop_front();
-            if f.rows == 0 {
+            if let Some((rest, from)) = f.rest {
+                if rest.is_empty() {
+                    heads.remove(&f.id);
+                } else {
+                    heads.insert(f.id, SeriesHead::from_run(&rest, from));
+                }
+            }
+            let Some((rows, (min_ts, max_ts))) =
+                heads.get(&f.id).and_then(|h| Some((h.len(), h.span()?)))
+            else {
                 self.head.remove(&f.id);
                 continue;
-            }
+            };
             let st = self.head.entry(f.id).or_insert_with(HeadStat::new);
-            st.rows = f.rows;
-            st.min_ts = f.min_ts;
-            st.max_ts = f.max_ts;
+            st.rows = rows;
+            st.min_ts = min_ts;
+            st.max_ts = max_ts;
             st.queued = false;
             if let Some(b) = f.bytes_per_sample.filter(|b| *b > 0.0) {
                 let fit = (compact::CHUNK_FULL_BYTES as f64 / b) as usize;
                 st.target_rows = fit.clamp(32, compact::CHUNK_MAX_SAMPLES);
             }
         }
+        for id in expire {
+            if let Some(h) = heads.get_mut(&id) {
+                expired += h.expire(expire_cutoff);
+                if h.is_empty() {
+                    heads.remove(&id);
+                    self.head.remove(&id);
+                } else if let (Some(st), Some((a, b))) = (self.head.get_mut(&id), h.span()) {
+                    st.rows = h.len();
+                    st.min_ts = a;
+                    st.max_ts = b;
+                }
+            }
+        }
+        drop(heads);
         report.samples_expired = expired;
         self.metrics
             .compacted_samples
@@ -587,13 +791,8 @@ impl Writer {
     fn control(&mut self, c: Control) -> Result<MaintenanceReport, WriteError> {
         match c {
             Control::CompactAll => {
-                let ids: Vec<i64> = self
-                    .conn
-                    .prepare("SELECT DISTINCT series_id FROM samples")
-                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                    .map_err(|e| WriteError::Storage(e.to_string()))?;
+                let ids: Vec<SeriesId> = self.mem.read().keys().copied().collect();
                 for id in ids {
-                    let id = SeriesId(id);
                     let st = self.head.entry(id).or_insert_with(HeadStat::new);
                     if !st.queued {
                         st.queued = true;
@@ -605,10 +804,17 @@ impl Writer {
                     self.retention_deleted = 0;
                 }
                 self.vacuum = true;
+                self.trim_log = true;
                 self.paused_until = None;
                 let mut total = MaintenanceReport::default();
-                while !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum {
+                loop {
                     self.forcing = true;
+                    let last = self.due.is_empty() && self.retention_cursor.is_none();
+                    if last {
+                        // Everything is compacted: the log rows left are
+                        // those that hold what the heads keep.
+                        self.trim_log = true;
+                    }
                     let r = self.maintenance_step(None);
                     self.forcing = false;
                     if self.paused_until.is_some() {
@@ -618,6 +824,9 @@ impl Writer {
                     total.chunks_written += r.chunks_written;
                     total.samples_expired += r.samples_expired;
                     total.corrupt_chunks += r.corrupt_chunks;
+                    if last && !self.vacuum {
+                        break;
+                    }
                 }
                 self.conn
                     .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -699,6 +908,8 @@ impl Writer {
                 index.insert(*id, labels.clone());
             }
         }
+        let mem = self.mem.clone();
+        let mut heads = mem.write();
         for (r, outcome) in round.into_iter().zip(outcomes) {
             let reply = outcome.map(|(applied, eff)| {
                 if let Applied::Stored {
@@ -713,8 +924,18 @@ impl Writer {
                         stream.refs.extend(eff.refs);
                         stream.last_seen = Some(Instant::now());
                     }
-                    for (id, n) in eff.head_rows {
-                        self.note_head_rows(id, n);
+                    for (id, samples) in &eff.groups {
+                        let h = heads.entry(*id).or_default();
+                        if h.is_empty() {
+                            h.log_from = eff.log_id;
+                        }
+                        let (mut min, mut max) = (i64::MAX, i64::MIN);
+                        for &(t, b) in samples {
+                            h.push(t, b);
+                            min = min.min(t);
+                            max = max.max(t);
+                        }
+                        self.note_head_rows(*id, (samples.len(), min, max));
                     }
                 }
                 applied
@@ -777,13 +998,8 @@ impl Writer {
             eff.refs.push((d.series, id));
         }
 
-        let mut put = self
-            .conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(sql)?;
         let mut samples = 0usize;
+        let mut at: HashMap<SeriesId, usize> = HashMap::new();
         for g in &batch.groups {
             for (r, v) in &g.values {
                 let id = refs
@@ -791,14 +1007,17 @@ impl Writer {
                     .copied()
                     .or_else(|| lookup(r))
                     .ok_or_else(|| WriteError::UnknownRefs(vec![r.0]))?;
-                put.execute((id.0, g.at.0, v.to_bits() as i64))
-                    .map_err(sql)?;
-                let e = eff.head_rows.entry(id).or_insert((0, i64::MAX, i64::MIN));
-                *e = (e.0 + 1, e.1.min(g.at.0), e.2.max(g.at.0));
+                let i = *at.entry(id).or_insert_with(|| {
+                    eff.groups.push((id, Vec::new()));
+                    eff.groups.len() - 1
+                });
+                eff.groups[i].1.push((g.at.0, v.to_bits()));
                 samples += 1;
             }
         }
-        drop(put);
+        if samples > 0 {
+            eff.log_id = self.append_log(&eff.groups).map_err(sql)?;
+        }
 
         self.put_metadata(&batch.metadata)?;
         self.conn
@@ -827,25 +1046,23 @@ impl Writer {
         let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
         let mut eff = Effects::default();
         let mut samples = 0usize;
+        let mut at: HashMap<SeriesId, usize> = HashMap::new();
         for s in series {
             let id = self.series_id(&s.labels, pending, &mut eff)?;
-            let mut put = self
-                .conn
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(sql)?;
-            for (t, v) in &s.samples {
-                put.execute((id.0, *t, v.to_bits() as i64)).map_err(sql)?;
-                samples += 1;
+            if s.samples.is_empty() {
+                continue;
             }
-            if let (Some(min), Some(max)) = (
-                s.samples.iter().map(|x| x.0).min(),
-                s.samples.iter().map(|x| x.0).max(),
-            ) {
-                let e = eff.head_rows.entry(id).or_insert((0, i64::MAX, i64::MIN));
-                *e = (e.0 + s.samples.len(), e.1.min(min), e.2.max(max));
-            }
+            let i = *at.entry(id).or_insert_with(|| {
+                eff.groups.push((id, Vec::new()));
+                eff.groups.len() - 1
+            });
+            eff.groups[i]
+                .1
+                .extend(s.samples.iter().map(|&(t, v)| (t, v.to_bits())));
+            samples += s.samples.len();
+        }
+        if samples > 0 {
+            eff.log_id = self.append_log(&eff.groups).map_err(sql)?;
         }
         self.put_metadata(metadata)?;
         let new_series = eff.new_series.len();
@@ -989,6 +1206,7 @@ mod tests {
         Writer::new(
             conn,
             Arc::default(),
+            Arc::default(),
             StorageMetrics::register(&Registry::new()),
             StorageOptions::default(),
         )
@@ -1053,6 +1271,15 @@ mod tests {
         }
     }
 
+    /// Samples in the in-memory head, all series.
+    fn head_samples(w: &Writer) -> usize {
+        w.mem
+            .read()
+            .values()
+            .map(|h| h.run(i64::MIN, i64::MAX).len())
+            .sum()
+    }
+
     fn query_i64(w: &Writer, sql: &str) -> i64 {
         w.conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
@@ -1108,7 +1335,7 @@ mod tests {
         );
         compact_everything(&mut w);
         assert_eq!(query_i64(&w, "SELECT count(*) FROM chunks"), 4);
-        assert_eq!(query_i64(&w, "SELECT count(*) FROM samples"), 0);
+        assert_eq!(head_samples(&w), 0);
         // Head rows: one too old, one recent.
         series_round(
             &mut w,
@@ -1143,13 +1370,12 @@ mod tests {
             ]
         );
         let head: Vec<i64> = w
-            .conn
-            .prepare("SELECT ts FROM samples")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            .mem
+            .read()
+            .values()
+            .flat_map(|h| h.run(i64::MIN, i64::MAX))
+            .map(|s| s.0)
+            .collect();
         assert_eq!(head, vec![NOW - minute]);
         // Without retention nothing is deleted.
         w.options.retention = None;
@@ -1180,6 +1406,7 @@ mod tests {
         let pages = query_i64(&w, "PRAGMA page_count");
         assert!(pages > 300, "{pages}");
         w.retention_cursor = Some(i64::MIN);
+        w.trim_log = true;
         while w.retention_cursor.is_some() || w.vacuum {
             w.maintenance_step(Some(Duration::from_secs(1)));
         }
@@ -1221,10 +1448,29 @@ mod tests {
         assert!(steps >= 2);
         // Full chunks were written; the open window's tails stay in the head
         // (the series are neither quiet nor past their window).
-        let head = query_i64(&w, "SELECT count(*) FROM samples") as usize;
+        let head = head_samples(&w);
         assert!(head > 0 && head < n * 600);
         let in_chunks = query_i64(&w, "SELECT sum(count) FROM chunks") as usize;
         assert_eq!(head + in_chunks, n * 600);
+        // What the heads keep was logged again: the batch's own row goes at
+        // the next trim, and the rows left hold exactly the heads.
+        w.trim_log = true;
+        w.maintenance_step(None);
+        assert!(query_i64(&w, "SELECT min(id) FROM ingest_log") > 1);
+        let mut logged = 0;
+        let mut stmt = w.conn.prepare("SELECT data FROM ingest_log").unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            let data: Vec<u8> = r.get(0).unwrap();
+            logged += log::decode(&data)
+                .unwrap()
+                .iter()
+                .map(|g| g.1.len())
+                .sum::<usize>();
+        }
+        drop(rows);
+        drop(stmt);
+        assert_eq!(logged, head);
         // Every series now knows its chunk size and is not due again yet.
         assert!(
             w.head
@@ -1250,7 +1496,7 @@ mod tests {
         w.tick();
         assert_eq!(w.due.len(), 1);
         w.maintenance_step(Some(Duration::from_secs(1)));
-        assert_eq!(query_i64(&w, "SELECT count(*) FROM samples"), 0);
+        assert_eq!(head_samples(&w), 0);
         assert_eq!(query_i64(&w, "SELECT sum(count) FROM chunks"), 10);
         assert!(w.head.is_empty());
     }
@@ -1293,7 +1539,8 @@ mod tests {
             })
         ));
         assert!(matches!(out[3], Ok(Applied::Duplicate)));
-        assert_eq!(count(&w, "samples"), 2);
+        assert_eq!(head_samples(&w), 2);
+        assert_eq!(count(&w, "ingest_log"), 2);
         assert_eq!(count(&w, "series"), 1);
         assert_eq!(count(&w, "applied_batches"), 2);
         assert_eq!(w.index.read().unwrap().len(), 1);
@@ -1317,11 +1564,14 @@ mod tests {
             round(&mut w, vec![b])[0],
             Ok(Applied::Stored { .. })
         ));
-        let bits: i64 = w
-            .conn
-            .query_row("SELECT value FROM samples", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(bits as u64, 0x7ff0_0000_0000_0002);
+        let bits: Vec<u64> = w
+            .mem
+            .read()
+            .values()
+            .flat_map(|h| h.run(i64::MIN, i64::MAX))
+            .map(|s| s.1.to_bits())
+            .collect();
+        assert_eq!(bits, vec![0x7ff0_0000_0000_0002]);
     }
 
     #[test]
