@@ -38,6 +38,21 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("request body is JSON")
     }
+
+    /// Panics unless `X-Nines-Signature: sha256=<hex>` is the HMAC-SHA256
+    /// of the body with `secret` (and not with another key).
+    pub fn verify_signature(&self, secret: &str) {
+        let sig = self.header("X-Nines-Signature").expect("signature header");
+        let hex = sig.strip_prefix("sha256=").expect("sha256= prefix");
+        let tag: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        ring::hmac::verify(&key, &self.body, &tag).expect("the signature verifies over the body");
+        let wrong = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"another key");
+        assert!(ring::hmac::verify(&wrong, &self.body, &tag).is_err());
+    }
 }
 
 /// The server; it runs until the process ends.

@@ -2,7 +2,8 @@
 //! server that fails every other request; the collector's SLO over that
 //! probe shows the burn in `nines_slo_*` and `/api/v1/slos`, its
 //! burn-rate alert (short windows from the config) goes pending or firing
-//! in `/api/v1/alerts` and reaches a webhook through the notifier, and the
+//! in `/api/v1/alerts` and reaches a webhook through the notifier (signed,
+//! Alertmanager's payload; resolved once the server recovers), and the
 //! report's availability equals the ratio of the raw probe counters read
 //! through `/api/v1/query`. SLOs made through
 //! the API are checked, kept across a restart and refused with the field
@@ -17,13 +18,15 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Answers (200 and 500) the flaky server gave.
 #[derive(Default)]
 struct Answers {
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Once set, every request is answered 200.
+    healthy: AtomicBool,
 }
 
 /// A loopback HTTP server that answers 500 to every other request.
@@ -41,7 +44,7 @@ fn flaky_server() -> (u16, Arc<Answers>) {
                 h.clear();
             }
             n += 1;
-            let status = if n % 2 == 0 {
+            let status = if n % 2 == 0 && !a.healthy.load(Ordering::SeqCst) {
                 a.failed.fetch_add(1, Ordering::SeqCst);
                 "500 Internal Server Error"
             } else {
@@ -56,42 +59,6 @@ fn flaky_server() -> (u16, Arc<Answers>) {
         }
     });
     (port, answers)
-}
-
-/// A webhook receiver on loopback: keeps each request's JSON body.
-fn webhook() -> (u16, Arc<std::sync::Mutex<Vec<Value>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for stream in l.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream);
-            let mut len = 0usize;
-            let mut h = String::new();
-            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
-                if let Some((k, v)) = h.trim_end().split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                h.clear();
-            }
-            let mut body = vec![0u8; len];
-            if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
-                continue;
-            }
-            if let Ok(v) = serde_json::from_slice(&body) {
-                g.lock().unwrap().push(v);
-            }
-            let mut s = reader.into_inner();
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-    });
-    (port, got)
 }
 
 const SLO_CONFIG: &str = r#"evaluation_interval = "1s"
@@ -199,12 +166,13 @@ fn start_probing(c: &Collector, dir: &Path, port: u16) -> Agent {
 fn a_half_failing_probe_burns_the_budget_fires_the_alert_and_reports_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("collector.toml");
-    let (hook_port, notified) = webhook();
+    let hook = nines_tests::hook::Hook::start(0);
     std::fs::write(
         &cfg,
         format!(
-            "{SLO_CONFIG}[[receiver]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{hook_port}/\" }}\n\
-             [route]\nreceiver = \"hook\"\ngroup_by = [\"alertname\", \"slo\"]\ngroup_wait = \"0s\"\n"
+            "{SLO_CONFIG}[[receiver]]\nname = \"hook\"\nwebhook = {{ url = \"{}/\", secret = \"{SECRET}\" }}\n\
+             [route]\nreceiver = \"hook\"\ngroup_by = [\"alertname\", \"slo\"]\ngroup_wait = \"0s\"\ngroup_interval = \"1s\"\n",
+            hook.url()
         ),
     )
     .unwrap();
@@ -276,24 +244,17 @@ fn a_half_failing_probe_burns_the_budget_fires_the_alert_and_reports_exactly() {
             .into_iter()
             .find(|a| a["labels"]["alertname"] == "SloBurnRate" && a["state"] == "firing")
     });
-    // The firing alert reaches the notifier and a webhook.
-    let payload = wait_for("the burn-rate alert at the webhook", || {
-        notified
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|p| {
-                p["alerts"].as_array().is_some_and(|a| {
-                    a.iter().any(|a| {
-                        a["labels"]["alertname"] == "SloBurnRate"
-                            && a["labels"]["slo"] == "web"
-                            && a["status"] == "firing"
-                    })
-                })
-            })
-            .cloned()
+    // The firing alert reaches the notifier and a webhook, signed, in
+    // Alertmanager's payload.
+    let request = wait_for("the burn-rate alert at the webhook", || {
+        burn_alert_at(&hook, "firing")
     });
+    request.verify_signature(SECRET);
+    let payload = request.json();
     assert_eq!(payload["receiver"], "hook");
+    assert_eq!(payload["version"], "4");
+    assert_eq!(payload["status"], "firing");
+    assert_eq!(payload["groupLabels"]["slo"], "web");
     let s = slo(&c, "web");
     let states: Vec<&Value> = s["status"]["alerts"].as_array().unwrap().iter().collect();
     assert!(
@@ -389,6 +350,34 @@ fn a_half_failing_probe_burns_the_budget_fires_the_alert_and_reports_exactly() {
             .find(|a| a["labels"]["alertname"] == "SloBurnRate" && a["state"] == "firing")
     });
     assert_eq!(again["activeAt"], active_at);
+
+    // The service recovers: the alert resolves and the webhook is told.
+    answers.healthy.store(true, Ordering::SeqCst);
+    let request = wait_for_within(
+        "the burn-rate alert resolved at the webhook",
+        std::time::Duration::from_secs(90),
+        || burn_alert_at(&hook, "resolved"),
+    );
+    request.verify_signature(SECRET);
+    assert_eq!(request.json()["status"], "resolved");
+}
+
+const SECRET: &str = "slo-webhook-secret";
+
+/// The first request to `hook` with web's SloBurnRate in `status`.
+fn burn_alert_at(
+    hook: &nines_tests::hook::Hook,
+    status: &str,
+) -> Option<nines_tests::hook::Received> {
+    hook.all().into_iter().find(|r| {
+        r.json()["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|a| {
+                a["labels"]["alertname"] == "SloBurnRate"
+                    && a["labels"]["slo"] == "web"
+                    && a["status"] == status
+            })
+        })
+    })
 }
 
 fn host_slo(name: &str) -> Value {
