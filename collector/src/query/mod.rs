@@ -25,6 +25,7 @@ mod quantile;
 pub mod querier;
 mod range_eval;
 mod subquery;
+mod syntax;
 mod value;
 
 pub use engine::{DEFAULT_LOOKBACK_MS, DEFAULT_MAX_SAMPLES, Engine, MAX_RANGE_STEPS};

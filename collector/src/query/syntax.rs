@@ -1,0 +1,1243 @@
+//! Where a refused PromQL query went wrong, said as Prometheus 2.42 says
+//! it: `<line>:<column>: parse error: <what>`.
+//!
+//! The parser we use refuses a query with a bare message (often `invalid
+//! promql query`). Only after it has refused one, this module reads the
+//! query again with a small lexer and recognizer of its own that follow
+//! Prometheus 2.42's lexer states and grammar, and reports the first token
+//! they cannot accept, with Prometheus's wording. When the text is
+//! well-formed and the refusal is about meaning (types, argument counts,
+//! modifiers), the parser's message is kept and placed at the construct
+//! it names, or else at the query's first token.
+//!
+//! Positions are Prometheus's: lines count from 1, columns are 1-based
+//! byte offsets within the line. This module never decides whether a
+//! query is valid; the parser does.
+
+use std::fmt::Write as _;
+
+/// What the recognizer found wrong, and the byte offset where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SyntaxError {
+    /// Byte offset into the query of the offending token.
+    pub offset: usize,
+    /// Prometheus's wording, without the position.
+    pub message: String,
+}
+
+/// The message for a query the parser refused with `parser_message`:
+/// always starts with `line:col: parse error: `.
+pub(super) fn locate(source: &str, parser_message: &str) -> String {
+    let (offset, message) = match recognize(source) {
+        Err(e) => (e.offset, e.message),
+        Ok(tokens) => {
+            let message = prometheus_wording(parser_message);
+            (semantic_offset(&tokens, &message), message)
+        }
+    };
+    with_position(source, offset, &message)
+}
+
+/// `message` prefixed with the position of byte `offset` in `source`.
+pub(super) fn with_position(source: &str, offset: usize, message: &str) -> String {
+    let offset = offset.min(source.len());
+    let before = &source.as_bytes()[..offset];
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let col = match before.iter().rposition(|&b| b == b'\n') {
+        Some(nl) => offset - nl,
+        None => offset + 1,
+    };
+    format!("{line}:{col}: parse error: {message}")
+}
+
+/// The parser's messages where they differ from Prometheus's in quoting
+/// or in the names of types.
+fn prometheus_wording(message: &str) -> String {
+    if let Some(name) = message
+        .strip_prefix("unknown function with name '")
+        .and_then(|r| r.strip_suffix('\''))
+    {
+        return format!("unknown function with name {name:?}");
+    }
+    let mut out = message.to_string();
+    for marker in ["in call to function '", "in call to '"] {
+        if let Some(at) = out.find(marker) {
+            let name_start = at + marker.len();
+            if let Some(len) = out[name_start..].find('\'') {
+                let name = out[name_start..name_start + len].to_string();
+                out = format!(
+                    "{}{name:?}{}",
+                    &out[..name_start - 1],
+                    &out[name_start + len + 1..]
+                );
+            }
+        }
+    }
+    if out.starts_with("expected type ") {
+        out = out
+            .split(' ')
+            .map(|w| match w.trim_end_matches(',') {
+                "matrix" => w.replacen("matrix", "range vector", 1),
+                "vector" => w.replacen("vector", "instant vector", 1),
+                _ => w.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    out
+}
+
+/// Where a well-formed query's refusal belongs: the call a message names
+/// (`in call to "rate"`, `unknown function with name "f"`; the argument
+/// for a type error), else the query's first token.
+fn semantic_offset(tokens: &[Token], message: &str) -> usize {
+    let first = tokens.first().map_or(0, |t| t.start);
+    let quoted_after = |marker: &str| -> Option<String> {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let rest = rest.strip_prefix(['"', '\''])?;
+        Some(rest[..rest.find(['"', '\''])?].to_string())
+    };
+    let call = |name: &str| {
+        tokens.windows(2).position(|w| {
+            w[0].kind == Kind::Ident
+                && w[0].text.eq_ignore_ascii_case(name)
+                && w[1].kind == Kind::LParen
+        })
+    };
+    if let Some(name) = quoted_after("in call to function ") {
+        // A type error: Prometheus points at the argument; we know where
+        // the first one starts.
+        if let Some(at) = call(&name) {
+            if let Some(arg) = tokens.get(at + 2).filter(|t| t.kind != Kind::RParen) {
+                return arg.start;
+            }
+            return tokens[at].start;
+        }
+    }
+    for marker in ["in call to ", "unknown function with name "] {
+        if let Some(at) = quoted_after(marker).and_then(|name| call(&name)) {
+            return tokens[at].start;
+        }
+    }
+    first
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An identifier, keyword or aggregation name; which one depends on
+    /// where it stands.
+    Ident,
+    Number,
+    Duration,
+    Str,
+    LParen,
+    RParen,
+    LBrace,
+    RBrace,
+    LBracket,
+    RBracket,
+    Comma,
+    Colon,
+    /// `=`, `!=`, `=~`, `!~` inside braces.
+    Matcher,
+    /// A binary operator (`+`, `==`, `atan2`, `and`, ...).
+    Op,
+    At,
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token<'a> {
+    kind: Kind,
+    start: usize,
+    text: &'a str,
+}
+
+const AGGREGATORS: &[&str] = &[
+    "sum",
+    "avg",
+    "count",
+    "min",
+    "max",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "count_values",
+    "quantile",
+];
+const SET_OPS: &[&str] = &["and", "or", "unless", "atan2"];
+/// Keywords that cannot name a metric.
+const KEYWORDS: &[&str] = &[
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+];
+/// Keywords Prometheus also reads as a metric name where one may stand.
+const METRIC_KEYWORDS: &[&str] = &["offset", "by", "without", "start", "end"];
+
+impl Token<'_> {
+    fn is_word(&self, word: &str) -> bool {
+        self.kind == Kind::Ident && self.text.eq_ignore_ascii_case(word)
+    }
+
+    fn is_aggregator(&self) -> bool {
+        self.kind == Kind::Ident && AGGREGATORS.iter().any(|a| self.is_word(a))
+    }
+
+    fn is_keyword(&self) -> bool {
+        self.kind == Kind::Ident && KEYWORDS.iter().any(|k| self.is_word(k))
+    }
+
+    /// How Prometheus names the token in `unexpected ...`.
+    fn describe(&self) -> String {
+        match self.kind {
+            Kind::Eof => "end of input".into(),
+            Kind::Ident if self.is_aggregator() => format!("<aggr:{}>", self.text),
+            Kind::Ident if self.is_keyword() => format!("<{}>", self.text),
+            Kind::Ident if self.text.contains(':') => format!("metric identifier {:?}", self.text),
+            Kind::Ident => format!("identifier {:?}", self.text),
+            Kind::Op => format!("<op:{}>", self.text),
+            Kind::At => "<op:@>".into(),
+            Kind::Number => format!("number {}", go_quote(self.text)),
+            Kind::Duration => format!("duration {}", go_quote(self.text)),
+            Kind::Str => format!("string {}", go_quote(self.text)),
+            _ => format!("{:?}", self.text),
+        }
+    }
+}
+
+/// Go's `%q` of a token value, shortened past ten characters as
+/// Prometheus does.
+fn go_quote(text: &str) -> String {
+    if text.chars().count() > 10 {
+        let head: String = text.chars().take(10).collect();
+        format!("{head:?}...")
+    } else {
+        format!("{text:?}")
+    }
+}
+
+fn is_alpha(c: char) -> bool {
+    c == '_' || c.is_ascii_alphabetic()
+}
+
+fn is_alnum(c: char) -> bool {
+    is_alpha(c) || c.is_ascii_digit()
+}
+
+/// Prometheus 2.42's lexer states, producing one token at a time.
+struct Lexer<'a> {
+    src: &'a str,
+    pos: usize,
+    paren_depth: usize,
+    brace_open: bool,
+    bracket_open: bool,
+    /// Inside brackets, before the range (a duration is due).
+    range_due: bool,
+}
+
+impl<'a> Lexer<'a> {
+    fn peek_char(&self) -> Option<char> {
+        self.src[self.pos..].chars().next()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek_char()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+
+    fn token(&self, kind: Kind, start: usize) -> Token<'a> {
+        Token {
+            kind,
+            start,
+            text: &self.src[start..self.pos],
+        }
+    }
+
+    fn skip_blanks(&mut self) {
+        loop {
+            match self.peek_char() {
+                Some(c) if c.is_whitespace() => {
+                    self.bump();
+                }
+                Some('#') if !self.bracket_open => {
+                    while !matches!(self.peek_char(), None | Some('\n')) {
+                        self.bump();
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn next(&mut self) -> Result<Token<'a>, SyntaxError> {
+        self.skip_blanks();
+        let start = self.pos;
+        let err = |offset: usize, message: String| Err(SyntaxError { offset, message });
+        if self.bracket_open && self.range_due {
+            self.range_due = false;
+            return self.range();
+        }
+        let Some(c) = self.bump() else {
+            return if self.brace_open {
+                err(start, "unexpected end of input inside braces".into())
+            } else if self.paren_depth > 0 {
+                err(start, "unclosed left parenthesis".into())
+            } else if self.bracket_open {
+                err(start, "unclosed left bracket".into())
+            } else {
+                Ok(self.token(Kind::Eof, start))
+            };
+        };
+        if self.brace_open {
+            return match c {
+                c if is_alpha(c) => {
+                    while self.peek_char().is_some_and(is_alnum) {
+                        self.bump();
+                    }
+                    Ok(self.token(Kind::Ident, start))
+                }
+                ',' => Ok(self.token(Kind::Comma, start)),
+                '"' | '\'' | '`' => self.string(c, start),
+                '=' => {
+                    if self.peek_char() == Some('~') {
+                        self.bump();
+                    }
+                    Ok(self.token(Kind::Matcher, start))
+                }
+                '!' => match self.bump() {
+                    Some('~' | '=') => Ok(self.token(Kind::Matcher, start)),
+                    Some(n) => err(
+                        start,
+                        format!("unexpected character after '!' inside braces: {n:?}"),
+                    ),
+                    None => err(
+                        start,
+                        "unexpected end of input after '!' inside braces".into(),
+                    ),
+                },
+                '{' => err(start, "unexpected left brace '{'".into()),
+                '}' => {
+                    self.brace_open = false;
+                    Ok(self.token(Kind::RBrace, start))
+                }
+                c => err(start, format!("unexpected character inside braces: {c:?}")),
+            };
+        }
+        match c {
+            ',' => Ok(self.token(Kind::Comma, start)),
+            '*' | '/' | '%' | '+' | '-' | '^' => Ok(self.token(Kind::Op, start)),
+            '=' => match self.peek_char() {
+                Some('=') => {
+                    self.bump();
+                    Ok(self.token(Kind::Op, start))
+                }
+                Some('~') => err(start, "unexpected character after '=': '~'".into()),
+                _ => Ok(self.token(Kind::Matcher, start)),
+            },
+            '!' => match self.peek_char() {
+                Some('=') => {
+                    self.bump();
+                    Ok(self.token(Kind::Op, start))
+                }
+                Some(n) => err(start, format!("unexpected character after '!': {n:?}")),
+                None => err(start, "unexpected end of input after '!'".into()),
+            },
+            '<' | '>' => {
+                if self.peek_char() == Some('=') {
+                    self.bump();
+                }
+                Ok(self.token(Kind::Op, start))
+            }
+            c if c.is_ascii_digit()
+                || (c == '.' && self.peek_char().is_some_and(|d| d.is_ascii_digit())) =>
+            {
+                self.number_or_duration(start)
+            }
+            '"' | '\'' | '`' => self.string(c, start),
+            c if is_alpha(c) || c == ':' => {
+                if self.bracket_open {
+                    if c == ':' {
+                        return Ok(self.token(Kind::Colon, start));
+                    }
+                    return err(
+                        start,
+                        format!("unexpected character inside brackets: {c:?}"),
+                    );
+                }
+                while self.peek_char().is_some_and(|c| is_alnum(c) || c == ':') {
+                    self.bump();
+                }
+                let t = self.token(Kind::Ident, start);
+                if SET_OPS.iter().any(|w| t.is_word(w)) {
+                    return Ok(self.token(Kind::Op, start));
+                }
+                Ok(t)
+            }
+            '@' => Ok(self.token(Kind::At, start)),
+            '(' => {
+                self.paren_depth += 1;
+                Ok(self.token(Kind::LParen, start))
+            }
+            ')' => {
+                if self.paren_depth == 0 {
+                    return err(self.pos, "unexpected right parenthesis ')'".into());
+                }
+                self.paren_depth -= 1;
+                Ok(self.token(Kind::RParen, start))
+            }
+            '{' => {
+                self.brace_open = true;
+                Ok(self.token(Kind::LBrace, start))
+            }
+            '[' => {
+                if self.bracket_open {
+                    return err(start, "unexpected left bracket '['".into());
+                }
+                self.bracket_open = true;
+                self.range_due = true;
+                Ok(self.token(Kind::LBracket, start))
+            }
+            ']' => {
+                if !self.bracket_open {
+                    return err(start, "unexpected right bracket ']'".into());
+                }
+                self.bracket_open = false;
+                Ok(self.token(Kind::RBracket, start))
+            }
+            c => err(start, format!("unexpected character: {c:?}")),
+        }
+    }
+
+    /// The range right after `[`: a duration with units.
+    fn range(&mut self) -> Result<Token<'a>, SyntaxError> {
+        let start = self.pos;
+        let err = |message: String| {
+            Err(SyntaxError {
+                offset: start,
+                message,
+            })
+        };
+        let digits = self.src[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .count();
+        self.pos += digits;
+        if !self.peek_char().is_some_and(is_alnum) || digits == 0 {
+            if self.peek_char() == Some('.') && digits > 0 {
+                // `[1.5m]`: left to the dialect check's wording.
+                while self.peek_char().is_some_and(|c| is_alnum(c) || c == '.') {
+                    self.bump();
+                }
+                return err(format!(
+                    "not a valid duration string: {:?}",
+                    &self.src[start..self.pos]
+                ));
+            }
+            return err("missing unit character in duration".into());
+        }
+        if !self.remaining_duration() {
+            return err(format!(
+                "bad duration syntax: {:?}",
+                &self.src[start..self.pos]
+            ));
+        }
+        Ok(self.token(Kind::Duration, start))
+    }
+
+    /// After the digits of a duration: units and further number-unit
+    /// pairs; true if it ends where a duration may end.
+    fn remaining_duration(&mut self) -> bool {
+        let accept = |lx: &mut Self, set: &str| {
+            if lx.peek_char().is_some_and(|c| set.contains(c)) {
+                lx.bump();
+                true
+            } else {
+                false
+            }
+        };
+        if !accept(self, "smhdwy") {
+            return false;
+        }
+        accept(self, "s");
+        while accept(self, "0123456789") {
+            while accept(self, "0123456789") {}
+            if !accept(self, "smhdw") {
+                return false;
+            }
+            accept(self, "s");
+        }
+        !self.peek_char().is_some_and(is_alnum)
+    }
+
+    fn number_or_duration(&mut self, start: usize) -> Result<Token<'a>, SyntaxError> {
+        self.pos = start;
+        let rest = &self.src[start..];
+        let mut len = 0;
+        let bytes = rest.as_bytes();
+        if rest.starts_with("0x") || rest.starts_with("0X") {
+            len = 2;
+            while len < bytes.len() && bytes[len].is_ascii_hexdigit() {
+                len += 1;
+            }
+        } else {
+            while len < bytes.len() && (bytes[len].is_ascii_digit() || bytes[len] == b'.') {
+                len += 1;
+            }
+            if len < bytes.len() && (bytes[len] == b'e' || bytes[len] == b'E') {
+                let mut e = len + 1;
+                if e < bytes.len() && (bytes[e] == b'+' || bytes[e] == b'-') {
+                    e += 1;
+                }
+                if e < bytes.len() && bytes[e].is_ascii_digit() {
+                    while e < bytes.len() && bytes[e].is_ascii_digit() {
+                        e += 1;
+                    }
+                    len = e;
+                }
+            }
+        }
+        self.pos = start + len;
+        if !self.peek_char().is_some_and(is_alnum) {
+            return Ok(self.token(Kind::Number, start));
+        }
+        self.pos = start + rest.chars().take_while(char::is_ascii_digit).count();
+        if self.pos > start && self.remaining_duration() {
+            return Ok(self.token(Kind::Duration, start));
+        }
+        while self.peek_char().is_some_and(is_alnum) {
+            self.bump();
+        }
+        Err(SyntaxError {
+            offset: start,
+            message: format!(
+                "bad number or duration syntax: {:?}",
+                &self.src[start..self.pos]
+            ),
+        })
+    }
+
+    fn string(&mut self, quote: char, start: usize) -> Result<Token<'a>, SyntaxError> {
+        let err = |message: String| {
+            Err(SyntaxError {
+                offset: start,
+                message,
+            })
+        };
+        loop {
+            match self.bump() {
+                None => {
+                    return err(if quote == '`' {
+                        "unterminated raw string".into()
+                    } else {
+                        "unterminated quoted string".into()
+                    });
+                }
+                Some('\n') if quote != '`' => return err("unterminated quoted string".into()),
+                Some('\\') if quote != '`' => {
+                    if let Err(message) = self.escape(quote) {
+                        return err(message);
+                    }
+                }
+                Some(c) if c == quote => return Ok(self.token(Kind::Str, start)),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// One escape sequence after a backslash, as Go's string lexer reads it.
+    fn escape(&mut self, quote: char) -> Result<(), String> {
+        let Some(c) = self.bump() else {
+            return Err("escape sequence not terminated".into());
+        };
+        let (digits, base, max): (usize, u32, u32) = match c {
+            'a' | 'b' | 'f' | 'n' | 'r' | 't' | 'v' | '\\' => return Ok(()),
+            c if c == quote => return Ok(()),
+            '0'..='7' => {
+                self.pos -= 1;
+                (3, 8, 255)
+            }
+            'x' => (2, 16, 255),
+            'u' => (4, 16, 0x10ffff),
+            'U' => (8, 16, 0x10ffff),
+            c => return Err(format!("unknown escape sequence {}", go_rune(c))),
+        };
+        let mut value: u32 = 0;
+        for _ in 0..digits {
+            match self.peek_char() {
+                None => return Err("escape sequence not terminated".into()),
+                Some(d) => match d.to_digit(base) {
+                    Some(v) => {
+                        self.bump();
+                        value = value * base + v;
+                    }
+                    None => {
+                        return Err(format!(
+                            "illegal character {} in escape sequence",
+                            go_rune(d)
+                        ));
+                    }
+                },
+            }
+        }
+        if value > max || (0xd800..0xe000).contains(&value) {
+            return Err("escape sequence is an invalid Unicode code point".into());
+        }
+        Ok(())
+    }
+}
+
+/// Go's `%#U` of a rune: `U+0071 'q'`.
+fn go_rune(c: char) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "U+{:04X} {c:?}", c as u32);
+    s
+}
+
+/// Reads `source` as Prometheus 2.42's grammar; the tokens if it is
+/// well-formed, else the first error.
+fn recognize(source: &str) -> Result<Vec<Token<'_>>, SyntaxError> {
+    let mut p = Recognizer {
+        lexer: Lexer {
+            src: source,
+            pos: 0,
+            paren_depth: 0,
+            brace_open: false,
+            bracket_open: false,
+            range_due: false,
+        },
+        peeked: None,
+        tokens: Vec::new(),
+    };
+    p.expr()?;
+    let t = p.next()?;
+    if t.kind != Kind::Eof {
+        return Err(unexpected(&t, "", ""));
+    }
+    Ok(p.tokens)
+}
+
+/// Prometheus's `unexpected <token>[ in <context>][, expected <what>]`.
+fn unexpected(t: &Token, context: &str, expected: &str) -> SyntaxError {
+    let mut message = format!("unexpected {}", t.describe());
+    if !context.is_empty() {
+        let _ = write!(message, " in {context}");
+    }
+    if !expected.is_empty() {
+        let _ = write!(message, ", expected {expected}");
+    }
+    SyntaxError {
+        offset: t.start,
+        message,
+    }
+}
+
+struct Recognizer<'a> {
+    lexer: Lexer<'a>,
+    peeked: Option<Token<'a>>,
+    tokens: Vec<Token<'a>>,
+}
+
+impl<'a> Recognizer<'a> {
+    fn peek(&mut self) -> Result<Token<'a>, SyntaxError> {
+        if let Some(t) = self.peeked {
+            return Ok(t);
+        }
+        let t = self.lexer.next()?;
+        self.peeked = Some(t);
+        Ok(t)
+    }
+
+    fn next(&mut self) -> Result<Token<'a>, SyntaxError> {
+        let t = self.peek()?;
+        self.peeked = None;
+        if t.kind != Kind::Eof {
+            self.tokens.push(t);
+        }
+        Ok(t)
+    }
+
+    /// Operands joined by binary operators.
+    fn expr(&mut self) -> Result<(), SyntaxError> {
+        self.unary()?;
+        self.binary_tail()
+    }
+
+    fn unary(&mut self) -> Result<(), SyntaxError> {
+        while matches!(self.peek()?, t if t.kind == Kind::Op && (t.text == "+" || t.text == "-")) {
+            self.next()?;
+        }
+        self.primary()?;
+        self.modifiers()
+    }
+
+    /// Ranges, subqueries, `offset` and `@` after an operand.
+    fn modifiers(&mut self) -> Result<(), SyntaxError> {
+        loop {
+            let t = self.peek()?;
+            if t.kind == Kind::LBracket {
+                self.next()?;
+                self.next()?; // The range; the lexer refuses a bad one.
+                let t = self.next()?;
+                match t.kind {
+                    Kind::RBracket => {}
+                    Kind::Colon => {
+                        let t = self.next()?;
+                        let t = if t.kind == Kind::Duration {
+                            self.next()?
+                        } else {
+                            t
+                        };
+                        if t.kind != Kind::RBracket {
+                            return Err(unexpected(&t, "subquery selector", "duration or \"]\""));
+                        }
+                    }
+                    _ => return Err(unexpected(&t, "", "")),
+                }
+            } else if t.is_word("offset") {
+                self.next()?;
+                let mut t = self.next()?;
+                if t.kind == Kind::Op && t.text == "-" {
+                    t = self.next()?;
+                }
+                if t.kind != Kind::Duration {
+                    return Err(unexpected(&t, "offset", "duration"));
+                }
+            } else if t.kind == Kind::At {
+                self.next()?;
+                let mut t = self.next()?;
+                if t.kind == Kind::Op && (t.text == "-" || t.text == "+") {
+                    t = self.next()?;
+                }
+                if t.is_word("start") || t.is_word("end") {
+                    self.expect(Kind::LParen, "")?;
+                    self.expect(Kind::RParen, "")?;
+                } else if t.kind != Kind::Number {
+                    return Err(unexpected(&t, "@", "timestamp"));
+                }
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    fn expect(&mut self, kind: Kind, context: &str) -> Result<Token<'a>, SyntaxError> {
+        let t = self.next()?;
+        if t.kind != kind {
+            return Err(unexpected(&t, context, ""));
+        }
+        Ok(t)
+    }
+
+    fn primary(&mut self) -> Result<(), SyntaxError> {
+        let t = self.next()?;
+        match t.kind {
+            Kind::Number | Kind::Str => Ok(()),
+            Kind::LParen => {
+                self.expr()?;
+                self.expect(Kind::RParen, "").map(|_| ())
+            }
+            Kind::LBrace => self.matchers(),
+            Kind::Op if SET_OPS[..3].iter().any(|w| t.is_word(w)) => self.selector_rest(),
+            Kind::Ident if t.is_aggregator() => {
+                let n = self.peek()?;
+                if n.kind == Kind::LParen || n.is_word("by") || n.is_word("without") {
+                    self.aggregation()
+                } else {
+                    self.selector_rest()
+                }
+            }
+            Kind::Ident if self.peek()?.kind == Kind::LParen && !t.is_keyword() => self.call(),
+            Kind::Ident if !t.is_keyword() || METRIC_KEYWORDS.iter().any(|k| t.is_word(k)) => {
+                self.selector_rest()
+            }
+            _ => Err(unexpected(&t, "", "")),
+        }
+    }
+
+    /// After a metric name: optional `{...}`.
+    fn selector_rest(&mut self) -> Result<(), SyntaxError> {
+        if self.peek()?.kind == Kind::LBrace {
+            self.next()?;
+            self.matchers()?;
+        }
+        Ok(())
+    }
+
+    /// After `{`: `name op "value"` items up to `}`.
+    fn matchers(&mut self) -> Result<(), SyntaxError> {
+        const CTX: &str = "label matching";
+        loop {
+            let t = self.next()?;
+            match t.kind {
+                Kind::RBrace => return Ok(()),
+                Kind::Ident => {}
+                _ => return Err(unexpected(&t, CTX, "identifier or \"}\"")),
+            }
+            let t = self.next()?;
+            if t.kind != Kind::Matcher {
+                return Err(unexpected(&t, CTX, "label matching operator"));
+            }
+            let t = self.next()?;
+            if t.kind != Kind::Str {
+                return Err(unexpected(&t, CTX, "string"));
+            }
+            let t = self.next()?;
+            match t.kind {
+                Kind::RBrace => return Ok(()),
+                Kind::Comma => {}
+                _ => return Err(unexpected(&t, CTX, "\",\" or \"}\"")),
+            }
+        }
+    }
+
+    /// `(label, ...)` after `by`, `without`, `on`, `ignoring`, `group_x`.
+    fn labels(&mut self) -> Result<(), SyntaxError> {
+        const CTX: &str = "grouping opts";
+        let t = self.next()?;
+        if t.kind != Kind::LParen {
+            return Err(unexpected(&t, CTX, "\"(\""));
+        }
+        loop {
+            let t = self.next()?;
+            match t.kind {
+                Kind::RParen => return Ok(()),
+                Kind::Ident => {}
+                Kind::Op if SET_OPS.iter().any(|w| t.is_word(w)) => {}
+                _ => return Err(unexpected(&t, CTX, "label")),
+            }
+            let t = self.next()?;
+            match t.kind {
+                Kind::RParen => return Ok(()),
+                Kind::Comma => {}
+                _ => return Err(unexpected(&t, CTX, "\",\" or \")\"")),
+            }
+        }
+    }
+
+    /// After an aggregation's name.
+    fn aggregation(&mut self) -> Result<(), SyntaxError> {
+        const CTX: &str = "aggregation";
+        let mut grouped = false;
+        let t = self.peek()?;
+        if t.is_word("by") || t.is_word("without") {
+            self.next()?;
+            self.labels()?;
+            grouped = true;
+        }
+        let t = self.next()?;
+        if t.kind != Kind::LParen {
+            return Err(unexpected(&t, CTX, ""));
+        }
+        if self.peek()?.kind == Kind::RParen {
+            self.next()?;
+        } else {
+            loop {
+                self.operand_in(CTX)?;
+                self.binary_tail()?;
+                let t = self.next()?;
+                match t.kind {
+                    Kind::RParen => break,
+                    Kind::Comma => {}
+                    _ => return Err(unexpected(&t, CTX, "")),
+                }
+            }
+        }
+        let t = self.peek()?;
+        if !grouped && (t.is_word("by") || t.is_word("without")) {
+            self.next()?;
+            self.labels()?;
+        }
+        Ok(())
+    }
+
+    /// The first operand of an argument, whose first token Prometheus
+    /// names with `context` when it cannot start one.
+    fn operand_in(&mut self, context: &str) -> Result<(), SyntaxError> {
+        let t = self.peek()?;
+        let starts = match t.kind {
+            Kind::Number | Kind::Str | Kind::LParen | Kind::LBrace | Kind::Ident => true,
+            Kind::Op => t.text == "+" || t.text == "-" || SET_OPS[..3].iter().any(|w| t.is_word(w)),
+            _ => false,
+        };
+        if !starts {
+            self.next()?;
+            return Err(unexpected(&t, context, ""));
+        }
+        self.unary()
+    }
+
+    /// The binary operators and operands after a first operand.
+    fn binary_tail(&mut self) -> Result<(), SyntaxError> {
+        while self.peek()?.kind == Kind::Op {
+            self.next()?;
+            if self.peek()?.is_word("bool") {
+                self.next()?;
+            }
+            let t = self.peek()?;
+            if t.is_word("on") || t.is_word("ignoring") {
+                self.next()?;
+                self.labels()?;
+                let t = self.peek()?;
+                if t.is_word("group_left") || t.is_word("group_right") {
+                    self.next()?;
+                    if self.peek()?.kind == Kind::LParen {
+                        self.labels()?;
+                    }
+                }
+            }
+            self.unary()?;
+        }
+        Ok(())
+    }
+
+    /// After a function's name: `(` arguments `)`.
+    fn call(&mut self) -> Result<(), SyntaxError> {
+        self.next()?; // `(`
+        if self.peek()?.kind == Kind::RParen {
+            self.next()?;
+            return Ok(());
+        }
+        loop {
+            self.expr()?;
+            let t = self.next()?;
+            match t.kind {
+                Kind::RParen => return Ok(()),
+                Kind::Comma => {
+                    let n = self.peek()?;
+                    if n.kind == Kind::RParen || n.kind == Kind::Comma {
+                        return Err(SyntaxError {
+                            offset: t.start,
+                            message: "trailing commas not allowed in function call args".into(),
+                        });
+                    }
+                }
+                _ => return Err(unexpected(&t, "", "")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(src: &str) -> Vec<(Kind, &str)> {
+        let mut lx = Lexer {
+            src,
+            pos: 0,
+            paren_depth: 0,
+            brace_open: false,
+            bracket_open: false,
+            range_due: false,
+        };
+        let mut out = Vec::new();
+        loop {
+            let t = lx.next().unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            if t.kind == Kind::Eof {
+                return out;
+            }
+            out.push((t.kind, t.text));
+        }
+    }
+
+    fn lex_error(src: &str) -> (usize, String) {
+        let mut lx = Lexer {
+            src,
+            pos: 0,
+            paren_depth: 0,
+            brace_open: false,
+            bracket_open: false,
+            range_due: false,
+        };
+        loop {
+            match lx.next() {
+                Ok(t) if t.kind == Kind::Eof => panic!("{src}: no lexer error"),
+                Ok(_) => {}
+                Err(e) => return (e.offset, e.message),
+            }
+        }
+    }
+
+    #[test]
+    fn lexer_reads_tokens_with_their_text() {
+        use Kind::*;
+        assert_eq!(
+            kinds("sum by (job) (rate(x{a=~\"b\\\"c\"}[5m:1m] offset -1h30m))"),
+            vec![
+                (Ident, "sum"),
+                (Ident, "by"),
+                (LParen, "("),
+                (Ident, "job"),
+                (RParen, ")"),
+                (LParen, "("),
+                (Ident, "rate"),
+                (LParen, "("),
+                (Ident, "x"),
+                (LBrace, "{"),
+                (Ident, "a"),
+                (Matcher, "=~"),
+                (Str, "\"b\\\"c\""),
+                (RBrace, "}"),
+                (LBracket, "["),
+                (Duration, "5m"),
+                (Colon, ":"),
+                (Duration, "1m"),
+                (RBracket, "]"),
+                (Ident, "offset"),
+                (Op, "-"),
+                (Duration, "1h30m"),
+                (RParen, ")"),
+                (RParen, ")"),
+            ]
+        );
+        assert_eq!(
+            kinds("a:b and 0x1F >= 1.5e-3 # (unclosed in a comment\n@ `raw\\d`"),
+            vec![
+                (Ident, "a:b"),
+                (Op, "and"),
+                (Number, "0x1F"),
+                (Op, ">="),
+                (Number, "1.5e-3"),
+                (At, "@"),
+                (Str, "`raw\\d`"),
+            ]
+        );
+        assert_eq!(
+            kinds("x != bool 1"),
+            vec![(Ident, "x"), (Op, "!="), (Ident, "bool"), (Number, "1")]
+        );
+    }
+
+    #[test]
+    fn lexer_errors_are_prometheus_wording_at_prometheus_offsets() {
+        for (src, offset, message) in [
+            ("rate(", 5, "unclosed left parenthesis"),
+            ("foo)", 4, "unexpected right parenthesis ')'"),
+            ("foo}", 3, "unexpected character: '}'"),
+            ("foo]", 3, "unexpected right bracket ']'"),
+            ("foo[5m", 6, "unclosed left bracket"),
+            ("foo{a=\"b\"", 9, "unexpected end of input inside braces"),
+            (
+                "foo{a!\"b\"}",
+                5,
+                "unexpected character after '!' inside braces: '\"'",
+            ),
+            ("foo{a=1}", 6, "unexpected character inside braces: '1'"),
+            ("foo[5]", 4, "missing unit character in duration"),
+            ("foo[]", 4, "missing unit character in duration"),
+            ("foo[5x]", 4, "bad duration syntax: \"5\""),
+            ("x[1h30x]", 2, "bad duration syntax: \"1h30\""),
+            ("\"a\\qb\"", 0, "unknown escape sequence U+0071 'q'"),
+            (
+                "foo{a=\"\\x\"}",
+                6,
+                "illegal character U+0022 '\"' in escape sequence",
+            ),
+            (
+                "'a\\x4g'",
+                0,
+                "illegal character U+0067 'g' in escape sequence",
+            ),
+            ("\"unterminated", 0, "unterminated quoted string"),
+            ("`unterminated", 0, "unterminated raw string"),
+            ("foo ! bar", 4, "unexpected character after '!': ' '"),
+            ("foo$", 3, "unexpected character: '$'"),
+            ("é + (", 0, "unexpected character: 'é'"),
+        ] {
+            assert_eq!(lex_error(src), (offset, message.to_string()), "{src}");
+        }
+    }
+
+    #[test]
+    fn positions_are_line_and_byte_column() {
+        assert_eq!(with_position("abc", 0, "m"), "1:1: parse error: m");
+        assert_eq!(with_position("abc", 3, "m"), "1:4: parse error: m");
+        assert_eq!(with_position("a\n  bc", 4, "m"), "2:3: parse error: m");
+        assert_eq!(with_position("\"é\" bar", 5, "m"), "1:6: parse error: m");
+        assert_eq!(with_position("x", 10, "m"), "1:2: parse error: m");
+    }
+
+    /// Queries Prometheus 2.42 refuses, and its message for each (from
+    /// `/api/v1/query`, without the `invalid parameter "query": ` prefix).
+    pub(crate) const PROMETHEUS_2_42: &[(&str, &str)] = &[
+        ("rate(", "1:6: parse error: unclosed left parenthesis"),
+        (
+            "sum(rate(x[5m])",
+            "1:16: parse error: unclosed left parenthesis",
+        ),
+        (
+            "foo{a=}",
+            "1:7: parse error: unexpected \"}\" in label matching, expected string",
+        ),
+        ("1 +", "1:4: parse error: unexpected end of input"),
+        ("foo bar", "1:5: parse error: unexpected identifier \"bar\""),
+        ("foo)", "1:5: parse error: unexpected right parenthesis ')'"),
+        ("foo}", "1:4: parse error: unexpected character: '}'"),
+        ("foo]", "1:4: parse error: unexpected right bracket ']'"),
+        ("foo[5m", "1:7: parse error: unclosed left bracket"),
+        (
+            "foo{a=\"b\",",
+            "1:11: parse error: unexpected end of input inside braces",
+        ),
+        (
+            "foo{a}",
+            "1:6: parse error: unexpected \"}\" in label matching, expected label matching operator",
+        ),
+        (
+            "foo{a=\"b\" c=\"d\"}",
+            "1:11: parse error: unexpected identifier \"c\" in label matching, expected \",\" or \"}\"",
+        ),
+        (
+            "foo{=\"b\"}",
+            "1:5: parse error: unexpected \"=\" in label matching, expected identifier or \"}\"",
+        ),
+        (
+            "foo{a=\"b\",,c=\"d\"}",
+            "1:11: parse error: unexpected \",\" in label matching, expected identifier or \"}\"",
+        ),
+        (
+            "foo[5]",
+            "1:5: parse error: missing unit character in duration",
+        ),
+        ("foo[5x]", "1:5: parse error: bad duration syntax: \"5\""),
+        (
+            "foo[5m:1]",
+            "1:8: parse error: unexpected number \"1\" in subquery selector, expected duration or \"]\"",
+        ),
+        (
+            "foo offset",
+            "1:11: parse error: unexpected end of input in offset, expected duration",
+        ),
+        (
+            "foo offset 5",
+            "1:12: parse error: unexpected number \"5\" in offset, expected duration",
+        ),
+        (
+            "foo offset bar",
+            "1:12: parse error: unexpected identifier \"bar\" in offset, expected duration",
+        ),
+        (
+            "nosuchfunc(x)",
+            "1:1: parse error: unknown function with name \"nosuchfunc\"",
+        ),
+        (
+            "\"a\\qb\"",
+            "1:1: parse error: unknown escape sequence U+0071 'q'",
+        ),
+        (
+            "\"unterminated",
+            "1:1: parse error: unterminated quoted string",
+        ),
+        ("* 1", "1:1: parse error: unexpected <op:*>"),
+        ("1 * * 2", "1:5: parse error: unexpected <op:*>"),
+        (
+            "sum by (a) ",
+            "1:12: parse error: unexpected end of input in aggregation",
+        ),
+        ("x by (a)", "1:3: parse error: unexpected <by>"),
+        (
+            "sum by foo (x)",
+            "1:8: parse error: unexpected identifier \"foo\" in grouping opts, expected \"(\"",
+        ),
+        (
+            "sum by (a b) (x)",
+            "1:11: parse error: unexpected identifier \"b\" in grouping opts, expected \",\" or \")\"",
+        ),
+        (
+            "sum by (1) (x)",
+            "1:9: parse error: unexpected number \"1\" in grouping opts, expected label",
+        ),
+        (
+            "sum(x) by",
+            "1:10: parse error: unexpected end of input in grouping opts, expected \"(\"",
+        ),
+        (
+            "sum(x y)",
+            "1:7: parse error: unexpected identifier \"y\" in aggregation",
+        ),
+        (
+            "sum(,)",
+            "1:5: parse error: unexpected \",\" in aggregation",
+        ),
+        (
+            "foo{a=\"b\"} {c=\"d\"}",
+            "1:12: parse error: unexpected \"{\"",
+        ),
+        (
+            "x @",
+            "1:4: parse error: unexpected end of input in @, expected timestamp",
+        ),
+        (
+            "foo @ bar",
+            "1:7: parse error: unexpected identifier \"bar\" in @, expected timestamp",
+        ),
+        ("x ==", "1:5: parse error: unexpected end of input"),
+        ("1 bool", "1:3: parse error: unexpected <bool>"),
+        ("rate(x y)", "1:8: parse error: unexpected identifier \"y\""),
+        ("rate(,)", "1:6: parse error: unexpected \",\""),
+        (
+            "abs(1,)",
+            "1:6: parse error: trailing commas not allowed in function call args",
+        ),
+        (
+            "1 +\n  bar baz",
+            "2:7: parse error: unexpected identifier \"baz\"",
+        ),
+        (
+            "sum(\n  rate(x[5m]\n",
+            "3:1: parse error: unclosed left parenthesis",
+        ),
+        (
+            "x # comment (\n+ 1 +",
+            "2:6: parse error: unexpected end of input",
+        ),
+        (
+            "\"é\" bar",
+            "1:6: parse error: unexpected identifier \"bar\"",
+        ),
+        ("sum(x) (y)", "1:8: parse error: unexpected \"(\""),
+        ("x[5m:]]", "1:7: parse error: unexpected right bracket ']'"),
+        (
+            "rate()",
+            "1:1: parse error: expected 1 argument(s) in call to \"rate\", got 0",
+        ),
+        (
+            "label_replace(x, \"a\")",
+            "1:1: parse error: expected 5 argument(s) in call to \"label_replace\", got 2",
+        ),
+        (
+            "rate(x)",
+            "1:6: parse error: expected type range vector in call to function \"rate\", got instant vector",
+        ),
+        (
+            "x[1.5m]",
+            "1:3: parse error: not a valid duration string: \"1.5m\"",
+        ),
+    ];
+
+    #[test]
+    fn refused_queries_say_where_as_prometheus_does() {
+        let mut differences = Vec::new();
+        for (src, want) in PROMETHEUS_2_42 {
+            match super::super::engine::parse(src) {
+                Ok(_) => differences.push(format!("{src:?}: accepted")),
+                Err(e) => {
+                    let got = e.to_string();
+                    if got != *want {
+                        differences.push(format!("{src:?}:\n  want {want}\n  got  {got}"));
+                    }
+                }
+            }
+        }
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+    }
+}
