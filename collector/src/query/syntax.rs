@@ -60,7 +60,7 @@ fn prometheus_wording(message: &str) -> String {
         return format!("unknown function with name {name:?}");
     }
     let mut out = message.to_string();
-    for marker in ["in call to function '", "in call to '"] {
+    for marker in ["in call to function '", "in call to '", "set operator '"] {
         if let Some(at) = out.find(marker) {
             let name_start = at + marker.len();
             if let Some(len) = out[name_start..].find('\'') {
@@ -241,6 +241,8 @@ struct Lexer<'a> {
     bracket_open: bool,
     /// Inside brackets, before the range (a duration is due).
     range_due: bool,
+    /// Inside brackets, after the subquery's colon.
+    colon_seen: bool,
 }
 
 impl<'a> Lexer<'a> {
@@ -365,13 +367,13 @@ impl<'a> Lexer<'a> {
             '"' | '\'' | '`' => self.string(c, start),
             c if is_alpha(c) || c == ':' => {
                 if self.bracket_open {
-                    if c == ':' {
-                        return Ok(self.token(Kind::Colon, start));
+                    // Prometheus's lexer reads any letter in brackets as
+                    // the subquery's colon, and refuses a second one.
+                    if self.colon_seen {
+                        return err(start, format!("unexpected colon {c:?}"));
                     }
-                    return err(
-                        start,
-                        format!("unexpected character inside brackets: {c:?}"),
-                    );
+                    self.colon_seen = true;
+                    return Ok(self.token(Kind::Colon, start));
                 }
                 while self.peek_char().is_some_and(|c| is_alnum(c) || c == ':') {
                     self.bump();
@@ -404,6 +406,7 @@ impl<'a> Lexer<'a> {
                 }
                 self.bracket_open = true;
                 self.range_due = true;
+                self.colon_seen = false;
                 Ok(self.token(Kind::LBracket, start))
             }
             ']' => {
@@ -433,7 +436,7 @@ impl<'a> Lexer<'a> {
         self.pos += digits;
         if !self.peek_char().is_some_and(is_alnum) || digits == 0 {
             if self.peek_char() == Some('.') && digits > 0 {
-                // `[1.5m]`: left to the dialect check's wording.
+                // `[1.5m]`: Prometheus's wording for a fraction.
                 while self.peek_char().is_some_and(|c| is_alnum(c) || c == '.') {
                     self.bump();
                 }
@@ -613,6 +616,7 @@ fn recognize(source: &str) -> Result<Vec<Token<'_>>, SyntaxError> {
             brace_open: false,
             bracket_open: false,
             range_due: false,
+            colon_seen: false,
         },
         peeked: None,
         tokens: Vec::new(),
@@ -938,6 +942,7 @@ mod tests {
             brace_open: false,
             bracket_open: false,
             range_due: false,
+            colon_seen: false,
         };
         let mut out = Vec::new();
         loop {
@@ -957,6 +962,7 @@ mod tests {
             brace_open: false,
             bracket_open: false,
             range_due: false,
+            colon_seen: false,
         };
         loop {
             match lx.next() {
@@ -1221,6 +1227,11 @@ mod tests {
         (
             "x[1.5m]",
             "1:3: parse error: not a valid duration string: \"1.5m\"",
+        ),
+        ("x[5m bar]", "1:7: parse error: unexpected colon 'a'"),
+        (
+            "1 and 2",
+            "1:1: parse error: set operator \"and\" not allowed in binary scalar expression",
         ),
     ];
 
