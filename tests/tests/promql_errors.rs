@@ -107,11 +107,50 @@ const CORPUS: &[(&str, Expect)] = &[
     // In brackets Prometheus's lexer reads a letter as the colon.
     ("x[5m bar]", Same),
     ("max_over_time(x[5m:1m:1m])", Same),
+    ("1e", Same),
+    ("0x1g", Same),
+    ("NaN Inf", Same),
+    // Durations Prometheus 2.42 does not read.
+    ("x[30m1h:]", Same),
+    ("x[0s]", Same),
+    ("x[5m:0s]", Same),
+    ("x offset 30m1h", Same),
+    ("x offset 0s", Same),
+    ("x[1.5m]", Same),
+    ("rate(x[300])", Same),
+    // Modifiers where they are not allowed, placed where Prometheus
+    // places them.
+    ("foo[5m] [5m]", Same),
+    ("rate(x[5m])[5m]", Same),
+    ("x offset 5m[5m]", Same),
+    ("x @ 1 [5m]", Same),
+    ("rate(x[5m]) @ 1", Same),
+    ("x + 1 offset 1m", Same),
+    ("sum(rate(x[5m])) by (a) offset 5m", Same),
+    ("x offset 5m offset 1m", Same),
+    ("x @ 1 @ 2", Same),
+    ("rate(x[5m]) offset 1h @", Same),
+    // Binary operators and unary minus.
+    ("x / bool y", Same),
+    ("1 == 1", Same),
+    ("\"a\" + 1", Same),
+    ("-\"a\"", Same),
+    ("1 + on(a) group_left x", Same),
+    // Argument types: the argument whose type shows in its text.
+    ("label_join(x, \"a\", \",\", \"b\", 1)", Same),
+    ("round(x, \"a\")", Same),
+    ("ceil(x[5m])", Same),
+    ("sum(x,)", Same),
+    // Names Prometheus 2.42 does not know.
+    ("{\"x\"}", Same),
+    ("sum by (\"a\") (x)", Same),
+    ("mad_over_time(x[5m])", Same),
+    // Go's regexp package words its errors differently from the one nines
+    // uses; both point at the matcher.
+    ("foo{a=\"b\", c=~\"(\"}", Position),
     // Prometheus names an internal token number here; nines names `@`.
     ("@ 1", Position),
-    // The parser says `between vectors`, Prometheus `between instant
-    // vectors`; both point at the binary expression's start.
-    ("1 + on(a) 2", Position),
+    ("1 + on(a) 2", Same),
 ];
 
 /// Asks `/api/v1/query` by POST form; returns (status, body).

@@ -30,9 +30,9 @@ pub(super) struct SyntaxError {
 pub(super) fn locate(source: &str, parser_message: &str) -> String {
     let (offset, message) = match recognize(source) {
         Err(e) => (e.offset, e.message),
-        Ok(tokens) => {
+        Ok(parsed) => {
             let message = prometheus_wording(parser_message);
-            (semantic_offset(&tokens, &message), message)
+            (semantic_offset(&parsed, &message), message)
         }
     };
     with_position(source, offset, &message)
@@ -60,6 +60,17 @@ fn prometheus_wording(message: &str) -> String {
         return format!("unknown function with name {name:?}");
     }
     let mut out = message.to_string();
+    if out == "vector matching only allowed between vectors" {
+        return "vector matching only allowed between instant vectors".into();
+    }
+    if let Some(got) = out.strip_prefix(
+        "unary expression only allowed on expressions of type scalar or vector, got: ",
+    ) {
+        let got = if got == "matrix" { "range vector" } else { got };
+        return format!(
+            "unary expression only allowed on expressions of type scalar or instant vector, got {got:?}"
+        );
+    }
     for marker in ["in call to function '", "in call to '", "set operator '"] {
         if let Some(at) = out.find(marker) {
             let name_start = at + marker.len();
@@ -88,38 +99,88 @@ fn prometheus_wording(message: &str) -> String {
 }
 
 /// Where a well-formed query's refusal belongs: the call a message names
-/// (`in call to "rate"`, `unknown function with name "f"`; the argument
-/// for a type error), else the query's first token.
-fn semantic_offset(tokens: &[Token], message: &str) -> usize {
+/// (`in call to "rate"`, `unknown function with name "f"`), the argument
+/// of the type a type error names, the comparison of two scalars, the
+/// matcher of a bad regex; else the query's first token.
+fn semantic_offset(parsed: &Parsed, message: &str) -> usize {
+    let tokens = &parsed.tokens;
     let first = tokens.first().map_or(0, |t| t.start);
     let quoted_after = |marker: &str| -> Option<String> {
         let rest = &message[message.find(marker)? + marker.len()..];
         let rest = rest.strip_prefix(['"', '\''])?;
         Some(rest[..rest.find(['"', '\''])?].to_string())
     };
-    let call = |name: &str| {
-        tokens.windows(2).position(|w| {
-            w[0].kind == Kind::Ident
-                && w[0].text.eq_ignore_ascii_case(name)
-                && w[1].kind == Kind::LParen
-        })
-    };
+    let call = |name: &str| parsed.calls.iter().find(|(at, _)| tokens[*at].text == name);
     if let Some(name) = quoted_after("in call to function ") {
-        // A type error: Prometheus points at the argument; we know where
-        // the first one starts.
-        if let Some(at) = call(&name) {
-            if let Some(arg) = tokens.get(at + 2).filter(|t| t.kind != Kind::RParen) {
-                return arg.start;
-            }
-            return tokens[at].start;
+        // A type error: Prometheus points at the argument. The one whose
+        // type is the one found, if that shows in its text; the only one.
+        let got = message.rsplit(", got ").next().unwrap_or("");
+        if let Some((at, args)) = call(&name) {
+            let of_type = args
+                .iter()
+                .find(|(from, to)| plain_type(&tokens[*from..*to]) == Some(got));
+            return match (of_type, args.as_slice()) {
+                (Some((from, _)), _) | (None, [(from, _)]) => tokens[*from].start,
+                _ => tokens[*at].start,
+            };
         }
     }
     for marker in ["in call to ", "unknown function with name "] {
-        if let Some(at) = quoted_after(marker).and_then(|name| call(&name)) {
-            return tokens[at].start;
+        if let Some((at, _)) = quoted_after(marker).and_then(|name| call(&name)) {
+            return tokens[*at].start;
+        }
+    }
+    if message.starts_with("comparisons between scalars must use BOOL modifier") {
+        let comparisons: Vec<&Token> = tokens
+            .windows(2)
+            .filter(|w| is_comparison(&w[0]) && !w[1].is_word("bool"))
+            .map(|w| &w[0])
+            .collect();
+        if let [op] = comparisons.as_slice() {
+            return op.start;
+        }
+    }
+    if let Some(re) = message.strip_prefix("illegal regex for ") {
+        let matcher = parsed.regexes.iter().find(|(_, value)| {
+            let v = tokens[*value].text;
+            v.get(1..v.len() - 1) == Some(re)
+        });
+        if let Some((label, _)) = matcher {
+            return tokens[*label].start;
         }
     }
     first
+}
+
+/// The type of an argument whose text shows it: a string or number
+/// literal, a bare selector, a selector with a range.
+fn plain_type(arg: &[Token]) -> Option<&'static str> {
+    match arg {
+        [t] if t.kind == Kind::Str => return Some("string"),
+        [t] if t.kind == Kind::Number => return Some("scalar"),
+        [s, t] if s.kind == Kind::Op && t.kind == Kind::Number => return Some("scalar"),
+        _ => {}
+    }
+    let mut i = 0;
+    if arg.first()?.kind == Kind::Ident {
+        i = 1;
+    }
+    if arg.get(i).is_some_and(|t| t.kind == Kind::LBrace) {
+        i += arg[i..].iter().position(|t| t.kind == Kind::RBrace)? + 1;
+    }
+    if i == 0 {
+        return None;
+    }
+    let kinds: Vec<Kind> = arg[i..].iter().map(|t| t.kind).collect();
+    match kinds.as_slice() {
+        [] => Some("instant vector"),
+        [Kind::LBracket, Kind::Duration, Kind::RBracket] => Some("range vector"),
+        _ => None,
+    }
+}
+
+fn is_comparison(t: &Token) -> bool {
+    t.kind == Kind::Op && matches!(t.text, "==" | "!=" | "<" | ">" | "<=" | ">=")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +260,9 @@ impl Token<'_> {
     fn describe(&self) -> String {
         match self.kind {
             Kind::Eof => "end of input".into(),
+            Kind::Ident if self.is_word("inf") || self.is_word("nan") => {
+                format!("number {}", go_quote(self.text))
+            }
             Kind::Ident if self.is_aggregator() => format!("<aggr:{}>", self.text),
             Kind::Ident if self.is_keyword() => format!("<{}>", self.text),
             Kind::Ident if self.text.contains(':') => format!("metric identifier {:?}", self.text),
@@ -505,6 +569,16 @@ impl<'a> Lexer<'a> {
                         e += 1;
                     }
                     len = e;
+                } else if !rest[e..].starts_with(|c: char| is_alnum(c) || c == '.') {
+                    // Go's lexer takes `1e` as a number its parser then
+                    // cannot read.
+                    return Err(SyntaxError {
+                        offset: start,
+                        message: format!(
+                            "error parsing number: strconv.ParseFloat: parsing {:?}: invalid syntax",
+                            &rest[..e]
+                        ),
+                    });
                 }
             }
         }
@@ -516,14 +590,11 @@ impl<'a> Lexer<'a> {
         if self.pos > start && self.remaining_duration() {
             return Ok(self.token(Kind::Duration, start));
         }
-        while self.peek_char().is_some_and(is_alnum) {
-            self.bump();
-        }
         Err(SyntaxError {
             offset: start,
             message: format!(
                 "bad number or duration syntax: {:?}",
-                &self.src[start..self.pos]
+                &self.src[start..start + len.max(self.pos - start)]
             ),
         })
     }
@@ -607,7 +678,17 @@ fn go_rune(c: char) -> String {
 
 /// Reads `source` as Prometheus 2.42's grammar; the tokens if it is
 /// well-formed, else the first error.
-fn recognize(source: &str) -> Result<Vec<Token<'_>>, SyntaxError> {
+/// A well-formed query's tokens, with what the placing of errors of
+/// meaning needs.
+struct Parsed<'a> {
+    tokens: Vec<Token<'a>>,
+    /// Each call: the index of its name, and each argument's token range.
+    calls: Vec<(usize, Vec<(usize, usize)>)>,
+    /// Each regex matcher: the indexes of its label and its value.
+    regexes: Vec<(usize, usize)>,
+}
+
+fn recognize(source: &str) -> Result<Parsed<'_>, SyntaxError> {
     let mut p = Recognizer {
         lexer: Lexer {
             src: source,
@@ -619,14 +700,32 @@ fn recognize(source: &str) -> Result<Vec<Token<'_>>, SyntaxError> {
             colon_seen: false,
         },
         peeked: None,
-        tokens: Vec::new(),
+        parsed: Parsed {
+            tokens: Vec::new(),
+            calls: Vec::new(),
+            regexes: Vec::new(),
+        },
     };
     p.expr()?;
     let t = p.next()?;
     if t.kind != Kind::Eof {
         return Err(unexpected(&t, "", ""));
     }
-    Ok(p.tokens)
+    Ok(p.parsed)
+}
+
+/// A duration token as Prometheus 2.42 reads it: units in order, each
+/// once, more than zero.
+fn check_duration(t: &Token) -> Result<(), SyntaxError> {
+    let message = match super::dialect::parse_duration(t.text) {
+        None => format!("not a valid duration string: {:?}", t.text),
+        Some(0) => "duration must be greater than 0".into(),
+        Some(_) => return Ok(()),
+    };
+    Err(SyntaxError {
+        offset: t.start,
+        message,
+    })
 }
 
 /// Prometheus's `unexpected <token>[ in <context>][, expected <what>]`.
@@ -647,7 +746,7 @@ fn unexpected(t: &Token, context: &str, expected: &str) -> SyntaxError {
 struct Recognizer<'a> {
     lexer: Lexer<'a>,
     peeked: Option<Token<'a>>,
-    tokens: Vec<Token<'a>>,
+    parsed: Parsed<'a>,
 }
 
 impl<'a> Recognizer<'a> {
@@ -664,7 +763,7 @@ impl<'a> Recognizer<'a> {
         let t = self.peek()?;
         self.peeked = None;
         if t.kind != Kind::Eof {
-            self.tokens.push(t);
+            self.parsed.tokens.push(t);
         }
         Ok(t)
     }
@@ -679,30 +778,76 @@ impl<'a> Recognizer<'a> {
         while matches!(self.peek()?, t if t.kind == Kind::Op && (t.text == "+" || t.text == "-")) {
             self.next()?;
         }
-        self.primary()?;
-        self.modifiers()
+        let start = self.peek()?.start;
+        let selector = self.primary()?;
+        self.modifiers(start, selector)
     }
 
-    /// Ranges, subqueries, `offset` and `@` after an operand.
-    fn modifiers(&mut self) -> Result<(), SyntaxError> {
+    /// Ranges, subqueries, `offset` and `@` after the operand starting at
+    /// `start`, a vector selector if `selector`; refused where Prometheus
+    /// refuses them, at the place it names.
+    fn modifiers(&mut self, start: usize, selector: bool) -> Result<(), SyntaxError> {
+        #[derive(PartialEq)]
+        enum Node {
+            Selector,
+            Range,
+            Subquery,
+            Other,
+        }
+        let mut node = if selector {
+            Node::Selector
+        } else {
+            Node::Other
+        };
+        let (mut offset, mut at) = (false, false);
+        let refuse = |offset: usize, message: &str| {
+            Err(SyntaxError {
+                offset,
+                message: message.into(),
+            })
+        };
+        const PRECEDED: &str =
+            "must be preceded by an instant vector selector or range vector selector or a subquery";
         loop {
             let t = self.peek()?;
             if t.kind == Kind::LBracket {
-                self.next()?;
-                self.next()?; // The range; the lexer refuses a bad one.
+                let open = self.next()?;
+                let range = self.next()?; // The lexer refuses all but a duration.
+                check_duration(&range)?;
                 let t = self.next()?;
                 match t.kind {
-                    Kind::RBracket => {}
+                    Kind::RBracket => {
+                        match node {
+                            Node::Selector if offset => {
+                                return refuse(
+                                    open.start,
+                                    "no offset modifiers allowed before range",
+                                );
+                            }
+                            Node::Selector if at => {
+                                return refuse(open.start, "no @ modifiers allowed before range");
+                            }
+                            Node::Selector => {}
+                            _ => {
+                                return refuse(
+                                    open.start,
+                                    "ranges only allowed for vector selectors",
+                                );
+                            }
+                        }
+                        node = Node::Range;
+                    }
                     Kind::Colon => {
-                        let t = self.next()?;
-                        let t = if t.kind == Kind::Duration {
-                            self.next()?
-                        } else {
-                            t
-                        };
+                        let mut t = self.next()?;
+                        if t.kind == Kind::Duration {
+                            check_duration(&t)?;
+                            t = self.next()?;
+                        }
                         if t.kind != Kind::RBracket {
                             return Err(unexpected(&t, "subquery selector", "duration or \"]\""));
                         }
+                        node = Node::Subquery;
+                        (offset, at) = (false, false);
                     }
                     _ => return Err(unexpected(&t, "", "")),
                 }
@@ -715,6 +860,14 @@ impl<'a> Recognizer<'a> {
                 if t.kind != Kind::Duration {
                     return Err(unexpected(&t, "offset", "duration"));
                 }
+                check_duration(&t)?;
+                if node == Node::Other {
+                    return refuse(start, &format!("offset modifier {PRECEDED}"));
+                }
+                if offset {
+                    return refuse(start, "offset may not be set multiple times");
+                }
+                offset = true;
             } else if t.kind == Kind::At {
                 self.next()?;
                 let mut t = self.next()?;
@@ -727,6 +880,13 @@ impl<'a> Recognizer<'a> {
                 } else if t.kind != Kind::Number {
                     return Err(unexpected(&t, "@", "timestamp"));
                 }
+                if node == Node::Other {
+                    return refuse(start, &format!("@ modifier {PRECEDED}"));
+                }
+                if at {
+                    return refuse(start, "@ <timestamp> may not be set multiple times");
+                }
+                at = true;
             } else {
                 return Ok(());
             }
@@ -741,27 +901,33 @@ impl<'a> Recognizer<'a> {
         Ok(t)
     }
 
-    fn primary(&mut self) -> Result<(), SyntaxError> {
+    /// One operand; true if it is a vector selector.
+    fn primary(&mut self) -> Result<bool, SyntaxError> {
         let t = self.next()?;
         match t.kind {
-            Kind::Number | Kind::Str => Ok(()),
+            Kind::Number | Kind::Str => Ok(false),
             Kind::LParen => {
                 self.expr()?;
-                self.expect(Kind::RParen, "").map(|_| ())
+                self.expect(Kind::RParen, "").map(|_| false)
             }
-            Kind::LBrace => self.matchers(),
-            Kind::Op if SET_OPS[..3].iter().any(|w| t.is_word(w)) => self.selector_rest(),
+            Kind::LBrace => self.matchers().map(|()| true),
+            Kind::Op if SET_OPS[..3].iter().any(|w| t.is_word(w)) => {
+                self.selector_rest().map(|()| true)
+            }
             Kind::Ident if t.is_aggregator() => {
                 let n = self.peek()?;
                 if n.kind == Kind::LParen || n.is_word("by") || n.is_word("without") {
-                    self.aggregation()
+                    self.aggregation().map(|()| false)
                 } else {
-                    self.selector_rest()
+                    self.selector_rest().map(|()| true)
                 }
             }
-            Kind::Ident if self.peek()?.kind == Kind::LParen && !t.is_keyword() => self.call(),
+            Kind::Ident if self.peek()?.kind == Kind::LParen && !t.is_keyword() => {
+                self.call().map(|()| false)
+            }
+            Kind::Ident if t.is_word("inf") || t.is_word("nan") => Ok(false),
             Kind::Ident if !t.is_keyword() || METRIC_KEYWORDS.iter().any(|k| t.is_word(k)) => {
-                self.selector_rest()
+                self.selector_rest().map(|()| true)
             }
             _ => Err(unexpected(&t, "", "")),
         }
@@ -786,13 +952,19 @@ impl<'a> Recognizer<'a> {
                 Kind::Ident => {}
                 _ => return Err(unexpected(&t, CTX, "identifier or \"}\"")),
             }
-            let t = self.next()?;
-            if t.kind != Kind::Matcher {
-                return Err(unexpected(&t, CTX, "label matching operator"));
+            let label = self.parsed.tokens.len() - 1;
+            let op = self.next()?;
+            if op.kind != Kind::Matcher {
+                return Err(unexpected(&op, CTX, "label matching operator"));
             }
             let t = self.next()?;
             if t.kind != Kind::Str {
                 return Err(unexpected(&t, CTX, "string"));
+            }
+            if op.text.ends_with('~') {
+                self.parsed
+                    .regexes
+                    .push((label, self.parsed.tokens.len() - 1));
             }
             let t = self.next()?;
             match t.kind {
@@ -850,6 +1022,12 @@ impl<'a> Recognizer<'a> {
                 let t = self.next()?;
                 match t.kind {
                     Kind::RParen => break,
+                    Kind::Comma if self.peek()?.kind == Kind::RParen => {
+                        return Err(SyntaxError {
+                            offset: t.start,
+                            message: "trailing commas not allowed in function call args".into(),
+                        });
+                    }
                     Kind::Comma => {}
                     _ => return Err(unexpected(&t, CTX, "")),
                 }
@@ -882,7 +1060,8 @@ impl<'a> Recognizer<'a> {
     /// The binary operators and operands after a first operand.
     fn binary_tail(&mut self) -> Result<(), SyntaxError> {
         while self.peek()?.kind == Kind::Op {
-            self.next()?;
+            let op = self.next()?;
+            let bool_on_arithmetic = self.peek()?.is_word("bool") && !is_comparison(&op);
             if self.peek()?.is_word("bool") {
                 self.next()?;
             }
@@ -899,19 +1078,31 @@ impl<'a> Recognizer<'a> {
                 }
             }
             self.unary()?;
+            if bool_on_arithmetic {
+                return Err(SyntaxError {
+                    offset: op.start,
+                    message: "bool modifier can only be used on comparison operators".into(),
+                });
+            }
         }
         Ok(())
     }
 
     /// After a function's name: `(` arguments `)`.
     fn call(&mut self) -> Result<(), SyntaxError> {
+        let name = self.parsed.tokens.len() - 1;
+        let call = self.parsed.calls.len();
+        self.parsed.calls.push((name, Vec::new()));
         self.next()?; // `(`
         if self.peek()?.kind == Kind::RParen {
             self.next()?;
             return Ok(());
         }
         loop {
+            let from = self.parsed.tokens.len();
             self.expr()?;
+            let to = self.parsed.tokens.len();
+            self.parsed.calls[call].1.push((from, to));
             let t = self.next()?;
             match t.kind {
                 Kind::RParen => return Ok(()),
