@@ -106,6 +106,7 @@ const CORPUS: &[(&str, Expect)] = &[
     ("x @ start(", Same),
     // In brackets Prometheus's lexer reads a letter as the colon.
     ("x[5m bar]", Same),
+    ("rate(x[5m+1m])", Same),
     ("max_over_time(x[5m:1m:1m])", Same),
     ("1e", Same),
     ("0x1g", Same),

@@ -849,7 +849,7 @@ impl<'a> Recognizer<'a> {
                         node = Node::Subquery;
                         (offset, at) = (false, false);
                     }
-                    _ => return Err(unexpected(&t, "", "")),
+                    _ => return Err(unexpected(&t, "subquery or range", "\":\" or \"]\"")),
                 }
             } else if t.is_word("offset") {
                 self.next()?;
@@ -1255,6 +1255,39 @@ mod tests {
     }
 
     #[test]
+    fn well_formed_queries_are_recognized() {
+        // What the recognizer accepts, the parser's message (about
+        // meaning) is kept: it must not fault valid syntax.
+        for ok in [
+            "sum without () (x)",
+            "topk by (a) (3, x)",
+            "x == bool on(a) y",
+            "a and on() b",
+            "rate(x[5m:])[10m:1m]",
+            "x{a=\"b\"}[5m] @ end()",
+            "sum by (on, bool, by) (x)",
+            "x offset -5m @ -10",
+            "count_values(\"a\", x)",
+            "foo:bar:baz{a=\"b\"}",
+            "histogram_quantile(0.9, sum by (le) (rate(x[5m])))",
+            "- - 1",
+            "+x",
+            "by{a=\"b\"} + offset + sum",
+            "x[5m] @ start()",
+            "x # c",
+            "sum(x) by (a) + on(b) group_right(c) y",
+            "max_over_time(deriv(rate(x[1m])[5m:1m])[10m:])",
+            "x{a=~\"b\",}",
+            "NaN + -Inf * 0x1F / 1.5e3",
+            "label_replace(x, \"a\", `$1`, 'b', \"(.*)\")",
+            "SUM BY (a) (x) AND ON (a) y",
+            "x @ 1 offset 1m [5m:1m] offset 1h",
+        ] {
+            assert!(recognize(ok).is_ok(), "{ok}: {:?}", recognize(ok).err());
+        }
+    }
+
+    #[test]
     fn positions_are_line_and_byte_column() {
         assert_eq!(with_position("abc", 0, "m"), "1:1: parse error: m");
         assert_eq!(with_position("abc", 3, "m"), "1:4: parse error: m");
@@ -1420,6 +1453,10 @@ mod tests {
             "1:3: parse error: not a valid duration string: \"1.5m\"",
         ),
         ("x[5m bar]", "1:7: parse error: unexpected colon 'a'"),
+        (
+            "rate(x[5m+1m])",
+            "1:10: parse error: unexpected <op:+> in subquery or range, expected \":\" or \"]\"",
+        ),
         (
             "1 and 2",
             "1:1: parse error: set operator \"and\" not allowed in binary scalar expression",
