@@ -170,6 +170,22 @@ fn query(url: &str, expr: &str) -> (u16, Json) {
     (status, serde_json::from_str(&text).unwrap_or(Json::Null))
 }
 
+/// Asks `endpoint` with one form parameter; returns the error message.
+fn error_of(url: &str, endpoint: &str, param: &str, value: &str) -> String {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair(param, value)
+        .finish();
+    let r = http()
+        .post(format!("{url}/api/v1/{endpoint}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .expect("request");
+    let status = r.status().as_u16();
+    let j: Json = serde_json::from_str(&r.text().unwrap_or_default()).unwrap_or(Json::Null);
+    format!("{status} {} {}", j["errorType"], j["error"])
+}
+
 /// `line:col: parse error:` at the start of `message`, if there.
 fn position(message: &str) -> Option<&str> {
     let end = message.find(": parse error:")?;
@@ -241,6 +257,21 @@ fn syntax_errors_say_where_as_prometheus_2_42_does() {
             }
             (Same, _) => same += 1,
             (Position, _) => {}
+        }
+    }
+    // The other endpoints that parse PromQL word it the same way.
+    for (endpoint, param, value) in [
+        ("series", "match[]", "up{a=}"),
+        ("series", "match[]", "up{a=\"b\"} x"),
+        ("query_exemplars", "query", "rate("),
+        ("query_exemplars", "query", "foo{a=\"b\" c=\"d\"}"),
+    ] {
+        let want = error_of(&prom.url, endpoint, param, value);
+        let got = error_of(&nines.url, endpoint, param, value);
+        if want != got {
+            differences.push(format!(
+                "{endpoint} {param}={value:?}:\n  Prometheus {want}\n  nines      {got}"
+            ));
         }
     }
     assert!(
