@@ -137,10 +137,14 @@ const CORPUS: &[(&str, Expect)] = &[
     ("\"a\" + 1", Same),
     ("-\"a\"", Same),
     ("1 + on(a) group_left x", Same),
-    // Argument types: the argument whose type shows in its text.
+    // Argument types: the argument of the wrong type.
     ("label_join(x, \"a\", \",\", \"b\", 1)", Same),
     ("round(x, \"a\")", Same),
     ("ceil(x[5m])", Same),
+    ("clamp(x, y, 1)", Same),
+    ("histogram_quantile(0.9, rate(x[5m])[5m:])", Same),
+    ("label_replace(x, \"a\", \"b\", \"c\", sum(y))", Same),
+    ("round(x, sum(y))", Same),
     ("sum(x,)", Same),
     // Names Prometheus 2.42 does not know.
     ("{\"x\"}", Same),

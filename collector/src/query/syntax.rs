@@ -32,7 +32,7 @@ pub(super) fn locate(source: &str, parser_message: &str) -> String {
         Err(e) => (e.offset, e.message),
         Ok(parsed) => {
             let message = prometheus_wording(parser_message);
-            (semantic_offset(&parsed, &message), message)
+            (semantic_offset(source, &parsed, &message), message)
         }
     };
     with_position(source, offset, &message)
@@ -102,7 +102,7 @@ fn prometheus_wording(message: &str) -> String {
 /// (`in call to "rate"`, `unknown function with name "f"`), the argument
 /// of the type a type error names, the comparison of two scalars, the
 /// matcher of a bad regex; else the query's first token.
-fn semantic_offset(parsed: &Parsed, message: &str) -> usize {
+fn semantic_offset(source: &str, parsed: &Parsed, message: &str) -> usize {
     let tokens = &parsed.tokens;
     let first = tokens.first().map_or(0, |t| t.start);
     let quoted_after = |marker: &str| -> Option<String> {
@@ -110,24 +110,23 @@ fn semantic_offset(parsed: &Parsed, message: &str) -> usize {
         let rest = rest.strip_prefix(['"', '\''])?;
         Some(rest[..rest.find(['"', '\''])?].to_string())
     };
-    let call = |name: &str| parsed.calls.iter().find(|(at, _)| tokens[*at].text == name);
+    let call = |name: &str| parsed.calls.iter().find(|c| tokens[c.name].text == name);
     if let Some(name) = quoted_after("in call to function ") {
-        // A type error: Prometheus points at the argument. The one whose
-        // type is the one found, if that shows in its text; the only one.
+        // A type error: Prometheus points at the argument, the first whose
+        // type is not the one its place wants.
+        let want = message
+            .strip_prefix("expected type ")
+            .and_then(|r| r.split(" in call to").next())
+            .unwrap_or("");
         let got = message.rsplit(", got ").next().unwrap_or("");
-        if let Some((at, args)) = call(&name) {
-            let of_type = args
-                .iter()
-                .find(|(from, to)| plain_type(&tokens[*from..*to]) == Some(got));
-            return match (of_type, args.as_slice()) {
-                (Some((from, _)), _) | (None, [(from, _)]) => tokens[*from].start,
-                _ => tokens[*at].start,
-            };
+        if let Some(c) = call(&name) {
+            return wrong_argument(source, c, tokens, message, want, got)
+                .unwrap_or(tokens[c.name].start);
         }
     }
     for marker in ["in call to ", "unknown function with name "] {
-        if let Some((at, _)) = quoted_after(marker).and_then(|name| call(&name)) {
-            return tokens[*at].start;
+        if let Some(c) = quoted_after(marker).and_then(|name| call(&name)) {
+            return tokens[c.name].start;
         }
     }
     if message.starts_with("comparisons between scalars must use BOOL modifier") {
@@ -150,6 +149,57 @@ fn semantic_offset(parsed: &Parsed, message: &str) -> usize {
         }
     }
     first
+}
+
+/// Where the argument of `call` that is not of type `want` (but `got`)
+/// starts, which the parser did not say: each argument in turn is
+/// replaced by a literal of type `want`, and the parser asked again; the
+/// first whose replacement neither leaves `message` nor makes the parser
+/// complain of a `want` in its place is the one. Else the argument whose
+/// text shows type `got`, if only one does.
+fn wrong_argument(
+    source: &str,
+    call: &CallSite,
+    tokens: &[Token],
+    message: &str,
+    want: &str,
+    got: &str,
+) -> Option<usize> {
+    let literal = match want {
+        "scalar" => "1",
+        "string" => "\"s\"",
+        "instant vector" => "x",
+        "range vector" => "x[1m]",
+        _ => return None,
+    };
+    let end = |t: &Token| t.start + t.text.len();
+    let call_start = tokens[call.name].start;
+    let call_end = end(&tokens[call.close]);
+    for (from, to) in &call.args {
+        let (a, b) = (tokens[*from].start, end(&tokens[*to - 1]));
+        let probe = format!(
+            "{}{literal}{}",
+            &source[call_start..a],
+            &source[b..call_end]
+        );
+        let outcome = promql_parser::parser::parse(&super::dialect::raw_strings_quoted(&probe))
+            .err()
+            .map(|e| prometheus_wording(&e));
+        match outcome {
+            Some(m) if m == message || m.ends_with(&format!(", got {want}")) => {}
+            _ => return Some(a),
+        }
+    }
+    let shown: Vec<usize> = call
+        .args
+        .iter()
+        .filter(|(from, to)| plain_type(&tokens[*from..*to]) == Some(got))
+        .map(|(from, _)| tokens[*from].start)
+        .collect();
+    match shown.as_slice() {
+        [only] => Some(*only),
+        _ => None,
+    }
 }
 
 /// The type of an argument whose text shows it: a string or number
@@ -682,10 +732,20 @@ fn go_rune(c: char) -> String {
 /// meaning needs.
 struct Parsed<'a> {
     tokens: Vec<Token<'a>>,
-    /// Each call: the index of its name, and each argument's token range.
-    calls: Vec<(usize, Vec<(usize, usize)>)>,
+    /// Each function call.
+    calls: Vec<CallSite>,
     /// Each regex matcher: the indexes of its label and its value.
     regexes: Vec<(usize, usize)>,
+}
+
+/// A function call in the token list.
+struct CallSite {
+    /// The index of its name.
+    name: usize,
+    /// The index of its closing parenthesis.
+    close: usize,
+    /// Each argument's token range.
+    args: Vec<(usize, usize)>,
 }
 
 fn recognize(source: &str) -> Result<Parsed<'_>, SyntaxError> {
@@ -1092,20 +1152,28 @@ impl<'a> Recognizer<'a> {
     fn call(&mut self) -> Result<(), SyntaxError> {
         let name = self.parsed.tokens.len() - 1;
         let call = self.parsed.calls.len();
-        self.parsed.calls.push((name, Vec::new()));
+        self.parsed.calls.push(CallSite {
+            name,
+            close: name,
+            args: Vec::new(),
+        });
         self.next()?; // `(`
         if self.peek()?.kind == Kind::RParen {
             self.next()?;
+            self.parsed.calls[call].close = self.parsed.tokens.len() - 1;
             return Ok(());
         }
         loop {
             let from = self.parsed.tokens.len();
             self.expr()?;
             let to = self.parsed.tokens.len();
-            self.parsed.calls[call].1.push((from, to));
+            self.parsed.calls[call].args.push((from, to));
             let t = self.next()?;
             match t.kind {
-                Kind::RParen => return Ok(()),
+                Kind::RParen => {
+                    self.parsed.calls[call].close = self.parsed.tokens.len() - 1;
+                    return Ok(());
+                }
                 Kind::Comma => {
                     let n = self.peek()?;
                     if n.kind == Kind::RParen || n.kind == Kind::Comma {
@@ -1453,6 +1521,22 @@ mod tests {
             "1:3: parse error: not a valid duration string: \"1.5m\"",
         ),
         ("x[5m bar]", "1:7: parse error: unexpected colon 'a'"),
+        (
+            "histogram_quantile(0.9, rate(x[5m])[5m:])",
+            "1:25: parse error: expected type instant vector in call to function \"histogram_quantile\", got range vector",
+        ),
+        (
+            "clamp(x, y, 1)",
+            "1:10: parse error: expected type scalar in call to function \"clamp\", got instant vector",
+        ),
+        (
+            "label_replace(x, \"a\", \"b\", \"c\", sum(y))",
+            "1:33: parse error: expected type string in call to function \"label_replace\", got instant vector",
+        ),
+        (
+            "round(x, sum(y))",
+            "1:10: parse error: expected type scalar in call to function \"round\", got instant vector",
+        ),
         (
             "rate(x[5m+1m])",
             "1:10: parse error: unexpected <op:+> in subquery or range, expected \":\" or \"]\"",
