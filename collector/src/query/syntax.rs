@@ -29,6 +29,12 @@ pub(super) struct SyntaxError {
 /// always starts with `line:col: parse error: `.
 pub(super) fn locate(source: &str, parser_message: &str) -> String {
     let (offset, message) = match recognize(source) {
+        Err(e) if e.message.is_empty() => {
+            // Nested too deep to follow: the parser's message, at the
+            // first token.
+            let first = source.len() - source.trim_start().len();
+            (first, prometheus_wording(parser_message))
+        }
         Err(e) => (e.offset, e.message),
         Ok(parsed) => {
             let message = prometheus_wording(parser_message);
@@ -760,6 +766,7 @@ fn recognize(source: &str) -> Result<Parsed<'_>, SyntaxError> {
             colon_seen: false,
         },
         peeked: None,
+        depth: 0,
         parsed: Parsed {
             tokens: Vec::new(),
             calls: Vec::new(),
@@ -807,7 +814,14 @@ struct Recognizer<'a> {
     lexer: Lexer<'a>,
     peeked: Option<Token<'a>>,
     parsed: Parsed<'a>,
+    /// How many operands are open (nested); at most [`MAX_DEPTH`].
+    depth: usize,
 }
+
+/// How deep the recognizer follows nested operands before it gives up
+/// (an error with an empty message), so a hostile query cannot exhaust
+/// the stack.
+const MAX_DEPTH: usize = 200;
 
 impl<'a> Recognizer<'a> {
     fn peek(&mut self) -> Result<Token<'a>, SyntaxError> {
@@ -835,6 +849,20 @@ impl<'a> Recognizer<'a> {
     }
 
     fn unary(&mut self) -> Result<(), SyntaxError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(SyntaxError {
+                offset: 0,
+                message: String::new(),
+            });
+        }
+        self.depth += 1;
+        let r = self.operand();
+        self.depth -= 1;
+        r
+    }
+
+    /// Signs, then one operand with its modifiers.
+    fn operand(&mut self) -> Result<(), SyntaxError> {
         while matches!(self.peek()?, t if t.kind == Kind::Op && (t.text == "+" || t.text == "-")) {
             self.next()?;
         }
@@ -1562,5 +1590,53 @@ mod tests {
             }
         }
         assert!(differences.is_empty(), "{}", differences.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::tests::PROMETHEUS_2_42;
+
+    #[test]
+    fn every_prefix_and_insertion_is_placed_without_panic() {
+        let seeds = PROMETHEUS_2_42.iter().map(|(q, _)| *q).chain([
+            "sum by (a) (rate(x{a=~\"b\", c!=`d`}[5m:1m] offset 1h @ 100)) / on(a) group_left(b) y",
+        ]);
+        let inserts = [
+            '(', ')', '[', ']', '{', '}', '"', '\'', '`', '\\', ',', ':', '@', '!', '=', '~', '#',
+            '\n', 'é', '1', 'x', ' ',
+        ];
+        for seed in seeds {
+            let bounds: Vec<usize> = seed
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([seed.len()])
+                .collect();
+            for &b in &bounds {
+                let _ = super::super::engine::parse(&seed[..b]);
+                for c in inserts {
+                    let q = format!("{}{c}{}", &seed[..b], &seed[b..]);
+                    if let Err(e) = super::super::engine::parse(&q) {
+                        let m = e.to_string();
+                        let (line, rest) = m.split_once(':').unwrap();
+                        assert!(
+                            line.parse::<usize>().is_ok() && rest.contains(": parse error: "),
+                            "{q:?}: {m}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_placed_without_overflow() {
+        let q = format!("{}x{}", "(".repeat(20_000), ")".repeat(19_999));
+        let t = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || super::locate(&q, "unclosed left parenthesis"))
+            .unwrap();
+        let m = t.join().expect("no stack overflow");
+        assert!(m.starts_with("1:"), "{m}");
     }
 }
