@@ -284,6 +284,8 @@ const AGGREGATORS: &[&str] = &[
     "count_values",
     "quantile",
 ];
+/// Binary operators that are words. The first three (not `atan2`) also
+/// name a metric where an operand starts.
 const SET_OPS: &[&str] = &["and", "or", "unless", "atan2"];
 /// Keywords that cannot name a metric.
 const KEYWORDS: &[&str] = &[
