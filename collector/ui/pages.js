@@ -371,17 +371,21 @@ function brackets(expr) {
 
 /**
  * Where a parser message points, as a 0-based character offset, or -1.
- * Messages with `line:column` say so; the collector's parser names the
- * problem instead (`unclosed left parenthesis`, `in call to 'rate'`, a
- * quoted token), which is located in the expression here.
+ * The collector's parse errors start with Prometheus's `line:column: parse
+ * error:`, the column counted in bytes of the line (UTF-8); other messages
+ * with `line:column` are read the same way. Without one, the problem the
+ * message names (`unclosed left parenthesis`, `in call to 'rate'`, a
+ * quoted token) is located in the expression here.
  */
 export function errorPosition(message, expr) {
-  let m = /(\d+):(\d+)(?::|\s)/.exec(message);
+  let m = /^(\d+):(\d+): parse error:/.exec(message) || /(\d+):(\d+)(?::|\s)/.exec(message);
   if (m) {
     const lines = expr.split('\n');
     const line = +m[1] - 1;
     if (line >= 0 && line < lines.length) {
-      return lines.slice(0, line).reduce((n, l) => n + l.length + 1, 0) + Math.max(0, +m[2] - 1);
+      const bytes = new TextEncoder().encode(lines[line]);
+      const col = new TextDecoder().decode(bytes.slice(0, Math.max(0, +m[2] - 1))).length;
+      return lines.slice(0, line).reduce((n, l) => n + l.length + 1, 0) + col;
     }
   }
   m = /unclosed left (parenthesis|bracket|brace)|unexpected right (parenthesis|bracket|brace)/.exec(message);

@@ -221,7 +221,8 @@ fn a_bad_rule_file_stops_the_collector_naming_file_group_rule_and_reason() {
         "bad.yml",
         "\"broken\"",
         "alert \"Oops\"",
-        "could not parse expression",
+        // promtool's wording: the position in the expression.
+        "could not parse expression: 1:12: parse error: unclosed left parenthesis",
     ] {
         assert!(err.contains(want), "{want:?} missing from: {err}");
     }

@@ -441,22 +441,31 @@ fn every_page_in_a_real_browser() {
     assert_no_console_errors(&b, "explore", &[]);
     shot(&b, "explore");
     b.clear(&input);
-    b.type_into(&input, "sum(rate(node_cpu_seconds_total[1m]) by");
+    // The message starts with Prometheus's `line:col:` (a byte column);
+    // the caret stands under the offending token, here after a two-byte
+    // character.
+    let bad = "sum(rate(node_cpu_seconds_total{mode=\"é\"}[1m])) by (mode) x";
+    b.type_into(&input, bad);
     b.click(&b.find("form.explore button[type=submit]"));
     let msg = b.wait_js(
         "the parser's message",
         "const m = document.querySelector('.query-error .msg'); return m ? m.textContent : ''",
     );
-    assert!(!msg.as_str().unwrap().is_empty());
+    let msg = msg.as_str().unwrap().to_string();
+    let byte_col = bad.rfind(" x").unwrap() + 2;
+    assert!(
+        msg.starts_with(&format!(
+            "1:{byte_col}: parse error: unexpected identifier \"x\""
+        )),
+        "{msg}"
+    );
     let caret = js_str(
         &b,
         "const c = document.querySelector('.query-error .caret'); return c ? c.textContent : ''",
         vec![],
     );
-    assert!(
-        caret.contains('^'),
-        "no position shown for {msg}: {caret:?}"
-    );
+    let want = format!("{bad}\n{}^", " ".repeat(bad.chars().count() - 1));
+    assert_eq!(caret, want, "caret for {msg}");
     assert_no_console_errors(&b, "explore error", &["/api/v1/query"]);
     shot(&b, "explore-error");
 

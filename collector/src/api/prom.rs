@@ -418,7 +418,10 @@ pub fn parse_selector(s: &str) -> Result<Matchers, String> {
         Ok(_) => Err(format!(
             "invalid parameter \"match[]\": {s:?} is not a series selector"
         )),
-        Err(e) => Err(format!("invalid parameter \"match[]\": {e}")),
+        Err(e) => Err(format!(
+            "invalid parameter \"match[]\": {}",
+            crate::query::locate_parse_error(s, &e)
+        )),
     }
 }
 
@@ -596,8 +599,9 @@ pub async fn query_exemplars(r: Request) -> Response {
     let st = r.state.clone();
     let resp = async move {
         let expr = r.params.required("query")?;
+        // Prometheus answers here with the parse error alone.
         promql_parser::parser::parse(expr)
-            .map_err(|e| bad_data(&format!("invalid parameter \"query\": {e}")))?;
+            .map_err(|e| bad_data(&crate::query::locate_parse_error(expr, &e)))?;
         bounds(&r.params)?;
         Ok::<_, ApiError>(success(json!([])))
     }

@@ -310,14 +310,14 @@ fn check_offset(chars: &[char], start: usize) -> Result<(), String> {
         .iter()
         .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '.'))
         .collect();
-    if parse_duration(&token).is_none() {
-        return Err(if token.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            format!("unexpected number {token:?} in offset, expected duration")
-        } else {
-            format!("not a valid duration string: {token:?}")
-        });
+    match parse_duration(&token) {
+        None if token.chars().all(|c| c.is_ascii_digit() || c == '.') => Err(format!(
+            "unexpected number {token:?} in offset, expected duration"
+        )),
+        None => Err(format!("not a valid duration string: {token:?}")),
+        Some(0) => Err("duration must be greater than 0".into()),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// `[range]` or `[range:step]` or `[range:]`.
@@ -348,7 +348,7 @@ fn check_duration(d: &str) -> Result<(), String> {
 /// A duration as Prometheus 2.42 reads one (`model.ParseDuration`): one or
 /// more integer-and-unit pairs, units y w d h m s ms in that order, each at
 /// most once; in ms. None if it is not one.
-fn parse_duration(d: &str) -> Option<u64> {
+pub(super) fn parse_duration(d: &str) -> Option<u64> {
     const UNITS: [(&str, u64); 7] = [
         ("y", 365 * 86_400_000),
         ("w", 7 * 86_400_000),
@@ -443,6 +443,7 @@ mod tests {
             ("x[30m1h:]", "not a valid duration string: \"30m1h\""),
             ("x offset 1.5", "unexpected number \"1.5\" in offset"),
             ("x offset -90", "unexpected number \"90\" in offset"),
+            ("x offset 0s", "duration must be greater than 0"),
         ] {
             match verdict(bad) {
                 // Some the parser refuses by itself; fine too.

@@ -26,6 +26,7 @@ use super::error::QueryError;
 use super::eval::Evaluator;
 use super::querier::Querier;
 use super::range_eval::{self, Steps};
+use super::syntax;
 use super::value::{RangeSeries, Value};
 
 /// Prometheus's default lookback delta: an instant vector selector sees a
@@ -194,10 +195,12 @@ fn register_2_42_functions() {
     });
 }
 
-fn parse(expr: &str) -> Result<Expr, QueryError> {
+pub(super) fn parse(expr: &str) -> Result<Expr, QueryError> {
     register_2_42_functions();
-    let parsed = parser::parse(&dialect::raw_strings_quoted(expr)).map_err(QueryError::Parse)?;
-    dialect::check(expr, &parsed).map_err(QueryError::Parse)?;
+    // A refused query's message says where, as Prometheus's does.
+    let located = |message: String| QueryError::Parse(syntax::locate(expr, &message));
+    let parsed = parser::parse(&dialect::raw_strings_quoted(expr)).map_err(located)?;
+    dialect::check(expr, &parsed).map_err(located)?;
     Ok(parsed)
 }
 

@@ -25,7 +25,15 @@ mod quantile;
 pub mod querier;
 mod range_eval;
 mod subquery;
+mod syntax;
 mod value;
+
+/// The message for `expr`, which the PromQL parser refused with
+/// `parser_message`, as Prometheus 2.42 words it: `line:col: parse error:
+/// ...` at the first token that cannot stand there.
+pub fn locate_parse_error(expr: &str, parser_message: &str) -> String {
+    syntax::locate(expr, parser_message)
+}
 
 pub use engine::{DEFAULT_LOOKBACK_MS, DEFAULT_MAX_SAMPLES, Engine, MAX_RANGE_STEPS};
 pub use error::QueryError;

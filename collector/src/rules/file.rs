@@ -178,7 +178,12 @@ fn check_rule(r: &RawRule) -> Result<RuleSpec, String> {
     if expr.trim().is_empty() {
         return Err("field 'expr' must be set in rule".into());
     }
-    promql_parser::parser::parse(&expr).map_err(|e| format!("could not parse expression: {e}"))?;
+    promql_parser::parser::parse(&expr).map_err(|e| {
+        format!(
+            "could not parse expression: {}",
+            crate::query::locate_parse_error(&expr, &e)
+        )
+    })?;
     for name in r.labels.keys() {
         if !is_valid_label_name(name) || name == METRIC_NAME_LABEL {
             return Err(format!("invalid label name: {name}"));
@@ -283,7 +288,7 @@ groups:
         for (text, want) in [
             (
                 rule("alert: A\n        expr: 'up =='"),
-                "could not parse expression",
+                "could not parse expression: 1:6: parse error: unexpected end of input",
             ),
             (rule("alert: A"), "field 'expr' must be set"),
             (
