@@ -403,7 +403,7 @@ pub async fn query_range(r: Request) -> Response {
 /// Parses a series selector (`match[]`) into matchers, the metric name
 /// included.
 pub fn parse_selector(s: &str) -> Result<Matchers, String> {
-    match promql_parser::parser::parse(s) {
+    match crate::query::parse_checked(s) {
         Ok(Expr::VectorSelector(vs)) => {
             let mut m = vs.matchers;
             if let Some(name) = vs.name {
@@ -418,10 +418,7 @@ pub fn parse_selector(s: &str) -> Result<Matchers, String> {
         Ok(_) => Err(format!(
             "invalid parameter \"match[]\": {s:?} is not a series selector"
         )),
-        Err(e) => Err(format!(
-            "invalid parameter \"match[]\": {}",
-            crate::query::locate_parse_error(s, &e)
-        )),
+        Err(e) => Err(format!("invalid parameter \"match[]\": {e}")),
     }
 }
 
@@ -600,8 +597,7 @@ pub async fn query_exemplars(r: Request) -> Response {
     let resp = async move {
         let expr = r.params.required("query")?;
         // Prometheus answers here with the parse error alone.
-        promql_parser::parser::parse(expr)
-            .map_err(|e| bad_data(&crate::query::locate_parse_error(expr, &e)))?;
+        crate::query::parse_checked(expr).map_err(|e| bad_data(&e))?;
         bounds(&r.params)?;
         Ok::<_, ApiError>(success(json!([])))
     }

@@ -198,6 +198,7 @@ fn register_2_42_functions() {
 pub(super) fn parse(expr: &str) -> Result<Expr, QueryError> {
     register_2_42_functions();
     // A refused query's message says where, as Prometheus's does.
+    super::check_size(expr).map_err(QueryError::Parse)?;
     let located = |message: String| QueryError::Parse(syntax::locate(expr, &message));
     let parsed = parser::parse(&dialect::raw_strings_quoted(expr)).map_err(located)?;
     dialect::check(expr, &parsed).map_err(located)?;

@@ -178,12 +178,7 @@ fn check_rule(r: &RawRule) -> Result<RuleSpec, String> {
     if expr.trim().is_empty() {
         return Err("field 'expr' must be set in rule".into());
     }
-    promql_parser::parser::parse(&expr).map_err(|e| {
-        format!(
-            "could not parse expression: {}",
-            crate::query::locate_parse_error(&expr, &e)
-        )
-    })?;
+    crate::query::parse_checked(&expr).map_err(|e| format!("could not parse expression: {e}"))?;
     for name in r.labels.keys() {
         if !is_valid_label_name(name) || name == METRIC_NAME_LABEL {
             return Err(format!("invalid label name: {name}"));
