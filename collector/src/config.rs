@@ -398,6 +398,7 @@ impl CollectorConfig {
             file.route.as_ref(),
             file.inhibit_rule.as_deref(),
             &file.notify,
+            base,
         )
         .map_err(|e| ConfigError::Invalid {
             key: e.key,
