@@ -40,9 +40,11 @@ const IN_FLIGHT: usize = 32;
 
 /// The HTTP clients of the outbox: one per receiver with `https://`
 /// targets (its own certificate checks), one plain client for the rest.
+/// A receiver whose client could not be made keeps why: its sends fail
+/// with that reason (retried and shown), the others go on.
 struct Clients {
     plain: reqwest::Client,
-    tls: BTreeMap<String, reqwest::Client>,
+    tls: BTreeMap<String, Result<reqwest::Client, String>>,
 }
 
 impl Clients {
@@ -64,19 +66,25 @@ impl Clients {
             if !https {
                 continue;
             }
-            let tls = tls::client_config(r.kind.tls(), tls::system_roots)
-                .map_err(|e| format!("receiver {name:?}: {e}"))?;
-            let client = builder()
-                .tls_backend_preconfigured(tls)
-                .build()
-                .map_err(|e| format!("receiver {name:?}: {e}"))?;
-            out.insert(name.clone(), client);
+            let client = tls::client_config(r.kind.tls(), tls::system_roots).and_then(|tls| {
+                builder()
+                    .tls_backend_preconfigured(tls)
+                    .build()
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = &client {
+                tracing::error!(receiver = %name, error = %e, "cannot set up TLS for the receiver; its notifications will fail and be retried");
+            }
+            out.insert(name.clone(), client.map_err(|e| format!("TLS setup: {e}")));
         }
         Ok(Clients { plain, tls: out })
     }
 
-    fn of(&self, receiver: &str) -> &reqwest::Client {
-        self.tls.get(receiver).unwrap_or(&self.plain)
+    fn of(&self, receiver: &str) -> Result<&reqwest::Client, &str> {
+        match self.tls.get(receiver) {
+            Some(c) => c.as_ref().map_err(String::as_str),
+            None => Ok(&self.plain),
+        }
     }
 }
 
@@ -437,7 +445,10 @@ impl Notifier {
                     _ => None,
                 };
                 match kind {
-                    Some(k) => send::send(client.of(&q.receiver), k, &q.target, &q.body).await,
+                    Some(k) => match client.of(&q.receiver) {
+                        Ok(c) => send::send(c, k, &q.target, &q.body).await,
+                        Err(e) => send::Outcome::Retry(e.to_string()),
+                    },
                     None => send::Outcome::Refused(format!(
                         "receiver {:?} is no longer a {} receiver",
                         q.receiver, q.kind
