@@ -172,6 +172,14 @@ pub fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<(Spooler, Vec<tokio::task::JoinHandle<()>>), ShipError> {
     let mut spool = spool;
+    // Where reqwest is built with rustls (beside the collector's https
+    // receivers) it needs a process-wide provider: use ring, as the probes do.
+    {
+        use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+        if CryptoProvider::get_default().is_none() {
+            let _ = ring::default_provider().install_default();
+        }
+    }
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))

@@ -398,6 +398,7 @@ impl CollectorConfig {
             file.route.as_ref(),
             file.inhibit_rule.as_deref(),
             &file.notify,
+            base,
         )
         .map_err(|e| ConfigError::Invalid {
             key: e.key,
@@ -668,9 +669,11 @@ mod tests {
         assert_eq!(child.len(), 8, "every route key is in the example");
         let receivers = raw["receiver"].as_array().unwrap();
         let hook = receivers[0]["webhook"].as_table().unwrap();
-        assert_eq!(hook.len(), 5, "every webhook key is in the example");
+        assert_eq!(hook.len(), 6, "every webhook key is in the example");
         let am = receivers[1]["alertmanager"].as_table().unwrap();
-        assert_eq!(am.len(), 3, "every alertmanager key is in the example");
+        assert_eq!(am.len(), 4, "every alertmanager key is in the example");
+        // ca_file needs a real file, so the example shows it in a comment.
+        assert!(text.contains("# ca_file: PEM file") && text.contains("#   e.g. ca_file = \""));
         assert_eq!(from_file.notify.receivers.len(), 2);
         assert!(from_file.notify.route.is_some());
         // The example's receivers and routes show the keys; none by default.

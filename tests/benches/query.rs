@@ -494,6 +494,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n >= 1)
         .unwrap_or(15);
+    nines_collector::notify::tls::install_default_provider();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()

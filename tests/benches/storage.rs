@@ -329,6 +329,7 @@ fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> Inge
         let handles: Vec<_> = (0..SENDERS)
             .map(|sender| {
                 scope.spawn(move || {
+                    nines_collector::notify::tls::install_default_provider();
                     let client = reqwest::blocking::Client::builder()
                         .timeout(Duration::from_secs(60))
                         .build()

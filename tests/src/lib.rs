@@ -384,6 +384,7 @@ fn json_body(r: reqwest::blocking::Response) -> serde_json::Value {
 
 /// A blocking HTTP client with a timeout.
 pub fn http() -> reqwest::blocking::Client {
+    nines_collector::notify::tls::install_default_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -49,6 +49,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
+        nines_collector::notify::tls::install_default_provider();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()

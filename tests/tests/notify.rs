@@ -17,7 +17,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_rustls::rustls;
 
 const RULES: &str = r#"groups:
   - name: notify
@@ -408,6 +410,26 @@ fn bad_notification_settings_stop_the_collector_naming_file_key_and_reason() {
             "route.group_interval",
             "often",
         ),
+        (
+            hook_receiver(1)
+                .replace("http://127.0.0.1:1/hook", "https://127.0.0.1:1/hook")
+                .replace(
+                    "timeout = \"2s\"",
+                    "timeout = \"2s\", ca_file = \"missing-ca.pem\"",
+                ),
+            "receiver.webhook.ca_file",
+            "missing-ca.pem",
+        ),
+        (
+            hook_receiver(1)
+                .replace("http://127.0.0.1:1/hook", "https://127.0.0.1:1/hook")
+                .replace(
+                    "timeout = \"2s\"",
+                    "timeout = \"2s\", ca_file = \"rules.yml\"",
+                ),
+            "receiver.webhook.ca_file",
+            "holds no PEM CERTIFICATE block",
+        ),
     ] {
         let cfg = write_config(dir.path(), &receivers);
         let out = Command::new(bin("nines-collector"))
@@ -428,7 +450,192 @@ fn bad_notification_settings_stop_the_collector_naming_file_key_and_reason() {
         assert!(err.contains(&cfg.display().to_string()), "{err}");
         assert!(err.contains(key), "{err}");
         assert!(err.contains(reason), "{err}");
+        if key.starts_with("receiver.") {
+            assert!(err.contains(r#"[[receiver]] "hook""#), "{err}");
+        }
     }
+}
+
+/// A certificate for 127.0.0.1 signed by a new CA: (CA as PEM, leaf, key).
+fn test_ca_and_leaf() -> (
+    String,
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    (
+        pem_certificate(ca.der()),
+        leaf.der().clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+/// A DER certificate as a PEM block.
+fn pem_certificate(der: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for c in der.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            b64.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A TLS front for a plain HTTP server on 127.0.0.1:`backend`: each
+/// connection's one request is decrypted and passed on, and the answer
+/// passed back. Returns its port and how many handshakes completed.
+fn tls_front(
+    backend: u16,
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> (u16, Arc<AtomicUsize>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf], key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let done = handshakes.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (config, done) = (config.clone(), done.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let mut need = None;
+                while need.is_none_or(|n| req.len() < n) {
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&chunk[..n]),
+                    }
+                    if need.is_none()
+                        && let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n")
+                    {
+                        let head = String::from_utf8_lossy(&req[..i]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        need = Some(i + 4 + len);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                let mut back = std::net::TcpStream::connect(("127.0.0.1", backend)).unwrap();
+                back.write_all(&req).unwrap();
+                let mut answer = Vec::new();
+                let _ = back.read_to_end(&mut answer);
+                let _ = tls.write_all(&answer);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, handshakes)
+}
+
+#[test]
+fn an_https_webhook_is_verified_against_its_ca_file_and_retried_without_it() {
+    let (ca_pem, leaf, key) = test_ca_and_leaf();
+
+    // With the CA in ca_file (relative to the config file): delivered,
+    // signed, through TLS.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let hook = Hook::start(0);
+    let (tls_port, handshakes) = tls_front(hook.port, leaf.clone(), key.clone_key());
+    let receivers = hook_receiver(1)
+        .replace(
+            "http://127.0.0.1:1/hook",
+            &format!("https://127.0.0.1:{tls_port}/hook"),
+        )
+        .replace("timeout = \"2s\"", "timeout = \"2s\", ca_file = \"ca.pem\"");
+    let cfg = write_config(dir.path(), &receivers);
+    let c = start(dir.path(), &cfg);
+    push(&c, &[("w1", 5.0)]);
+    let firing = wait_for("a firing notification over https", || {
+        hook.all()
+            .into_iter()
+            .find(|r| r.json()["status"] == "firing")
+    });
+    verify_sig(&firing);
+    assert_eq!(firing.header("X-Test"), Some("yes"));
+    assert!(handshakes.load(Ordering::SeqCst) >= 1);
+    let row = wait_for("the notification marked delivered", || {
+        notifications(&c)
+            .into_iter()
+            .find(|r| r["status"] == "delivered")
+    });
+    assert_eq!(row["receiver"], "hook");
+    drop(c);
+
+    // Without it the system's roots do not know the CA: the certificate is
+    // refused, the error is shown, and the notification stays queued.
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start(0);
+    let (tls_port, handshakes) = tls_front(hook.port, leaf, key);
+    let receivers = hook_receiver(1).replace(
+        "http://127.0.0.1:1/hook",
+        &format!("https://127.0.0.1:{tls_port}/hook"),
+    );
+    let cfg = write_config(dir.path(), &receivers);
+    let c = start(dir.path(), &cfg);
+    push(&c, &[("w1", 5.0)]);
+    let row = wait_for("failed attempts over https in the outbox", || {
+        notifications(&c)
+            .into_iter()
+            .find(|r| r["attempts"].as_i64() >= Some(2))
+    });
+    assert_eq!(row["status"], "pending", "{row}");
+    assert!(row["next_attempt_at"].is_string(), "{row}");
+    let err = row["last_error"].as_str().unwrap();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        c.metric(
+            "nines_notifications_total",
+            r#"receiver="hook",result="retry""#
+        ) >= 2.0
+    );
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+    assert!(hook.all().is_empty());
 }
 
 /// A real Alertmanager, killed when dropped.

@@ -5,9 +5,11 @@
 
 use super::matcher::Matcher;
 use super::route::{GroupBy, Route};
+use super::tls::{self, Tls};
 use nines_shared::duration::parse_duration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 /// One `[[receiver]]` table.
@@ -28,7 +30,7 @@ pub struct FileReceiver {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileWebhook {
-    /// `http://` URL the payload is POSTed to.
+    /// `http://` or `https://` URL the payload is POSTed to.
     pub url: String,
     /// HMAC-SHA256 key; when set, requests carry `X-Nines-Signature`.
     pub secret: Option<String>,
@@ -39,6 +41,11 @@ pub struct FileWebhook {
     pub timeout: Option<String>,
     /// Most alerts in one payload, 0 for all (default 0).
     pub max_alerts: Option<usize>,
+    /// PEM file of CA certificates trusted for `https://` instead of the
+    /// system's.
+    pub ca_file: Option<String>,
+    /// Accept any server certificate (default false; tests and labs only).
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// `alertmanager = {...}` of a receiver.
@@ -51,6 +58,11 @@ pub struct FileAlertmanager {
     pub timeout: Option<String>,
     /// How often firing alerts are sent again (default 1m).
     pub resend_delay: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` instead of the
+    /// system's.
+    pub ca_file: Option<String>,
+    /// Accept any server certificate (default false; tests and labs only).
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// `[route]` and each of its `[[route.routes]]`.
@@ -141,6 +153,8 @@ pub struct Webhook {
     pub timeout: Duration,
     /// Most alerts per payload (0: all).
     pub max_alerts: usize,
+    /// Certificate checks for `https://`.
+    pub tls: Tls,
 }
 
 /// Checked Alertmanager targets.
@@ -152,6 +166,18 @@ pub struct Alertmanagers {
     pub timeout: Duration,
     /// Re-send period of firing alerts.
     pub resend_delay: Duration,
+    /// Certificate checks for `https://`.
+    pub tls: Tls,
+}
+
+impl ReceiverKind {
+    /// Certificate checks for `https://` targets.
+    pub fn tls(&self) -> &Tls {
+        match self {
+            ReceiverKind::Webhook(w) => &w.tls,
+            ReceiverKind::Alertmanager(a) => &a.tls,
+        }
+    }
 }
 
 /// A checked inhibit rule.
@@ -243,13 +269,11 @@ fn duration(
     }
 }
 
-/// An `http://` URL with a host, or why not.
+/// An `http://` or `https://` URL with a host, or why not.
 fn check_url(u: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(u).map_err(|e| format!("{u:?} is not a URL ({e})"))?;
-    if parsed.scheme() != "http" {
-        return Err(format!(
-            "{u:?}: only http:// is supported (put a TLS proxy in front for https)"
-        ));
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{u:?}: only http:// and https:// are supported"));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{u:?} has no host"));
@@ -257,12 +281,56 @@ fn check_url(u: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the notification tables of the file.
+/// The TLS keys of a receiver checked, and its `ca_file` read (relative to
+/// `base`, the config file's directory). `keys` are the `ca_file` and
+/// `insecure_skip_verify` keys as errors name them.
+fn check_tls(
+    keys: (&'static str, &'static str),
+    place: &str,
+    urls: &[&str],
+    ca_file: &Option<String>,
+    insecure_skip_verify: Option<bool>,
+    base: Option<&Path>,
+) -> Result<Tls, Invalid> {
+    let insecure = insecure_skip_verify.unwrap_or(false);
+    let https = urls.iter().any(|u| u.starts_with("https:"));
+    if !https && (ca_file.is_some() || insecure) {
+        let key = if ca_file.is_some() { keys.0 } else { keys.1 };
+        return Err(invalid(key, place, "applies to https:// URLs only"));
+    }
+    let ca = match ca_file {
+        None => None,
+        Some(_) if insecure => {
+            return Err(invalid(
+                keys.0,
+                place,
+                "is not used with insecure_skip_verify = true (set only one)",
+            ));
+        }
+        Some(f) if f.is_empty() => return Err(invalid(keys.0, place, "is empty")),
+        Some(f) => {
+            let p = Path::new(f);
+            let p = match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p.to_path_buf(),
+            };
+            Some(tls::read_ca_file(&p).map_err(|e| invalid(keys.0, place, e))?)
+        }
+    };
+    Ok(Tls {
+        ca,
+        insecure_skip_verify: insecure,
+    })
+}
+
+/// Checks the notification tables of the file; relative `ca_file` paths are
+/// relative to `base`.
 pub fn resolve(
     receivers: &[FileReceiver],
     route: Option<&FileRoute>,
     inhibit: Option<&[FileInhibitRule]>,
     n: &FileNotify,
+    base: Option<&Path>,
 ) -> Result<NotifyConfig, Invalid> {
     let mut out = BTreeMap::new();
     for r in receivers {
@@ -319,6 +387,17 @@ pub fn resolve(
                         "is empty (leave it out to send unsigned)",
                     ));
                 }
+                let tls = check_tls(
+                    (
+                        "receiver.webhook.ca_file",
+                        "receiver.webhook.insecure_skip_verify",
+                    ),
+                    &place,
+                    &[&w.url],
+                    &w.ca_file,
+                    w.insecure_skip_verify,
+                    base,
+                )?;
                 ReceiverKind::Webhook(Webhook {
                     url: w.url.clone(),
                     secret: w.secret.clone(),
@@ -329,6 +408,7 @@ pub fn resolve(
                         .collect(),
                     timeout,
                     max_alerts: w.max_alerts.unwrap_or(0),
+                    tls,
                 })
             }
             (None, Some(a)) => {
@@ -361,6 +441,18 @@ pub fn resolve(
                         "timeout must be above zero and resend_delay at least 100ms",
                     ));
                 }
+                let urls: Vec<&str> = a.urls.iter().map(String::as_str).collect();
+                let tls = check_tls(
+                    (
+                        "receiver.alertmanager.ca_file",
+                        "receiver.alertmanager.insecure_skip_verify",
+                    ),
+                    &place,
+                    &urls,
+                    &a.ca_file,
+                    a.insecure_skip_verify,
+                    base,
+                )?;
                 ReceiverKind::Alertmanager(Alertmanagers {
                     urls: a
                         .urls
@@ -369,6 +461,7 @@ pub fn resolve(
                         .collect(),
                     timeout,
                     resend_delay,
+                    tls,
                 })
             }
             _ => {
@@ -627,6 +720,7 @@ mod tests {
             f.route.as_ref(),
             f.inhibit_rule.as_deref(),
             &f.notify,
+            None,
         )
     }
 
@@ -690,7 +784,7 @@ continue = true
             (
                 GOOD.replace("http://127.0.0.1:1/x", "ftp://x"),
                 "receiver.webhook.url",
-                "only http://",
+                "only http:// and https://",
             ),
             (
                 GOOD.replace("\"X-Team\"", "\"Content-Type\""),
@@ -729,5 +823,145 @@ continue = true
         }
         let e = load(&GOOD.replace(r#"'severity="critical"'"#, r#"'severity>"x"'"#)).unwrap_err();
         assert_eq!(e.place, "route.routes[0]");
+    }
+
+    /// A DER certificate as a PEM block.
+    fn pem(der: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for c in der.chunks(3) {
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+            for i in 0..4 {
+                b64.push(if i <= c.len() {
+                    A[(n >> (18 - 6 * i)) as usize & 63] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn https_receivers_take_a_ca_file_or_skip_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let good = write(dir.path(), "ca.pem", &pem(ca.der()));
+        let https = GOOD.replace("http://127.0.0.1:1/x", "https://hooks.example/x");
+        let with =
+            |extra: &str| https.replace("secret = \"s\"", &format!("secret = \"s\", {extra}"));
+        // No TLS keys: the system's roots.
+        let c = load(&https).unwrap();
+        let t = c.receivers["hook"].kind.tls();
+        assert!(t.ca.is_none() && !t.insecure_skip_verify);
+        let c = load(&with(&format!("ca_file = {good:?}"))).unwrap();
+        assert_eq!(c.receivers["hook"].kind.tls().ca.as_ref().unwrap().len(), 1);
+        let c = load(&with("insecure_skip_verify = true")).unwrap();
+        assert!(c.receivers["hook"].kind.tls().insecure_skip_verify);
+        // Relative paths are relative to the config file's directory.
+        let f: F = toml::from_str(&with("ca_file = \"ca.pem\"")).unwrap();
+        let c = resolve(
+            &f.receiver,
+            f.route.as_ref(),
+            None,
+            &f.notify,
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert!(c.receivers["hook"].kind.tls().ca.is_some());
+        // Alertmanagers too.
+        let am = https.replace(
+            "urls = [\"http://127.0.0.1:9093/\"]",
+            &format!("urls = [\"https://127.0.0.1:9093/\"], ca_file = {good:?}"),
+        );
+        match &load(&am).unwrap().receivers["am"].kind {
+            ReceiverKind::Alertmanager(a) => assert!(a.tls.ca.is_some()),
+            k => panic!("{k:?}"),
+        }
+
+        let missing = dir.path().join("nope.pem");
+        let garbled = write(dir.path(), "garbled.pem", "not a certificate\n");
+        let bad_b64 = write(
+            dir.path(),
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        let not_a_cert = write(
+            dir.path(),
+            "junk.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        for (text, key, want) in [
+            (
+                with(&format!("ca_file = {:?}", missing.to_str().unwrap())),
+                "receiver.webhook.ca_file",
+                format!("cannot read {}", missing.display()),
+            ),
+            (
+                with(&format!("ca_file = {garbled:?}")),
+                "receiver.webhook.ca_file",
+                format!("{garbled} holds no PEM CERTIFICATE block"),
+            ),
+            (
+                with(&format!("ca_file = {bad_b64:?}")),
+                "receiver.webhook.ca_file",
+                format!("{bad_b64}: bad PEM"),
+            ),
+            (
+                with(&format!("ca_file = {not_a_cert:?}")),
+                "receiver.webhook.ca_file",
+                format!("{not_a_cert}: certificate #1 is not usable"),
+            ),
+            (
+                with(&format!("ca_file = {good:?}, insecure_skip_verify = true")),
+                "receiver.webhook.ca_file",
+                "set only one".to_string(),
+            ),
+            (
+                GOOD.replace(
+                    "secret = \"s\"",
+                    &format!("secret = \"s\", ca_file = {good:?}"),
+                ),
+                "receiver.webhook.ca_file",
+                "https:// URLs only".to_string(),
+            ),
+            (
+                GOOD.replace(
+                    "urls = [\"http://127.0.0.1:9093/\"]",
+                    "urls = [\"http://127.0.0.1:9093/\"], insecure_skip_verify = true",
+                ),
+                "receiver.alertmanager.insecure_skip_verify",
+                "https:// URLs only".to_string(),
+            ),
+        ] {
+            let e = match load(&text) {
+                Err(e) => e,
+                Ok(_) => panic!("accepted: {text}"),
+            };
+            assert_eq!(e.key, key, "{text}: {}", e.reason);
+            assert!(e.reason.contains(&want), "{} lacks {want}", e.reason);
+            assert!(!e.place.is_empty(), "{text}");
+        }
     }
 }

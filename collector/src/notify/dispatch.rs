@@ -480,7 +480,14 @@ repeat_interval = "1h"
 "#
         );
         let f: F = toml::from_str(&text).unwrap();
-        resolve(&f.receiver, Some(&f.route), None, &FileNotify::default()).unwrap()
+        resolve(
+            &f.receiver,
+            Some(&f.route),
+            None,
+            &FileNotify::default(),
+            None,
+        )
+        .unwrap()
     }
 
     fn alert(name: &str, instance: &str, severity: &str, ends_at: Option<i64>) -> NotifyAlert {

@@ -16,6 +16,7 @@ pub mod route;
 pub mod send;
 pub mod silence;
 pub mod store;
+pub mod tls;
 
 use alert::{AlertBatch, NotifyAlert};
 use config::{NotifyConfig, ReceiverKind};
@@ -24,7 +25,7 @@ use nines_shared::UnixMillis;
 use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, Registry};
 use serde_json::Value as Json;
 use silence::Silence;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -36,6 +37,56 @@ use tokio::sync::{mpsc, watch};
 const QUEUE: usize = 1024;
 /// Most sends in flight at once.
 const IN_FLIGHT: usize = 32;
+
+/// The HTTP clients of the outbox: one per receiver with `https://`
+/// targets (its own certificate checks), one plain client for the rest.
+/// A receiver whose client could not be made keeps why: its sends fail
+/// with that reason (retried and shown), the others go on.
+struct Clients {
+    plain: reqwest::Client,
+    tls: BTreeMap<String, Result<reqwest::Client, String>>,
+}
+
+impl Clients {
+    /// Builds them; reads the system's trust store if a receiver needs it
+    /// (blocking file I/O).
+    fn new(receivers: &BTreeMap<String, config::Receiver>) -> Result<Clients, String> {
+        tls::install_default_provider();
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("nines-collector/", env!("CARGO_PKG_VERSION")))
+        };
+        let plain = builder().build().map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        for (name, r) in receivers {
+            let https = match &r.kind {
+                ReceiverKind::Webhook(w) => w.url.starts_with("https:"),
+                ReceiverKind::Alertmanager(a) => a.urls.iter().any(|u| u.starts_with("https:")),
+            };
+            if !https {
+                continue;
+            }
+            let client = tls::client_config(r.kind.tls(), tls::system_roots).and_then(|tls| {
+                builder()
+                    .tls_backend_preconfigured(tls)
+                    .build()
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = &client {
+                tracing::error!(receiver = %name, error = %e, "cannot set up TLS for the receiver; its notifications will fail and be retried");
+            }
+            out.insert(name.clone(), client.map_err(|e| format!("TLS setup: {e}")));
+        }
+        Ok(Clients { plain, tls: out })
+    }
+
+    fn of(&self, receiver: &str) -> Result<&reqwest::Client, &str> {
+        match self.tls.get(receiver) {
+            Some(c) => c.as_ref().map_err(String::as_str),
+            None => Ok(&self.plain),
+        }
+    }
+}
 
 /// Where the rule evaluator hands over alerts.
 #[derive(Clone)]
@@ -295,13 +346,15 @@ impl Notifier {
         wake: Arc<tokio::sync::Notify>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let client = match reqwest::Client::builder()
-            .user_agent(concat!("nines-collector/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
-            Ok(c) => c,
+        let receivers = cfg.receivers.clone();
+        let client = match tokio::task::spawn_blocking(move || Clients::new(&receivers)).await {
+            Ok(Ok(c)) => Arc::new(c),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot build the notification HTTP clients; nothing will be sent");
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot build the notification HTTP client");
+                tracing::error!(error = %e, "building the notification HTTP clients panicked");
                 return;
             }
         };
@@ -383,13 +436,7 @@ impl Notifier {
         }
     }
 
-    async fn attempt(
-        &self,
-        q: Queued,
-        client: &reqwest::Client,
-        cfg: &NotifyConfig,
-        metrics: &Metrics,
-    ) {
+    async fn attempt(&self, q: Queued, client: &Clients, cfg: &NotifyConfig, metrics: &Metrics) {
         let outcome = match cfg.receivers.get(&q.receiver) {
             Some(r) => {
                 let kind = match (&r.kind, q.kind.as_str()) {
@@ -398,7 +445,10 @@ impl Notifier {
                     _ => None,
                 };
                 match kind {
-                    Some(k) => send::send(client, k, &q.target, &q.body).await,
+                    Some(k) => match client.of(&q.receiver) {
+                        Ok(c) => send::send(c, k, &q.target, &q.body).await,
+                        Err(e) => send::Outcome::Retry(e.to_string()),
+                    },
                     None => send::Outcome::Refused(format!(
                         "receiver {:?} is no longer a {} receiver",
                         q.receiver, q.kind

@@ -106,6 +106,7 @@ async fn run_target(
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
+    crate::notify::tls::install_default_provider();
     let client = match reqwest::Client::builder()
         .timeout(target.timeout)
         .user_agent(concat!("nines-collector/", env!("CARGO_PKG_VERSION")))
