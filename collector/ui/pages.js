@@ -371,14 +371,14 @@ function brackets(expr) {
 
 /**
  * Where a parser message points, as a 0-based character offset, or -1.
- * The collector's parse errors start with Prometheus's `line:column: parse
- * error:`, the column counted in bytes of the line (UTF-8); other messages
+ * The collector's parse errors read as Prometheus's: `invalid parameter
+ * "query": line:column: parse error: ...`, the column counted in bytes of the line (UTF-8); other messages
  * with `line:column` are read the same way. Without one, the problem the
  * message names (`unclosed left parenthesis`, `in call to 'rate'`, a
  * quoted token) is located in the expression here.
  */
 export function errorPosition(message, expr) {
-  let m = /^(\d+):(\d+): parse error:/.exec(message) || /(\d+):(\d+)(?::|\s)/.exec(message);
+  let m = /^(?:invalid parameter "query": )?(\d+):(\d+): parse error:/.exec(message) || /(\d+):(\d+)(?::|\s)/.exec(message);
   if (m) {
     const lines = expr.split('\n');
     const line = +m[1] - 1;

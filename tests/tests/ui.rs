@@ -455,7 +455,7 @@ fn every_page_in_a_real_browser() {
     let byte_col = bad.rfind(" x").unwrap() + 2;
     assert!(
         msg.starts_with(&format!(
-            "1:{byte_col}: parse error: unexpected identifier \"x\""
+            "invalid parameter \"query\": 1:{byte_col}: parse error: unexpected identifier \"x\""
         )),
         "{msg}"
     );

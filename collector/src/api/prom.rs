@@ -82,9 +82,15 @@ impl From<ParamError> for ApiError {
     }
 }
 
+/// The API error for a failed query; a parse error reads as Prometheus
+/// words it, `invalid parameter "query": 1:5: parse error: ...`.
 fn query_error(e: &QueryError) -> ApiError {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    ApiError::new(status, e.error_type(), &e.to_string())
+    let message = match e {
+        QueryError::Parse(m) => format!("invalid parameter \"query\": {m}"),
+        other => other.to_string(),
+    };
+    ApiError::new(status, e.error_type(), &message)
 }
 
 fn querier_error(e: &QuerierError) -> ApiError {
