@@ -17,3 +17,5 @@ pub mod samplers;
 pub mod ship;
 pub mod spool;
 pub mod systemd;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -9,8 +9,6 @@ use crate::{Agent, Collector, free_port, value, wait_for};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One nginx `combined` line with request time.
@@ -30,13 +28,8 @@ pub struct BusyHost {
     pub agent: Agent,
     _hold: Vec<TcpStream>,
     _targets: [Hook; 2],
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for BusyHost {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    /// Its traffic thread runs until this is dropped.
+    _stop: std::sync::mpsc::Sender<()>,
 }
 
 /// One second's traffic: three requests in the log, one StatsD timing.
@@ -107,15 +100,19 @@ impl BusyHost {
                 .then_some(())
         });
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        // Dropping the sender (with the BusyHost) ends the traffic at once.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             let mut i = 0;
-            while !flag.load(Ordering::Relaxed) {
+            // A second's traffic, then wait a second for the stop.
+            while {
                 traffic(&log, &udp, statsd_port, i);
                 i += 1;
-                std::thread::sleep(Duration::from_secs(1));
-            }
+                matches!(
+                    stopped.recv_timeout(Duration::from_secs(1)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                )
+            } {}
         });
         wait_for("every source reported", || {
             let q = |e: String| value(c, &e);
@@ -139,7 +136,7 @@ impl BusyHost {
             agent,
             _hold: hold,
             _targets: [ok, fail],
-            stop,
+            _stop: stop,
         }
     }
 }

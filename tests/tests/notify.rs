@@ -776,7 +776,11 @@ fn start_bad_receiver() -> (u16, Arc<Mutex<usize>>) {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf);
                 match turn {
-                    1 => std::thread::sleep(std::time::Duration::from_secs(5)),
+                    // Hang: answer nothing until the collector gives up
+                    // and closes the connection.
+                    1 => {
+                        let _ = std::io::copy(&mut stream, &mut std::io::sink());
+                    }
                     2 => {
                         let _ = stream.write_all(
                             b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops",

@@ -355,7 +355,7 @@ fn every_page_in_a_real_browser() {
         "return location.search.includes('from=') && location.search.includes('to=') && performance.getEntriesByName('nines:all-charts').length > 0",
     );
     b.resize(390, 844);
-    std::thread::sleep(Duration::from_millis(300)); // let the layout settle
+    b.wait_js("the phone-sized window", "return window.innerWidth <= 400");
     let overflow = b.js(
         "return document.documentElement.scrollWidth - window.innerWidth",
         vec![],

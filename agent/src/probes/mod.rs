@@ -30,6 +30,7 @@ pub mod config;
 mod exec;
 mod histogram;
 mod tls;
+pub use tls::system_roots_blocking;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,6 @@
 
 use super::*;
 use std::net::SocketAddr;
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
@@ -624,13 +623,9 @@ fn recorded_outcomes_become_exact_series() {
     );
 }
 
-/// Polls `f` every 10 ms until it holds, failing after `within`.
+/// Waits until `f` holds, failing after `within`.
 async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::test_support::poll_until(within, what, || f().then_some(())).await;
 }
 
 #[tokio::test]

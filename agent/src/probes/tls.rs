@@ -35,13 +35,19 @@ pub(crate) async fn system_roots() -> Arc<RootCertStore> {
     if let Some(r) = SYSTEM_ROOTS.get() {
         return r.clone();
     }
-    match tokio::task::spawn_blocking(|| SYSTEM_ROOTS.get_or_init(load_system_roots).clone()).await
-    {
+    match tokio::task::spawn_blocking(system_roots_blocking).await {
         Ok(r) => r,
         // Only a panic while loading gets here; verification then fails
         // with "no trust anchors" rather than taking the agent down.
         Err(_) => Arc::new(RootCertStore::empty()),
     }
+}
+
+/// The system's trust anchors, read once per process (blocking file I/O
+/// on the first call): shared by the probes and the collector's https
+/// notification receivers.
+pub fn system_roots_blocking() -> Arc<RootCertStore> {
+    SYSTEM_ROOTS.get_or_init(load_system_roots).clone()
 }
 
 fn load_system_roots() -> Arc<RootCertStore> {
@@ -56,7 +62,7 @@ fn load_system_roots() -> Arc<RootCertStore> {
     }
     if added == 0 {
         tracing::warn!(
-            "no system CA certificates found; https probes with tls_verify = true will fail"
+            "no system CA certificates found; https checks without their own CA (probes with tls_verify, receivers without ca_file) will fail"
         );
     }
     Arc::new(store)

@@ -62,30 +62,10 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Arc<RootCertStore>, String
     Ok(Arc::new(store))
 }
 
-static SYSTEM_ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-
-/// The system's trust anchors, read once (blocking file I/O: call it off
-/// the async workers).
+/// The system's trust anchors, read once per process (blocking file I/O:
+/// call it off the async workers).
 pub fn system_roots() -> Arc<RootCertStore> {
-    SYSTEM_ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "reading system CA certificates");
-            }
-            let mut store = RootCertStore::empty();
-            let (added, ignored) = store.add_parsable_certificates(found.certs);
-            if ignored > 0 {
-                tracing::warn!(ignored, "system CA certificates rustls cannot use");
-            }
-            if added == 0 {
-                tracing::warn!(
-                    "no system CA certificates found; https receivers without ca_file will fail"
-                );
-            }
-            Arc::new(store)
-        })
-        .clone()
+    nines_agent::probes::system_roots_blocking()
 }
 
 /// The client TLS settings of one receiver. `roots` gives the system's

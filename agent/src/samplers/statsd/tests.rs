@@ -403,18 +403,11 @@ async fn live_udp_packets_reach_the_snapshot() {
         .expect("send");
     client.send_to(b"checkout.count:3|c", addr).expect("send");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let out = loop {
+    let out = crate::test_support::poll_until(Duration::from_secs(10), "the packets", || {
         let out = snap(&state);
-        if out.value_of(PACKETS, &[]) == Some(3.0) {
-            break out;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "packets did not arrive in time"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        (out.value_of(PACKETS, &[]) == Some(3.0)).then_some(out)
+    })
+    .await;
     let route = [("route", "pay")];
     let b = |le| {
         out.value_of(
