@@ -24,6 +24,7 @@ mod over_time;
 mod quantile;
 pub mod querier;
 mod range_eval;
+pub mod rollup;
 mod subquery;
 mod syntax;
 mod value;

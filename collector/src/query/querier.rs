@@ -5,6 +5,8 @@
 use nines_shared::Labels;
 use promql_parser::label::Matchers;
 
+use super::rollup::{SeriesBuckets, bucket_end, fold};
+
 /// A series and its samples, ascending by timestamp.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesSamples {
@@ -41,4 +43,32 @@ pub trait Querier: Send + Sync {
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, QuerierError>;
+
+    /// Series matching `matchers` as for [`Querier::select`], reduced to
+    /// buckets of `res` ms (see [`super::rollup`]): every bucket whose end
+    /// lies in `[start, end]`, i.e. the samples in `(bucket_end(start) - res,
+    /// end']` where `end'` is the last multiple of `res` not after `end`.
+    /// Series with no bucket
+    /// are left out.
+    ///
+    /// The default folds the raw samples; a store that keeps rollups
+    /// answers from them, which must give the same buckets.
+    fn select_buckets(
+        &self,
+        matchers: &Matchers,
+        start: i64,
+        end: i64,
+        res: i64,
+    ) -> Result<Vec<SeriesBuckets>, QuerierError> {
+        let from = bucket_end(start, res) - res + 1;
+        let to = end.div_euclid(res) * res;
+        Ok(self
+            .select(matchers, from, to)?
+            .into_iter()
+            .map(|s| SeriesBuckets {
+                buckets: fold(&s.samples, res),
+                labels: s.labels,
+            })
+            .collect())
+    }
 }
