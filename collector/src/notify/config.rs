@@ -825,34 +825,6 @@ continue = true
         assert_eq!(e.place, "route.routes[0]");
     }
 
-    /// A DER certificate as a PEM block.
-    fn pem(der: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut b64 = String::new();
-        for c in der.chunks(3) {
-            let n = c
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-            for i in 0..4 {
-                b64.push(if i <= c.len() {
-                    A[(n >> (18 - 6 * i)) as usize & 63] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|l| std::str::from_utf8(l).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        )
-    }
-
     fn write(dir: &Path, name: &str, text: &str) -> String {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -867,7 +839,7 @@ continue = true
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let good = write(dir.path(), "ca.pem", &pem(ca.der()));
+        let good = write(dir.path(), "ca.pem", &ca.pem());
         let https = GOOD.replace("http://127.0.0.1:1/x", "https://hooks.example/x");
         let with =
             |extra: &str| https.replace("secret = \"s\"", &format!("secret = \"s\", {extra}"));
