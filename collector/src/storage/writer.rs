@@ -34,6 +34,7 @@ use super::head::{Head, SeriesHead};
 use super::index::{Index, SeriesId};
 use super::log;
 use super::read::{CorruptChunk, Run};
+use super::rollup;
 use super::schema;
 use super::{MaintenanceReport, SeriesWrite, StorageMetrics, StorageOptions};
 use nines_shared::{
@@ -543,10 +544,7 @@ impl Writer {
                 }
             }
         }
-        if self.retention_cursor.is_none()
-            && self.options.retention.is_some()
-            && now >= self.next_retention
-        {
+        if self.retention_cursor.is_none() && self.options.expires() && now >= self.next_retention {
             self.retention_cursor = Some(i64::MIN);
             self.retention_deleted = 0;
         }
@@ -603,6 +601,8 @@ impl Writer {
         let mut expire: Vec<SeriesId> = Vec::new();
         let mut expire_cutoff = i64::MIN;
         let mut partial: Option<(SeriesId, Run, i64)> = None;
+        let mut rollups = rollup::Written::default();
+        let mut rollups_expired = [0usize; 2];
         let trim = std::mem::take(&mut self.trim_log);
         let result = (|| -> rusqlite::Result<()> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -625,6 +625,7 @@ impl Writer {
                     let close = compact::Close {
                         force: self.forcing,
                         quiet_before: quiet.then_some(now_ms),
+                        rollups_from: self.options.cutoffs(now_ms)[0],
                     };
                     let (run, mut moved) = match work.take() {
                         Some((w, run, moved)) if w == id => (run, moved),
@@ -636,6 +637,7 @@ impl Writer {
                     report.samples_compacted += o.rows;
                     report.chunks_written += o.written;
                     report.corrupt_chunks += o.corrupt;
+                    rollups.add(o.rollups);
                     bps = o.bytes_per_sample.or(bps);
                     moved |= o.rows > 0;
                     let rest: Run = run[o.rows..].to_vec();
@@ -655,9 +657,7 @@ impl Writer {
                         });
                     }
                 } else if let Some(after) = cursor {
-                    let retention = self.options.retention.unwrap_or(Duration::MAX);
-                    let cutoff = (self.clock)()
-                        .saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+                    let [cutoff, cut_1m, cut_1h] = self.options.cutoffs((self.clock)());
                     let ids: Vec<i64> = self
                         .conn
                         .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
@@ -666,6 +666,10 @@ impl Writer {
                     for id in &ids {
                         expired +=
                             compact::expire_series(&self.conn, SeriesId(*id), cutoff)?.samples;
+                        let gone =
+                            rollup::expire_series(&self.conn, SeriesId(*id), cut_1m, cut_1h)?;
+                        rollups_expired =
+                            [rollups_expired[0] + gone[0], rollups_expired[1] + gone[1]];
                         expire.push(SeriesId(*id));
                     }
                     expire_cutoff = cutoff;
@@ -755,7 +759,21 @@ impl Writer {
             .chunks_written
             .add(report.chunks_written as u64);
         self.metrics.expired_samples.add(expired as u64);
-        self.retention_deleted += expired;
+        for (i, res) in ["1m", "1h"].into_iter().enumerate() {
+            let m = &self.metrics;
+            m.rollup_rows_written
+                .with(&[res])
+                .add(rollups.rows[i] as u64);
+            m.rollup_bytes_written
+                .with(&[res])
+                .add(rollups.bytes[i] as u64);
+            m.rollup_rows_expired
+                .with(&[res])
+                .add(rollups_expired[i] as u64);
+        }
+        report.rollup_rows_written = rollups.rows.iter().sum();
+        report.rollup_rows_expired = rollups_expired.iter().sum();
+        self.retention_deleted += expired + report.rollup_rows_expired;
         if self.retention_cursor.is_some() && cursor.is_none() {
             // Pass complete.
             if self.retention_deleted > 0 {
@@ -799,7 +817,7 @@ impl Writer {
                         self.due.push_back(id);
                     }
                 }
-                if self.options.retention.is_some() && self.retention_cursor.is_none() {
+                if self.options.expires() && self.retention_cursor.is_none() {
                     self.retention_cursor = Some(i64::MIN);
                     self.retention_deleted = 0;
                 }
@@ -824,6 +842,8 @@ impl Writer {
                     total.chunks_written += r.chunks_written;
                     total.samples_expired += r.samples_expired;
                     total.corrupt_chunks += r.corrupt_chunks;
+                    total.rollup_rows_written += r.rollup_rows_written;
+                    total.rollup_rows_expired += r.rollup_rows_expired;
                     if last && !self.vacuum {
                         break;
                     }
