@@ -17,6 +17,9 @@
 //!   runs of one series (`chunk.rs`: delta-of-delta timestamps, XOR
 //!   values, CRC-32). A chunk lies inside one aligned 2 h window, holds at
 //!   most 8192 samples and is full at about 2000 bytes (two per page).
+//! - `rollup_1m(series_id, window_start, data)`, `rollup_1h(series_id,
+//!   day_start, data)`: a series' minute buckets per 2 h window and hour
+//!   buckets per day (`rollup.rs`), folds of the raw samples.
 //!
 //! # Rules
 //!
@@ -52,7 +55,15 @@
 //!   straddling the cutoff stays until it is wholly older). Then
 //!   `PRAGMA incremental_vacuum` returns free pages to the file system, a
 //!   few hundred per step; some are kept for reuse by the head. Series
-//!   themselves are kept.
+//!   themselves are kept. Rollup rows go the same way, each resolution by
+//!   its own retention (never before a finer one's), a row once all of its
+//!   span is older than the cutoff.
+//! - Compaction recomputes a window's rollup rows from all of its chunks in
+//!   the transaction that writes or merges chunks of it, unless the window
+//!   starts before the raw retention cutoff (its rows are then the complete
+//!   record). `select_buckets` at 1m and 1h takes a window from its rows
+//!   when it has them and no head samples (or is past raw retention), and
+//!   folds its raw samples otherwise.
 //! - Files of schema version 1 are migrated at open (see `schema.rs`).
 
 mod chunk;
