@@ -491,6 +491,58 @@ pub fn update_window(
     Ok(out)
 }
 
+/// Series one backfill unit looks at.
+pub const BACKFILL_SERIES_PER_UNIT: usize = 64;
+/// Windows one backfill unit rolls up.
+pub const BACKFILL_WINDOWS_PER_UNIT: usize = 16;
+
+/// One unit of the backfill pass (inside the caller's transaction): for
+/// the series after `after` (by id), rolls up windows starting at or after
+/// `from_ws` that have chunks but no minute row (chunks written before
+/// rollups existed), at most [`BACKFILL_WINDOWS_PER_UNIT`]. Returns the
+/// cursor to go on from (`None` once every series was looked at) and what
+/// it wrote.
+pub fn backfill_unit(
+    conn: &Connection,
+    after: i64,
+    from_ws: i64,
+    corrupt: &mut dyn FnMut(SeriesId, CorruptChunk),
+) -> rusqlite::Result<(Option<i64>, Written)> {
+    let mut written = Written::default();
+    let ids: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .query_map((after, BACKFILL_SERIES_PER_UNIT as i64), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut windows = 0usize;
+    for (i, &sid) in ids.iter().enumerate() {
+        let id = SeriesId(sid);
+        let rows: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT window_start FROM rollup_1m WHERE series_id = ?1 AND window_start >= ?2",
+            )?
+            .query_map((sid, from_ws), |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let missing: Vec<i64> = chunk_windows(conn, id, from_ws, i64::MAX - WINDOW_MS)?
+            .into_iter()
+            .filter(|ws| *ws >= from_ws && !rows.contains(ws))
+            .collect();
+        for ws in missing {
+            if windows == BACKFILL_WINDOWS_PER_UNIT {
+                // This series goes on in the next unit.
+                let cursor = if i == 0 { after } else { ids[i - 1] };
+                return Ok((Some(cursor), written));
+            }
+            written.add(update_window(conn, id, ws, &mut |c| corrupt(id, c))?);
+            windows += 1;
+        }
+    }
+    let next = match ids.last() {
+        Some(&last) if ids.len() == BACKFILL_SERIES_PER_UNIT => Some(last),
+        _ => None,
+    };
+    Ok((next, written))
+}
+
 /// Deletes a series' minute rows wholly before `cutoff_1m` and hour rows
 /// wholly before `cutoff_1h`; returns how many of each.
 pub fn expire_series(

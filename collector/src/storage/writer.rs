@@ -239,6 +239,10 @@ struct Writer {
     due: VecDeque<SeriesId>,
     /// A retention pass under way: the last series id done.
     retention_cursor: Option<i64>,
+    /// The rollup backfill pass under way (once per open): the last series
+    /// id done. Windows with chunks but no rollup rows (written before
+    /// rollups existed) get them.
+    backfill_cursor: Option<i64>,
     /// Samples the pass under way deleted.
     retention_deleted: usize,
     next_retention: Instant,
@@ -345,6 +349,7 @@ impl Writer {
             forcing: false,
             due: VecDeque::new(),
             retention_cursor: None,
+            backfill_cursor: Some(i64::MIN),
             retention_deleted: 0,
             // The first pass soon after start, not at once: opening stays quick.
             next_retention: now + Duration::from_secs(10),
@@ -573,7 +578,11 @@ impl Writer {
         if self.paused_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum || self.trim_log
+        !self.due.is_empty()
+            || self.retention_cursor.is_some()
+            || self.backfill_cursor.is_some()
+            || self.vacuum
+            || self.trim_log
     }
 
     /// One maintenance step in its own transaction: compaction units first,
@@ -603,6 +612,7 @@ impl Writer {
         let mut partial: Option<(SeriesId, Run, i64)> = None;
         let mut rollups = rollup::Written::default();
         let mut rollups_expired = [0usize; 2];
+        let mut backfill = self.backfill_cursor;
         let trim = std::mem::take(&mut self.trim_log);
         let result = (|| -> rusqlite::Result<()> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -677,6 +687,14 @@ impl Writer {
                         Some(last) if ids.len() == RETENTION_SERIES_PER_UNIT => Some(*last),
                         _ => None,
                     };
+                } else if let Some(after) = backfill {
+                    let from = self.options.cutoffs(now_ms)[0];
+                    let (next, w) =
+                        rollup::backfill_unit(&self.conn, after, from, &mut |id, c| {
+                            report_corrupt(&self.index, &self.metrics, id, &c, "rollup backfill")
+                        })?;
+                    rollups.add(w);
+                    backfill = next;
                 } else {
                     break;
                 }
@@ -786,6 +804,10 @@ impl Writer {
             self.next_retention = Instant::now() + RETENTION_EVERY;
         }
         self.retention_cursor = cursor;
+        if self.backfill_cursor.is_some() && backfill.is_none() {
+            tracing::info!("rollup backfill pass done");
+        }
+        self.backfill_cursor = backfill;
         if self.vacuum && within(units) {
             let keep = if budget.is_some() {
                 VACUUM_KEEP_PAGES
@@ -827,7 +849,9 @@ impl Writer {
                 let mut total = MaintenanceReport::default();
                 loop {
                     self.forcing = true;
-                    let last = self.due.is_empty() && self.retention_cursor.is_none();
+                    let last = self.due.is_empty()
+                        && self.retention_cursor.is_none()
+                        && self.backfill_cursor.is_none();
                     if last {
                         // Everything is compacted: the log rows left are
                         // those that hold what the heads keep.
