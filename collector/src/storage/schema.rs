@@ -20,8 +20,9 @@
 //!
 //! Version 4 adds the rollup tables `rollup_1m` (a row per series and 2 h
 //! window) and `rollup_1h` (a row per series and day), see `rollup.rs`. A
-//! version 3 file gets the empty tables at open; windows compacted before
-//! have no rows and are answered from their chunks while those last.
+//! version 3 file gets the empty tables at open; the writer's backfill pass
+//! rolls up the windows compacted before (answered from their chunks until
+//! then).
 
 use rusqlite::Connection;
 
