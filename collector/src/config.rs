@@ -90,6 +90,12 @@ pub struct FilePresence {
 pub struct FileStorage {
     /// How long samples are kept (default 15d; "0" keeps everything).
     pub retention: Option<String>,
+    /// How long minute rollups are kept (default 90d, at least
+    /// `retention`).
+    pub retention_1m: Option<String>,
+    /// How long hour rollups are kept (default 730d, at least
+    /// `retention_1m`).
+    pub retention_1h: Option<String>,
 }
 
 /// One `[[scrape]]` table: a job and the targets it pulls.
@@ -201,6 +207,10 @@ pub struct CollectorConfig {
     pub scrape: Vec<crate::scrape::Target>,
     /// How long samples are kept; None keeps everything.
     pub retention: Option<Duration>,
+    /// How long minute rollups are kept; None keeps everything.
+    pub retention_1m: Option<Duration>,
+    /// How long hour rollups are kept; None keeps everything.
+    pub retention_1h: Option<Duration>,
     /// Rule files to load at start.
     pub rule_files: Vec<PathBuf>,
     /// Default interval of rule groups, and of SLO evaluation.
@@ -364,22 +374,60 @@ impl CollectorConfig {
         for (i, job) in file.scrape.iter().enumerate() {
             scrape.extend(scrape_targets(i, job, &in_file)?);
         }
-        let retention = match file.storage.retention.as_deref() {
-            None => Some(Duration::from_secs(15 * 24 * 3600)),
-            Some("0") => None,
-            Some(s) => {
-                let d = parse_duration(s)
-                    .map_err(|e| invalid("storage.retention", false, e.to_string()))?;
-                if d < Duration::from_secs(3600) {
-                    return Err(invalid(
-                        "storage.retention",
-                        false,
-                        format!("{s:?} is under the minimum of 1h (\"0\" keeps everything)"),
-                    ));
-                }
-                Some(d)
+        let fs = &file.storage;
+        let retention = parse_retention(
+            &invalid,
+            "storage.retention",
+            fs.retention.as_deref(),
+            Some(Duration::from_secs(15 * DAY_SECS)),
+        )?;
+        // A coarser resolution's default never falls below a finer one.
+        let retention_1m = parse_retention(
+            &invalid,
+            "storage.retention_1m",
+            fs.retention_1m.as_deref(),
+            retention.map(|r| r.max(Duration::from_secs(90 * DAY_SECS))),
+        )?;
+        let retention_1h = parse_retention(
+            &invalid,
+            "storage.retention_1h",
+            fs.retention_1h.as_deref(),
+            retention_1m.map(|r| r.max(Duration::from_secs(730 * DAY_SECS))),
+        )?;
+        for (key, coarse, finer_key, finer) in [
+            (
+                "storage.retention_1m",
+                retention_1m,
+                "storage.retention",
+                retention,
+            ),
+            (
+                "storage.retention_1h",
+                retention_1h,
+                "storage.retention_1m",
+                retention_1m,
+            ),
+        ] {
+            let shorter = match (coarse, finer) {
+                (Some(c), Some(f)) => c < f,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if shorter {
+                let show = |d: Option<Duration>| {
+                    d.map_or("\"0\" (everything)".to_string(), |d| format!("{d:?}"))
+                };
+                return Err(invalid(
+                    key,
+                    false,
+                    format!(
+                        "{} is shorter than {finer_key} ({}): rollups must be kept at least as long as the finer data they are made from",
+                        show(coarse),
+                        show(finer)
+                    ),
+                ));
             }
-        };
+        }
         let slos = crate::slo::validate_config(&file.slo).map_err(|(i, e)| {
             let name = file.slo.get(i).map(|d| d.name.as_str()).unwrap_or("");
             ConfigError::Invalid {
@@ -415,6 +463,8 @@ impl CollectorConfig {
             presence,
             notify,
             retention,
+            retention_1m,
+            retention_1h,
             scrape,
             rule_files,
             evaluation_interval,
@@ -584,9 +634,94 @@ fn scrape_targets(
         .collect()
 }
 
+const DAY_SECS: u64 = 24 * 3600;
+
+/// A `[storage]` retention: a duration of at least 1h, or "0" for
+/// everything (`None`); `default` when not set.
+fn parse_retention(
+    invalid: &dyn Fn(&'static str, bool, String) -> ConfigError,
+    key: &'static str,
+    value: Option<&str>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some("0") => Ok(None),
+        Some(s) => {
+            let d = parse_duration(s).map_err(|e| invalid(key, false, e.to_string()))?;
+            if d < Duration::from_secs(3600) {
+                return Err(invalid(
+                    key,
+                    false,
+                    format!("{s:?} is under the minimum of 1h (\"0\" keeps everything)"),
+                ));
+            }
+            Ok(Some(d))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollup_retentions_default_above_raw_and_may_not_be_shorter() {
+        let c = CollectorConfig::resolve(&Overrides::default()).unwrap();
+        assert_eq!(c.retention, Some(Duration::from_secs(15 * DAY_SECS)));
+        assert_eq!(c.retention_1m, Some(Duration::from_secs(90 * DAY_SECS)));
+        assert_eq!(c.retention_1h, Some(Duration::from_secs(730 * DAY_SECS)));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let o = Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let with = |body: &str| {
+            std::fs::write(f.path(), format!("[storage]\n{body}")).unwrap();
+            CollectorConfig::resolve(&o)
+        };
+        // Raw kept longer than a default: the defaults follow it up.
+        let c = with("retention = \"200d\"\n").unwrap();
+        assert_eq!(c.retention_1m, Some(Duration::from_secs(200 * DAY_SECS)));
+        assert_eq!(c.retention_1h, Some(Duration::from_secs(730 * DAY_SECS)));
+        let c = with("retention = \"0\"\n").unwrap();
+        assert_eq!((c.retention_1m, c.retention_1h), (None, None));
+        let c = with("retention_1m = \"30d\"\nretention_1h = \"0\"\n").unwrap();
+        assert_eq!(c.retention_1m, Some(Duration::from_secs(30 * DAY_SECS)));
+        assert_eq!(c.retention_1h, None);
+        // Shorter than the finer one: refused, naming key and reason.
+        let e = with("retention_1m = \"7d\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("storage.retention_1m") && e.contains("shorter than storage.retention"),
+            "{e}"
+        );
+        let e = with("retention_1m = \"100d\"\nretention_1h = \"99d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.retention_1h") && e.contains("shorter than storage.retention_1m"),
+            "{e}"
+        );
+        let e = with("retention = \"0\"\nretention_1m = \"90d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.retention_1m") && e.contains("everything"),
+            "{e}"
+        );
+        let e = with("retention_1h = \"30m\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("storage.retention_1h") && e.contains("minimum"),
+            "{e}"
+        );
+        let e = with("retention_1h = \"forever\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.retention_1h") && e.contains("forever"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn defaults_apply_without_a_file() {
@@ -622,6 +757,8 @@ mod tests {
         ] {
             assert!(raw.contains_key(key), "{key} missing from the example");
         }
+        let storage = raw["storage"].as_table().unwrap();
+        assert_eq!(storage.len(), 3, "every [storage] key is in the example");
         let limits = raw["limits"].as_table().unwrap();
         assert_eq!(limits.len(), 7, "every [limits] key is in the example");
         let scrape = raw["scrape"].as_array().unwrap()[0].as_table().unwrap();

@@ -49,6 +49,8 @@ pub async fn serve(cfg: CollectorConfig, stop: watch::Receiver<bool>) -> anyhow:
         StorageMetrics::register(&registry),
         crate::storage::StorageOptions {
             retention: cfg.retention,
+            retention_1m: cfg.retention_1m,
+            retention_1h: cfg.retention_1h,
             ..crate::storage::StorageOptions::default()
         },
     )

@@ -9,7 +9,8 @@
 //!   sample back bit for bit, and the SQLite file (plus WAL) is measured;
 //!   Prometheus gets blocks made from the same samples by `promtool tsdb
 //!   create-blocks-from openmetrics`, and the block directory is measured.
-//!   Bytes per sample. Target: nines no more than Prometheus.
+//!   Bytes per sample (nines' include its 1m and 1h rollups, whose encoded
+//!   rows are also shown apart). Target: nines no more than Prometheus.
 //! - ingest: the load generator simulates `NINES_BENCH_HOSTS` hosts (default
 //!   200, so 20,000 series) sending 5 s of their 100 series per request
 //!   (500 samples, Prometheus's default `max_samples_per_send`), from 4
@@ -147,6 +148,7 @@ fn size(promtool: &Path) {
             w.labels
         );
     }
+    let [m_rows, m_bytes, h_rows, h_bytes] = storage.rollup_usage().expect("rollup usage");
     drop(storage);
     let nines_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(path.with_extension("db-wal"))
@@ -180,6 +182,11 @@ fn size(promtool: &Path) {
     println!(
         "  nines:      {nines_bytes} bytes (SQLite file + WAL) = {n:.3} bytes/sample (written and compacted in {:.1} s, read back bit for bit)",
         took.as_secs_f64()
+    );
+    println!(
+        "  of which rollups (encoded rows, in the file): 1m {m_rows} rows {m_bytes} bytes = {:.3} bytes/sample, 1h {h_rows} rows {h_bytes} bytes = {:.3} bytes/sample",
+        m_bytes as f64 / samples as f64,
+        h_bytes as f64 / samples as f64
     );
     println!("  Prometheus: {prom_bytes} bytes (promtool blocks) = {p:.3} bytes/sample");
     println!("  ratio nines/Prometheus: {:.2} (target <= 1)", n / p);

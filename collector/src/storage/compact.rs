@@ -21,10 +21,16 @@
 //! chunks are deleted in the same transaction that writes their samples.
 //! Chunks that do not decode are left in place, counted and logged; the new
 //! chunks win over them on read anyway.
+//!
+//! A unit that wrote or merged chunks recomputes the window's rollup rows
+//! (`rollup.rs`) from all of the window's chunks in the same transaction,
+//! unless the window starts before [`Close::rollups_from`] (raw retention
+//! may have taken some of its chunks already; its rows stay as they are).
 
 use super::chunk::{self, ChunkEncoder};
 use super::index::SeriesId;
 use super::read::{self, Run};
+use super::rollup;
 use rusqlite::{Connection, params};
 
 /// Width of the aligned time windows chunks never cross (2 h).
@@ -56,6 +62,9 @@ pub struct Close {
     /// The wall clock is past this timestamp and the series went quiet:
     /// windows ending before it are closed.
     pub quiet_before: Option<i64>,
+    /// Windows starting before this are older than raw retention: their
+    /// rollup rows are not recomputed.
+    pub rollups_from: i64,
 }
 
 /// What one compaction unit did.
@@ -76,6 +85,8 @@ pub struct UnitOutcome {
     pub bytes_per_sample: Option<f64>,
     /// Head samples up to this timestamp are in chunks now.
     pub moved_to: Option<i64>,
+    /// Rollup rows written.
+    pub rollups: rollup::Written,
 }
 
 /// Compacts the oldest window of a series' head (see the module header).
@@ -170,6 +181,9 @@ pub fn compact_unit(
         out.rows = unit.partition_point(|s| s.0 <= to);
     }
     debug_assert!(out.rows <= rows);
+    if (out.written > 0 || out.merged > 0) && ws >= close.rollups_from {
+        out.rollups = rollup::update_window(conn, id, ws, corrupt)?;
+    }
     out.more = (closed && later) || (rows == UNIT_MAX_ROWS && out.rows > 0);
     Ok(out)
 }

@@ -17,6 +17,9 @@
 //!   runs of one series (`chunk.rs`: delta-of-delta timestamps, XOR
 //!   values, CRC-32). A chunk lies inside one aligned 2 h window, holds at
 //!   most 8192 samples and is full at about 2000 bytes (two per page).
+//! - `rollup_1m(series_id, window_start, data)`, `rollup_1h(series_id,
+//!   day_start, data)`: a series' minute buckets per 2 h window and hour
+//!   buckets per day (`rollup.rs`), folds of the raw samples.
 //!
 //! # Rules
 //!
@@ -52,7 +55,15 @@
 //!   straddling the cutoff stays until it is wholly older). Then
 //!   `PRAGMA incremental_vacuum` returns free pages to the file system, a
 //!   few hundred per step; some are kept for reuse by the head. Series
-//!   themselves are kept.
+//!   themselves are kept. Rollup rows go the same way, each resolution by
+//!   its own retention (never before a finer one's), a row once all of its
+//!   span is older than the cutoff.
+//! - Compaction recomputes a window's rollup rows from all of its chunks in
+//!   the transaction that writes or merges chunks of it, unless the window
+//!   starts before the raw retention cutoff (its rows are then the complete
+//!   record). `select_buckets` at 1m and 1h takes a window from its rows
+//!   when it has them and no head samples (or is past raw retention), and
+//!   folds its raw samples otherwise.
 //! - Files of schema version 1 are migrated at open (see `schema.rs`).
 
 mod chunk;
@@ -61,6 +72,7 @@ mod head;
 pub mod index;
 mod log;
 mod read;
+mod rollup;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -76,9 +88,10 @@ pub mod codec {
 }
 
 use crate::query::querier::{Querier, QuerierError, SeriesSamples};
+use crate::query::rollup::{Bucket, SeriesBuckets, bucket_end, fold};
 use index::Index;
-use nines_shared::telemetry::{Counter, Histogram, Registry};
-use nines_shared::{Batch, Labels, MetricMetadata};
+use nines_shared::telemetry::{Counter, CounterVec, Histogram, Registry};
+use nines_shared::{Batch, Labels, MetricMetadata, UnixMillis};
 use promql_parser::label::Matchers;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -138,6 +151,12 @@ pub struct StorageOptions {
     /// How long samples are kept, by their timestamp against the wall
     /// clock; `None` keeps everything. Default 15 days.
     pub retention: Option<Duration>,
+    /// How long minute rollups are kept (never less than `retention`).
+    /// Default 90 days.
+    pub retention_1m: Option<Duration>,
+    /// How long hour rollups are kept (never less than `retention_1m`).
+    /// Default 730 days.
+    pub retention_1h: Option<Duration>,
     /// Longest one background maintenance step (compaction, retention,
     /// vacuum) runs between write rounds.
     pub step_budget: Duration,
@@ -147,8 +166,41 @@ impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             retention: Some(Duration::from_secs(15 * 24 * 3600)),
+            retention_1m: Some(Duration::from_secs(90 * 24 * 3600)),
+            retention_1h: Some(Duration::from_secs(730 * 24 * 3600)),
             step_budget: Duration::from_millis(25),
         }
+    }
+}
+
+impl StorageOptions {
+    /// Keeps everything at every resolution.
+    pub fn keep_everything() -> Self {
+        StorageOptions {
+            retention: None,
+            retention_1m: None,
+            retention_1h: None,
+            ..StorageOptions::default()
+        }
+    }
+
+    /// The timestamps before which raw samples, minute rollups and hour
+    /// rollups go when the wall clock reads `now` (ms); `i64::MIN` keeps
+    /// everything. A coarser resolution never goes before a finer one.
+    pub(crate) fn cutoffs(&self, now: i64) -> [i64; 3] {
+        let cut = |d: Option<Duration>| {
+            d.map_or(i64::MIN, |d| {
+                now.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64)
+            })
+        };
+        let raw = cut(self.retention);
+        let minute = cut(self.retention_1m).min(raw);
+        [raw, minute, cut(self.retention_1h).min(minute)]
+    }
+
+    /// True when some resolution has a retention.
+    pub(crate) fn expires(&self) -> bool {
+        self.retention.is_some() || self.retention_1m.is_some() || self.retention_1h.is_some()
     }
 }
 
@@ -163,6 +215,10 @@ pub struct MaintenanceReport {
     pub samples_expired: usize,
     /// Chunks found corrupt (left in place).
     pub corrupt_chunks: usize,
+    /// Rollup rows written (minute and hour).
+    pub rollup_rows_written: usize,
+    /// Rollup rows deleted by retention (minute and hour).
+    pub rollup_rows_expired: usize,
 }
 
 /// Storage's own health metrics.
@@ -186,12 +242,20 @@ pub struct StorageMetrics {
     pub maintenance_seconds: Histogram,
     /// Ingest log rows (or their series groups) skipped at replay.
     pub corrupt_log_rows: Counter,
+    /// Rollup rows written, by resolution.
+    pub rollup_rows_written: CounterVec,
+    /// Encoded bytes of the rollup rows written, by resolution.
+    pub rollup_bytes_written: CounterVec,
+    /// Rollup rows deleted by retention, by resolution.
+    pub rollup_rows_expired: CounterVec,
+    /// Rollup rows that did not decode (each time one is met).
+    pub corrupt_rollup_rows: Counter,
 }
 
 impl StorageMetrics {
     /// Registers the metrics.
     pub fn register(r: &Registry) -> Self {
-        StorageMetrics {
+        let m = StorageMetrics {
             commit_seconds: r.histogram(
                 "nines_storage_commit_duration_seconds",
                 "Time to commit one write round (one or more batches) to SQLite.",
@@ -230,7 +294,33 @@ impl StorageMetrics {
                 "nines_storage_corrupt_log_rows_total",
                 "Ingest log rows (or series groups in them) found corrupt at replay and skipped.",
             ),
+            rollup_rows_written: r.counter_vec(
+                "nines_storage_rollup_rows_written_total",
+                "Rollup rows written by compaction (a row per series and 2 h window at 1m, per day at 1h).",
+                &["resolution"],
+            ),
+            rollup_bytes_written: r.counter_vec(
+                "nines_storage_rollup_bytes_written_total",
+                "Encoded bytes of the rollup rows written by compaction.",
+                &["resolution"],
+            ),
+            rollup_rows_expired: r.counter_vec(
+                "nines_storage_retention_deleted_rollup_rows_total",
+                "Rollup rows deleted because they are older than their resolution's retention.",
+                &["resolution"],
+            ),
+            corrupt_rollup_rows: r.counter(
+                "nines_storage_corrupt_rollup_rows_total",
+                "Rollup rows found corrupt and skipped (their windows are read raw while raw samples last).",
+            ),
+        };
+        // Every resolution shows from the start, at zero.
+        for res in ["1m", "1h"] {
+            m.rollup_rows_written.with(&[res]);
+            m.rollup_bytes_written.with(&[res]);
+            m.rollup_rows_expired.with(&[res]);
         }
+        m
     }
 }
 
@@ -248,6 +338,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     limits: QueryLimits,
     metrics: StorageMetrics,
+    /// Retention, for the read path's choice between rows and raw.
+    options: StorageOptions,
 }
 
 impl Storage {
@@ -279,7 +371,13 @@ impl Storage {
         let series_count = index.read().map(|i| i.len()).unwrap_or(0);
         tracing::info!(path = %path.display(), series = series_count, "storage opened");
         let head = Arc::new(head::Head::default());
-        let writer = writer::spawn(conn, index.clone(), head.clone(), metrics.clone(), options)?;
+        let writer = writer::spawn(
+            conn,
+            index.clone(),
+            head.clone(),
+            metrics.clone(),
+            options.clone(),
+        )?;
         Ok(Storage {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -289,6 +387,7 @@ impl Storage {
                 readers: Mutex::new(Vec::new()),
                 limits,
                 metrics,
+                options,
             }),
         })
     }
@@ -575,6 +674,178 @@ impl Querier for Storage {
             })
         });
         result.map_err(|e| QuerierError::Storage(e.to_string()))?
+    }
+
+    /// At 1m and 1h, from the rollup rows where they hold a window, and
+    /// folded from raw samples (head and chunks) where they do not; see
+    /// [`Storage::buckets_of`]. Other resolutions fold raw samples.
+    fn select_buckets(
+        &self,
+        matchers: &Matchers,
+        start: i64,
+        end: i64,
+        res: i64,
+    ) -> Result<Vec<SeriesBuckets>, QuerierError> {
+        let (first_end, last_end) = (bucket_end(start, res), end.div_euclid(res) * res);
+        let (from, to) = (first_end - res + 1, last_end);
+        let Some(resolution) = rollup::Resolution::of(res) else {
+            return Ok(self
+                .select(matchers, from, to)?
+                .into_iter()
+                .map(|s| SeriesBuckets {
+                    buckets: fold(&s.samples, res),
+                    labels: s.labels,
+                })
+                .collect());
+        };
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let series = self.matching(matchers)?;
+        let max_samples = self.inner.limits.max_samples;
+        // The head first, as select does.
+        let mut heads = Vec::with_capacity(series.len());
+        let mut loaded = 0usize;
+        for (id, _) in &series {
+            let run = self.inner.head.run(*id, from, to);
+            loaded += run.len();
+            if loaded > max_samples {
+                return Err(QuerierError::TooManySamples(max_samples));
+            }
+            heads.push(run);
+        }
+        let raw_complete_from = self.inner.options.cutoffs(UnixMillis::now().0)[0];
+        let result = self.with_reader(|conn| {
+            read::in_snapshot(conn, |conn| {
+                let mut out = Vec::with_capacity(series.len());
+                for ((id, labels), head) in series.into_iter().zip(heads) {
+                    let buckets = self.buckets_of(
+                        conn,
+                        id,
+                        resolution,
+                        (from, to),
+                        head,
+                        raw_complete_from,
+                        &mut loaded,
+                    )?;
+                    if loaded > max_samples {
+                        return Ok(Err(QuerierError::TooManySamples(max_samples)));
+                    }
+                    if !buckets.is_empty() {
+                        out.push(SeriesBuckets { labels, buckets });
+                    }
+                }
+                Ok::<_, StorageError>(Ok(out))
+            })
+        });
+        result.map_err(|e| QuerierError::Storage(e.to_string()))?
+    }
+}
+
+/// Where the buckets of one 2 h window come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The window's stored segment (index into the segments read).
+    Row(usize),
+    /// Its raw samples: chunks and head, folded.
+    Raw,
+}
+
+impl Storage {
+    /// One series' buckets of `resolution` for the samples in `[from, to]`
+    /// (bucket boundaries), window by window: a window's stored segment
+    /// when it has one and no head samples (or is older than raw retention,
+    /// `raw_complete_from`, where raw samples may be gone: rows are then
+    /// the complete record); otherwise its chunks and head samples folded.
+    /// Runs of raw windows are read and folded together; the pieces of a
+    /// bucket split by a window boundary are joined. `loaded` counts raw
+    /// samples read and stored buckets used, like samples.
+    #[allow(clippy::too_many_arguments)]
+    fn buckets_of(
+        &self,
+        conn: &Connection,
+        id: SeriesId,
+        resolution: rollup::Resolution,
+        (from, to): (i64, i64),
+        head: read::Run,
+        raw_complete_from: i64,
+        loaded: &mut usize,
+    ) -> Result<Vec<Bucket>, StorageError> {
+        let res = resolution.res();
+        let (w_lo, w_hi) = (compact::window_start(from), compact::window_start(to));
+        let segments = rollup::read_segments(conn, id, resolution, w_lo, w_hi, &mut |c| {
+            self.inner.metrics.corrupt_rollup_rows.inc();
+            tracing::error!(series_id = id.0, row = c.start, resolution = resolution.label(),
+                error = %c.error, "corrupt rollup row skipped");
+        })?;
+        let mut head_windows: Vec<i64> = head.iter().map(|s| compact::window_start(s.0)).collect();
+        head_windows.dedup();
+        let mut plan: std::collections::BTreeMap<i64, Source> = std::collections::BTreeMap::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let in_head = head_windows.binary_search(&seg.window_start).is_ok();
+            if !in_head || seg.window_start < raw_complete_from {
+                plan.insert(seg.window_start, Source::Row(i));
+            }
+        }
+        let raw_windows = rollup::chunk_windows(conn, id, w_lo, w_hi)?;
+        for ws in raw_windows.into_iter().chain(head_windows) {
+            plan.entry(ws).or_insert(Source::Raw);
+        }
+        let plan: Vec<(i64, Source)> = plan.into_iter().collect();
+        let first_end = from + res - 1;
+        let mut out: Vec<Bucket> = Vec::new();
+        let mut i = 0;
+        while i < plan.len() {
+            match plan[i].1 {
+                Source::Row(k) => {
+                    let pieces: Vec<Bucket> = segments[k]
+                        .buckets
+                        .iter()
+                        .filter(|b| b.end >= first_end && b.end <= to)
+                        .copied()
+                        .collect();
+                    *loaded += pieces.len();
+                    rollup::append_pieces(&mut out, pieces);
+                    i += 1;
+                }
+                Source::Raw => {
+                    // A run of raw windows, read at once.
+                    let mut j = i;
+                    while j + 1 < plan.len() && plan[j + 1].1 == Source::Raw {
+                        j += 1;
+                    }
+                    let a = plan[i].0.max(from);
+                    let b = compact::window_last(plan[j].0).min(to);
+                    let lo = head.partition_point(|s| s.0 < a);
+                    let hi = head.partition_point(|s| s.0 <= b);
+                    let samples =
+                        read::read_series(conn, id, a, b, head[lo..hi].to_vec(), &mut |c| {
+                            self.corrupt(id, c)
+                        })?;
+                    *loaded += samples.len();
+                    rollup::append_pieces(&mut out, fold(&samples, res));
+                    i = j + 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rollup rows stored and their bytes: (minute rows, minute bytes,
+    /// hour rows, hour bytes). For tests, diagnostics and benchmarks.
+    pub fn rollup_usage(&self) -> Result<[u64; 4], StorageError> {
+        self.with_reader(|conn| {
+            let usage = |table: &str| -> rusqlite::Result<(i64, i64)> {
+                conn.query_row(
+                    &format!("SELECT count(*), coalesce(sum(length(data)), 0) FROM {table}"),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            };
+            let (m, mb) = usage("rollup_1m")?;
+            let (h, hb) = usage("rollup_1h")?;
+            Ok([m as u64, mb as u64, h as u64, hb as u64])
+        })
     }
 }
 

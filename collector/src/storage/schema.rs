@@ -17,11 +17,17 @@
 //! samples in older rows). A version 2 file is migrated at open: the rows
 //! of `samples` move into log rows (up to 4096 samples each) in one
 //! transaction and the table is dropped.
+//!
+//! Version 4 adds the rollup tables `rollup_1m` (a row per series and 2 h
+//! window) and `rollup_1h` (a row per series and day), see `rollup.rs`. A
+//! version 3 file gets the empty tables at open; the writer's backfill pass
+//! rolls up the windows compacted before (answered from their chunks until
+//! then).
 
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE series (
@@ -81,6 +87,26 @@ CREATE TABLE ingest_log (
 ALTER TABLE series ADD COLUMN log_from INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// What version 4 adds: rollups (rollup.rs). Rowid tables with a unique
+/// key: rows are one to a few KB, too large for a WITHOUT ROWID table's
+/// pages.
+const SCHEMA_V4: &str = "
+CREATE TABLE rollup_1m (
+    id           INTEGER PRIMARY KEY,
+    series_id    INTEGER NOT NULL,
+    window_start INTEGER NOT NULL,
+    data         BLOB NOT NULL
+);
+CREATE UNIQUE INDEX rollup_1m_key ON rollup_1m (series_id, window_start);
+CREATE TABLE rollup_1h (
+    id        INTEGER PRIMARY KEY,
+    series_id INTEGER NOT NULL,
+    day_start INTEGER NOT NULL,
+    data      BLOB NOT NULL
+);
+CREATE UNIQUE INDEX rollup_1h_key ON rollup_1h (series_id, day_start);
+";
+
 /// Most samples one migrated log row holds.
 const MIGRATED_ROW_SAMPLES: usize = 4096;
 
@@ -116,7 +142,7 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
             conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
                 .map_err(err)?;
             conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} DROP TABLE samples;
+                "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} DROP TABLE samples;
                  PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(err)?;
@@ -128,6 +154,7 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
                     conn.execute_batch(SCHEMA_V2)?;
                 }
                 conn.execute_batch(SCHEMA_V3)?;
+                conn.execute_batch(SCHEMA_V4)?;
                 let moved = samples_to_log(conn)?;
                 conn.execute_batch(&format!(
                     "DROP TABLE samples; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
@@ -146,6 +173,16 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
                     return Err(err(e));
                 }
             }
+        }
+        3 => {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                err(e)
+            })?;
+            tracing::info!(from = 3, to = SCHEMA_VERSION, "storage schema migrated");
         }
         SCHEMA_VERSION => {}
         v => {
@@ -273,6 +310,55 @@ mod tests {
             .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_version_3_file_gets_the_rollup_tables_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            configure(&conn).unwrap();
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .unwrap();
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} DROP TABLE samples;
+                 PRAGMA user_version = 3; COMMIT;"
+            ))
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO series (id, metric, labels) VALUES (1, 'm', '[[\"__name__\",\"m\"]]');
+                 INSERT INTO chunks (series_id, start_ts, end_ts, count, data) VALUES (1, 0, 5, 2, x'00');
+                 INSERT INTO ingest_log (data) VALUES (x'01');",
+            )
+            .unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        configure(&conn).unwrap();
+        migrate(&conn).unwrap();
+        assert_eq!(pragma(&conn, "user_version"), SCHEMA_VERSION);
+        let count = |t: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            (count("series"), count("chunks"), count("ingest_log")),
+            (1, 1, 1)
+        );
+        assert_eq!((count("rollup_1m"), count("rollup_1h")), (0, 0));
+        // The key is unique: an upsert replaces.
+        for _ in 0..2 {
+            conn.execute(
+                "INSERT INTO rollup_1m (series_id, window_start, data) VALUES (1, 0, x'02')
+                 ON CONFLICT (series_id, window_start) DO UPDATE SET data = excluded.data",
+                [],
+            )
+            .unwrap();
+        }
+        assert_eq!(count("rollup_1m"), 1);
+        // Opening again changes nothing.
+        migrate(&conn).unwrap();
+        assert_eq!(count("rollup_1m"), 1);
     }
 
     #[test]

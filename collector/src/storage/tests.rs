@@ -460,3 +460,357 @@ fn the_head_survives_a_restart_and_a_corrupt_log_row_is_skipped() {
         vec![(T, 2f64.to_bits())]
     );
 }
+
+// ------------------------------------------------------------- rollups
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+fn selector(metric: &str) -> Matchers {
+    Matchers::new(vec![Matcher::new(MatchOp::Equal, "__name__", metric)])
+}
+
+/// A bucket as bits, so NaN payloads compare.
+fn bucket_bits(b: &crate::query::rollup::Bucket) -> (i64, u32, [u64; 9], u32, u32, Option<i64>) {
+    (
+        b.end,
+        b.count,
+        [
+            b.first.0 as u64,
+            b.first.1.to_bits(),
+            b.last.0 as u64,
+            b.last.1.to_bits(),
+            b.sum.to_bits(),
+            b.min.to_bits(),
+            b.max.to_bits(),
+            b.reset_correction.to_bits(),
+            0,
+        ],
+        b.resets,
+        b.changes,
+        b.stale_after,
+    )
+}
+
+type BucketBits = Vec<(i64, u32, [u64; 9], u32, u32, Option<i64>)>;
+
+/// What the store answers for `select_buckets`, as bits.
+fn stored_buckets(s: &Storage, metric: &str, start: i64, end: i64, res: i64) -> BucketBits {
+    let got = s
+        .select_buckets(&selector(metric), start, end, res)
+        .unwrap();
+    assert!(got.len() <= 1);
+    got.iter()
+        .flat_map(|s| s.buckets.iter().map(bucket_bits))
+        .collect()
+}
+
+/// The reference: the raw samples the store holds, folded.
+fn folded_raw(s: &Storage, metric: &str, start: i64, end: i64, res: i64) -> BucketBits {
+    let from = crate::query::rollup::bucket_end(start, res) - res + 1;
+    let to = end.div_euclid(res) * res;
+    s.select(&selector(metric), from, to)
+        .unwrap()
+        .iter()
+        .flat_map(|s| crate::query::rollup::fold(&s.samples, res))
+        .map(|b| bucket_bits(&b))
+        .collect()
+}
+
+fn rollup_rows(f: &Fixture) -> (i64, i64) {
+    let conn = f.sql();
+    let n = |t: &str| -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    (n("rollup_1m"), n("rollup_1h"))
+}
+
+fn rollup_op() -> impl Strategy<Value = Op> {
+    // Counters with resets (small integers), NaN, stale markers, any bits.
+    let bits = prop_oneof![
+        3 => (0u64..50).prop_map(|i| (i as f64).to_bits()),
+        1 => any::<u64>(),
+        1 => Just(STALE),
+        1 => Just(f64::NAN.to_bits()),
+    ];
+    // Over four 2 h windows and a day boundary (at T + 6400 s), on and off
+    // minute and window boundaries, in any order.
+    let ts = prop_oneof![
+        (0i64..20_000).prop_map(|i| T + i * 1000),
+        (6_000i64..6_800).prop_map(|i| T + i * 1000),
+        (0i64..20_000_000).prop_map(|i| T + i),
+    ];
+    prop_oneof![
+        4 => prop::collection::vec((ts, bits), 1..120).prop_map(Op::Write),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn rollup_buckets_equal_the_fold_of_the_raw_samples(
+        ops in prop::collection::vec(rollup_op(), 1..12),
+        a in 0i64..20_000,
+        len in 0i64..20_000,
+    ) {
+        let mut f = fixture();
+        let (a, b) = (T + a * 1000 + 17, T + (a + len) * 1000);
+        let check = |f: &Fixture| -> Result<(), TestCaseError> {
+            for res in [MINUTE, HOUR] {
+                for (start, end) in [(i64::MIN / 2, i64::MAX / 2), (a, b)] {
+                    prop_assert_eq!(
+                        stored_buckets(f.s(), "p", start, end, res),
+                        folded_raw(f.s(), "p", start, end, res)
+                    );
+                }
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op::Write(s) => f.write("p", &s),
+                Op::Compact => {
+                    f.compact();
+                }
+                Op::Restart => f.restart(),
+            }
+            check(&f)?;
+        }
+        // Everything in chunks: every window answered from its rows.
+        f.compact();
+        let (m, _) = rollup_rows(&f);
+        let windows: std::collections::BTreeSet<i64> = f
+            .read("p", i64::MIN, i64::MAX)
+            .iter()
+            .map(|s| compact::window_start(s.0))
+            .collect();
+        prop_assert_eq!(m as usize, windows.len());
+        check(&f)?;
+        f.restart();
+        check(&f)?;
+    }
+}
+
+#[test]
+fn late_samples_reach_the_rollups_and_limits_count_buckets() {
+    let f = fixture();
+    // A counter at 1 s over two windows, with a reset.
+    let s: Vec<(i64, u64)> = (0..9000)
+        .map(|i| {
+            (
+                T + i * 1000,
+                (if i < 5000 { i } else { i - 5000 } as f64).to_bits(),
+            )
+        })
+        .collect();
+    f.write("c", &s);
+    f.compact();
+    assert_eq!(rollup_rows(&f), (2, 2), "two windows, two days");
+    let written = f.metric("nines_storage_rollup_rows_written_total{resolution=\"1m\"}");
+    assert!(!written.is_empty() && !written.ends_with(" 0"), "{written}");
+    let (start, end) = (T - HOUR, T + 10_000_000);
+    for res in [MINUTE, HOUR] {
+        assert_eq!(
+            stored_buckets(f.s(), "c", start, end, res),
+            folded_raw(f.s(), "c", start, end, res)
+        );
+    }
+    // A late sample in the first window: in the head, answered raw there.
+    f.write("c", &[(T + 100_500, 1e6f64.to_bits())]);
+    let with_late = stored_buckets(f.s(), "c", start, end, MINUTE);
+    assert_eq!(with_late, folded_raw(f.s(), "c", start, end, MINUTE));
+    assert!(with_late.iter().any(|b| b.2[6] == 1e6f64.to_bits()));
+    // Merged into the window's chunks: its rows are recomputed.
+    f.compact();
+    assert_eq!(
+        f.s()
+            .layout_of(&Labels::new("c", [("job", "t")]))
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(stored_buckets(f.s(), "c", start, end, MINUTE), with_late);
+    assert_eq!(
+        stored_buckets(f.s(), "c", start, end, HOUR),
+        folded_raw(f.s(), "c", start, end, HOUR)
+    );
+    // Other resolutions fold raw samples.
+    assert_eq!(
+        stored_buckets(f.s(), "c", start, end, 300_000),
+        folded_raw(f.s(), "c", start, end, 300_000)
+    );
+    // The sample limit counts buckets taken from rows.
+    let dir = tempfile::tempdir().unwrap();
+    let tight = Storage::open_with_options(
+        &dir.path().join("l.db"),
+        QueryLimits {
+            max_series: 10,
+            max_samples: 100,
+        },
+        StorageMetrics::register(&Registry::new()),
+        StorageOptions::keep_everything(),
+    )
+    .unwrap();
+    let w = SeriesWrite {
+        labels: Labels::new("c", [("job", "t")]),
+        samples: (0..6000).map(|i| (T + i * 1000, 1.0)).collect(),
+    };
+    f.rt.block_on(tight.write_series(vec![w], vec![])).unwrap();
+    f.rt.block_on(tight.compact_now()).unwrap();
+    assert!(matches!(
+        tight.select_buckets(&selector("c"), start, end, MINUTE),
+        Err(QuerierError::TooManySamples(100))
+    ));
+    assert_eq!(
+        tight
+            .select_buckets(&selector("c"), start, end, HOUR)
+            .unwrap()[0]
+            .buckets
+            .len(),
+        2
+    );
+}
+
+/// Opens `path` with these retentions (raw, 1m, 1h) and runs a full
+/// compaction and retention pass.
+fn reopen_with_retention(
+    f: &mut Fixture,
+    path: &std::path::Path,
+    days: [Option<u64>; 3],
+) -> MaintenanceReport {
+    f.storage = None;
+    f.registry = Registry::new();
+    let d = |n: Option<u64>| n.map(|n| Duration::from_secs(n * 24 * 3600));
+    f.storage = Some(
+        Storage::open_with_options(
+            path,
+            QueryLimits::default(),
+            StorageMetrics::register(&f.registry),
+            StorageOptions {
+                retention: d(days[0]),
+                retention_1m: d(days[1]),
+                retention_1h: d(days[2]),
+                ..StorageOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    f.compact()
+}
+
+#[test]
+fn raw_retention_keeps_the_rollups_until_their_own_retention() {
+    let mut f = fixture();
+    let path = f.s().path().to_path_buf();
+    let now = UnixMillis::now().0;
+    // Three days ago, an hour of a gauge at 10 s, within a 7 day retention.
+    let t0 = now - 3 * 24 * HOUR;
+    let s: Vec<(i64, u64)> = (0..360)
+        .map(|i| (t0 + i * 10_000, ((i * 7919 % 101) as f64 * 0.5).to_bits()))
+        .collect();
+    reopen_with_retention(&mut f, &path, [Some(7), Some(30), Some(60)]);
+    f.write("g", &s);
+    f.compact();
+    let (start, end) = (t0 - 2 * HOUR, t0 + 3 * HOUR);
+    let minute = stored_buckets(f.s(), "g", start, end, MINUTE);
+    let hour = stored_buckets(f.s(), "g", start, end, HOUR);
+    assert_eq!(minute, folded_raw(f.s(), "g", start, end, MINUTE));
+    assert_eq!(hour, folded_raw(f.s(), "g", start, end, HOUR));
+    assert!(minute.len() >= 60);
+    let rows = rollup_rows(&f);
+    assert!(rows.0 >= 1 && rows.1 >= 1, "{rows:?}");
+
+    // Raw retention of a day: the chunks go, the rows stay and answer.
+    let r = reopen_with_retention(&mut f, &path, [Some(1), Some(30), Some(60)]);
+    assert_eq!(r.samples_expired, 360);
+    assert_eq!(r.rollup_rows_expired, 0);
+    assert!(f.read("g", i64::MIN, i64::MAX).is_empty());
+    assert_eq!(stored_buckets(f.s(), "g", start, end, MINUTE), minute);
+    assert_eq!(stored_buckets(f.s(), "g", start, end, HOUR), hour);
+    // A late sample older than raw retention does not change the rollups
+    // (and is deleted with the next retention pass, as before).
+    f.write("g", &[(t0 + 5_000, 1e9f64.to_bits())]);
+    f.compact();
+    assert!(f.read("g", i64::MIN, i64::MAX).is_empty());
+    assert_eq!(stored_buckets(f.s(), "g", start, end, MINUTE), minute);
+    assert_eq!(stored_buckets(f.s(), "g", start, end, HOUR), hour);
+    assert_eq!(rollup_rows(&f), rows);
+
+    // Minute rollups past their own retention go; hour rollups stay.
+    let r = reopen_with_retention(&mut f, &path, [Some(1), Some(1), Some(60)]);
+    assert_eq!(r.rollup_rows_expired as i64, rows.0);
+    assert_eq!(rollup_rows(&f), (0, rows.1));
+    let gone = f.metric("nines_storage_retention_deleted_rollup_rows_total{resolution=\"1m\"}");
+    assert!(gone.ends_with(&format!(" {}", rows.0)), "{gone}");
+    assert!(stored_buckets(f.s(), "g", start, end, MINUTE).is_empty());
+    assert_eq!(stored_buckets(f.s(), "g", start, end, HOUR), hour);
+    // And then the hour rollups.
+    reopen_with_retention(&mut f, &path, [Some(1), Some(1), Some(1)]);
+    assert_eq!(rollup_rows(&f), (0, 0));
+    assert!(stored_buckets(f.s(), "g", start, end, HOUR).is_empty());
+}
+
+#[test]
+fn a_version_3_file_is_answered_from_its_chunks_and_rolled_up_in_the_background() {
+    let mut f = fixture();
+    let s: Vec<(i64, u64)> = (0..9000)
+        .map(|i| (T + i * 1000, ((i % 61) as f64).to_bits()))
+        .collect();
+    f.write("v", &s);
+    f.compact();
+    // Make it a version 3 file: chunks, no rollup tables.
+    let path = f.s().path().to_path_buf();
+    f.storage = None;
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE rollup_1m; DROP TABLE rollup_1h; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let (start, end) = (T - HOUR, T + 10_000_000);
+    let answers = |f: &Fixture| {
+        for res in [MINUTE, HOUR] {
+            assert_eq!(
+                stored_buckets(f.s(), "v", start, end, res),
+                folded_raw(f.s(), "v", start, end, res)
+            );
+        }
+    };
+    {
+        // Opened by hand so that the backfill has not run yet.
+        let conn = Connection::open(&path).unwrap();
+        schema::configure(&conn).unwrap();
+        schema::migrate(&conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema::SCHEMA_VERSION);
+    }
+    f.registry = Registry::new();
+    f.storage = Some(open(&path, &f.registry));
+    // Until the backfill pass reaches them, the windows are answered from
+    // their chunks; then from the rows it writes. Either way the same.
+    answers(&f);
+    // A late sample in the second window, and the backfill pass: every
+    // window with chunks has its rows.
+    f.write("v", &[(T + 8_000_500, 0.25f64.to_bits())]);
+    f.compact();
+    assert_eq!(rollup_rows(&f), (2, 2));
+    answers(&f);
+    // The rows answer alone: the chunks are gone.
+    f.sql().execute("DELETE FROM chunks", []).unwrap();
+    let want = {
+        let mut f2 = fixture();
+        f2.write("v", &s);
+        f2.write("v", &[(T + 8_000_500, 0.25f64.to_bits())]);
+        f2.compact();
+        f2.restart();
+        [MINUTE, HOUR].map(|res| folded_raw(f2.s(), "v", start, end, res))
+    };
+    for (i, res) in [MINUTE, HOUR].into_iter().enumerate() {
+        assert_eq!(stored_buckets(f.s(), "v", start, end, res), want[i]);
+    }
+}

@@ -34,6 +34,7 @@ use super::head::{Head, SeriesHead};
 use super::index::{Index, SeriesId};
 use super::log;
 use super::read::{CorruptChunk, Run};
+use super::rollup;
 use super::schema;
 use super::{MaintenanceReport, SeriesWrite, StorageMetrics, StorageOptions};
 use nines_shared::{
@@ -238,6 +239,10 @@ struct Writer {
     due: VecDeque<SeriesId>,
     /// A retention pass under way: the last series id done.
     retention_cursor: Option<i64>,
+    /// The rollup backfill pass under way (once per open): the last series
+    /// id done. Windows with chunks but no rollup rows (written before
+    /// rollups existed) get them.
+    backfill_cursor: Option<i64>,
     /// Samples the pass under way deleted.
     retention_deleted: usize,
     next_retention: Instant,
@@ -344,6 +349,7 @@ impl Writer {
             forcing: false,
             due: VecDeque::new(),
             retention_cursor: None,
+            backfill_cursor: Some(i64::MIN),
             retention_deleted: 0,
             // The first pass soon after start, not at once: opening stays quick.
             next_retention: now + Duration::from_secs(10),
@@ -543,10 +549,7 @@ impl Writer {
                 }
             }
         }
-        if self.retention_cursor.is_none()
-            && self.options.retention.is_some()
-            && now >= self.next_retention
-        {
+        if self.retention_cursor.is_none() && self.options.expires() && now >= self.next_retention {
             self.retention_cursor = Some(i64::MIN);
             self.retention_deleted = 0;
         }
@@ -575,7 +578,11 @@ impl Writer {
         if self.paused_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        !self.due.is_empty() || self.retention_cursor.is_some() || self.vacuum || self.trim_log
+        !self.due.is_empty()
+            || self.retention_cursor.is_some()
+            || self.backfill_cursor.is_some()
+            || self.vacuum
+            || self.trim_log
     }
 
     /// One maintenance step in its own transaction: compaction units first,
@@ -603,6 +610,9 @@ impl Writer {
         let mut expire: Vec<SeriesId> = Vec::new();
         let mut expire_cutoff = i64::MIN;
         let mut partial: Option<(SeriesId, Run, i64)> = None;
+        let mut rollups = rollup::Written::default();
+        let mut rollups_expired = [0usize; 2];
+        let mut backfill = self.backfill_cursor;
         let trim = std::mem::take(&mut self.trim_log);
         let result = (|| -> rusqlite::Result<()> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -625,6 +635,7 @@ impl Writer {
                     let close = compact::Close {
                         force: self.forcing,
                         quiet_before: quiet.then_some(now_ms),
+                        rollups_from: self.options.cutoffs(now_ms)[0],
                     };
                     let (run, mut moved) = match work.take() {
                         Some((w, run, moved)) if w == id => (run, moved),
@@ -636,6 +647,7 @@ impl Writer {
                     report.samples_compacted += o.rows;
                     report.chunks_written += o.written;
                     report.corrupt_chunks += o.corrupt;
+                    rollups.add(o.rollups);
                     bps = o.bytes_per_sample.or(bps);
                     moved |= o.rows > 0;
                     let rest: Run = run[o.rows..].to_vec();
@@ -655,9 +667,7 @@ impl Writer {
                         });
                     }
                 } else if let Some(after) = cursor {
-                    let retention = self.options.retention.unwrap_or(Duration::MAX);
-                    let cutoff = (self.clock)()
-                        .saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+                    let [cutoff, cut_1m, cut_1h] = self.options.cutoffs((self.clock)());
                     let ids: Vec<i64> = self
                         .conn
                         .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
@@ -666,6 +676,10 @@ impl Writer {
                     for id in &ids {
                         expired +=
                             compact::expire_series(&self.conn, SeriesId(*id), cutoff)?.samples;
+                        let gone =
+                            rollup::expire_series(&self.conn, SeriesId(*id), cut_1m, cut_1h)?;
+                        rollups_expired =
+                            [rollups_expired[0] + gone[0], rollups_expired[1] + gone[1]];
                         expire.push(SeriesId(*id));
                     }
                     expire_cutoff = cutoff;
@@ -673,6 +687,14 @@ impl Writer {
                         Some(last) if ids.len() == RETENTION_SERIES_PER_UNIT => Some(*last),
                         _ => None,
                     };
+                } else if let Some(after) = backfill {
+                    let from = self.options.cutoffs(now_ms)[0];
+                    let (next, w) =
+                        rollup::backfill_unit(&self.conn, after, from, &mut |id, c| {
+                            report_corrupt(&self.index, &self.metrics, id, &c, "rollup backfill")
+                        })?;
+                    rollups.add(w);
+                    backfill = next;
                 } else {
                     break;
                 }
@@ -755,7 +777,21 @@ impl Writer {
             .chunks_written
             .add(report.chunks_written as u64);
         self.metrics.expired_samples.add(expired as u64);
-        self.retention_deleted += expired;
+        for (i, res) in ["1m", "1h"].into_iter().enumerate() {
+            let m = &self.metrics;
+            m.rollup_rows_written
+                .with(&[res])
+                .add(rollups.rows[i] as u64);
+            m.rollup_bytes_written
+                .with(&[res])
+                .add(rollups.bytes[i] as u64);
+            m.rollup_rows_expired
+                .with(&[res])
+                .add(rollups_expired[i] as u64);
+        }
+        report.rollup_rows_written = rollups.rows.iter().sum();
+        report.rollup_rows_expired = rollups_expired.iter().sum();
+        self.retention_deleted += expired + report.rollup_rows_expired;
         if self.retention_cursor.is_some() && cursor.is_none() {
             // Pass complete.
             if self.retention_deleted > 0 {
@@ -768,6 +804,10 @@ impl Writer {
             self.next_retention = Instant::now() + RETENTION_EVERY;
         }
         self.retention_cursor = cursor;
+        if self.backfill_cursor.is_some() && backfill.is_none() {
+            tracing::info!("rollup backfill pass done");
+        }
+        self.backfill_cursor = backfill;
         if self.vacuum && within(units) {
             let keep = if budget.is_some() {
                 VACUUM_KEEP_PAGES
@@ -799,7 +839,7 @@ impl Writer {
                         self.due.push_back(id);
                     }
                 }
-                if self.options.retention.is_some() && self.retention_cursor.is_none() {
+                if self.options.expires() && self.retention_cursor.is_none() {
                     self.retention_cursor = Some(i64::MIN);
                     self.retention_deleted = 0;
                 }
@@ -809,7 +849,9 @@ impl Writer {
                 let mut total = MaintenanceReport::default();
                 loop {
                     self.forcing = true;
-                    let last = self.due.is_empty() && self.retention_cursor.is_none();
+                    let last = self.due.is_empty()
+                        && self.retention_cursor.is_none()
+                        && self.backfill_cursor.is_none();
                     if last {
                         // Everything is compacted: the log rows left are
                         // those that hold what the heads keep.
@@ -824,6 +866,8 @@ impl Writer {
                     total.chunks_written += r.chunks_written;
                     total.samples_expired += r.samples_expired;
                     total.corrupt_chunks += r.corrupt_chunks;
+                    total.rollup_rows_written += r.rollup_rows_written;
+                    total.rollup_rows_expired += r.rollup_rows_expired;
                     if last && !self.vacuum {
                         break;
                     }
