@@ -26,6 +26,7 @@ use super::error::QueryError;
 use super::eval::Evaluator;
 use super::querier::Querier;
 use super::range_eval::{self, Steps};
+use super::rollup_read::RollupUse;
 use super::syntax;
 use super::value::{RangeSeries, Value};
 
@@ -51,6 +52,9 @@ pub struct Engine {
     /// The most samples one query may load from storage and hold in its
     /// result before it fails.
     pub max_samples: usize,
+    /// Whether selectors may read rollup buckets instead of raw samples
+    /// (by default where `rollup_read`'s rule says so).
+    pub rollups: RollupUse,
 }
 
 impl Default for Engine {
@@ -58,6 +62,7 @@ impl Default for Engine {
         Engine {
             lookback_ms: DEFAULT_LOOKBACK_MS,
             max_samples: DEFAULT_MAX_SAMPLES,
+            rollups: RollupUse::Auto,
         }
     }
 }
@@ -70,6 +75,7 @@ impl Engine {
     pub fn instant(&self, q: &dyn Querier, expr: &str, t_ms: i64) -> Result<Value, QueryError> {
         let expr = parse(expr)?;
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, t_ms, t_ms);
+        evaluator.plan_rollups(&expr, 0, self.rollups);
         let value = match outermost(&expr) {
             Expr::Subquery(sq) => evaluator.eval_outermost_subquery(sq, t_ms)?,
             _ => evaluator.eval(&expr, t_ms)?,
@@ -105,6 +111,7 @@ impl Engine {
             ValueType::String => return Err(QueryError::RangeQueryType { found: "string" }),
         }
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, start_ms, end_ms);
+        evaluator.plan_rollups(&expr, step_ms, self.rollups);
         if range_eval::supported(&expr) {
             let steps = Steps::new(start_ms, end_ms, step_ms);
             if let Some(result) = evaluator.eval_steps(&expr, &steps)? {
@@ -174,6 +181,7 @@ impl Engine {
         check_range(start_ms, end_ms, step_ms)?;
         let expr = parse(expr)?;
         let mut evaluator = Evaluator::new(q, self.lookback_ms, self.max_samples, start_ms, end_ms);
+        evaluator.plan_rollups(&expr, step_ms, self.rollups);
         range_step_by_step(&mut evaluator, &expr, start_ms, end_ms, step_ms)
     }
 }

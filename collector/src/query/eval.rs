@@ -26,7 +26,10 @@ use promql_parser::parser::{
 use super::aggregate::{AggregateOp, Grouping, Param, aggregate};
 use super::binary::{self, BinaryOp, Matching, ScalarSide};
 use super::error::QueryError;
+use super::over_time::Window;
 use super::querier::{Querier, SeriesSamples};
+use super::rollup::SeriesBuckets;
+use super::rollup_read::{self, BucketPlan, Reads, RollupUse};
 use super::value::{InstantSample, RangeSeries, Value, is_stale_marker, without_metric_name};
 
 /// Evaluates expressions for one query. Holds the samples loaded so far, so
@@ -45,11 +48,18 @@ pub(crate) struct Evaluator<'q> {
     budget: SampleBudget,
     /// Samples loaded per selector node, series sorted by labels.
     selections: HashMap<SelectorKey, Vec<SeriesSamples>>,
+    /// The selector nodes that read rollup buckets, and how.
+    bucket_plans: HashMap<SelectorKey, BucketPlan>,
+    /// Buckets loaded per selector node, series sorted by labels.
+    bucket_selections: HashMap<SelectorKey, Vec<SeriesBuckets>>,
     /// A subquery's inner results per (subquery node address, step time),
     /// so overlapping windows of successive steps evaluate each inner step
     /// once.
     pub(super) subquery_steps: HashMap<(usize, i64), Vec<InstantSample>>,
 }
+
+/// One series' labels and the (timestamp, value) an instant selector sees.
+pub(super) type LatestSample<'s> = (&'s nines_shared::Labels, (i64, f64));
 
 /// Identifies one selector node of the parsed expression by its address.
 /// The expression is parsed once per query and not moved while the query
@@ -100,8 +110,118 @@ impl<'q> Evaluator<'q> {
                 used: 0,
             },
             selections: HashMap::new(),
+            bucket_plans: HashMap::new(),
+            bucket_selections: HashMap::new(),
             subquery_steps: HashMap::new(),
         }
+    }
+
+    /// Decides, before evaluating `expr` over the query's evaluation
+    /// times (`step` apart), which of its selectors read rollup buckets
+    /// ([`rollup_read::choose`]).
+    pub(crate) fn plan_rollups(&mut self, expr: &Expr, step: i64, policy: RollupUse) {
+        let mut found = Vec::new();
+        rollup_read::candidates(expr, &mut found);
+        for (vs, consumer, range) in found {
+            let reads = Reads {
+                first: self.start,
+                last: self.end,
+                step,
+                offset: offset_ms(vs.offset.as_ref()),
+                width: range.unwrap_or(self.lookback_ms),
+            };
+            if let Some(plan) = rollup_read::choose(consumer, &reads, policy, self.querier) {
+                self.bucket_plans.insert(SelectorKey::of(vs), plan);
+            }
+        }
+    }
+
+    /// How the selector reads buckets, if it does.
+    pub(super) fn bucket_plan(&self, vs: &VectorSelector) -> Option<BucketPlan> {
+        self.bucket_plans.get(&SelectorKey::of(vs)).copied()
+    }
+
+    /// The selectors reading buckets: resolution and exactness, in no order.
+    #[cfg(test)]
+    pub(crate) fn bucket_plans(&self) -> Vec<(i64, bool)> {
+        self.bucket_plans
+            .values()
+            .map(|p| (p.res, p.exact))
+            .collect()
+    }
+
+    /// The series a selector read through `plan` matches, with every
+    /// bucket any window (of `width` ms) of this query reads, loaded on
+    /// first use and kept for the rest of the query.
+    pub(super) fn bucket_selection(
+        &mut self,
+        vs: &VectorSelector,
+        plan: BucketPlan,
+        width: i64,
+    ) -> Result<&[SeriesBuckets], QueryError> {
+        let offset = offset_ms(vs.offset.as_ref());
+        let (first, last) = self.span;
+        let from = plan.window(first.saturating_sub(offset), width).0;
+        let to = plan.window(last.saturating_sub(offset), width).1;
+        match self.bucket_selections.entry(SelectorKey::of(vs)) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let mut series =
+                    self.querier
+                        .select_buckets(&selector_matchers(vs), from, to, plan.res)?;
+                self.budget
+                    .charge(series.iter().map(|s| s.buckets.len()).sum())?;
+                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                Ok(e.insert(series))
+            }
+        }
+    }
+
+    /// Per series (in label order) with samples in the window, the value
+    /// of the range function `name` (one of
+    /// [`rollup_read::BUCKET_FUNCTIONS`]) over the window of `range` ms at
+    /// reference time `at`, read through `plan`.
+    pub(super) fn range_function_from_buckets(
+        &mut self,
+        name: &str,
+        vs: &VectorSelector,
+        plan: BucketPlan,
+        range: i64,
+        at: i64,
+    ) -> Result<Vec<(&nines_shared::Labels, f64)>, QueryError> {
+        let (start, end) = plan.window(at, range);
+        let w = Window {
+            start,
+            end,
+            range_ms: end - start,
+        };
+        let series = self.bucket_selection(vs, plan, range)?;
+        Ok(series
+            .iter()
+            .filter_map(|s| {
+                let summary = rollup_read::window_summary(&s.buckets, start, end)?;
+                rollup_read::over_buckets(name, &summary, w).map(|v| (&s.labels, v))
+            })
+            .collect())
+    }
+
+    /// The latest sample (timestamp, value) per series an instant selector
+    /// reading `plan` sees at reference time `at`, series in label order.
+    pub(super) fn latest_from_buckets(
+        &mut self,
+        vs: &VectorSelector,
+        plan: BucketPlan,
+        at: i64,
+    ) -> Result<Vec<LatestSample<'_>>, QueryError> {
+        let lookback = self.lookback_ms;
+        let (start, end) = plan.window(at, lookback);
+        let series = self.bucket_selection(vs, plan, lookback)?;
+        Ok(series
+            .iter()
+            .filter_map(|s| {
+                rollup_read::latest_in_window(&s.buckets, start, end).map(|x| (&s.labels, x))
+            })
+            .collect())
     }
 
     /// Counts `n` more samples held by the query (e.g. result points of a
@@ -240,6 +360,18 @@ impl<'q> Evaluator<'q> {
     /// in the lookback window before the reference time, reported at `t`.
     fn eval_vector_selector(&mut self, vs: &VectorSelector, t: i64) -> Result<Value, QueryError> {
         let at = self.reference_time(vs, t)?;
+        if let Some(plan) = self.bucket_plan(vs) {
+            let samples = self
+                .latest_from_buckets(vs, plan, at)?
+                .into_iter()
+                .map(|(labels, (_, v))| InstantSample {
+                    labels: labels.clone(),
+                    t,
+                    v,
+                })
+                .collect();
+            return Ok(Value::Vector(samples));
+        }
         let lookback = self.lookback_ms;
         let series = self.selection(vs, lookback)?;
         let samples = series
@@ -413,7 +545,7 @@ pub(crate) fn selector_matchers(vs: &VectorSelector) -> Matchers {
 }
 
 /// A duration in ms, saturating at `i64::MAX` for absurd durations.
-pub(super) fn duration_ms(d: Duration) -> i64 {
+pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -262,6 +262,26 @@ impl Evaluator<'_> {
             None
         };
         let matrix_expr = Self::arg(args, matrix_index)?;
+        if let Expr::MatrixSelector(ms) = unwrap_parens(matrix_expr) {
+            if let Some(plan) = self.bucket_plan(&ms.vs) {
+                let at = self.reference_time(&ms.vs, t)?;
+                let keep_name = name == "last_over_time";
+                let out = self
+                    .range_function_from_buckets(name, &ms.vs, plan, duration_ms(ms.range), at)?
+                    .into_iter()
+                    .map(|(labels, v)| InstantSample {
+                        labels: if keep_name {
+                            labels.clone()
+                        } else {
+                            without_metric_name(labels)
+                        },
+                        t,
+                        v,
+                    })
+                    .collect();
+                return instant_vector(out);
+            }
+        }
         let (series, window) = self.range_arg(matrix_expr, t)?;
         if name == "absent_over_time" {
             if series.iter().any(|s| !s.samples.is_empty()) {
@@ -301,6 +321,18 @@ impl Evaluator<'_> {
         let arg = unwrap_parens(Self::arg(args, 0)?);
         if let Expr::VectorSelector(vs) = arg {
             let at = self.reference_time(vs, t)?;
+            if let Some(plan) = self.bucket_plan(vs) {
+                let out = self
+                    .latest_from_buckets(vs, plan, at)?
+                    .into_iter()
+                    .map(|(labels, (ts, _))| InstantSample {
+                        labels: without_metric_name(labels),
+                        t,
+                        v: ts as f64 / 1000.0,
+                    })
+                    .collect();
+                return instant_vector(out);
+            }
             let lookback = self.lookback_ms;
             let series = self.selection(vs, lookback)?;
             let out: Vec<InstantSample> = series

@@ -1,6 +1,8 @@
 //! A [`Querier`] over series held in memory, for the engine's tests: it
 //! applies matchers and the time range exactly as the trait specifies and
-//! records every selection so tests can check how storage was read.
+//! records every selection (of samples and of buckets) so tests can check
+//! how storage was read. It can act as a store whose raw samples before
+//! some time are gone while its rollups (folded from all samples) remain.
 //!
 //! Test-only; it must never be used as storage.
 
@@ -9,7 +11,8 @@ use std::sync::Mutex;
 use nines_shared::Labels;
 use promql_parser::label::{Matcher, Matchers};
 
-use super::querier::{Querier, QuerierError, SeriesSamples};
+use super::querier::{Querier, QuerierError, SeriesSamples, bucket_span, buckets_of};
+use super::rollup::SeriesBuckets;
 
 /// Series in memory, or a store that always fails.
 pub(crate) struct InMemoryQuerier {
@@ -17,6 +20,10 @@ pub(crate) struct InMemoryQuerier {
     failure: Option<QuerierError>,
     /// The `[start, end]` of every select, in call order.
     windows: Mutex<Vec<(i64, i64)>>,
+    /// The `[start, end]` and resolution of every select of buckets.
+    bucket_windows: Mutex<Vec<(i64, i64, i64)>>,
+    /// Raw samples before this are gone (rollups keep them).
+    raw_from: Option<i64>,
 }
 
 impl InMemoryQuerier {
@@ -26,7 +33,25 @@ impl InMemoryQuerier {
             series,
             failure: None,
             windows: Mutex::new(Vec::new()),
+            bucket_windows: Mutex::new(Vec::new()),
+            raw_from: None,
         }
+    }
+
+    /// The same store with its raw samples before `from` gone, as after
+    /// raw retention ran; rollups are still made of every sample.
+    pub(crate) fn raw_kept_from(mut self, from: i64) -> Self {
+        self.raw_from = Some(from);
+        self
+    }
+
+    /// The `[start, end]` and resolution of every select of buckets made,
+    /// in order.
+    pub(crate) fn bucket_windows(&self) -> Vec<(i64, i64, i64)> {
+        self.bucket_windows
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
     }
 
     /// A store whose every select fails with (a copy of) `e`.
@@ -35,6 +60,8 @@ impl InMemoryQuerier {
             series: Vec::new(),
             failure: Some(e),
             windows: Mutex::new(Vec::new()),
+            bucket_windows: Mutex::new(Vec::new()),
+            raw_from: None,
         }
     }
 
@@ -66,16 +93,14 @@ fn selects(matchers: &Matchers, labels: &Labels) -> bool {
     }
 }
 
-impl Querier for InMemoryQuerier {
-    fn select(
+impl InMemoryQuerier {
+    /// The matching series' samples in `[start, end]`, or the store's failure.
+    fn matching(
         &self,
         matchers: &Matchers,
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, QuerierError> {
-        if let Ok(mut w) = self.windows.lock() {
-            w.push((start, end));
-        }
         if let Some(e) = &self.failure {
             return Err(match e {
                 QuerierError::Storage(m) => QuerierError::Storage(m.clone()),
@@ -98,5 +123,37 @@ impl Querier for InMemoryQuerier {
             })
             .filter(|s| !s.samples.is_empty())
             .collect())
+    }
+}
+
+impl Querier for InMemoryQuerier {
+    fn select(
+        &self,
+        matchers: &Matchers,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<SeriesSamples>, QuerierError> {
+        if let Ok(mut w) = self.windows.lock() {
+            w.push((start, end));
+        }
+        self.matching(matchers, start.max(self.raw_from.unwrap_or(i64::MIN)), end)
+    }
+
+    fn select_buckets(
+        &self,
+        matchers: &Matchers,
+        start: i64,
+        end: i64,
+        res: i64,
+    ) -> Result<Vec<SeriesBuckets>, QuerierError> {
+        if let Ok(mut w) = self.bucket_windows.lock() {
+            w.push((start, end, res));
+        }
+        let (from, to) = bucket_span(start, end, res);
+        Ok(buckets_of(self.matching(matchers, from, to)?, res))
+    }
+
+    fn raw_retention_start(&self) -> Option<i64> {
+        self.raw_from
     }
 }

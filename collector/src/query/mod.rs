@@ -25,6 +25,7 @@ mod quantile;
 pub mod querier;
 mod range_eval;
 pub mod rollup;
+mod rollup_read;
 mod subquery;
 mod syntax;
 mod value;
@@ -131,6 +132,7 @@ pub fn check_size(expr: &str) -> Result<(), String> {
 
 pub use engine::{DEFAULT_LOOKBACK_MS, DEFAULT_MAX_SAMPLES, Engine, MAX_RANGE_STEPS};
 pub use error::QueryError;
+pub use rollup_read::{MIN_SPAN_BUCKETS, RESOLUTIONS, RollupUse};
 pub use value::{InstantSample, RangeSeries, STALE_MARKER_BITS, Value, is_stale_marker};
 
 #[cfg(test)]

@@ -49,10 +49,43 @@ pub(crate) fn extrapolated_rate(
             prev = v;
         }
     }
+    Some(extrapolate(
+        RateInput {
+            first: (first_t, first_v),
+            last: (last_t, last_v),
+            count: samples.len(),
+            result,
+        },
+        w,
+        is_counter,
+        is_rate,
+    ))
+}
+
+/// What `extrapolatedRate` needs of a window's samples: the first and last
+/// (timestamp ms, value), how many there are (at least 2), and `last -
+/// first` plus, for a counter, the value before every reset.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateInput {
+    pub(crate) first: (i64, f64),
+    pub(crate) last: (i64, f64),
+    pub(crate) count: usize,
+    pub(crate) result: f64,
+}
+
+/// The extrapolation step of Go's `extrapolatedRate`, from the window's
+/// summary (so rollup buckets give the same answer as the samples).
+pub(crate) fn extrapolate(input: RateInput, w: Window, is_counter: bool, is_rate: bool) -> f64 {
+    let RateInput {
+        first: (first_t, first_v),
+        last: (last_t, _),
+        count,
+        result,
+    } = input;
     let mut duration_to_start = (first_t - w.start) as f64 / 1000.0;
     let duration_to_end = (w.end - last_t) as f64 / 1000.0;
     let sampled_interval = (last_t - first_t) as f64 / 1000.0;
-    let average_between = sampled_interval / (samples.len() - 1) as f64;
+    let average_between = sampled_interval / (count - 1) as f64;
 
     if is_counter && result > 0.0 && first_v >= 0.0 {
         let duration_to_zero = sampled_interval * (first_v / result);
@@ -77,7 +110,7 @@ pub(crate) fn extrapolated_rate(
     if is_rate {
         factor /= w.range_ms as f64 / 1000.0;
     }
-    Some(result * factor)
+    result * factor
 }
 
 /// Go's `instantValue`: `irate` (per second, a drop counts as a reset to

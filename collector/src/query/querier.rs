@@ -60,15 +60,42 @@ pub trait Querier: Send + Sync {
         end: i64,
         res: i64,
     ) -> Result<Vec<SeriesBuckets>, QuerierError> {
-        let from = bucket_end(start, res) - res + 1;
-        let to = end.div_euclid(res) * res;
-        Ok(self
-            .select(matchers, from, to)?
-            .into_iter()
-            .map(|s| SeriesBuckets {
-                buckets: fold(&s.samples, res),
-                labels: s.labels,
-            })
-            .collect())
+        let (from, to) = bucket_span(start, end, res);
+        Ok(buckets_of(self.select(matchers, from, to)?, res))
     }
+
+    /// The oldest timestamp (ms) raw samples are still kept from: a
+    /// selection reaching before it reads rollups where the query allows
+    /// (see `rollup_read`). `None` (the default): raw samples are kept
+    /// for all time.
+    fn raw_retention_start(&self) -> Option<i64> {
+        None
+    }
+
+    /// The oldest timestamp (ms) rollups of `res` ms are kept from; a
+    /// resolution not kept from before a selection is not read for it.
+    /// `None` (the default): kept for all time.
+    fn rollup_retention_start(&self, res: i64) -> Option<i64> {
+        let _ = res;
+        None
+    }
+}
+
+/// The raw samples `[from, to]` that make the buckets of `res` whose end
+/// lies in `[start, end]`.
+pub fn bucket_span(start: i64, end: i64, res: i64) -> (i64, i64) {
+    (bucket_end(start, res) - res + 1, end.div_euclid(res) * res)
+}
+
+/// Series' raw samples folded into buckets of `res` (see
+/// [`super::rollup::fold`]), series without a bucket left out.
+pub fn buckets_of(series: Vec<SeriesSamples>, res: i64) -> Vec<SeriesBuckets> {
+    series
+        .into_iter()
+        .map(|s| SeriesBuckets {
+            buckets: fold(&s.samples, res),
+            labels: s.labels,
+        })
+        .filter(|s| !s.buckets.is_empty())
+        .collect()
 }

@@ -31,6 +31,7 @@ use super::functions::{RANGE_FUNCTIONS, element_function, over_window, unwrap_pa
 use super::histogram::{BUCKET_LABEL, Bucket, bucket_quantile, parse_bound};
 use super::label_sets::drop_names_and_metric;
 use super::over_time::Window;
+use super::rollup_read::{BucketPlan, latest_in_window, over_buckets, window_summary};
 use super::value::{RangeSeries, is_stale_marker, without_metric_name};
 
 /// The evaluation times of a range query: `start`, `start + step`, ... up
@@ -258,6 +259,9 @@ impl Evaluator<'_> {
     ) -> Result<Stepped, QueryError> {
         let lookback = self.lookback_ms;
         let offset = offset_ms(vs.offset.as_ref());
+        if let Some(plan) = self.bucket_plan(vs) {
+            return self.selector_steps_from_buckets(vs, plan, steps);
+        }
         let selection = self.selection(vs, lookback)?;
         let mut series = Vec::with_capacity(selection.len());
         for s in selection {
@@ -340,6 +344,9 @@ impl Evaluator<'_> {
         let range = duration_ms(ms.range);
         let offset = offset_ms(ms.vs.offset.as_ref());
         let keep_name = name == "last_over_time";
+        if let Some(plan) = self.bucket_plan(&ms.vs) {
+            return self.range_function_steps_from_buckets(name, &ms.vs, plan, range, steps);
+        }
         let selection = self.selection(&ms.vs, range)?;
         let mut series = Vec::with_capacity(selection.len());
         let mut without_stale: Vec<(i64, f64)> = Vec::new();
@@ -387,6 +394,84 @@ impl Evaluator<'_> {
                 values,
             });
         }
+        Ok(Stepped::sorted(series))
+    }
+
+    /// An instant vector selector read from rollup buckets: per series,
+    /// the latest sample in each step's (bucket-aligned) lookback window.
+    fn selector_steps_from_buckets(
+        &mut self,
+        vs: &VectorSelector,
+        plan: BucketPlan,
+        steps: &Steps,
+    ) -> Result<Stepped, QueryError> {
+        let lookback = self.lookback_ms;
+        let offset = offset_ms(vs.offset.as_ref());
+        let selection = self.bucket_selection(vs, plan, lookback)?;
+        let series = selection
+            .iter()
+            .filter_map(|s| {
+                let values: Vec<Option<f64>> = steps
+                    .times()
+                    .map(|t| {
+                        let (start, end) = plan.window(t.saturating_sub(offset), lookback);
+                        latest_in_window(&s.buckets, start, end).map(|(_, v)| v)
+                    })
+                    .collect();
+                values.iter().any(Option::is_some).then(|| StepSeries {
+                    labels: Arc::new(s.labels.clone()),
+                    values,
+                })
+            })
+            .collect();
+        // The selection is sorted by labels, and label sets are distinct.
+        Ok(Stepped {
+            series,
+            order: Order::Labels,
+        })
+    }
+
+    /// A range function over a range selector read from rollup buckets:
+    /// per series and step, the buckets of the window merged and the
+    /// function computed from them.
+    fn range_function_steps_from_buckets(
+        &mut self,
+        name: &str,
+        vs: &VectorSelector,
+        plan: BucketPlan,
+        range: i64,
+        steps: &Steps,
+    ) -> Result<Option<Stepped>, QueryError> {
+        let offset = offset_ms(vs.offset.as_ref());
+        let keep_name = name == "last_over_time";
+        let selection = self.bucket_selection(vs, plan, range)?;
+        let series = selection
+            .iter()
+            .map(|s| {
+                let values = steps
+                    .times()
+                    .map(|t| {
+                        let (start, end) = plan.window(t.saturating_sub(offset), range);
+                        let summary = window_summary(&s.buckets, start, end)?;
+                        let w = Window {
+                            start,
+                            end,
+                            range_ms: end - start,
+                        };
+                        over_buckets(name, &summary, w)
+                    })
+                    .collect();
+                let labels = if keep_name {
+                    s.labels.clone()
+                } else {
+                    without_metric_name(&s.labels)
+                };
+                StepSeries {
+                    labels: Arc::new(labels),
+                    values,
+                }
+            })
+            .collect();
         Ok(Stepped::sorted(series))
     }
 
