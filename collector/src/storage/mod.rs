@@ -635,6 +635,21 @@ impl Storage {
 }
 
 impl Querier for Storage {
+    fn raw_retention_start(&self) -> Option<i64> {
+        let raw = self.inner.options.cutoffs(UnixMillis::now().0)[0];
+        (raw != i64::MIN).then_some(raw)
+    }
+
+    fn rollup_retention_start(&self, res: i64) -> Option<i64> {
+        let [_, minute, hour] = self.inner.options.cutoffs(UnixMillis::now().0);
+        let cut = match res {
+            rollup::RES_1M => minute,
+            rollup::RES_1H => hour,
+            _ => return None,
+        };
+        (cut != i64::MIN).then_some(cut)
+    }
+
     fn select(
         &self,
         matchers: &Matchers,
