@@ -809,8 +809,8 @@ impl Writer {
             if self.retention_deleted > 0 {
                 self.vacuum = true;
                 tracing::info!(
-                    samples = self.retention_deleted,
-                    "retention pass deleted samples"
+                    samples_and_rollup_rows = self.retention_deleted,
+                    "retention pass deleted data"
                 );
             }
             self.next_retention = Instant::now() + RETENTION_EVERY;
