@@ -1537,6 +1537,41 @@ mod tests {
     }
 
     #[test]
+    fn the_rollup_backfill_goes_in_bounded_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.clock = || NOW;
+        // One sample in each of 40 windows, compacted; then the rollups
+        // removed, as in a file written before there were any.
+        let first = compact::window_start(NOW) - 40 * compact::WINDOW_MS;
+        series_round(
+            &mut w,
+            vec![series(
+                "b",
+                (0..40).map(|i| (first + i * compact::WINDOW_MS + 1000, i as f64)),
+            )],
+        );
+        compact_everything(&mut w);
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), 40);
+        w.conn
+            .execute_batch("DELETE FROM rollup_1m; DELETE FROM rollup_1h")
+            .unwrap();
+        w.backfill_cursor = Some(i64::MIN);
+        let r = w.maintenance_step(Some(Duration::ZERO));
+        let unit = rollup::BACKFILL_WINDOWS_PER_UNIT as i64;
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), unit);
+        assert_eq!(r.rollup_rows_written as i64, 2 * unit);
+        while w.backfill_cursor.is_some() {
+            w.maintenance_step(None);
+        }
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), 40);
+        assert_eq!(
+            query_i64(&w, "SELECT count(*) FROM rollup_1h"),
+            query_i64(&w, "SELECT count(DISTINCT start_ts / 86400000) FROM chunks")
+        );
+    }
+
+    #[test]
     fn a_quiet_series_past_its_window_is_compacted_whole() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path());
