@@ -446,6 +446,21 @@ fn bad_config_stops_both_binaries_at_start_with_file_key_and_reason() {
         err.contains("bad.toml") && err.contains("retention"),
         "{err}"
     );
+    // Rollups kept for less time than the raw samples they are made of.
+    std::fs::write(&cfg, "[storage]\nretention_1m = \"7d\"\n").unwrap();
+    let (code, _, err) = run(Command::new(bin("nines-collector"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("d")));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("storage.retention_1m")
+            && err.contains("shorter than storage.retention"),
+        "{err}"
+    );
 
     std::fs::write(
         &cfg,
@@ -654,4 +669,49 @@ fn promtool_queries_return_what_the_api_returns() {
     ]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "e2e");
+}
+
+/// Compaction writes the minute and hour rollups of what it compacts, and
+/// the collector counts them on /metrics.
+#[test]
+fn compacted_samples_are_rolled_up_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
+    for res in ["1m", "1h"] {
+        let label = format!("resolution=\"{res}\"");
+        assert_eq!(
+            c.metric("nines_storage_rollup_rows_written_total", &label),
+            0.0
+        );
+        assert_eq!(
+            c.metric("nines_storage_retention_deleted_rollup_rows_total", &label),
+            0.0
+        );
+    }
+    // Noisy values: more than a full chunk, so compaction writes chunks
+    // without waiting for the window to close.
+    let end = UnixMillis::now().0;
+    let points: Vec<(i64, f64)> = (0..900)
+        .map(|i| (end - 900_000 + i * 1000, (i as f64 * 1.37).sin()))
+        .collect();
+    assert_eq!(c.push(&batch("ru", 0, "e2e_rolled", &points)).0, 200);
+    wait_for("rollup rows written at both resolutions", || {
+        let text = c.get_text("/metrics").1;
+        let rows = |res: &str| {
+            metric_value(
+                &text,
+                "nines_storage_rollup_rows_written_total",
+                &format!("resolution=\"{res}\""),
+            )
+        };
+        (rows("1m") >= 1.0 && rows("1h") >= 1.0).then_some(())
+    });
+    assert!(
+        c.metric(
+            "nines_storage_rollup_bytes_written_total",
+            "resolution=\"1m\""
+        ) > 0.0
+    );
+    // Reads are unchanged: every sample is still there.
+    assert_eq!(stored_points(&c, "e2e_rolled", end).len(), 900);
 }

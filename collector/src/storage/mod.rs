@@ -702,7 +702,7 @@ impl Querier for Storage {
         res: i64,
     ) -> Result<Vec<SeriesBuckets>, QuerierError> {
         let (first_end, last_end) = (bucket_end(start, res), end.div_euclid(res) * res);
-        let (from, to) = (first_end - res + 1, last_end);
+        let (from, to) = (first_end.saturating_sub(res - 1), last_end);
         let Some(resolution) = rollup::Resolution::of(res) else {
             return Ok(self
                 .select(matchers, from, to)?
@@ -729,9 +729,10 @@ impl Querier for Storage {
             }
             heads.push(run);
         }
-        let raw_complete_from = self.inner.options.cutoffs(UnixMillis::now().0)[0];
+        let cutoff = self.inner.options.cutoffs(UnixMillis::now().0)[0];
         let result = self.with_reader(|conn| {
             read::in_snapshot(conn, |conn| {
+                let raw_complete_from = rollup::raw_deleted_before(conn)?.max(cutoff);
                 let mut out = Vec::with_capacity(series.len());
                 for ((id, labels), head) in series.into_iter().zip(heads) {
                     let buckets = self.buckets_of(

@@ -60,7 +60,7 @@
 //! checking the checksum first, and decoding never panics.
 
 use super::chunk::{ChunkError, get_uvarint, put_uvarint, unzigzag, zigzag};
-use super::compact::{WINDOW_MS, window_start};
+use super::compact::{WINDOW_MS, window_last, window_start};
 use super::index::SeriesId;
 use super::read::{self, CorruptChunk, Run};
 use crate::query::rollup::{Bucket, fold};
@@ -446,7 +446,7 @@ pub fn update_window(
     corrupt: &mut dyn FnMut(CorruptChunk),
 ) -> rusqlite::Result<Written> {
     let mut out = Written::default();
-    let samples: Run = read::read_series(conn, id, ws, ws + WINDOW_MS - 1, Vec::new(), corrupt)?;
+    let samples: Run = read::read_series(conn, id, ws, window_last(ws), Vec::new(), corrupt)?;
     if samples.is_empty() {
         return Ok(out);
     }
@@ -541,6 +541,25 @@ pub fn backfill_unit(
         _ => None,
     };
     Ok((next, written))
+}
+
+/// The largest raw retention cutoff ever applied (`i64::MIN` if none).
+pub fn raw_deleted_before(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM storage_marks WHERE name = 'raw_deleted_before'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(i64::MIN))
+}
+
+/// Records that raw samples before `cutoff` may have been deleted.
+pub fn mark_raw_deleted_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO storage_marks (name, value) VALUES ('raw_deleted_before', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute([cutoff])?;
+    Ok(())
 }
 
 /// Deletes a series' minute rows wholly before `cutoff_1m` and hour rows

@@ -105,6 +105,13 @@ CREATE TABLE rollup_1h (
     data      BLOB NOT NULL
 );
 CREATE UNIQUE INDEX rollup_1h_key ON rollup_1h (series_id, day_start);
+-- Named values the store keeps about itself: raw_deleted_before, the
+-- largest raw retention cutoff ever applied (windows starting before it
+-- may have lost chunks, so their rollup rows are not recomputed).
+CREATE TABLE storage_marks (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 ";
 
 /// Most samples one migrated log row holds.

@@ -739,6 +739,14 @@ fn raw_retention_keeps_the_rollups_until_their_own_retention() {
     assert_eq!(stored_buckets(f.s(), "g", start, end, MINUTE), minute);
     assert_eq!(stored_buckets(f.s(), "g", start, end, HOUR), hour);
     assert_eq!(rollup_rows(&f), rows);
+    // Raw retention made longer again: the window lost its chunks, so a
+    // late sample in it is kept raw but leaves the rows as they are.
+    reopen_with_retention(&mut f, &path, [Some(7), Some(30), Some(60)]);
+    f.write("g", &[(t0 + 5_000, 1e9f64.to_bits())]);
+    f.compact();
+    assert_eq!(f.read("g", i64::MIN, i64::MAX).len(), 1);
+    assert_eq!(stored_buckets(f.s(), "g", start, end, MINUTE), minute);
+    assert_eq!(stored_buckets(f.s(), "g", start, end, HOUR), hour);
 
     // Minute rollups past their own retention go; hour rollups stay.
     let r = reopen_with_retention(&mut f, &path, [Some(1), Some(1), Some(60)]);
@@ -767,8 +775,11 @@ fn a_version_3_file_is_answered_from_its_chunks_and_rolled_up_in_the_background(
     f.storage = None;
     {
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE rollup_1m; DROP TABLE rollup_1h; PRAGMA user_version = 3;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE rollup_1m; DROP TABLE rollup_1h; DROP TABLE storage_marks;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
     }
     let (start, end) = (T - HOUR, T + 10_000_000);
     let answers = |f: &Fixture| {

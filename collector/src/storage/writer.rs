@@ -243,6 +243,10 @@ struct Writer {
     /// id done. Windows with chunks but no rollup rows (written before
     /// rollups existed) get them.
     backfill_cursor: Option<i64>,
+    /// The largest raw retention cutoff ever applied (kept in the file):
+    /// windows starting before it may have lost chunks, so their rollup
+    /// rows are never recomputed from what is left.
+    raw_deleted_before: i64,
     /// Samples the pass under way deleted.
     retention_deleted: usize,
     next_retention: Instant,
@@ -335,6 +339,10 @@ impl Writer {
         options: StorageOptions,
     ) -> Writer {
         let now = Instant::now();
+        let raw_deleted_before = rollup::raw_deleted_before(&conn).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the raw retention mark");
+            i64::MIN
+        });
         Writer {
             conn,
             index,
@@ -350,6 +358,7 @@ impl Writer {
             due: VecDeque::new(),
             retention_cursor: None,
             backfill_cursor: Some(i64::MIN),
+            raw_deleted_before,
             retention_deleted: 0,
             // The first pass soon after start, not at once: opening stays quick.
             next_retention: now + Duration::from_secs(10),
@@ -635,7 +644,7 @@ impl Writer {
                     let close = compact::Close {
                         force: self.forcing,
                         quiet_before: quiet.then_some(now_ms),
-                        rollups_from: self.options.cutoffs(now_ms)[0],
+                        rollups_from: self.options.cutoffs(now_ms)[0].max(self.raw_deleted_before),
                     };
                     let (run, mut moved) = match work.take() {
                         Some((w, run, moved)) if w == id => (run, moved),
@@ -683,12 +692,15 @@ impl Writer {
                         expire.push(SeriesId(*id));
                     }
                     expire_cutoff = cutoff;
+                    if cutoff > self.raw_deleted_before {
+                        rollup::mark_raw_deleted_before(&self.conn, cutoff)?;
+                    }
                     cursor = match ids.last() {
                         Some(last) if ids.len() == RETENTION_SERIES_PER_UNIT => Some(*last),
                         _ => None,
                     };
                 } else if let Some(after) = backfill {
-                    let from = self.options.cutoffs(now_ms)[0];
+                    let from = self.options.cutoffs(now_ms)[0].max(self.raw_deleted_before);
                     let (next, w) =
                         rollup::backfill_unit(&self.conn, after, from, &mut |id, c| {
                             report_corrupt(&self.index, &self.metrics, id, &c, "rollup backfill")
@@ -797,13 +809,14 @@ impl Writer {
             if self.retention_deleted > 0 {
                 self.vacuum = true;
                 tracing::info!(
-                    samples = self.retention_deleted,
-                    "retention pass deleted samples"
+                    samples_and_rollup_rows = self.retention_deleted,
+                    "retention pass deleted data"
                 );
             }
             self.next_retention = Instant::now() + RETENTION_EVERY;
         }
         self.retention_cursor = cursor;
+        self.raw_deleted_before = self.raw_deleted_before.max(expire_cutoff);
         if self.backfill_cursor.is_some() && backfill.is_none() {
             tracing::info!("rollup backfill pass done");
         }
@@ -1520,6 +1533,41 @@ mod tests {
             w.head
                 .values()
                 .all(|st| !st.queued && st.target_rows > st.rows)
+        );
+    }
+
+    #[test]
+    fn the_rollup_backfill_goes_in_bounded_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.clock = || NOW;
+        // One sample in each of 40 windows, compacted; then the rollups
+        // removed, as in a file written before there were any.
+        let first = compact::window_start(NOW) - 40 * compact::WINDOW_MS;
+        series_round(
+            &mut w,
+            vec![series(
+                "b",
+                (0..40).map(|i| (first + i * compact::WINDOW_MS + 1000, i as f64)),
+            )],
+        );
+        compact_everything(&mut w);
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), 40);
+        w.conn
+            .execute_batch("DELETE FROM rollup_1m; DELETE FROM rollup_1h")
+            .unwrap();
+        w.backfill_cursor = Some(i64::MIN);
+        let r = w.maintenance_step(Some(Duration::ZERO));
+        let unit = rollup::BACKFILL_WINDOWS_PER_UNIT as i64;
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), unit);
+        assert_eq!(r.rollup_rows_written as i64, 2 * unit);
+        while w.backfill_cursor.is_some() {
+            w.maintenance_step(None);
+        }
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), 40);
+        assert_eq!(
+            query_i64(&w, "SELECT count(*) FROM rollup_1h"),
+            query_i64(&w, "SELECT count(DISTINCT start_ts / 86400000) FROM chunks")
         );
     }
 
