@@ -253,7 +253,10 @@ impl Fingerprint {
     }
 
     fn from_hex(text: &str) -> Option<Self> {
-        if text.len() % 2 != 0 || text.len() > 2 * FINGERPRINT_BYTES {
+        if text.len() % 2 != 0
+            || text.len() > 2 * FINGERPRINT_BYTES
+            || !text.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return None;
         }
         let mut f = Fingerprint::EMPTY;

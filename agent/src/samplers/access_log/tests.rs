@@ -557,6 +557,7 @@ fn bad_state_files_are_ignored() {
     for before in [
         "before 0",
         "before zz",
+        "before +f",
         "before 00112233",
         &format!("before {}", "00".repeat(FINGERPRINT_BYTES + 1)),
         "",
