@@ -5,7 +5,18 @@
 //! --web.disable-exporter-metrics`, so a scrape does the tcpstat work and
 //! nothing else). Target: at most one fifth of node_exporter's time. The
 //! per-family netlink dump (two walks of the kernel's table, what the
-//! sampler falls back to) is timed too.
+//! sampler falls back to) and the /proc fallback are timed too. Each is
+//! timed in wall time and in CPU time of the process doing the work (all
+//! of node_exporter's threads, from /proc/<pid>/task/*/schedstat), medians
+//! over the rounds; the sampler's first round (opening its socket) is not
+//! timed, and neither is node_exporter's first scrape. The established
+//! count is checked against `ss` first.
+//!
+//! Two raw dumps bound what any sampler can reach here: the kernel walking
+//! its table without sending a message (a filter that refuses every
+//! socket), and only the server ends of the connections (ESTABLISHED with
+//! a local port among the listening ones), the fewest messages from which
+//! exact per-port counts can be made.
 //!
 //! Run: `cargo bench -p nines-agent --bench connections`
 //! (`NINES_BENCH_CONNECTIONS=N` to change the count). The server ends of
@@ -24,13 +35,60 @@ use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 30;
 
+/// What one way of counting cost per round: wall time, and CPU time (on
+/// every thread of the process doing the work, from its schedstat). On a
+/// shared machine the wall time includes waits for a CPU; the CPU time
+/// does not, so both are printed.
+#[derive(Default)]
+struct Timings {
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+}
+
+impl Timings {
+    fn medians(&mut self) -> Option<(Duration, Duration)> {
+        self.wall.sort();
+        self.cpu.sort();
+        Some((
+            *self.wall.get(self.wall.len() / 2)?,
+            *self.cpu.get(self.cpu.len() / 2)?,
+        ))
+    }
+}
+
+/// Times `work` in wall time and in the CPU time of `pid`'s threads.
+fn timed(pid: u32, into: &mut Timings, work: impl FnOnce()) {
+    let cpu = cpu_time(pid);
+    let t = Instant::now();
+    work();
+    into.wall.push(t.elapsed());
+    into.cpu.push(cpu_time(pid).saturating_sub(cpu));
+}
+
+/// CPU time so far of all threads of `pid`: the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds.
+fn cpu_time(pid: u32) -> Duration {
+    let mut total = 0u64;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read the task list");
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
 fn main() {
     let n: usize = std::env::var("NINES_BENCH_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let started = Instant::now();
-    let (_listeners, children) = connections_in_children(n, 8, 5000);
+    let (listeners, children) = connections_in_children(n, 8, 5000);
     println!("{n} loopback connections open ({:.1?})", started.elapsed());
 
     let root = PathBuf::from("/");
@@ -38,31 +96,60 @@ fn main() {
     let mut per_family = ConnectionSampler::new(root.clone()).with_one_walk_dump(false);
     let mut procfs = ConnectionSampler::new(root).with_netlink(false);
     let ne = start_node_exporter();
+    let me = std::process::id();
 
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    // Both ends of each connection are sockets of this host: the counts
+    // must show 2n established sockets, as `ss` does.
+    let mut first = Samples::default();
+    netlink.sample(&mut first).expect("netlink round");
+    let ours = first
+        .value_of("node_tcp_connection_states", &[("state", "established")])
+        .unwrap_or_default();
+    let theirs = ss_established();
+    println!("established sockets: nines {ours}, ss {theirs:?}");
+    assert!(ours >= (2 * n) as f64, "both ends of every connection");
+
+    let listening: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("address").port())
+        .collect();
+    let raw = RawDump::open();
+    let mut netlink_t = Timings::default();
+    let mut proc_t = Timings::default();
+    let mut per_family_t = Timings::default();
+    let mut ne_t = Timings::default();
+    let mut walk_t = Timings::default();
+    let mut server_ends_t = Timings::default();
+    let mut server_ends = 0;
     for _ in 0..ROUNDS {
-        // Alternate, so load from elsewhere hits all three alike.
-        let t = Instant::now();
-        netlink
-            .sample(&mut Samples::default())
-            .expect("netlink round");
-        times[0].push(t.elapsed());
-        let t = Instant::now();
-        procfs.sample(&mut Samples::default()).expect("/proc round");
-        times[1].push(t.elapsed());
-        let t = Instant::now();
-        per_family
-            .sample(&mut Samples::default())
-            .expect("per-family netlink round");
-        times[3].push(t.elapsed());
-        if let Some((_, port)) = &ne {
-            let t = Instant::now();
-            let body = scrape(*port);
-            times[2].push(t.elapsed());
-            assert!(
-                body.contains("node_tcp_connection_states"),
-                "tcpstat output"
-            );
+        // Alternate, so load from elsewhere hits all of them alike.
+        timed(me, &mut netlink_t, || {
+            netlink
+                .sample(&mut Samples::default())
+                .expect("netlink round")
+        });
+        timed(me, &mut proc_t, || {
+            procfs.sample(&mut Samples::default()).expect("/proc round")
+        });
+        timed(me, &mut per_family_t, || {
+            per_family
+                .sample(&mut Samples::default())
+                .expect("per-family netlink round")
+        });
+        timed(me, &mut walk_t, || {
+            assert_eq!(raw.dump(ALL_STATES, &refuse_all()), 0, "refused");
+        });
+        timed(me, &mut server_ends_t, || {
+            server_ends = raw.dump(1 << 1, &local_port_in(&listening));
+        });
+        if let Some((child, port)) = &ne {
+            timed(child.id(), &mut ne_t, || {
+                let body = scrape(*port);
+                assert!(
+                    body.contains("node_tcp_connection_states"),
+                    "tcpstat output"
+                );
+            });
         }
     }
     for pid in children {
@@ -72,30 +159,58 @@ fn main() {
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
     }
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v.get(v.len() / 2).copied()
+    let line = |what: &str, t: &mut Timings| {
+        let (wall, cpu) = t.medians().unwrap_or_default();
+        println!("{what:<38} median wall {wall:>9.2?}  cpu {cpu:>9.2?}");
+        (wall, cpu)
     };
-    let ours = median(&mut times[0]).unwrap_or_default();
-    let ours_proc = median(&mut times[1]).unwrap_or_default();
-    println!("nines connection sample (netlink):   median {ours:>10.2?} over {ROUNDS} rounds");
-    let ours_per_family = median(&mut times[3]).unwrap_or_default();
-    println!("nines connection sample (per family): median {ours_per_family:>9.2?}");
-    println!("nines connection sample (/proc):     median {ours_proc:>10.2?}");
-    match (ne, median(&mut times[2])) {
-        (Some((mut child, _)), Some(theirs)) => {
+    println!("medians over {ROUNDS} rounds:");
+    let ours = line("nines connection sample (netlink)", &mut netlink_t);
+    line("nines connection sample (per family)", &mut per_family_t);
+    line("nines connection sample (/proc)", &mut proc_t);
+    let walk = line("floor: kernel walk, no message", &mut walk_t);
+    let ends = line(
+        &format!("floor: {server_ends} server ends only"),
+        &mut server_ends_t,
+    );
+    match ne {
+        Some((mut child, _)) => {
             let _ = child.kill();
             let _ = child.wait();
-            println!("node_exporter tcpstat scrape:        median {theirs:>10.2?}");
-            println!(
-                "ratio nines/node_exporter: {:.3} (target <= 0.200)",
-                ours.as_secs_f64() / theirs.as_secs_f64()
-            );
+            let theirs = line("node_exporter tcpstat scrape", &mut ne_t);
+            let ratio = |a: (Duration, Duration)| {
+                (
+                    a.0.as_secs_f64() / theirs.0.as_secs_f64(),
+                    a.1.as_secs_f64() / theirs.1.as_secs_f64(),
+                )
+            };
+            let (wall, cpu) = ratio(ours);
+            println!("ratio nines/node_exporter: wall {wall:.3}, cpu {cpu:.3} (target <= 0.200)");
+            let (wall, cpu) = ratio(walk);
+            println!("ratio floor walk/node_exporter: wall {wall:.3}, cpu {cpu:.3}");
+            let (wall, cpu) = ratio(ends);
+            println!("ratio floor server ends/node_exporter: wall {wall:.3}, cpu {cpu:.3}");
         }
-        _ => {
+        None => {
             println!("node_exporter not found (apt-get install prometheus-node-exporter): no ratio")
         }
     }
+}
+
+/// Established TCP sockets as `ss -tanH state established` lists them, or
+/// None without `ss`.
+fn ss_established() -> Option<usize> {
+    let out = Command::new("ss")
+        .args(["-tanH", "state", "established"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        out.stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+    })
 }
 
 /// Starts node_exporter with only tcpstat on a free port.
@@ -220,4 +335,125 @@ fn connections_in_children(
         libc::close(ready[1]);
     }
     (listeners, children)
+}
+
+/// Every TCP state the sampler asks for (ESTABLISHED through
+/// NEW_SYN_RECV).
+const ALL_STATES: u32 = ((1 << 13) - 1) & !1;
+
+/// linux/inet_diag.h: bytecode operations and the request attribute.
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+
+/// `struct inet_diag_bc_op`: code, then the byte offsets to go on at when
+/// the condition holds (`yes`) and when not (`no`); jumping 4 bytes past
+/// the end refuses the socket, landing on the end accepts it.
+fn op(code: u8, yes: u8, no: u16) -> [u8; 4] {
+    let [a, b] = no.to_ne_bytes();
+    [code, yes, a, b]
+}
+
+/// A filter that refuses every socket: the kernel walks its table and
+/// checks each socket, but fills no message.
+fn refuse_all() -> Vec<u8> {
+    op(INET_DIAG_BC_JMP, 4, 8).to_vec()
+}
+
+/// A filter accepting sockets whose local port is one of `ports`: per
+/// port, "local port == p" (with p in the next op's `no`) then a jump to
+/// the end (accept); a mismatch goes on to the next port, the last one's
+/// past the end (refuse).
+fn local_port_in(ports: &[u16]) -> Vec<u8> {
+    let total = ports.len() * 12;
+    let mut bc = Vec::with_capacity(total);
+    for (i, &port) in ports.iter().enumerate() {
+        let left = (total - i * 12) as u16;
+        let no = if i + 1 == ports.len() { left + 4 } else { 12 };
+        bc.extend(op(INET_DIAG_BC_S_EQ, 8, no));
+        bc.extend(op(0, 0, port));
+        bc.extend(op(INET_DIAG_BC_JMP, 4, left - 8));
+    }
+    bc
+}
+
+/// A NETLINK_SOCK_DIAG socket for the floor dumps.
+struct RawDump {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RawDump {
+    fn open() -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2) takes no pointers.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        assert!(fd >= 0, "netlink socket");
+        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+        RawDump {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        }
+    }
+
+    /// A `TCPDIAG_GETSOCK` dump of both families in `states` with no
+    /// extensions, filtered by `bytecode`; the number of sockets listed.
+    fn dump(&self, states: u32, bytecode: &[u8]) -> usize {
+        // nlmsghdr (16), inet_diag_req (60), then the bytecode attribute.
+        let len = 16 + 60 + 4 + bytecode.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend((len as u32).to_ne_bytes());
+        req.extend(18u16.to_ne_bytes()); // TCPDIAG_GETSOCK
+        req.extend((0x1u16 | 0x300).to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+        req.extend(1u32.to_ne_bytes()); // seq
+        req.extend(0u32.to_ne_bytes()); // pid
+        req.extend([libc::AF_UNSPEC as u8, 0, 0, 0]); // family, src_len, dst_len, ext
+        req.extend([0u8; 48]); // inet_diag_sockid
+        req.extend(states.to_ne_bytes());
+        req.extend(0u32.to_ne_bytes()); // dbs
+        req.extend(((4 + bytecode.len()) as u16).to_ne_bytes());
+        req.extend(INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        req.extend(bytecode);
+        // SAFETY: all-zero is a valid sockaddr_nl; the kernel is port 0.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `req` and `kernel` are valid for the lengths passed.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&raw const kernel).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(sent, len as isize, "send the dump request");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sockets = 0;
+        loop {
+            // SAFETY: `buf` is writable for its whole length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n > 0, "netlink read: {}", std::io::Error::last_os_error());
+            let mut rest = &buf[..n as usize];
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+                match kind {
+                    3 => return sockets, // NLMSG_DONE
+                    2 => {
+                        let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
+                        panic!("dump refused: {}", std::io::Error::from_raw_os_error(-code));
+                    }
+                    _ => sockets += 1,
+                }
+                rest = &rest[len.next_multiple_of(4).clamp(16, rest.len())..];
+            }
+        }
+    }
 }

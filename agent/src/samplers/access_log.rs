@@ -4,12 +4,14 @@
 //! [`AccessLogTailer::sample`].
 //!
 //! It reads only complete lines, from where it left off: the position
-//! (file identity and offset) is saved in a small state file after every
-//! chunk, so a restarted agent neither counts a line twice nor skips one.
-//! It follows rotation by rename (the old file is read to its end, then the
-//! new one from its start) and by copy-truncate (a file shorter than the
-//! position, or whose bytes just before the position are no longer the
-//! ones read there, is read again from its start).
+//! (file identity, offset, and the last bytes of the lines counted up to
+//! it) is saved in a small state file after every chunk, so a restarted
+//! agent neither counts a line twice nor skips one. It follows rotation by
+//! rename (the old file is read to its end, then the new one from its
+//! start) and by copy-truncate (a file shorter than the position, or whose
+//! bytes just before the position are no longer the ones read there, is
+//! read again from its start), whether the agent was running or stopped
+//! when it happened.
 //!
 //! This file must never write to the log, hold more than one line (plus a
 //! read buffer) in memory, let the log's content choose unbounded label
@@ -55,7 +57,8 @@ const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;
 
 /// How many of the last bytes read are kept to recognise the file's
 /// content at the read position: a copy-truncate that has grown past the
-/// position by the next poll has other bytes there (log lines carry times).
+/// position by the next poll (or by the agent's restart) has other bytes
+/// there (log lines carry times).
 const FINGERPRINT_BYTES: usize = 64;
 
 /// Longest virtual host name taken from a log (DNS names are at most 253).
@@ -199,12 +202,89 @@ impl FileId {
     }
 }
 
+/// The last bytes (at most [`FINGERPRINT_BYTES`]) of a file before some
+/// offset, held inline so that a [`Position`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u8,
+    bytes: [u8; FINGERPRINT_BYTES],
+}
+
+impl Fingerprint {
+    const EMPTY: Fingerprint = Fingerprint {
+        len: 0,
+        bytes: [0; FINGERPRINT_BYTES],
+    };
+
+    /// The last [`FINGERPRINT_BYTES`] of `bytes`.
+    fn of(bytes: &[u8]) -> Self {
+        let mut f = Fingerprint::EMPTY;
+        f.extend(bytes);
+        f
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes that follow are `more`: keeps the last
+    /// [`FINGERPRINT_BYTES`] of the two together.
+    fn extend(&mut self, more: &[u8]) {
+        if more.len() >= FINGERPRINT_BYTES {
+            self.bytes
+                .copy_from_slice(&more[more.len() - FINGERPRINT_BYTES..]);
+            self.len = FINGERPRINT_BYTES as u8;
+            return;
+        }
+        let keep = usize::from(self.len).min(FINGERPRINT_BYTES - more.len());
+        let from = usize::from(self.len) - keep;
+        self.bytes.copy_within(from..from + keep, 0);
+        self.bytes[keep..keep + more.len()].copy_from_slice(more);
+        self.len = (keep + more.len()) as u8;
+    }
+
+    /// Lower-case hex, for the state file.
+    fn to_hex(self) -> String {
+        self.as_slice().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(text: &str) -> Option<Self> {
+        if text.len() % 2 != 0
+            || text.len() > 2 * FINGERPRINT_BYTES
+            || !text.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return None;
+        }
+        let mut f = Fingerprint::EMPTY;
+        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).ok()?;
+            f.bytes[i] = u8::from_str_radix(pair, 16).ok()?;
+        }
+        f.len = (text.len() / 2) as u8;
+        Some(f)
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
+
 /// Where to go on reading a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Position {
     id: FileId,
     /// Start of the first line not yet counted.
     offset: u64,
+    /// The last bytes before `offset` (the end of the lines counted), to
+    /// tell on a restart whether the file still holds them there; empty
+    /// when not known (a state file written before they were saved).
+    before: Fingerprint,
 }
 
 /// One open log file being read.
@@ -223,7 +303,9 @@ struct Tail {
     overlong: bool,
     /// The last bytes read (at most [`FINGERPRINT_BYTES`]), ending at
     /// `offset`.
-    seen: Vec<u8>,
+    seen: Fingerprint,
+    /// The last bytes of the lines counted, ending at `line_start`.
+    counted: Fingerprint,
 }
 
 impl Tail {
@@ -231,6 +313,7 @@ impl Tail {
         Position {
             id: self.id,
             offset: self.line_start,
+            before: self.counted,
         }
     }
 }
@@ -319,11 +402,13 @@ fn status_class(first_digit: u8) -> &'static str {
 /// [`AccessLogTailer::sample`] to report; both do blocking file I/O.
 ///
 /// Limits: lines a server writes to a log after the agent stopped and
-/// before that log was rotated away are not read (the restarted agent
-/// finds another file at the path and starts it from its beginning); a
-/// copy-truncate whose new content outgrows the old position while the
-/// agent is stopped is not noticed (the bytes before the saved position
-/// are only known from the first poll on); and the counters start from zero with the agent
+/// before that log was rotated away (renamed, or copied and truncated) are
+/// not read (the restarted agent finds another file, or other content, at
+/// the path and starts it from its beginning); a copy-truncate is told
+/// from appends by the last [`FINGERPRINT_BYTES`] bytes before the
+/// position, so new content that is exactly as long as the old position
+/// and ends in the same bytes would be taken for the old (log lines carry
+/// times, so it does not); and the counters start from zero with the agent
 /// process, as Prometheus counters do, so only the position survives a
 /// restart. Two tailers reporting the same `vhost` would report the same
 /// series: give each log its own `vhost`.
@@ -385,10 +470,7 @@ impl AccessLogTailer {
         let resume = match saved {
             Some(p) => Some(p),
             None if cfg.read_existing => None,
-            None => fs::metadata(&cfg.path).ok().map(|m| Position {
-                id: FileId::of(&m),
-                offset: m.len(),
-            }),
+            None => end_of(&cfg.path),
         };
         let mut tailer = AccessLogTailer {
             path: cfg.path,
@@ -514,10 +596,7 @@ impl AccessLogTailer {
         }
         // Resume only in the very file the position belongs to: any other
         // file is new since, and read from its start.
-        let start = match self.resume.take() {
-            Some(p) if p.id == id => p.offset,
-            _ => 0,
-        };
+        let start = self.resume.take().filter(|p| p.id == id);
         let mut tail = Tail {
             file,
             id,
@@ -525,19 +604,24 @@ impl AccessLogTailer {
             line_start: 0,
             partial: Vec::new(),
             overlong: false,
-            seen: Vec::with_capacity(FINGERPRINT_BYTES),
+            seen: Fingerprint::EMPTY,
+            counted: Fingerprint::EMPTY,
         };
-        if start > 0 {
-            match tail.file.seek(SeekFrom::Start(start)) {
+        if let Some(p) = start.filter(|p| p.offset > 0) {
+            match tail.file.seek(SeekFrom::Start(p.offset)) {
                 Ok(_) => {
-                    tail.offset = start;
-                    tail.line_start = start;
-                    tail.seen = bytes_before(&tail.file, start).unwrap_or_default();
+                    tail.offset = p.offset;
+                    tail.line_start = p.offset;
+                    // What was read before the position, as saved then:
+                    // not what the file holds there now.
+                    tail.seen = p.before;
+                    tail.counted = p.before;
                 }
                 Err(e) => self.log_error(&e),
             }
         }
-        // A position past the end means the file was truncated meanwhile.
+        // A position past the end, or other bytes before it than the ones
+        // counted there, means the file was truncated meanwhile.
         self.check_truncation(&mut tail);
         self.save(tail.position());
         if let Err(e) = self.read_new(&mut tail, true) {
@@ -573,7 +657,8 @@ impl AccessLogTailer {
         tail.line_start = 0;
         tail.partial.clear();
         tail.overlong = false;
-        tail.seen.clear();
+        tail.seen = Fingerprint::EMPTY;
+        tail.counted = Fingerprint::EMPTY;
         self.save(tail.position());
     }
 
@@ -584,8 +669,8 @@ impl AccessLogTailer {
         if tail.seen.is_empty() {
             return false;
         }
-        match bytes_before(&tail.file, tail.offset) {
-            Ok(now) => now.len() == tail.seen.len() && now != tail.seen,
+        match bytes_before(&tail.file, tail.offset, tail.seen.as_slice().len()) {
+            Ok(now) => now != tail.seen.as_slice(),
             Err(_) => false,
         }
     }
@@ -621,7 +706,12 @@ impl AccessLogTailer {
     fn consume(&mut self, tail: &mut Tail, chunk: &[u8]) {
         let base = tail.offset;
         tail.offset += chunk.len() as u64;
-        remember_last(&mut tail.seen, chunk);
+        // The lines counted from this chunk end at its last newline.
+        if let Some(last) = chunk.iter().rposition(|&b| b == b'\n') {
+            tail.counted = tail.seen;
+            tail.counted.extend(&chunk[..=last]);
+        }
+        tail.seen.extend(chunk);
         let mut rest = chunk;
         let mut consumed = 0u64;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
@@ -715,8 +805,12 @@ impl AccessLogTailer {
             return;
         }
         let text = format!(
-            "nines access-log position 1\npath {}\ndev {}\nino {}\noffset {}\n",
-            self.path_label, p.id.dev, p.id.ino, p.offset
+            "nines access-log position 2\npath {}\ndev {}\nino {}\noffset {}\nbefore {}\n",
+            self.path_label,
+            p.id.dev,
+            p.id.ino,
+            p.offset,
+            p.before.to_hex()
         );
         let tmp = self.state_file.with_extension("pos.tmp");
         let written = File::create(&tmp)
@@ -816,13 +910,17 @@ impl AccessLogTailer {
 }
 
 /// The saved position, if the state file exists, is well formed and is
-/// about `path` (file names are hashes, which could collide).
+/// about `path` (file names are hashes, which could collide). Version 1
+/// files, written before the bytes before the offset were saved, load
+/// with those unknown.
 fn load_position(state_file: &Path, path: &str) -> Option<Position> {
     let text = fs::read_to_string(state_file).ok()?;
     let mut lines = text.lines();
-    if lines.next()? != "nines access-log position 1" {
-        return None;
-    }
+    let version = match lines.next()? {
+        "nines access-log position 1" => 1,
+        "nines access-log position 2" => 2,
+        _ => return None,
+    };
     let mut field = |key: &str| {
         lines
             .next()?
@@ -835,32 +933,47 @@ fn load_position(state_file: &Path, path: &str) -> Option<Position> {
     }
     let dev = field("dev")?.parse().ok()?;
     let ino = field("ino")?.parse().ok()?;
-    let offset = field("offset")?.parse().ok()?;
+    let offset: u64 = field("offset")?.parse().ok()?;
+    let before = if version == 1 {
+        Fingerprint::EMPTY
+    } else {
+        Fingerprint::from_hex(&field("before")?)?
+    };
+    // The bytes end at the offset, so there cannot be more of them.
+    if u64::from(before.len) > offset {
+        return None;
+    }
     Some(Position {
         id: FileId { dev, ino },
         offset,
+        before,
     })
 }
 
-/// Up to [`FINGERPRINT_BYTES`] bytes of `file` ending at `end` (fewer only
-/// when `end` is closer to the start), read without moving its position.
-fn bytes_before(file: &File, end: u64) -> io::Result<Vec<u8>> {
-    let start = end.saturating_sub(FINGERPRINT_BYTES as u64);
+/// The end of the log at `path` now, with the bytes before it: where a log
+/// found at start is read from when its existing lines are not wanted.
+fn end_of(path: &Path) -> Option<Position> {
+    let file = File::open(path).ok()?;
+    let m = file.metadata().ok()?;
+    let end = m.len();
+    let wanted = FINGERPRINT_BYTES.min(usize::try_from(end).unwrap_or(FINGERPRINT_BYTES));
+    let before = bytes_before(&file, end, wanted)
+        .map(|b| Fingerprint::of(&b))
+        .unwrap_or(Fingerprint::EMPTY);
+    Some(Position {
+        id: FileId::of(&m),
+        offset: end,
+        before,
+    })
+}
+
+/// The `len` bytes of `file` ending at `end` (fewer only when `end` is
+/// closer to the start), read without moving its position.
+fn bytes_before(file: &File, end: u64, len: usize) -> io::Result<Vec<u8>> {
+    let start = end.saturating_sub(len as u64);
     let mut bytes = vec![0; (end - start) as usize];
     file.read_exact_at(&mut bytes, start)?;
     Ok(bytes)
-}
-
-/// Keeps the last [`FINGERPRINT_BYTES`] of `seen` followed by `chunk`.
-fn remember_last(seen: &mut Vec<u8>, chunk: &[u8]) {
-    if chunk.len() >= FINGERPRINT_BYTES {
-        seen.clear();
-        seen.extend_from_slice(&chunk[chunk.len() - FINGERPRINT_BYTES..]);
-        return;
-    }
-    seen.extend_from_slice(chunk);
-    let excess = seen.len().saturating_sub(FINGERPRINT_BYTES);
-    seen.drain(..excess);
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across Rust releases, as

@@ -14,6 +14,15 @@
 //! is refused (seccomp, gVisor, a kernel without inet_diag) it falls back
 //! to `<root>/proc/net/tcp` and `tcp6` for good and says so once.
 //!
+//! A round's cost is nearly all the kernel's: filling one message per
+//! socket (about 0.6 µs of CPU each; walking the table without filling any
+//! is about a seventh of the round). Measured and not taken, as no
+//! cheaper: larger reads (the kernel fills at most 32 KiB per read; 8 KiB
+//! reads cost the same), one dump per state (each dump walks the whole
+//! table again), and kernel counters in place of listing established
+//! sockets (/proc/net/snmp's CurrEstab also counts CLOSE_WAIT, and no
+//! counter gives per-port counts).
+//!
 //! Netlink shows the sockets of the agent's own network namespace, whatever
 //! the root; only the /proc fallback reads under the root (so tests can use
 //! fixture files).

@@ -412,6 +412,165 @@ fn a_restart_counts_every_line_exactly_once() {
     assert!(names[0].starts_with("access-log-") && names[0].ends_with(".pos"));
 }
 
+/// Truncates the log in place (as copytruncate does, keeping the inode)
+/// and writes `text` as its new content.
+fn copy_truncate(fx: &Fixture, text: &str) {
+    fs::copy(fx.log(), fx.dir.path().join("access.log.1")).expect("copy");
+    let mut server = writer(&fx.log());
+    server.set_len(0).expect("truncate");
+    server.write_all(text.as_bytes()).expect("write");
+}
+
+#[test]
+fn a_copy_truncate_while_stopped_is_read_from_the_start_however_long_the_new_content() {
+    let fx = Fixture::new();
+    fx.append(&nginx("GET", 200, "0.1").repeat(2));
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    assert_eq!(lines(&t), 2.0);
+    let inode = fs::metadata(fx.log()).expect("log").ino();
+    drop(t);
+
+    // Longer than the saved offset: the bytes before it are others now.
+    copy_truncate(&fx, &nginx("PUT", 404, "0.2").repeat(3));
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    let out = snap(&t);
+    assert_eq!(lines(&t), 3.0);
+    assert_eq!(requests(&out, "", "PUT", "4xx"), Some(3.0));
+    assert_eq!(requests(&out, "", "GET", "2xx"), None);
+    assert_eq!(own(&t, ROTATIONS), 1.0);
+    drop(t);
+
+    // Exactly as long as the saved offset.
+    copy_truncate(&fx, &nginx("PUT", 503, "0.2").repeat(3));
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    let out = snap(&t);
+    assert_eq!(lines(&t), 3.0);
+    assert_eq!(requests(&out, "", "PUT", "5xx"), Some(3.0));
+    assert_eq!(own(&t, ROTATIONS), 1.0);
+    drop(t);
+
+    // Shorter than the saved offset, but not empty.
+    copy_truncate(&fx, &nginx("POST", 201, "0.2"));
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    let out = snap(&t);
+    assert_eq!(lines(&t), 1.0);
+    assert_eq!(requests(&out, "", "POST", "2xx"), Some(1.0));
+    assert_eq!(own(&t, ROTATIONS), 1.0);
+    // Appends after the restart are appends.
+    fx.append(&nginx("GET", 200, "0.1"));
+    t.poll();
+    assert_eq!(lines(&t), 2.0);
+    assert_eq!(own(&t, ROTATIONS), 1.0);
+    drop(t);
+
+    // Nothing new: nothing counted, no rotation.
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    assert_eq!(lines(&t), 0.0);
+    assert_eq!(own(&t, ROTATIONS), 0.0);
+    assert_eq!(fs::metadata(fx.log()).expect("log").ino(), inode);
+}
+
+#[test]
+fn a_copy_truncate_while_stopped_before_the_first_poll_is_noticed() {
+    let fx = Fixture::new();
+    fx.append(&nginx("GET", 200, "0.1").repeat(2));
+    // Starts at the end of the existing log, saving that position.
+    drop(fx.tailer(|c| c.read_existing = false));
+    copy_truncate(&fx, &nginx("DELETE", 404, "0.1").repeat(4));
+    let mut t = fx.tailer(|c| c.read_existing = false);
+    t.poll();
+    let out = snap(&t);
+    assert_eq!(lines(&t), 4.0);
+    assert_eq!(requests(&out, "", "DELETE", "4xx"), Some(4.0));
+}
+
+#[test]
+fn the_saved_bytes_are_those_before_a_partial_line() {
+    let fx = Fixture::new();
+    let line = nginx("GET", 200, "0.1");
+    fx.append(&line.repeat(2));
+    fx.append(&line[..30]);
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    assert_eq!(lines(&t), 2.0);
+    let saved = t.saved.expect("a saved position");
+    assert_eq!(saved.offset, 2 * line.len() as u64);
+    let text = fs::read(fx.log()).expect("log");
+    assert_eq!(
+        saved.before.as_slice(),
+        &text[2 * line.len() - FINGERPRINT_BYTES..2 * line.len()]
+    );
+    drop(t);
+    // Completed while stopped: an append, not a truncation.
+    fx.append(&line[30..]);
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    assert_eq!(lines(&t), 1.0);
+    assert_eq!(own(&t, UNPARSED), 0.0);
+    assert_eq!(own(&t, ROTATIONS), 0.0);
+}
+
+#[test]
+fn state_files_of_the_first_version_still_resume() {
+    let fx = Fixture::new();
+    let line = nginx("GET", 200, "0.1");
+    fx.append(&line.repeat(3));
+    let m = fs::metadata(fx.log()).expect("log");
+    let path = fx.log().display().to_string();
+    fs::create_dir_all(fx.state_dir()).expect("state dir");
+    let state = fx
+        .state_dir()
+        .join(format!("access-log-{:016x}.pos", fnv1a(path.as_bytes())));
+    fs::write(
+        &state,
+        format!(
+            "nines access-log position 1\npath {path}\ndev {}\nino {}\noffset {}\n",
+            m.dev(),
+            m.ino(),
+            2 * line.len()
+        ),
+    )
+    .expect("write state");
+    let mut t = fx.tailer(|_| {});
+    t.poll();
+    assert_eq!(lines(&t), 1.0);
+    // Saved again in the current version, with the bytes before the end.
+    let text = fs::read_to_string(&state).expect("state");
+    assert!(text.starts_with("nines access-log position 2\n"), "{text}");
+    let saved = load_position(&state, &path).expect("loads");
+    assert_eq!(saved.offset, 3 * line.len() as u64);
+    assert_eq!(saved.before.as_slice().len(), FINGERPRINT_BYTES);
+}
+
+#[test]
+fn bad_state_files_are_ignored() {
+    let fx = Fixture::new();
+    let path = fx.log().display().to_string();
+    fs::create_dir_all(fx.state_dir()).expect("state dir");
+    let state = fx.state_dir().join("x.pos");
+    let head = format!("nines access-log position 2\npath {path}\ndev 1\nino 2\noffset 3\n");
+    for before in [
+        "before 0",
+        "before zz",
+        "before +f",
+        "before 00112233",
+        &format!("before {}", "00".repeat(FINGERPRINT_BYTES + 1)),
+        "",
+    ] {
+        fs::write(&state, format!("{head}{before}\n")).expect("write state");
+        assert_eq!(load_position(&state, &path), None, "{before:?}");
+    }
+    fs::write(&state, format!("{head}before 001122\n")).expect("write state");
+    let p = load_position(&state, &path).expect("loads");
+    assert_eq!(p.before.as_slice(), [0x00, 0x11, 0x22]);
+    assert_eq!(load_position(&state, "/other"), None);
+}
+
 #[test]
 fn without_a_saved_position_an_existing_log_is_read_from_its_end() {
     let fx = Fixture::new();
@@ -548,6 +707,60 @@ fn vhosts_and_lines_are_bounded() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The fingerprint is the last bytes of everything it was fed.
+    #[test]
+    fn fingerprint_keeps_the_last_bytes(
+        pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..150), 0..8),
+    ) {
+        let mut f = Fingerprint::EMPTY;
+        let mut all = Vec::new();
+        for piece in &pieces {
+            f.extend(piece);
+            all.extend_from_slice(piece);
+        }
+        let want = &all[all.len().saturating_sub(FINGERPRINT_BYTES)..];
+        prop_assert_eq!(f.as_slice(), want);
+        prop_assert_eq!(Fingerprint::from_hex(&f.to_hex()), Some(f));
+        prop_assert_eq!(Fingerprint::of(&all), f);
+    }
+
+    /// However the writes are split, with the agent restarted (a new
+    /// tailer from the saved position) at any of the cuts, every line is
+    /// counted once, and no append is taken for a truncation.
+    #[test]
+    fn restarts_anywhere_count_every_line_once(
+        cuts in proptest::collection::vec((0usize..2000, any::<bool>()), 0..12),
+    ) {
+        let mut text = Vec::new();
+        for i in 0..6 {
+            text.extend_from_slice(nginx("GET", 200 + i, "0.050").as_bytes());
+        }
+        let mut cuts: Vec<(usize, bool)> =
+            cuts.into_iter().map(|(c, r)| (c % (text.len() + 1), r)).collect();
+        cuts.push((text.len(), false));
+        cuts.sort_unstable();
+
+        let fx = Fixture::new();
+        let mut t = fx.tailer(|_| {});
+        let mut w = writer(&fx.log());
+        let mut at = 0;
+        let mut counted = 0.0;
+        for (cut, restart) in cuts {
+            w.write_all(&text[at..cut]).expect("write");
+            at = cut;
+            if restart {
+                counted += lines(&t);
+                prop_assert_eq!(own(&t, ROTATIONS), 0.0);
+                drop(t);
+                t = fx.tailer(|_| {});
+            }
+            t.poll();
+        }
+        counted += lines(&t);
+        prop_assert_eq!(own(&t, ROTATIONS), 0.0);
+        prop_assert_eq!(counted, 6.0);
+    }
 
     /// However the writes are split, and wherever polls fall, every line
     /// is counted once.
