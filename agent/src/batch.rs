@@ -18,17 +18,17 @@ use std::sync::{Arc, Mutex};
 /// Every series and family this stream has defined, by ref.
 #[derive(Default)]
 pub struct SeriesTable {
-    labels: Vec<Labels>,
     /// By the hash of the labels sent (with `instance` and `job`); the
-    /// labels themselves are in `labels`, not kept twice.
+    /// labels themselves are only in `encoded`, not kept twice. A round's
+    /// observations remember their refs (see [`crate::samplers::Samples`]),
+    /// so this is only searched for series they do not know.
     ids: HashMap<u64, Vec<SeriesRef>>,
     hasher: std::hash::RandomState,
-    /// By the labels a sampler reported, so a known series is found
-    /// without building its full label set again each round.
-    reported: HashMap<Labels, SeriesRef>,
     metadata: HashMap<String, MetricMetadata>,
     /// Every definition in the wire format, back to back by ref: a spool
-    /// record copies them instead of encoding the labels again.
+    /// record copies them instead of encoding the labels again, and the
+    /// labels are read back from them in the rare cases that need them
+    /// (far smaller than the label sets themselves).
     encoded: Vec<u8>,
     /// Where each ref's definition starts in `encoded`.
     offsets: Vec<usize>,
@@ -44,7 +44,7 @@ pub struct SeriesTable {
 impl SeriesTable {
     /// Records a new definition; its ref is the next one.
     fn define(&mut self, labels: Labels) -> SeriesDefinition {
-        let r = SeriesRef(self.labels.len() as u32);
+        let r = SeriesRef(self.offsets.len() as u32);
         let def = SeriesDefinition { series: r, labels };
         self.offsets.push(self.encoded.len());
         crate::encode::put(&mut self.encoded, &def);
@@ -54,8 +54,15 @@ impl SeriesTable {
             .and_then(|m| self.family_of(m))
             .and_then(|m| self.family_ids.get(&m.name).copied());
         self.family.push(family);
-        self.labels.push(def.labels.clone());
         def
+    }
+
+    /// The labels of `r`, read back from its encoded definition.
+    fn labels_of(&self, r: SeriesRef) -> Option<Labels> {
+        let bytes = self.encoded_definition(r)?;
+        postcard::from_bytes::<SeriesDefinition>(bytes)
+            .ok()
+            .map(|d| d.labels)
     }
 
     /// Keeps a family's metadata, as the latest round declared it.
@@ -95,9 +102,9 @@ impl SeriesTable {
         if let Some(f) = self.family.get(i).copied().flatten() {
             return Some(f);
         }
-        let metric = self.labels.get(i)?.metric_name()?;
+        let labels = self.labels_of(r)?;
         let f = self
-            .family_of(metric)
+            .family_of(labels.metric_name()?)
             .and_then(|m| self.family_ids.get(&m.name).copied())?;
         self.family[i] = Some(f);
         Some(f)
@@ -111,7 +118,7 @@ impl SeriesTable {
             .groups
             .iter()
             .flat_map(|g| g.values.iter().map(|(r, _)| *r))
-            .filter(|r| (r.0 as usize) < self.labels.len())
+            .filter(|r| (r.0 as usize) < self.offsets.len())
             .collect();
         used.sort_unstable();
         used.dedup();
@@ -166,10 +173,8 @@ impl SeriesTable {
         let definitions: Vec<SeriesDefinition> = used
             .iter()
             .filter_map(|r| {
-                self.labels.get(r.0 as usize).map(|l| SeriesDefinition {
-                    series: *r,
-                    labels: l.clone(),
-                })
+                self.labels_of(*r)
+                    .map(|labels| SeriesDefinition { series: *r, labels })
             })
             .collect();
         let mut families = HashSet::new();
@@ -241,13 +246,9 @@ impl Batcher {
         }
         let mut values = Vec::with_capacity(round.observations.len());
         // By ref: whether this round has a value for it yet.
-        let mut seen = vec![false; table.labels.len()];
+        let mut seen = vec![false; table.offsets.len()];
         for o in &round.observations {
-            let cached = o
-                .series
-                .get(self.id)
-                .or_else(|| table.reported.get(&o.labels).copied());
-            let r = match cached {
+            let r = match o.series.get(self.id) {
                 Some(r) => r,
                 None => {
                     let mut labels = o.labels.clone();
@@ -263,7 +264,7 @@ impl Batcher {
                     let known = table.ids.get(&hash).and_then(|refs| {
                         refs.iter()
                             .copied()
-                            .find(|r| table.labels.get(r.0 as usize) == Some(&labels))
+                            .find(|r| table.labels_of(*r).as_ref() == Some(&labels))
                     });
                     let r = match known {
                         Some(r) => r,
@@ -275,7 +276,6 @@ impl Batcher {
                             r
                         }
                     };
-                    table.reported.insert(o.labels.clone(), r);
                     r
                 }
             };

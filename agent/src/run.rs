@@ -56,8 +56,9 @@ impl SamplingMetrics {
     }
 
     /// After every round (once its batch is handed on), the heap's free
-    /// pages go back to the kernel: what a round allocates is freed by
-    /// the next, so the agent's resident memory stays near what it holds.
+    /// pages go back to the kernel when many are free (see
+    /// [`crate::footprint::release_free_memory`]), so the agent's resident
+    /// memory stays near what it holds.
     pub fn with_memory_released_after_rounds(mut self) -> Self {
         self.release_memory = true;
         self
