@@ -116,7 +116,15 @@ pub struct Samples {
     /// An earlier round's observations, by position; taken as reused.
     previous: Vec<Observation>,
     previous_metadata: Vec<MetricMetadata>,
+    /// Where in `previous` the next observation is looked for.
+    previous_at: usize,
 }
+
+/// How far past the expected place a reused series is looked for, so a
+/// sampler that reports a few series more or fewer than last time (a
+/// connection state that came or went) does not leave every later one
+/// without its earlier label set.
+const LOOK_AHEAD: usize = 32;
 
 impl Samples {
     /// An empty round that reuses this one's label sets and families
@@ -131,6 +139,7 @@ impl Samples {
             metadata,
             previous: self.observations,
             previous_metadata: self.metadata,
+            previous_at: 0,
         }
     }
 
@@ -164,37 +173,39 @@ impl Samples {
 
     /// Reports one value of `metric` with the given labels.
     pub fn push(&mut self, metric: &str, labels: &[(&str, &str)], value: f64) {
-        if let Some(old) = self.previous.get_mut(self.observations.len()) {
-            if same_series(&old.labels, metric, labels) {
-                let reused = Observation {
-                    labels: std::mem::take(&mut old.labels),
-                    value,
-                    series: std::mem::take(&mut old.series),
-                };
-                self.observations.push(reused);
-                return;
-            }
+        if !self.reuse(|old| same_series(old, metric, labels), value) {
+            self.observations.push(Observation::new(
+                Labels::new(metric, labels.iter().copied()),
+                value,
+            ));
         }
-        self.observations.push(Observation::new(
-            Labels::new(metric, labels.iter().copied()),
-            value,
-        ));
     }
 
     /// Reports one value of a series whose labels are already built.
     pub fn push_labels(&mut self, labels: Labels, value: f64) {
-        if let Some(old) = self.previous.get_mut(self.observations.len()) {
-            if old.labels == labels {
-                let reused = Observation {
-                    labels: std::mem::take(&mut old.labels),
-                    value,
-                    series: std::mem::take(&mut old.series),
-                };
-                self.observations.push(reused);
-                return;
-            }
+        if !self.reuse(|old| *old == labels, value) {
+            self.observations.push(Observation::new(labels, value));
         }
-        self.observations.push(Observation::new(labels, value));
+    }
+
+    /// Pushes the earlier round's observation of the series `is_it`
+    /// recognises, found at or a little past where the earlier round
+    /// stood, with `value`; false if there is none.
+    fn reuse(&mut self, is_it: impl Fn(&Labels) -> bool, value: f64) -> bool {
+        let from = self.previous_at.min(self.previous.len());
+        let to = from.saturating_add(LOOK_AHEAD).min(self.previous.len());
+        let Some(i) = (from..to).find(|&i| is_it(&self.previous[i].labels)) else {
+            return false;
+        };
+        let old = &mut self.previous[i];
+        let reused = Observation {
+            labels: std::mem::take(&mut old.labels),
+            value,
+            series: std::mem::take(&mut old.series),
+        };
+        self.observations.push(reused);
+        self.previous_at = i + 1;
+        true
     }
 
     /// The value reported for a series, if any (for tests).
@@ -210,6 +221,9 @@ impl Samples {
 /// Whether `l` is exactly `Labels::new(metric, pairs)`, without building
 /// it: same size, same name, every non-empty pair in it, names distinct.
 fn same_series(l: &Labels, metric: &str, pairs: &[(&str, &str)]) -> bool {
+    if l.len() > pairs.len() + 1 || l.metric_name() != Some(metric) {
+        return false;
+    }
     let mut n = 0;
     for (i, (name, value)) in pairs.iter().enumerate() {
         if value.is_empty() {
@@ -223,7 +237,7 @@ fn same_series(l: &Labels, metric: &str, pairs: &[(&str, &str)]) -> bool {
             return false;
         }
     }
-    l.len() == n + 1 && l.metric_name() == Some(metric)
+    l.len() == n + 1
 }
 
 /// Why a sampler could not read what it needs.
@@ -387,6 +401,18 @@ mod tests {
         );
         assert_eq!(third.value_of("node_load1", &[]), Some(3.0));
         assert_eq!(third.metadata.len(), 1);
+        // Series after one that came or went keep their earlier labels.
+        let mut fourth = third.recycle();
+        round(&mut fourth, &["0", "1"], 4.0);
+        let mut fifth = fourth.recycle();
+        round(&mut fifth, &["0", "2", "1"], 5.0);
+        let shifted = fifth
+            .previous
+            .iter()
+            .filter(|o| o.labels.is_empty())
+            .count();
+        assert_eq!(shifted, 3, "cpu 0, cpu 1 and node_load1 reused");
+        assert_eq!(fifth.value_of("node_load1", &[]), Some(5.0));
     }
 
     #[test]
