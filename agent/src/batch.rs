@@ -266,7 +266,7 @@ impl Batcher {
                             .copied()
                             .find(|r| table.labels_of(*r).as_ref() == Some(&labels))
                     });
-                    let r = match known {
+                    match known {
                         Some(r) => r,
                         None => {
                             let def = table.define(labels);
@@ -275,8 +275,7 @@ impl Batcher {
                             definitions.push(def);
                             r
                         }
-                    };
-                    r
+                    }
                 }
             };
             o.series.set(self.id, r);
