@@ -654,6 +654,15 @@ impl Registry {
         let family = scratch.family.as_str();
         label_set_into(&line.tags, kind, &mut scratch.labels);
         let labels = &scratch.labels;
+        // A series that exists (the usual line): one lookup each.
+        if let Some(f) = self.families.get_mut(family) {
+            if f.kind == kind {
+                if let Some(value) = f.series.get_mut(labels) {
+                    apply_values(value, &line, kind, &mut self.set_members);
+                    return Ok(());
+                }
+            }
+        }
         self.claim(family, kind)?;
 
         let exists = self
@@ -693,34 +702,7 @@ impl Registry {
             // Cannot happen: the series was just found or inserted.
             return Err(DropReason::ParseError);
         };
-        // A sampled event stands for 1/rate events; histograms count whole
-        // observations, so at least one.
-        let times = (1.0 / line.rate).round().max(1.0) as u64;
-        for v in line.values {
-            match (&mut *value, v) {
-                (SeriesValue::Counter(c), Value::Number(x)) => *c += x / line.rate,
-                (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = x,
-                (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
-                (SeriesValue::Set(members), Value::Member(m)) => {
-                    // Past the budget the set stops growing until the round
-                    // ends, rather than memory.
-                    let room = self.set_members < SET_MEMBER_BUDGET;
-                    self.set_members += usize::from(room && members.insert(hash(m)));
-                }
-                (SeriesValue::Histogram(h), Value::Number(x)) => {
-                    let x = if kind == SeriesKind::Timer {
-                        x / 1000.0
-                    } else {
-                        x
-                    };
-                    h.observe_n(x, times);
-                }
-                // Cannot happen: parse_value only yields values of the
-                // line's type, and `claim` only lets a line into a family
-                // of its own kind.
-                _ => {}
-            }
-        }
+        apply_values(value, &line, kind, &mut self.set_members);
         Ok(())
     }
 
@@ -795,6 +777,44 @@ impl Registry {
             }
         }
         self.set_members = 0;
+    }
+}
+
+/// Applies a line's values to its series; `set_members` counts set
+/// members remembered this round, across all sets.
+fn apply_values(
+    value: &mut SeriesValue,
+    line: &Line<'_>,
+    kind: SeriesKind,
+    set_members: &mut usize,
+) {
+    // A sampled event stands for 1/rate events; histograms count whole
+    // observations, so at least one.
+    let times = (1.0 / line.rate).round().max(1.0) as u64;
+    for v in &line.values {
+        match (&mut *value, v) {
+            (SeriesValue::Counter(c), Value::Number(x)) => *c += x / line.rate,
+            (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = *x,
+            (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
+            (SeriesValue::Set(members), Value::Member(m)) => {
+                // Past the budget the set stops growing until the round
+                // ends, rather than memory.
+                let room = *set_members < SET_MEMBER_BUDGET;
+                *set_members += usize::from(room && members.insert(hash(m)));
+            }
+            (SeriesValue::Histogram(h), Value::Number(x)) => {
+                let x = if kind == SeriesKind::Timer {
+                    x / 1000.0
+                } else {
+                    *x
+                };
+                h.observe_n(x, times);
+            }
+            // Cannot happen: parse_value only yields values of the line's
+            // type, and `claim` only lets a line into a family of its own
+            // kind.
+            _ => {}
+        }
     }
 }
 
