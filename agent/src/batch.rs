@@ -12,23 +12,144 @@ use nines_shared::{
     UnixMillis,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Every series and family this stream has defined, by ref.
 #[derive(Default)]
 pub struct SeriesTable {
-    labels: Vec<Labels>,
     /// By the hash of the labels sent (with `instance` and `job`); the
-    /// labels themselves are in `labels`, not kept twice.
+    /// labels themselves are only in `encoded`, not kept twice. A round's
+    /// observations remember their refs (see [`crate::samplers::Samples`]),
+    /// so this is only searched for series they do not know.
     ids: HashMap<u64, Vec<SeriesRef>>,
     hasher: std::hash::RandomState,
-    /// By the labels a sampler reported, so a known series is found
-    /// without building its full label set again each round.
-    reported: HashMap<Labels, SeriesRef>,
     metadata: HashMap<String, MetricMetadata>,
+    /// Every definition in the wire format, back to back by ref: a spool
+    /// record copies them instead of encoding the labels again, and the
+    /// labels are read back from them in the rare cases that need them
+    /// (far smaller than the label sets themselves).
+    encoded: Vec<u8>,
+    /// Where each ref's definition starts in `encoded`.
+    offsets: Vec<usize>,
+    /// Each ref's family (an index into `families`), once it is known.
+    family: Vec<Option<u32>>,
+    /// Each family's metadata in the wire format, by index.
+    families: Vec<Vec<u8>>,
+    family_ids: HashMap<String, u32>,
+    compressor: Option<crate::encode::Compressor>,
+    raw: Vec<u8>,
 }
 
 impl SeriesTable {
+    /// Records a new definition; its ref is the next one.
+    fn define(&mut self, labels: Labels) -> SeriesDefinition {
+        let r = SeriesRef(self.offsets.len() as u32);
+        let def = SeriesDefinition { series: r, labels };
+        self.offsets.push(self.encoded.len());
+        crate::encode::put(&mut self.encoded, &def);
+        let family = def
+            .labels
+            .metric_name()
+            .and_then(|m| self.family_of(m))
+            .and_then(|m| self.family_ids.get(&m.name).copied());
+        self.family.push(family);
+        def
+    }
+
+    /// The labels of `r`, read back from its encoded definition.
+    fn labels_of(&self, r: SeriesRef) -> Option<Labels> {
+        let bytes = self.encoded_definition(r)?;
+        postcard::from_bytes::<SeriesDefinition>(bytes)
+            .ok()
+            .map(|d| d.labels)
+    }
+
+    /// Keeps a family's metadata, as the latest round declared it.
+    fn declare(&mut self, m: &MetricMetadata) {
+        let mut bytes = Vec::new();
+        crate::encode::put(&mut bytes, m);
+        match self.family_ids.get(&m.name) {
+            Some(&i) => self.families[i as usize] = bytes,
+            None => {
+                self.family_ids
+                    .insert(m.name.clone(), self.families.len() as u32);
+                self.families.push(bytes);
+                // A new family can be a closer match for series already
+                // defined (`x_total` itself rather than `x`): look again.
+                self.family.iter_mut().for_each(|f| *f = None);
+            }
+        }
+        self.metadata.insert(m.name.clone(), m.clone());
+    }
+
+    /// The definition of `r` in the wire format.
+    fn encoded_definition(&self, r: SeriesRef) -> Option<&[u8]> {
+        let i = r.0 as usize;
+        let start = *self.offsets.get(i)?;
+        let end = self
+            .offsets
+            .get(i + 1)
+            .copied()
+            .unwrap_or(self.encoded.len());
+        Some(&self.encoded[start..end])
+    }
+
+    /// The family index of `r`, looked up again while unknown (its family
+    /// may be declared after the series first appeared).
+    fn family_index(&mut self, r: SeriesRef) -> Option<u32> {
+        let i = r.0 as usize;
+        if let Some(f) = self.family.get(i).copied().flatten() {
+            return Some(f);
+        }
+        let labels = self.labels_of(r)?;
+        let f = self
+            .family_of(labels.metric_name()?)
+            .and_then(|m| self.family_ids.get(&m.name).copied())?;
+        self.family[i] = Some(f);
+        Some(f)
+    }
+
+    /// The spool record of `batch`: the wire encoding of
+    /// [`SeriesTable::with_all_definitions`], put together from the
+    /// definitions and metadata encoded when they were first seen.
+    pub fn spool_record(&mut self, batch: &Batch) -> Vec<u8> {
+        let mut used: Vec<SeriesRef> = batch
+            .groups
+            .iter()
+            .flat_map(|g| g.values.iter().map(|(r, _)| *r))
+            .filter(|r| (r.0 as usize) < self.offsets.len())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let mut body =
+            crate::encode::Body::start(std::mem::take(&mut self.raw), batch, batch.sent_at);
+        body.count(used.len());
+        let mut order = Vec::new();
+        let mut seen = vec![false; self.families.len()];
+        for &r in &used {
+            if let Some(bytes) = self.encoded_definition(r) {
+                body.encoded(bytes);
+            }
+            if let Some(f) = self.family_index(r) {
+                if !std::mem::replace(&mut seen[f as usize], true) {
+                    order.push(f);
+                }
+            }
+        }
+        body.count(order.len());
+        for f in order {
+            body.encoded(&self.families[f as usize]);
+        }
+        let raw = body.finish(&batch.groups);
+        let record = self
+            .compressor
+            .get_or_insert_with(crate::encode::Compressor::new)
+            .compress(&raw);
+        self.raw = raw;
+        record
+    }
+
     fn family_of(&self, metric: &str) -> Option<&MetricMetadata> {
         if let Some(m) = self.metadata.get(metric) {
             return Some(m);
@@ -52,10 +173,8 @@ impl SeriesTable {
         let definitions: Vec<SeriesDefinition> = used
             .iter()
             .filter_map(|r| {
-                self.labels.get(r.0 as usize).map(|l| SeriesDefinition {
-                    series: *r,
-                    labels: l.clone(),
-                })
+                self.labels_of(*r)
+                    .map(|labels| SeriesDefinition { series: *r, labels })
             })
             .collect();
         let mut families = HashSet::new();
@@ -75,6 +194,8 @@ impl SeriesTable {
 
 /// Builds batches for one stream.
 pub struct Batcher {
+    /// Tells this batcher's refs cached in observations from another's.
+    id: u32,
     stream: StreamId,
     next_seq: u64,
     instance: String,
@@ -85,7 +206,9 @@ pub struct Batcher {
 impl Batcher {
     /// A batcher for a new stream of `agent_id`, starting now.
     pub fn new(agent_id: &str, instance: &str, job: &str) -> Self {
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1);
         Batcher {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             stream: StreamId {
                 agent: agent_id.to_string(),
                 epoch: UnixMillis::now(),
@@ -117,15 +240,16 @@ impl Batcher {
         for m in &round.metadata {
             let changed = table.metadata.get(&m.name) != Some(m);
             if changed {
-                table.metadata.insert(m.name.clone(), m.clone());
+                table.declare(m);
                 metadata.push(m.clone());
             }
         }
         let mut values = Vec::with_capacity(round.observations.len());
-        let mut seen = HashSet::with_capacity(round.observations.len());
+        // By ref: whether this round has a value for it yet.
+        let mut seen = vec![false; table.offsets.len()];
         for o in &round.observations {
-            let r = match table.reported.get(&o.labels) {
-                Some(r) => *r,
+            let r = match o.series.get(self.id) {
+                Some(r) => r,
                 None => {
                     let mut labels = o.labels.clone();
                     if labels.get("instance").is_none() {
@@ -140,25 +264,28 @@ impl Batcher {
                     let known = table.ids.get(&hash).and_then(|refs| {
                         refs.iter()
                             .copied()
-                            .find(|r| table.labels.get(r.0 as usize) == Some(&labels))
+                            .find(|r| table.labels_of(*r).as_ref() == Some(&labels))
                     });
-                    let r = match known {
+                    match known {
                         Some(r) => r,
                         None => {
-                            let r = SeriesRef(table.labels.len() as u32);
-                            table.labels.push(labels.clone());
-                            table.ids.entry(hash).or_default().push(r);
-                            definitions.push(SeriesDefinition { series: r, labels });
+                            let def = table.define(labels);
+                            table.ids.entry(hash).or_default().push(def.series);
+                            let r = def.series;
+                            definitions.push(def);
                             r
                         }
-                    };
-                    table.reported.insert(o.labels.clone(), r);
-                    r
+                    }
                 }
             };
+            o.series.set(self.id, r);
             // A sampler reporting the same series twice in a round keeps
             // the first value: one value per series per timestamp.
-            if seen.insert(r) {
+            let i = r.0 as usize;
+            if i >= seen.len() {
+                seen.resize(i + 1, false);
+            }
+            if !std::mem::replace(&mut seen[i], true) {
                 values.push((r, o.value));
             }
         }
@@ -221,6 +348,34 @@ mod tests {
         let second = b.batch(&s, UnixMillis(2000));
         assert!(second.definitions.is_empty());
         assert_eq!(second.groups[0].values, vec![(SeriesRef(0), 1.0)]);
+    }
+
+    #[test]
+    fn a_spool_record_is_the_batch_with_all_definitions() {
+        use nines_shared::wire::{self, WireLimits};
+        let mut b = Batcher::new("agent-1", "host-a", "node");
+        b.batch(&round(1.0), UnixMillis(1000));
+        let mut s = round(2.0);
+        s.family("x", MetricKind::Counter, "X.", "");
+        s.push("x_total", &[], 1.0);
+        s.push("y", &[], 1.0);
+        let second = b.batch(&s, UnixMillis(2000));
+        let table = b.table();
+        let mut t = table.lock().unwrap();
+        let record = t.spool_record(&second);
+        let decoded = wire::decode(&record, &WireLimits::default()).unwrap();
+        let expected = t.with_all_definitions(&second);
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded.definitions.len(), 4);
+        assert_eq!(decoded.metadata.len(), 2);
+        // A family declared later is the closer match from then on.
+        drop(t);
+        s.family("x_total", MetricKind::Gauge, "X total.", "");
+        let third = b.batch(&s, UnixMillis(3000));
+        let mut t = table.lock().unwrap();
+        let decoded = wire::decode(&t.spool_record(&third), &WireLimits::default()).unwrap();
+        assert_eq!(decoded, t.with_all_definitions(&third));
+        assert!(decoded.metadata.iter().any(|m| m.name == "x_total"));
     }
 
     #[test]

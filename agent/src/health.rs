@@ -28,15 +28,9 @@ pub fn append_registry(registry: &Registry, out: &mut Samples) -> Result<(), Str
         let unit = unit_of(&m.name, m.kind);
         out.family(&m.name, m.kind, &m.help, unit);
     }
-    out.observations.extend(
-        parsed
-            .samples
-            .into_iter()
-            .map(|s| crate::samplers::Observation {
-                labels: s.labels,
-                value: s.value,
-            }),
-    );
+    for s in parsed.samples {
+        out.push_labels(s.labels, s.value);
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod config;
+mod encode;
 pub mod footprint;
 pub mod health;
 pub mod identity;

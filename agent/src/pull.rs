@@ -4,40 +4,67 @@
 //! agent instead of being pushed to. `instance` and `job` are left to the
 //! scraper, as exporters do. It never samples; it renders what it is given.
 
-use crate::samplers::Samples;
+use crate::samplers::{Observation, Samples};
 use nines_shared::exposition::{write_header, write_sample};
-use nines_shared::{METRIC_NAME_LABEL, MetricKind};
+use nines_shared::{METRIC_NAME_LABEL, MetricKind, MetricMetadata};
 use std::sync::{Arc, RwLock};
 
 /// The latest round, shared between the sampling loop and the page.
 #[derive(Clone, Default)]
-pub struct LatestRound(Arc<RwLock<Samples>>);
+pub struct LatestRound(Arc<RwLock<Shown>>);
+
+/// A round and how much of it the page serves: its first observations
+/// and families (what the samplers reported, without what was appended
+/// for batches only).
+#[derive(Default)]
+struct Shown {
+    round: Samples,
+    observations: usize,
+    families: usize,
+}
 
 impl LatestRound {
     /// Replaces the round.
     pub fn set(&self, round: Samples) {
-        if let Ok(mut g) = self.0.write() {
-            *g = round;
+        let (n, f) = (round.observations.len(), round.metadata.len());
+        self.replace(round, n, f);
+    }
+
+    /// Replaces the round, of which the page serves the first
+    /// `observations` and `families`; returns the round it replaced, whose
+    /// allocations the next round can reuse.
+    pub fn replace(&self, round: Samples, observations: usize, families: usize) -> Samples {
+        let shown = Shown {
+            round,
+            observations,
+            families,
+        };
+        match self.0.write() {
+            Ok(mut g) => std::mem::replace(&mut *g, shown).round,
+            Err(_) => Samples::default(),
         }
     }
 
     /// The round in the text format, each family once, in one group.
     pub fn render(&self) -> String {
-        let Ok(round) = self.0.read() else {
+        let Ok(shown) = self.0.read() else {
             return String::new();
         };
-        render(&round)
+        let r = &shown.round;
+        let observations = &r.observations[..shown.observations.min(r.observations.len())];
+        let metadata = &r.metadata[..shown.families.min(r.metadata.len())];
+        render(observations, metadata)
     }
 }
 
 /// Which family a series name belongs to, given the declared families.
-fn family_of<'a>(metric: &'a str, round: &'a Samples) -> &'a str {
-    if round.metadata.iter().any(|m| m.name == metric) {
+fn family_of<'a>(metric: &'a str, metadata: &'a [MetricMetadata]) -> &'a str {
+    if metadata.iter().any(|m| m.name == metric) {
         return metric;
     }
     for suffix in ["_bucket", "_sum", "_count"] {
         if let Some(base) = metric.strip_suffix(suffix) {
-            if round.metadata.iter().any(|m| {
+            if metadata.iter().any(|m| {
                 m.name == base && matches!(m.kind, MetricKind::Histogram | MetricKind::Summary)
             }) {
                 return base;
@@ -47,14 +74,14 @@ fn family_of<'a>(metric: &'a str, round: &'a Samples) -> &'a str {
     metric
 }
 
-fn render(round: &Samples) -> String {
-    let mut out = String::with_capacity(round.observations.len() * 64);
+fn render(observations: &[Observation], metadata: &[MetricMetadata]) -> String {
+    let mut out = String::with_capacity(observations.len() * 64);
     // Group observations by family, keeping the order families appeared.
     let mut order: Vec<&str> = Vec::new();
     let mut groups: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
-    for (i, o) in round.observations.iter().enumerate() {
+    for (i, o) in observations.iter().enumerate() {
         let metric = o.labels.metric_name().unwrap_or("");
-        let family = family_of(metric, round);
+        let family = family_of(metric, metadata);
         groups
             .entry(family)
             .or_insert_with(|| {
@@ -64,12 +91,12 @@ fn render(round: &Samples) -> String {
             .push(i);
     }
     for family in order {
-        match round.metadata.iter().find(|m| m.name == family) {
+        match metadata.iter().find(|m| m.name == family) {
             Some(m) => write_header(&mut out, family, m.kind, &m.help),
             None => write_header(&mut out, family, MetricKind::Unknown, ""),
         }
         for &i in &groups[family] {
-            let o = &round.observations[i];
+            let o = &observations[i];
             let pairs: Vec<(&str, &str)> = o
                 .labels
                 .iter()

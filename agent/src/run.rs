@@ -56,8 +56,9 @@ impl SamplingMetrics {
     }
 
     /// After every round (once its batch is handed on), the heap's free
-    /// pages go back to the kernel: what a round allocates is freed by
-    /// the next, so the agent's resident memory stays near what it holds.
+    /// pages go back to the kernel when many are free (see
+    /// [`crate::footprint::release_free_memory`]), so the agent's resident
+    /// memory stays near what it holds.
     pub fn with_memory_released_after_rounds(mut self) -> Self {
         self.release_memory = true;
         self
@@ -90,6 +91,8 @@ pub async fn sample_forever(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sampler = Some(samplers);
+    // The round before last, whose label sets the next round reuses.
+    let mut spare = Samples::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -103,10 +106,10 @@ pub async fn sample_forever(
         let at = UnixMillis::now();
         let started = Instant::now();
         let Some(mut s) = sampler.take() else { return };
+        let mut out = std::mem::take(&mut spare).recycle();
         // /proc reads and statvfs can block (a hung network mount): keep
         // them off the async workers.
         let joined = tokio::task::spawn_blocking(move || {
-            let mut out = Samples::default();
             let failed = s.sample(&mut out);
             (s, out, failed)
         })
@@ -125,7 +128,7 @@ pub async fn sample_forever(
         metrics.liveness.beat();
         metrics.series.set(out.observations.len() as f64);
         // The pull page serves the registry itself: it gets the samplers'
-        // series only, so the agent's own families are taken off again.
+        // series only, not the agent's own families appended here.
         let mut round = out;
         let (sampled, families) = (round.observations.len(), round.metadata.len());
         if let Some(r) = &metrics.health {
@@ -135,11 +138,10 @@ pub async fn sample_forever(
             }
         }
         let batch = (!round.observations.is_empty()).then(|| batcher.batch(&round, at));
-        if let Some(l) = &latest {
-            round.observations.truncate(sampled);
-            round.metadata.truncate(families);
-            l.set(round);
-        }
+        spare = match &latest {
+            Some(l) => l.replace(round, sampled, families),
+            None => round,
+        };
         let Some(batch) = batch else {
             continue;
         };

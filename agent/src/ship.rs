@@ -18,10 +18,11 @@
 //! It never samples and never decides what a batch contains.
 
 use crate::batch::SeriesTable;
+use crate::encode::Body;
 use crate::spool::{Cursor, RecordId, Spool};
 use nines_shared::telemetry::{CounterVec, GaugeVec, Histogram, LATENCY_BUCKETS, Registry};
 use nines_shared::wire::{self, WireLimits};
-use nines_shared::{Batch, SeriesRef, StreamId, UnixMillis};
+use nines_shared::{Batch, SeriesDefinition, SeriesRef, StreamId, UnixMillis};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -120,11 +121,15 @@ pub struct Destinations {
     pub primary_retry: Duration,
 }
 
+/// The batch last spooled by this process, kept so a lane that is caught
+/// up sends it without reading it back from disk.
+type Latest = Option<(RecordId, Arc<Batch>)>;
+
 /// Puts batches into the spool and wakes the lanes.
 pub struct Spooler {
     spool: Arc<Mutex<Spool>>,
     table: Arc<Mutex<SeriesTable>>,
-    appended: watch::Sender<u64>,
+    appended: watch::Sender<Latest>,
     metrics: ShipMetrics,
 }
 
@@ -132,12 +137,11 @@ impl Spooler {
     /// Spools a batch with every definition it uses, so any later agent
     /// process can deliver it.
     pub async fn append(&self, batch: Batch) {
-        let full = self
+        let record = self
             .table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .with_all_definitions(&batch);
-        let record = wire::encode(&full);
+            .spool_record(&batch);
         let spool = self.spool.clone();
         let res = tokio::task::spawn_blocking(move || {
             spool
@@ -147,8 +151,8 @@ impl Spooler {
         })
         .await;
         match res {
-            Ok(Ok(_)) => {
-                self.appended.send_modify(|n| *n += 1);
+            Ok(Ok(id)) => {
+                self.appended.send_replace(Some((id, Arc::new(batch))));
             }
             Ok(Err(e)) => {
                 self.metrics.dropped.with(&["spool_error"]).inc();
@@ -220,7 +224,7 @@ pub fn start(
         cursors.push((c, links));
     }
     let spool = Arc::new(Mutex::new(spool));
-    let (appended, appended_rx) = watch::channel(0u64);
+    let (appended, appended_rx) = watch::channel(None);
     let tasks = cursors
         .into_iter()
         .map(|(cursor, links)| {
@@ -238,6 +242,9 @@ pub fn start(
                 primary_tried: Instant::now(),
                 client: client.clone(),
                 token: dest.token.clone(),
+                table: table.clone(),
+                raw: Vec::new(),
+                compressor: crate::encode::Compressor::new(),
                 metrics: metrics.clone(),
                 drain_gap: Duration::from_secs(1) / dest.drain_rate.max(1),
                 primary_retry: dest.primary_retry,
@@ -325,22 +332,80 @@ struct Lane {
     primary_tried: Instant,
     client: reqwest::Client,
     token: String,
+    /// This process's series, for batches sent from memory.
+    table: Arc<Mutex<SeriesTable>>,
+    /// The last body before compression, for its allocation.
+    raw: Vec<u8>,
+    compressor: crate::encode::Compressor,
     metrics: ShipMetrics,
     drain_gap: Duration,
     primary_retry: Duration,
 }
 
+/// A batch a lane delivers.
+enum Item {
+    /// Read back from the spool: it carries every definition it uses.
+    Spooled(Batch),
+    /// Spooled by this process and sent from memory: it carries only the
+    /// definitions it introduced; the others are in the lane's table.
+    Live(Arc<Batch>),
+}
+
+impl Item {
+    fn batch(&self) -> &Batch {
+        match self {
+            Item::Spooled(b) => b,
+            Item::Live(b) => b,
+        }
+    }
+}
+
 impl Lane {
-    async fn run(mut self, mut appended: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut appended: watch::Receiver<Latest>, mut stop: watch::Receiver<bool>) {
         let limits = WireLimits::default();
+        // The id this lane's cursor reads next, once known.
+        let mut next: Option<u64> = None;
         loop {
             if *stop.borrow() {
                 return;
             }
-            let chunk = match self.read().await {
+            if let Some(n) = next {
+                let latest = appended.borrow_and_update().clone();
+                match latest {
+                    // Caught up: the newest record is the next one, and it
+                    // is in memory.
+                    Some((id, batch)) if id.0 == n => {
+                        if let Delivered::Stopped =
+                            self.deliver(&Item::Live(batch), &mut stop).await
+                        {
+                            return;
+                        }
+                        self.ack(Some(id)).await;
+                        next = Some(n + 1);
+                        continue;
+                    }
+                    // Nothing new since the last record this lane handled.
+                    Some((id, _)) if id.0 < n => {
+                        if wait_for_append(&mut appended, &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => {
+                        if wait_for_append(&mut appended, &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    // Behind: read the spool.
+                    Some(_) => {}
+                }
+            }
+            let (chunk, position) = match self.read().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(lane = %self.cursor.name(), error = %e, "cannot read the spool");
+                    next = None;
                     if sleep_or_stop(BACKOFF_MAX, &mut stop).await {
                         return;
                     }
@@ -348,9 +413,9 @@ impl Lane {
                 }
             };
             if chunk.is_empty() {
-                tokio::select! {
-                    r = appended.changed() => if r.is_err() { return },
-                    _ = stop.changed() => {}
+                next = Some(position.0);
+                if wait_for_append(&mut appended, &mut stop).await {
+                    return;
                 }
                 continue;
             }
@@ -367,7 +432,7 @@ impl Lane {
                     }
                 };
                 let started = Instant::now();
-                match self.deliver(&batch, &mut stop).await {
+                match self.deliver(&Item::Spooled(batch), &mut stop).await {
                     Delivered::Yes | Delivered::Rejected => done = Some(id),
                     Delivered::Stopped => {
                         self.ack(done).await;
@@ -387,15 +452,20 @@ impl Lane {
                 }
             }
             self.ack(done).await;
+            next = done.map(|d| d.0 + 1);
         }
     }
 
-    async fn read(&self) -> Result<Vec<(RecordId, Vec<u8>)>, String> {
+    /// Up to [`READ_CHUNK`] records from this lane's cursor, and the id the
+    /// cursor reads next.
+    async fn read(&self) -> Result<(Vec<(RecordId, Vec<u8>)>, RecordId), String> {
         let spool = self.spool.clone();
         let cursor = self.cursor.clone();
         tokio::task::spawn_blocking(move || {
             let s = spool.lock().unwrap_or_else(|p| p.into_inner());
-            s.read(&cursor, READ_CHUNK).map_err(|e| e.to_string())
+            let chunk = s.read(&cursor, READ_CHUNK).map_err(|e| e.to_string())?;
+            let position = s.next_unread(&cursor).map_err(|e| e.to_string())?;
+            Ok((chunk, position))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -422,7 +492,8 @@ impl Lane {
 
     /// Sends one batch until a collector takes it, refuses it as bad, or
     /// the agent stops.
-    async fn deliver(&mut self, batch: &Batch, stop: &mut watch::Receiver<bool>) -> Delivered {
+    async fn deliver(&mut self, item: &Item, stop: &mut watch::Receiver<bool>) -> Delivered {
+        let batch = item.batch();
         let mut backoff = BACKOFF_START;
         loop {
             // Failover: the preferred link first; the first link again once
@@ -438,7 +509,7 @@ impl Lane {
             let mut retry_after = None;
             for k in 0..n {
                 let i = (start + k) % n;
-                match self.send(i, batch).await {
+                match self.send(i, item).await {
                     Outcome::Acked => {
                         if i != self.preferred {
                             tracing::info!(collector = %self.links[i].base, "delivering to this collector now");
@@ -474,12 +545,21 @@ impl Lane {
     }
 
     /// One attempt at one link, re-sending definitions once if asked.
-    async fn send(&mut self, i: usize, batch: &Batch) -> Outcome {
-        let stripped = strip_known(batch, self.links[i].known.get(&batch.stream));
-        let mut outcome = self.post(i, &stripped).await;
+    async fn send(&mut self, i: usize, item: &Item) -> Outcome {
+        let batch = item.batch();
+        let known = self.links[i].known.get(&batch.stream);
+        let body = make_body(
+            &mut self.raw,
+            &mut self.compressor,
+            &self.table,
+            item,
+            known,
+        );
+        let mut outcome = self.post(i, body).await;
         if outcome == Outcome::ResendDefinitions {
             self.links[i].known.remove(&batch.stream);
-            outcome = match self.post(i, batch).await {
+            let body = make_body(&mut self.raw, &mut self.compressor, &self.table, item, None);
+            outcome = match self.post(i, body).await {
                 Outcome::ResendDefinitions => {
                     Outcome::Rejected("unknown refs after re-sending every definition".into())
                 }
@@ -493,10 +573,16 @@ impl Lane {
             .with(&[&link.base])
             .set(if up { 1.0 } else { 0.0 });
         if outcome == Outcome::Acked {
-            link.known
-                .entry(batch.stream.clone())
-                .or_default()
-                .extend(batch.definitions.iter().map(|d| d.series));
+            let known = link.known.entry(batch.stream.clone()).or_default();
+            match item {
+                Item::Spooled(b) => known.extend(b.definitions.iter().map(|d| d.series)),
+                // Every ref it uses was known or went with it.
+                Item::Live(b) => known.extend(
+                    b.groups
+                        .iter()
+                        .flat_map(|g| g.values.iter().map(|(r, _)| *r)),
+                ),
+            }
             self.metrics.acked.with(&[&link.base]).inc();
             self.metrics
                 .last_ack
@@ -506,13 +592,7 @@ impl Lane {
         outcome
     }
 
-    async fn post(&self, i: usize, batch: &Batch) -> Outcome {
-        // sent_at is the clock at this attempt, so the collector can tell
-        // the agent's clock offset even for a batch sent long after.
-        let body = wire::encode(&Batch {
-            sent_at: UnixMillis::now(),
-            ..batch.clone()
-        });
+    async fn post(&self, i: usize, body: Vec<u8>) -> Outcome {
         let started = Instant::now();
         let mut req = self
             .client
@@ -562,27 +642,93 @@ impl Lane {
     }
 }
 
-/// The batch without definitions (and metadata) the collector already has.
-fn strip_known(batch: &Batch, known: Option<&HashSet<SeriesRef>>) -> Batch {
-    let Some(known) = known else {
-        return batch.clone();
+/// The compressed body for `item`, leaving out the definitions (and
+/// then the metadata) in `known`. `sent_at` is the clock now, so the
+/// collector can tell the agent's clock offset even for a batch sent
+/// long after it was sampled.
+fn make_body(
+    buf: &mut Vec<u8>,
+    compressor: &mut crate::encode::Compressor,
+    table: &Mutex<SeriesTable>,
+    item: &Item,
+    known: Option<&HashSet<SeriesRef>>,
+) -> Vec<u8> {
+    let sent_at = UnixMillis::now();
+    let raw = std::mem::take(buf);
+    let raw = match item {
+        Item::Spooled(b) => stripped_body(raw, b, known, sent_at),
+        Item::Live(b) => {
+            let all_known = known.is_some_and(|k| {
+                b.groups
+                    .iter()
+                    .all(|g| g.values.iter().all(|(r, _)| k.contains(r)))
+            });
+            if all_known {
+                // The usual case: values only.
+                let mut body = Body::start(raw, b, sent_at);
+                body.count(0);
+                body.count(0);
+                body.finish(&b.groups)
+            } else {
+                let full = table
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .with_all_definitions(b);
+                stripped_body(raw, &full, known, sent_at)
+            }
+        }
     };
-    let definitions: Vec<_> = batch
+    let body = compressor.compress(&raw);
+    *buf = raw;
+    body
+}
+
+/// Waits until a batch is spooled or the agent stops; true if it stops
+/// (or the spooler is gone, which only happens when stopping).
+async fn wait_for_append(
+    appended: &mut watch::Receiver<Latest>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        r = appended.changed() => r.is_err(),
+        _ = stop.changed() => false,
+    }
+}
+
+/// The definitions of `batch` the collector does not have yet.
+fn unknown_definitions<'a>(
+    batch: &'a Batch,
+    known: Option<&'a HashSet<SeriesRef>>,
+) -> impl Iterator<Item = &'a SeriesDefinition> + 'a {
+    batch
         .definitions
         .iter()
-        .filter(|d| !known.contains(&d.series))
-        .cloned()
-        .collect();
-    let metadata = if definitions.is_empty() {
-        Vec::new()
-    } else {
-        batch.metadata.clone()
-    };
-    Batch {
-        definitions,
-        metadata,
-        ..batch.clone()
+        .filter(move |d| known.is_none_or(|k| !k.contains(&d.series)))
+}
+
+/// The uncompressed body of `batch` without the definitions in `known`,
+/// and without metadata when no definition is left.
+fn stripped_body(
+    raw: Vec<u8>,
+    batch: &Batch,
+    known: Option<&HashSet<SeriesRef>>,
+    sent_at: UnixMillis,
+) -> Vec<u8> {
+    let mut body = Body::start(raw, batch, sent_at);
+    let n = unknown_definitions(batch, known).count();
+    body.count(n);
+    for d in unknown_definitions(batch, known) {
+        body.item(d);
     }
+    if n == 0 {
+        body.count(0);
+    } else {
+        body.count(batch.metadata.len());
+        for m in &batch.metadata {
+            body.item(m);
+        }
+    }
+    body.finish(&batch.groups)
 }
 
 /// Sleeps `d`; true if the agent is stopping.
@@ -688,13 +834,28 @@ mod tests {
             seq: Seq(1),
             sent_at: UnixMillis(1),
             definitions: vec![def(0), def(1)],
-            metadata: vec![],
+            metadata: vec![nines_shared::MetricMetadata {
+                name: "m".into(),
+                kind: nines_shared::MetricKind::Gauge,
+                help: "M.".into(),
+                unit: String::new(),
+            }],
             groups: vec![],
         };
+        let decode = |raw: Vec<u8>| {
+            let body = crate::encode::Compressor::new().compress(&raw);
+            wire::decode(&body, &WireLimits::default()).unwrap()
+        };
         let known: HashSet<SeriesRef> = [SeriesRef(0)].into();
-        let s = strip_known(&b, Some(&known));
+        let s = decode(stripped_body(Vec::new(), &b, Some(&known), UnixMillis(5)));
         assert_eq!(s.definitions, vec![def(1)]);
-        assert_eq!(strip_known(&b, None).definitions.len(), 2);
+        assert_eq!(s.sent_at, UnixMillis(5));
+        let all: HashSet<SeriesRef> = [SeriesRef(0), SeriesRef(1)].into();
+        let s = decode(stripped_body(Vec::new(), &b, Some(&all), UnixMillis(5)));
+        assert!(s.definitions.is_empty() && s.metadata.is_empty());
+        let s = decode(stripped_body(Vec::new(), &b, None, UnixMillis(5)));
+        assert_eq!(s.definitions.len(), 2);
+        assert_eq!(s.metadata, b.metadata);
     }
 
     #[test]

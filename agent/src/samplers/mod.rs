@@ -9,7 +9,8 @@ pub mod host;
 pub mod statsd;
 pub mod system;
 
-use nines_shared::{Labels, MetricKind, MetricMetadata};
+use nines_shared::{Labels, METRIC_NAME_LABEL, MetricKind, MetricMetadata, SeriesRef};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A metric family with fixed metadata, declared once per round by the
 /// samplers that report it.
@@ -54,36 +55,157 @@ pub struct Observation {
     pub labels: Labels,
     /// The value.
     pub value: f64,
+    /// The series' ref in a batcher's stream, once that batcher has seen
+    /// these labels: kept with the labels when a later round reuses them.
+    pub(crate) series: SeriesCache,
+}
+
+impl Observation {
+    /// An observation of the series `labels`.
+    pub fn new(labels: Labels, value: f64) -> Self {
+        Observation {
+            labels,
+            value,
+            series: SeriesCache::default(),
+        }
+    }
+}
+
+/// Which ref a batcher gave a series: the batcher's id in the high 32
+/// bits, the ref in the low ones; 0 for none (batcher ids start at 1).
+/// Not part of an observation's identity: equal whatever it holds.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesCache(AtomicU64);
+
+impl SeriesCache {
+    pub(crate) fn get(&self, batcher: u32) -> Option<SeriesRef> {
+        let v = self.0.load(Ordering::Relaxed);
+        (v >> 32 == u64::from(batcher) && batcher != 0).then_some(SeriesRef(v as u32))
+    }
+
+    pub(crate) fn set(&self, batcher: u32, r: SeriesRef) {
+        self.0
+            .store(u64::from(batcher) << 32 | u64::from(r.0), Ordering::Relaxed);
+    }
+}
+
+impl Clone for SeriesCache {
+    fn clone(&self) -> Self {
+        SeriesCache(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for SeriesCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What a sampling round produced: values plus each family's metadata.
+///
+/// A round made with [`Samples::recycle`] takes over the label sets of an
+/// earlier one wherever the samplers report the same series at the same
+/// place (they report in a stable order), so a steady host costs no
+/// label allocations per round.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
     /// Values, in the order the samplers reported them.
     pub observations: Vec<Observation>,
     /// One entry per metric family reported.
     pub metadata: Vec<MetricMetadata>,
+    /// An earlier round's observations, by position; taken as reused.
+    previous: Vec<Observation>,
+    previous_metadata: Vec<MetricMetadata>,
+    /// Where in `previous` the next observation is looked for.
+    previous_at: usize,
 }
 
+/// How far past the expected place a reused series is looked for, so a
+/// sampler that reports a few series more or fewer than last time (a
+/// connection state that came or went) does not leave every later one
+/// without its earlier label set.
+const LOOK_AHEAD: usize = 32;
+
 impl Samples {
+    /// An empty round that reuses this one's label sets and families
+    /// where the samplers report them again in the same order.
+    pub fn recycle(mut self) -> Samples {
+        let mut observations = std::mem::take(&mut self.previous);
+        observations.clear();
+        let mut metadata = std::mem::take(&mut self.previous_metadata);
+        metadata.clear();
+        Samples {
+            observations,
+            metadata,
+            previous: self.observations,
+            previous_metadata: self.metadata,
+            previous_at: 0,
+        }
+    }
+
     /// Declares a metric family (type, help, unit) once per round.
     pub fn family(&mut self, name: &str, kind: MetricKind, help: &str, unit: &str) {
-        if !self.metadata.iter().any(|m| m.name == name) {
-            self.metadata.push(MetricMetadata {
-                name: name.to_string(),
-                kind,
-                help: help.to_string(),
-                unit: unit.to_string(),
-            });
+        if self.metadata.iter().any(|m| m.name == name) {
+            return;
         }
+        if let Some(old) = self.previous_metadata.get_mut(self.metadata.len()) {
+            if old.name == name && old.kind == kind && old.help == help && old.unit == unit {
+                let m = std::mem::replace(
+                    old,
+                    MetricMetadata {
+                        name: String::new(),
+                        kind,
+                        help: String::new(),
+                        unit: String::new(),
+                    },
+                );
+                self.metadata.push(m);
+                return;
+            }
+        }
+        self.metadata.push(MetricMetadata {
+            name: name.to_string(),
+            kind,
+            help: help.to_string(),
+            unit: unit.to_string(),
+        });
     }
 
     /// Reports one value of `metric` with the given labels.
     pub fn push(&mut self, metric: &str, labels: &[(&str, &str)], value: f64) {
-        self.observations.push(Observation {
-            labels: Labels::new(metric, labels.iter().copied()),
+        if !self.reuse(|old| same_series(old, metric, labels), value) {
+            self.observations.push(Observation::new(
+                Labels::new(metric, labels.iter().copied()),
+                value,
+            ));
+        }
+    }
+
+    /// Reports one value of a series whose labels are already built.
+    pub fn push_labels(&mut self, labels: Labels, value: f64) {
+        if !self.reuse(|old| *old == labels, value) {
+            self.observations.push(Observation::new(labels, value));
+        }
+    }
+
+    /// Pushes the earlier round's observation of the series `is_it`
+    /// recognises, found at or a little past where the earlier round
+    /// stood, with `value`; false if there is none.
+    fn reuse(&mut self, is_it: impl Fn(&Labels) -> bool, value: f64) -> bool {
+        let from = self.previous_at.min(self.previous.len());
+        let to = from.saturating_add(LOOK_AHEAD).min(self.previous.len());
+        let Some(i) = (from..to).find(|&i| is_it(&self.previous[i].labels)) else {
+            return false;
+        };
+        let old = &mut self.previous[i];
+        let reused = Observation {
+            labels: std::mem::take(&mut old.labels),
             value,
-        });
+            series: std::mem::take(&mut old.series),
+        };
+        self.observations.push(reused);
+        self.previous_at = i + 1;
+        true
     }
 
     /// The value reported for a series, if any (for tests).
@@ -94,6 +216,28 @@ impl Samples {
             .find(|o| o.labels == want)
             .map(|o| o.value)
     }
+}
+
+/// Whether `l` is exactly `Labels::new(metric, pairs)`, without building
+/// it: same size, same name, every non-empty pair in it, names distinct.
+fn same_series(l: &Labels, metric: &str, pairs: &[(&str, &str)]) -> bool {
+    if l.len() > pairs.len() + 1 || l.metric_name() != Some(metric) {
+        return false;
+    }
+    let mut n = 0;
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if value.is_empty() {
+            continue;
+        }
+        n += 1;
+        if *name == METRIC_NAME_LABEL
+            || l.get(name) != Some(*value)
+            || pairs[..i].iter().any(|(o, v)| o == name && !v.is_empty())
+        {
+            return false;
+        }
+    }
+    l.len() == n + 1
 }
 
 /// Why a sampler could not read what it needs.
@@ -209,5 +353,79 @@ impl SamplerSet {
             p.sample(out);
         }
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(out: &mut Samples, cpus: &[&str], v: f64) {
+        out.family(
+            "node_cpu_seconds_total",
+            MetricKind::Counter,
+            "CPU.",
+            "seconds",
+        );
+        for cpu in cpus {
+            out.push(
+                "node_cpu_seconds_total",
+                &[("mode", "idle"), ("cpu", cpu)],
+                v,
+            );
+        }
+        out.push("node_load1", &[("empty", "")], v);
+    }
+
+    #[test]
+    fn a_recycled_round_reuses_label_sets_and_reports_the_same() {
+        let mut first = Samples::default();
+        round(&mut first, &["0", "1"], 1.0);
+        let fresh = first.clone();
+        let mut second = first.recycle();
+        round(&mut second, &["0", "1"], 2.0);
+        assert_eq!(second.observations.len(), fresh.observations.len());
+        for (a, b) in second.observations.iter().zip(&fresh.observations) {
+            assert_eq!(a.labels, b.labels);
+            assert_eq!(a.value, 2.0);
+        }
+        assert_eq!(second.metadata, fresh.metadata);
+        // A series that appears in the middle shifts the rest: they are
+        // built again, and still right.
+        let mut third = second.recycle();
+        round(&mut third, &["0", "2", "1"], 3.0);
+        assert_eq!(third.observations.len(), 4);
+        assert_eq!(
+            third.value_of("node_cpu_seconds_total", &[("cpu", "2"), ("mode", "idle")]),
+            Some(3.0)
+        );
+        assert_eq!(third.value_of("node_load1", &[]), Some(3.0));
+        assert_eq!(third.metadata.len(), 1);
+        // Series after one that came or went keep their earlier labels.
+        let mut fourth = third.recycle();
+        round(&mut fourth, &["0", "1"], 4.0);
+        let mut fifth = fourth.recycle();
+        round(&mut fifth, &["0", "2", "1"], 5.0);
+        let shifted = fifth
+            .previous
+            .iter()
+            .filter(|o| o.labels.is_empty())
+            .count();
+        assert_eq!(shifted, 3, "cpu 0, cpu 1 and node_load1 reused");
+        assert_eq!(fifth.value_of("node_load1", &[]), Some(5.0));
+    }
+
+    #[test]
+    fn only_the_same_label_set_counts_as_the_same_series() {
+        let l = Labels::new("m", [("a", "1"), ("b", "2")]);
+        assert!(same_series(&l, "m", &[("b", "2"), ("a", "1")]));
+        assert!(same_series(&l, "m", &[("b", "2"), ("c", ""), ("a", "1")]));
+        assert!(!same_series(&l, "n", &[("a", "1"), ("b", "2")]));
+        assert!(!same_series(&l, "m", &[("a", "1"), ("b", "3")]));
+        assert!(!same_series(&l, "m", &[("a", "1")]));
+        assert!(!same_series(&l, "m", &[("a", "1"), ("a", "1")]));
+        assert!(!same_series(&l, "m", &[("a", "1"), ("b", "2"), ("c", "3")]));
+        let named = Labels::new("m", [("a", "1")]);
+        assert!(!same_series(&named, "m", &[("__name__", "m")]));
     }
 }

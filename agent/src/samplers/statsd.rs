@@ -383,8 +383,16 @@ fn parse_value(kind: StatsdType, v: &str) -> Result<Value<'_>, DropReason> {
 /// Makes `raw` a valid Prometheus metric or label name: every character
 /// outside `[a-zA-Z0-9_]` becomes `_` and a leading digit gets a `_`
 /// prefix. Empty in, empty out.
+#[cfg(test)]
 fn sanitize(raw: &str) -> String {
     let mut s = String::with_capacity(raw.len() + 1);
+    sanitize_into(raw, &mut s);
+    s
+}
+
+/// [`sanitize`] into `s` (cleared first), reusing its allocation.
+fn sanitize_into(raw: &str, s: &mut String) {
+    s.clear();
     if raw.starts_with(|c: char| c.is_ascii_digit()) {
         s.push('_');
     }
@@ -395,7 +403,6 @@ fn sanitize(raw: &str) -> String {
             '_'
         }
     }));
-    s
 }
 
 /// What an exposed family is, which decides its name, type and help.
@@ -421,18 +428,19 @@ impl SeriesKind {
         }
     }
 
-    /// The family name for a sanitized StatsD name. A suffix the name
-    /// already has is not added twice (`requests_total` stays as it is).
-    fn family_name(self, name: &str) -> String {
+    /// The family name for a sanitized StatsD name, into `family`
+    /// (cleared first). A suffix the name already has is not added twice
+    /// (`requests_total` stays as it is).
+    fn family_name_into(self, name: &str, family: &mut String) {
         let suffix = match self {
             SeriesKind::Counter => "_total",
             SeriesKind::Timer => "_seconds",
             _ => "",
         };
-        if name.ends_with(suffix) {
-            name.to_string()
-        } else {
-            format!("{name}{suffix}")
+        family.clear();
+        family.push_str(name);
+        if !name.ends_with(suffix) {
+            family.push_str(suffix);
         }
     }
 
@@ -542,6 +550,16 @@ struct Registry {
     packets: u64,
     lines: u64,
     dropped: [u64; DropReason::ALL.len()],
+    /// Buffers a line's names are built in, kept between lines so a line
+    /// for a series that exists allocates nothing for them.
+    scratch: Scratch,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    name: String,
+    family: String,
+    labels: LabelSet,
 }
 
 impl Registry {
@@ -562,6 +580,7 @@ impl Registry {
             packets: 0,
             lines: 0,
             dropped: [0; DropReason::ALL.len()],
+            scratch: Scratch::default(),
         }
     }
 
@@ -605,6 +624,13 @@ impl Registry {
     }
 
     fn apply_line(&mut self, line: &str) -> Result<(), DropReason> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let applied = self.apply_parsed(line, &mut scratch);
+        self.scratch = scratch;
+        applied
+    }
+
+    fn apply_parsed(&mut self, line: &str, scratch: &mut Scratch) -> Result<(), DropReason> {
         let line = parse_line(line)?;
         let too_long = |s: &str| s.len() > self.max_name_len;
         if too_long(line.name)
@@ -618,67 +644,65 @@ impl Registry {
         if line.tags.len() > self.max_tags {
             return Err(DropReason::TooManyTags);
         }
-        let name = sanitize(line.name);
-        if name.starts_with("__") {
+        sanitize_into(line.name, &mut scratch.name);
+        if scratch.name.starts_with("__") {
             // Reserved for Prometheus's own use.
             return Err(DropReason::ParseError);
         }
         let kind = SeriesKind::of(line.kind);
-        let family = kind.family_name(&name);
-        let labels = label_set(&line.tags, kind);
-        self.claim(&family, kind)?;
+        kind.family_name_into(&scratch.name, &mut scratch.family);
+        let family = scratch.family.as_str();
+        label_set_into(&line.tags, kind, &mut scratch.labels);
+        let labels = &scratch.labels;
+        // A series that exists (the usual line): one lookup each.
+        if let Some(f) = self.families.get_mut(family) {
+            if f.kind == kind {
+                if let Some(value) = f.series.get_mut(labels) {
+                    apply_values(value, &line, kind, &mut self.set_members);
+                    return Ok(());
+                }
+            }
+        }
+        self.claim(family, kind)?;
 
         let exists = self
             .families
-            .get(&family)
-            .is_some_and(|f| f.series.contains_key(&labels));
+            .get(family)
+            .is_some_and(|f| f.series.contains_key(labels));
         if !exists {
             if self.series + kind.cost() > self.max_series {
                 return Err(DropReason::TooManySeries);
             }
             self.series += kind.cost();
-            self.owners.extend(kind.sample_names(&family));
+            self.owners.extend(kind.sample_names(family));
+            self.families
+                .entry(family.to_string())
+                .or_insert_with(|| Family {
+                    kind,
+                    series: BTreeMap::new(),
+                })
+                .series
+                .insert(
+                    labels.clone(),
+                    match kind {
+                        SeriesKind::Counter => SeriesValue::Counter(0.0),
+                        SeriesKind::Gauge => SeriesValue::Gauge(0.0),
+                        SeriesKind::Set => SeriesValue::Set(HashSet::new()),
+                        SeriesKind::Timer | SeriesKind::Histogram => {
+                            SeriesValue::Histogram(Box::new(Histogram::latency()))
+                        }
+                    },
+                );
         }
-        let fam = self.families.entry(family).or_insert_with(|| Family {
-            kind,
-            series: BTreeMap::new(),
-        });
-        let value = fam.series.entry(labels).or_insert_with(|| match kind {
-            SeriesKind::Counter => SeriesValue::Counter(0.0),
-            SeriesKind::Gauge => SeriesValue::Gauge(0.0),
-            SeriesKind::Set => SeriesValue::Set(HashSet::new()),
-            SeriesKind::Timer | SeriesKind::Histogram => {
-                SeriesValue::Histogram(Box::new(Histogram::latency()))
-            }
-        });
-        // A sampled event stands for 1/rate events; histograms count whole
-        // observations, so at least one.
-        let times = (1.0 / line.rate).round().max(1.0) as u64;
-        for v in line.values {
-            match (&mut *value, v) {
-                (SeriesValue::Counter(c), Value::Number(x)) => *c += x / line.rate,
-                (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = x,
-                (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
-                (SeriesValue::Set(members), Value::Member(m)) => {
-                    // Past the budget the set stops growing until the round
-                    // ends, rather than memory.
-                    let room = self.set_members < SET_MEMBER_BUDGET;
-                    self.set_members += usize::from(room && members.insert(hash(m)));
-                }
-                (SeriesValue::Histogram(h), Value::Number(x)) => {
-                    let x = if kind == SeriesKind::Timer {
-                        x / 1000.0
-                    } else {
-                        x
-                    };
-                    h.observe_n(x, times);
-                }
-                // Cannot happen: parse_value only yields values of the
-                // line's type, and `claim` only lets a line into a family
-                // of its own kind.
-                _ => {}
-            }
-        }
+        let Some(value) = self
+            .families
+            .get_mut(family)
+            .and_then(|f| f.series.get_mut(labels))
+        else {
+            // Cannot happen: the series was just found or inserted.
+            return Err(DropReason::ParseError);
+        };
+        apply_values(value, &line, kind, &mut self.set_members);
         Ok(())
     }
 
@@ -756,29 +780,78 @@ impl Registry {
     }
 }
 
-/// Builds the label set of a line's tags: sanitized names, bare tags
+/// Applies a line's values to its series; `set_members` counts set
+/// members remembered this round, across all sets.
+fn apply_values(
+    value: &mut SeriesValue,
+    line: &Line<'_>,
+    kind: SeriesKind,
+    set_members: &mut usize,
+) {
+    // A sampled event stands for 1/rate events; histograms count whole
+    // observations, so at least one.
+    let times = (1.0 / line.rate).round().max(1.0) as u64;
+    for v in &line.values {
+        match (&mut *value, v) {
+            (SeriesValue::Counter(c), Value::Number(x)) => *c += x / line.rate,
+            (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = *x,
+            (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
+            (SeriesValue::Set(members), Value::Member(m)) => {
+                // Past the budget the set stops growing until the round
+                // ends, rather than memory.
+                let room = *set_members < SET_MEMBER_BUDGET;
+                *set_members += usize::from(room && members.insert(hash(m)));
+            }
+            (SeriesValue::Histogram(h), Value::Number(x)) => {
+                let x = if kind == SeriesKind::Timer {
+                    x / 1000.0
+                } else {
+                    *x
+                };
+                h.observe_n(x, times);
+            }
+            // Cannot happen: parse_value only yields values of the line's
+            // type, and `claim` only lets a line into a family of its own
+            // kind.
+            _ => {}
+        }
+    }
+}
+
+/// Builds the label set of a line's tags into `set` (reusing the strings
+/// it holds): sanitized names, bare tags
 /// valued `"true"`, reserved (`__`) and empty names or values left out,
 /// the first of repeated names kept. Names the agent sets itself
 /// (`instance`, `job`, and `le` on histograms) become `exported_<name>`,
 /// as Prometheus renames clashing target labels, so a sender cannot
 /// impersonate another host.
-fn label_set(tags: &[(&str, Option<&str>)], kind: SeriesKind) -> LabelSet {
-    let mut set: LabelSet = Vec::with_capacity(tags.len());
+fn label_set_into(tags: &[(&str, Option<&str>)], kind: SeriesKind, set: &mut LabelSet) {
+    let mut n = 0;
     for &(k, v) in tags {
-        let mut name = sanitize(k);
         let value = v.unwrap_or("true");
-        if name.is_empty() || name.starts_with("__") || value.is_empty() {
+        if value.is_empty() {
+            continue;
+        }
+        if set.len() == n {
+            set.push(Default::default());
+        }
+        let name = &mut set[n].0;
+        sanitize_into(k, name);
+        if name.is_empty() || name.starts_with("__") {
             continue;
         }
         if name == "instance" || name == "job" || (name == "le" && kind.is_histogram()) {
-            name = format!("exported_{name}");
+            name.insert_str(0, "exported_");
         }
-        if set.iter().all(|(n, _)| *n != name) {
-            set.push((name, value.to_string()));
+        if set[..n].iter().all(|(other, _)| *other != set[n].0) {
+            let val = &mut set[n].1;
+            val.clear();
+            val.push_str(value);
+            n += 1;
         }
     }
+    set.truncate(n);
     set.sort();
-    set
 }
 
 /// A set member's fingerprint. Collisions (2^-64 per pair) would only

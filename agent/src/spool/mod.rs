@@ -693,6 +693,12 @@ impl Spool {
         Ok(self.segments.iter().map(|s| s.records_from(pos)).sum())
     }
 
+    /// The id of the next record `read` would give this cursor (the next
+    /// id to be appended when it has read everything).
+    pub fn next_unread(&self, cursor: &Cursor) -> Result<RecordId, SpoolError> {
+        Ok(RecordId(self.effective(self.position(cursor)?)))
+    }
+
     /// Current sizes.
     pub fn stats(&self) -> SpoolStats {
         let oldest = self
