@@ -121,6 +121,9 @@ pub(crate) struct Reads {
 impl Reads {
     /// Whether every window of the query is made of whole buckets of `res`.
     fn aligned(&self, res: i64) -> bool {
+        if res <= 0 {
+            return false;
+        }
         let on = |x: i64| x.rem_euclid(res) == 0;
         on(self.first)
             && (self.first == self.last || on(self.step))
@@ -187,7 +190,12 @@ pub(crate) fn choose(
     policy: RollupUse,
     q: &dyn Querier,
 ) -> Option<BucketPlan> {
-    if !consumer.reads_buckets() {
+    // Bucket arithmetic rounds times outward: keep far from overflow
+    // (2^60 ms is some 36 million years).
+    let sane = [reads.first, reads.last, reads.offset, reads.width]
+        .iter()
+        .all(|x| x.unsigned_abs() < 1 << 60);
+    if !consumer.reads_buckets() || !sane {
         return None;
     }
     let exact = |res: i64| BucketPlan { res, exact: true };
@@ -789,6 +797,23 @@ mod tests {
             auto(Consumer::Range("irate"), reads(T, T, 0, 0, 5 * MINUTE)),
             None
         );
+    }
+
+    #[test]
+    fn extreme_times_read_raw_samples() {
+        let q = InMemoryQuerier::new(corpus(1)).raw_kept_from(T);
+        for t in [i64::MIN + 1, i64::MIN / 2, i64::MAX - 1] {
+            for expr in ["rate(c_total[5m])", "g", "g offset -1h", "timestamp(g)"] {
+                assert!(
+                    Engine::default().instant(&q, expr, t).is_ok(),
+                    "{expr} at {t}"
+                );
+            }
+        }
+        assert!(q.bucket_windows().is_empty());
+        let always = engine(RollupUse::Always(0), 5 * MINUTE);
+        assert!(always.instant(&q, "g", T).is_ok());
+        assert!(q.bucket_windows().is_empty());
     }
 
     #[test]
