@@ -19,8 +19,9 @@
 //!   over a few minutes reads raw samples, which are at hand anyway);
 //! - the store keeps rollups of `res` ([`Querier::rollup_resolutions`]:
 //!   buckets folded from raw samples on the fly cost more than the
-//!   samples; measured with 60 s data, 24 h at a 5 m step took about
-//!   three times as long) and keeps them over the whole selection.
+//!   samples: the query benchmark's 24 h cases at a 5 m step over 60 s
+//!   data took two to five times as long) and keeps them over the whole
+//!   selection.
 //!
 //! Reads past raw retention. When the selection reaches before the oldest
 //! raw sample kept ([`Querier::raw_retention_start`]) and the consumer can
