@@ -6,7 +6,8 @@
 //!
 //! Storage is read once per selector per query: the first evaluation of a
 //! selector loads every sample any step of the query can need, later steps
-//! slice that in memory. Constructs not implemented yet fail with
+//! slice that in memory; a selector `rollup_read::choose` picks loads
+//! rollup buckets instead, once likewise. Constructs not implemented yet fail with
 //! [`QueryError::Unsupported`] naming the construct; the evaluator must
 //! never return a silently wrong answer for them, and must never panic on
 //! any input.

@@ -24,6 +24,9 @@ pub(crate) struct InMemoryQuerier {
     bucket_windows: Mutex<Vec<(i64, i64, i64)>>,
     /// Raw samples before this are gone (rollups keep them).
     raw_from: Option<i64>,
+    /// Whether it claims to keep rollups (of every resolution the engine
+    /// knows), as storage does.
+    rollups: bool,
 }
 
 impl InMemoryQuerier {
@@ -35,7 +38,15 @@ impl InMemoryQuerier {
             windows: Mutex::new(Vec::new()),
             bucket_windows: Mutex::new(Vec::new()),
             raw_from: None,
+            rollups: false,
         }
+    }
+
+    /// The same store claiming to keep 1 m and 1 h rollups (still folded
+    /// from its samples), so the engine reads them where its rule says.
+    pub(crate) fn keeping_rollups(mut self) -> Self {
+        self.rollups = true;
+        self
     }
 
     /// The same store with its raw samples before `from` gone, as after
@@ -62,6 +73,7 @@ impl InMemoryQuerier {
             windows: Mutex::new(Vec::new()),
             bucket_windows: Mutex::new(Vec::new()),
             raw_from: None,
+            rollups: false,
         }
     }
 
@@ -155,5 +167,13 @@ impl Querier for InMemoryQuerier {
 
     fn raw_retention_start(&self) -> Option<i64> {
         self.raw_from
+    }
+
+    fn rollup_resolutions(&self) -> Vec<i64> {
+        if self.rollups {
+            super::RESOLUTIONS.to_vec()
+        } else {
+            Vec::new()
+        }
     }
 }

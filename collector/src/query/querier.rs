@@ -64,6 +64,14 @@ pub trait Querier: Send + Sync {
         Ok(buckets_of(self.select(matchers, from, to)?, res))
     }
 
+    /// The rollup resolutions (ms) the store keeps, so that
+    /// [`Querier::select_buckets`] answers from them. The default, none:
+    /// buckets folded from raw samples cost more than the samples, so the
+    /// engine then reads them only when forced to.
+    fn rollup_resolutions(&self) -> Vec<i64> {
+        Vec::new()
+    }
+
     /// The oldest timestamp (ms) raw samples are still kept from: a
     /// selection reaching before it reads rollups where the query allows
     /// (see `rollup_read`). `None` (the default): raw samples are kept
