@@ -635,6 +635,10 @@ impl Storage {
 }
 
 impl Querier for Storage {
+    fn rollup_resolutions(&self) -> Vec<i64> {
+        vec![rollup::RES_1M, rollup::RES_1H]
+    }
+
     fn raw_retention_start(&self) -> Option<i64> {
         let raw = self.inner.options.cutoffs(UnixMillis::now().0)[0];
         (raw != i64::MIN).then_some(raw)
