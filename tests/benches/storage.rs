@@ -579,7 +579,8 @@ fn ingest(prometheus: &Path) {
 /// The first `key=<seconds>` (or Go duration) on a log line containing
 /// `marker`, in seconds.
 fn logged_seconds(log: &str, marker: &str, key: &str) -> Option<f64> {
-    let line = log.lines().find(|l| l.contains(marker))?;
+    let line = strip_ansi(log.lines().find(|l| l.contains(marker))?);
+    let line = line.as_str();
     let at = line.find(&format!("{key}="))? + key.len() + 1;
     let v: String = line[at..]
         .chars()
@@ -608,6 +609,37 @@ fn logged_seconds(log: &str, marker: &str, key: &str) -> Option<f64> {
     }
 }
 
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `key=value` field of the first log line containing `marker`.
+fn logged_field(log: &str, marker: &str, key: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(marker))
+        .map(strip_ansi)
+        .and_then(|l| {
+            let v = l.split(&format!("{key}=")).nth(1)?;
+            v.split_whitespace().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
 /// Start-up after a crash with the ingest benchmark's data in the log:
 /// each server takes the remote_write stream, is killed (SIGKILL, so
 /// nothing is compacted or checkpointed on the way out), and is started
@@ -625,7 +657,8 @@ fn replay(prometheus: &Path) {
     run_ingest(&nines, &l.rw, Protocol::RemoteWrite);
     drop(nines);
     let db = ndir.join("nines.db");
-    let db_bytes = du(&ndir);
+    let db_bytes = std::fs::metadata(&db).map_or(0, |m| m.len());
+    let wal_bytes = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
 
     let started = Instant::now();
     let prom = Prometheus::start(
@@ -646,31 +679,19 @@ fn replay(prometheus: &Path) {
     let n_log = nines.stderr();
     drop(nines);
     let n_replay = logged_seconds(&n_log, "ingest log replayed", "seconds");
-    let log_rows = n_log
-        .lines()
-        .find(|l| l.contains("ingest log replayed"))
-        .and_then(|l| l.split("log_rows=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or("?")
-        .to_string();
-    let n_samples = n_log
-        .lines()
-        .find(|l| l.contains("ingest log replayed"))
-        .and_then(|l| l.split("samples=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or("?")
-        .to_string();
+    let log_rows = logged_field(&n_log, "ingest log replayed", "log_rows");
+    let n_samples = logged_field(&n_log, "ingest log replayed", "samples");
     let show = |s: Option<f64>| s.map_or("?".to_string(), |s| format!("{:.2} s", s));
     println!(
         "== replay: start after SIGKILL with {} samples of {} series written ({} hosts x {} requests)",
         l.samples, l.series, l.hosts, l.rounds
     );
     println!(
-        "  nines:      serving after {:.2} s; ingest log replayed in {} ({log_rows} rows, {n_samples} samples; data dir {:.1} MiB, {})",
+        "  nines:      serving after {:.2} s; ingest log replayed in {} ({log_rows} rows, {n_samples} samples; nines.db {:.1} MiB, WAL {:.1} MiB)",
         n_ready.as_secs_f64(),
         show(n_replay),
         db_bytes as f64 / 1048576.0,
-        db.display()
+        wal_bytes as f64 / 1048576.0,
     );
     println!(
         "  Prometheus: ready after {:.2} s (polled); WAL replayed in {}",

@@ -169,6 +169,7 @@ enum Work {
 pub(super) struct Handle {
     tx: mpsc::SyncSender<Msg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Drop for Handle {
@@ -176,6 +177,74 @@ impl Drop for Handle {
     /// of it writes to the file any more.
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.checkpointer.take();
+    }
+}
+
+/// How often the checkpointer copies committed WAL frames into the
+/// database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// A thread that checkpoints the WAL from its own connection (`PASSIVE`:
+/// it never waits for, nor blocks, the writer or readers), so the copying
+/// of pages into the database file happens beside the write rounds. The
+/// writer's own automatic checkpoint (every 1000 WAL pages) then finds
+/// almost every frame copied already: it only syncs the file, and the WAL
+/// starts over. A failure is logged once per episode; nothing depends on
+/// this thread for correctness.
+struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &str) -> Result<Checkpointer, String> {
+        let conn = Connection::open(path).map_err(|e| e.to_string())?;
+        // synchronous=FULL: the file is synced before the WAL may restart.
+        schema::configure(&conn).map_err(|e| e.to_string())?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let path = path.to_string();
+        let thread = std::thread::Builder::new()
+            .name("nines-sqlite-checkpoint".into())
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    match stopped.recv_timeout(CHECKPOINT_EVERY) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => break,
+                    }
+                    let res = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    });
+                    match res {
+                        Ok(_) => failing = false,
+                        Err(e) => {
+                            if !std::mem::replace(&mut failing, true) {
+                                tracing::warn!(%path, error = %e, "WAL checkpoint failed; the writer checkpoints instead");
+                            }
+                            // A full disk or a broken file: try again later.
+                            match stopped.recv_timeout(FAILURE_PAUSE) {
+                                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -257,8 +326,17 @@ pub(super) fn spawn(
     options: StorageOptions,
 ) -> Result<Handle, super::StorageError> {
     let (tx, rx) = mpsc::sync_channel::<Msg>(256);
+    let path = conn.path().unwrap_or_default().to_string();
     let mut w = Writer::new(conn, index, mem, metrics, options);
     w.replay()?;
+    // An in-memory or temporary database has no WAL to checkpoint.
+    let checkpointer = if path.is_empty() {
+        None
+    } else {
+        Checkpointer::start(&path)
+            .map_err(|e| tracing::warn!(%path, error = %e, "no background WAL checkpoints"))
+            .ok()
+    };
     let thread = std::thread::Builder::new()
         .name("nines-sqlite-writer".into())
         .spawn(move || w.run(rx))
@@ -269,6 +347,7 @@ pub(super) fn spawn(
     Ok(Handle {
         tx,
         thread: Some(thread),
+        checkpointer,
     })
 }
 
@@ -1726,6 +1805,77 @@ mod tests {
         );
         assert!(matches!(out[0], Ok(Applied::Stored { .. })));
         assert!(matches!(out[1], Ok(Applied::Duplicate)));
+    }
+
+    #[test]
+    fn a_full_disk_refuses_the_whole_round_and_writes_resume_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        assert!(round(&mut w, vec![batch(0, true, "m_before", 0)])[0].is_ok());
+        let (log_rows, series) = (count(&w, "ingest_log"), count(&w, "series"));
+        // No page may be added: SQLite answers SQLITE_FULL, as on ENOSPC.
+        let pages = query_i64(&w, "PRAGMA page_count");
+        w.conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let big: Vec<SeriesWrite> = (0..200)
+            .map(|i| {
+                series(
+                    &format!("m_full_{i}"),
+                    (0..50).map(|t| (t * 1000, t as f64)),
+                )
+            })
+            .collect();
+        let (reply, mut rx) = oneshot::channel();
+        let mut rxs = Vec::new();
+        let mut reqs = vec![Request {
+            work: Work::Series {
+                writes: big
+                    .into_iter()
+                    .map(|s| KeyedWrite {
+                        key: SeriesKey::Labels(s.labels),
+                        samples: s.samples,
+                    })
+                    .collect(),
+                metadata: vec![],
+                checked: true,
+            },
+            reply,
+        }];
+        for seq in 1..3 {
+            let (reply, rx) = oneshot::channel();
+            rxs.push(rx);
+            reqs.push(Request {
+                work: Work::Batch(batch(seq, false, "m_before", 0)),
+                reply,
+            });
+        }
+        w.commit_round(reqs);
+        let path = dir.path().join("w.db").display().to_string();
+        for r in std::iter::once(rx.try_recv()).chain(rxs.iter_mut().map(|r| r.try_recv())) {
+            match r {
+                Ok(Err(WriteError::DiskFull { path: p })) => assert_eq!(p, path),
+                other => panic!("expected a disk-full refusal, got {other:?}"),
+            }
+        }
+        assert!(w.disk_full_since.is_some());
+        assert!(w.conn.is_autocommit(), "no transaction left open");
+        assert_eq!(count(&w, "ingest_log"), log_rows);
+        assert_eq!(count(&w, "series"), series);
+        assert_eq!(w.index.read().unwrap().len(), 1);
+        assert_eq!(head_samples(&w), 1);
+        // Space again: the same batches are accepted, once.
+        w.conn
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        let out = round(
+            &mut w,
+            vec![
+                batch(1, false, "m_before", 0),
+                batch(2, false, "m_before", 0),
+            ],
+        );
+        assert!(out.iter().all(|r| matches!(r, Ok(Applied::Stored { .. }))));
+        assert!(w.disk_full_since.is_none());
+        assert_eq!(head_samples(&w), 3);
     }
 
     #[test]
