@@ -1812,7 +1812,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path());
         assert!(round(&mut w, vec![batch(0, true, "m_before", 0)])[0].is_ok());
-        let (log_rows, series) = (count(&w, "ingest_log"), count(&w, "series"));
+        let (log_rows, series_rows) = (count(&w, "ingest_log"), count(&w, "series"));
         // No page may be added: SQLite answers SQLITE_FULL, as on ENOSPC.
         let pages = query_i64(&w, "PRAGMA page_count");
         w.conn.pragma_update(None, "max_page_count", pages).unwrap();
@@ -1859,7 +1859,7 @@ mod tests {
         assert!(w.disk_full_since.is_some());
         assert!(w.conn.is_autocommit(), "no transaction left open");
         assert_eq!(count(&w, "ingest_log"), log_rows);
-        assert_eq!(count(&w, "series"), series);
+        assert_eq!(count(&w, "series"), series_rows);
         assert_eq!(w.index.read().unwrap().len(), 1);
         assert_eq!(head_samples(&w), 1);
         // Space again: the same batches are accepted, once.
