@@ -211,11 +211,8 @@ impl Checkpointer {
             .name("nines-sqlite-checkpoint".into())
             .spawn(move || {
                 let mut failing = false;
-                loop {
-                    match stopped.recv_timeout(CHECKPOINT_EVERY) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => break,
-                    }
+                let timeout = Err(mpsc::RecvTimeoutError::Timeout);
+                while stopped.recv_timeout(CHECKPOINT_EVERY) == timeout {
                     let res = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                         r.get::<_, i64>(0)
                     });
@@ -226,9 +223,8 @@ impl Checkpointer {
                                 tracing::warn!(%path, error = %e, "WAL checkpoint failed; the writer checkpoints instead");
                             }
                             // A full disk or a broken file: try again later.
-                            match stopped.recv_timeout(FAILURE_PAUSE) {
-                                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                                _ => break,
+                            if stopped.recv_timeout(FAILURE_PAUSE) != timeout {
+                                break;
                             }
                         }
                     }
