@@ -18,8 +18,9 @@ use std::time::Duration;
 /// was never set.
 pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 
-/// Compressed remote_write bodies up to this size are decoded on the
-/// async worker that read them; bigger ones on the blocking pool.
+/// Compressed bodies (native or remote_write) up to this size are decoded
+/// on the async worker that read them, sparing a thread hand-off; bigger
+/// ones on the blocking pool.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
 /// Ingest counters.
@@ -145,10 +146,16 @@ impl Ingest {
 
     /// Decodes a native push body and commits it.
     pub async fn push(&self, body: axum::body::Bytes) -> Result<Applied, IngestError> {
-        let limits = self.limits.clone();
-        let decoded = tokio::task::spawn_blocking(move || wire::decode(&body, &limits))
-            .await
-            .map_err(|_| IngestError::Write(WriteError::Closed))?;
+        // As for remote_write: a usual batch decodes on the worker, a big
+        // one on the blocking pool.
+        let decoded = if body.len() <= INLINE_DECODE_BYTES {
+            wire::decode(&body, &self.limits)
+        } else {
+            let limits = self.limits.clone();
+            tokio::task::spawn_blocking(move || wire::decode(&body, &limits))
+                .await
+                .map_err(|_| IngestError::Write(WriteError::Closed))?
+        };
         match decoded {
             Ok(batch) => self.apply(batch).await,
             Err(e) => {
