@@ -542,6 +542,52 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn known_series_resolve_from_the_wire_and_the_rest_decode_as_before() {
+        use crate::storage::SeriesId;
+        use crate::storage::index::label_pairs;
+        let s = vec![
+            series("up", vec![(1_700_000_000_000, 1.0)]),
+            series("x_total", vec![(1_700_000_000_000, 2.0)]),
+        ];
+        let known = s[0].labels.clone();
+        let hash = pairs_hash(label_pairs(&known));
+        let lookup = |h: u64, pairs: &[(&[u8], &[u8])]| {
+            let same = h == hash
+                && pairs.len() == known.len()
+                && label_pairs(&known).zip(pairs).all(|(a, b)| a == *b);
+            same.then_some(SeriesId(7))
+        };
+        let got = decode_keyed(&encode(&s), &limits(), &lookup).unwrap();
+        assert_eq!(got.series.len(), 2);
+        assert_eq!(got.series[0].key, SeriesKey::Known(SeriesId(7)));
+        assert_eq!(got.series[0].samples, s[0].samples);
+        assert_eq!(got.series[1].key, SeriesKey::Labels(s[1].labels.clone()));
+        assert_eq!(got.series[1].samples, s[1].samples);
+    }
+
+    proptest! {
+        #[test]
+        fn keyed_decoding_accepts_and_refuses_exactly_what_decoding_does(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let none = |_: u64, _: &[(&[u8], &[u8])]| None;
+            let body = snap::raw::Encoder::new().compress_vec(&bytes).unwrap();
+            for b in [&bytes, &body] {
+                match (decode(b, &limits()), decode_keyed(b, &limits(), &none)) {
+                    (Ok(a), Ok(k)) => {
+                        prop_assert_eq!(a.series.len(), k.series.len());
+                        for (a, k) in a.series.iter().zip(&k.series) {
+                            prop_assert_eq!(&k.key, &SeriesKey::Labels(a.labels.clone()));
+                        }
+                    }
+                    (Err(a), Err(k)) => prop_assert_eq!(a.to_string(), k.to_string()),
+                    (a, k) => prop_assert!(false, "decode {:?}, keyed {:?}", a.is_ok(), k.is_ok()),
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
