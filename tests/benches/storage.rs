@@ -20,15 +20,23 @@
 //!   the clock starts; the figure is samples acknowledged per second of
 //!   wall time, with the p50 and p99 request latency. Target: nines at
 //!   least 1.5 times Prometheus.
+//!   The whole comparison runs `NINES_BENCH_RUNS` times (default 5), the
+//!   contenders taking turns going first, each on a fresh server; every
+//!   run is printed with its ratios, then the medians and the spread.
 //! - memory: each server's RSS after its ingest run, less its RSS before
-//!   it, per active series. Target: nines no more than Prometheus.
+//!   it, per active series (median of the runs). Target: nines no more
+//!   than Prometheus.
+//! - replay: after the remote_write stream each server is killed (SIGKILL)
+//!   and started again on its data: nines replays its ingest log into the
+//!   head, Prometheus its WAL. Time until each serves, and the replay time
+//!   each logs.
 //!
 //! The 24-hour range query over 1,000 series at a 60 s step is timed by the
 //! query benchmark (`cargo bench -p nines-tests --bench query`).
 //!
 //! Run: `cargo build --release --bins -p nines-collector -p nines-agent`
 //! then `cargo bench -p nines-tests --bench storage` (same
-//! CARGO_TARGET_DIR). `NINES_BENCH=size` or `ingest` runs one part;
+//! CARGO_TARGET_DIR). `NINES_BENCH=size`, `ingest` or `replay` runs one part;
 //! `NINES_BENCH_MINUTES` shortens the hour of the size part;
 //! `NINES_BENCH_ROUNDS` (default 60) sets the requests per simulated host.
 
@@ -71,6 +79,23 @@ fn du(dir: &Path) -> u64 {
         total += if m.is_dir() { du(&e.path()) } else { m.len() };
     }
     total
+}
+
+/// CPU time (user + system) the process used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (in parentheses): utime and stime are the
+    // 12th and 13th, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.iter().sum::<f64>() / hz
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -326,11 +351,14 @@ struct IngestFigures {
     p99: Duration,
     rss_delta: u64,
     rss_after: u64,
+    /// Server CPU time per sample, in microseconds.
+    cpu_us_per_sample: f64,
 }
 
 /// Sends every request (each sender its own, in order) and measures.
 fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> IngestFigures {
     let rss_before = rss_bytes(server.pid);
+    let cpu_before = cpu_seconds(server.pid);
     let started = Instant::now();
     let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..SENDERS)
@@ -380,6 +408,7 @@ fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> Inge
             .collect()
     });
     let wall = started.elapsed();
+    let cpu = cpu_seconds(server.pid) - cpu_before;
     // Let a garbage collector or a compaction settle before reading RSS.
     std::thread::sleep(Duration::from_secs(2));
     let rss_after = rss_bytes(server.pid);
@@ -392,10 +421,21 @@ fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> Inge
         p99: pct(0.99),
         rss_delta: rss_after.saturating_sub(rss_before),
         rss_after,
+        cpu_us_per_sample: cpu * 1e6 / samples as f64,
     }
 }
 
-fn ingest(prometheus: &Path) {
+/// The same stream of requests for every server.
+struct Load {
+    hosts: usize,
+    rounds: usize,
+    series: usize,
+    samples: usize,
+    rw: Vec<Request>,
+    native: Vec<Request>,
+}
+
+fn load() -> Load {
     let hosts = env_usize("NINES_BENCH_HOSTS", 200);
     let rounds = env_usize("NINES_BENCH_ROUNDS", 60);
     // The stream ends a minute ago, so nothing is in the future.
@@ -403,58 +443,271 @@ fn ingest(prometheus: &Path) {
     let seed = 0x2545_f491_4f6c_dd1d;
     let rw = remote_write_requests(&mut Fleet::new(hosts, seed), t0, rounds);
     let native = native_requests(&mut Fleet::new(hosts, seed), t0, rounds);
-    let series = Fleet::new(hosts, seed).series();
-    let samples: usize = rw.iter().map(|r| r.samples).sum();
+    Load {
+        hosts,
+        rounds,
+        series: Fleet::new(hosts, seed).series(),
+        samples: rw.iter().map(|r| r.samples).sum(),
+        rw,
+        native,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The three contenders, in the order of [`IngestRun`]'s fields.
+const CONTENDERS: [&str; 3] = [
+    "Prometheus remote_write",
+    "nines remote_write     ",
+    "nines native push      ",
+];
+
+/// One round of the ingest benchmark: each contender on a fresh server.
+struct IngestRun {
+    figures: [IngestFigures; 3],
+}
+
+impl IngestRun {
+    fn ratios(&self) -> (f64, f64) {
+        let p = self.figures[0].samples_per_s;
+        (
+            self.figures[1].samples_per_s / p,
+            self.figures[2].samples_per_s / p,
+        )
+    }
+}
+
+fn ingest(prometheus: &Path) {
+    let runs = env_usize("NINES_BENCH_RUNS", 5).max(1);
+    let l = load();
     let dir = tempfile::tempdir().expect("tempdir");
-
-    let prom = start_prometheus(prometheus, &dir.path().join("prometheus"));
-    let p = run_ingest(&prom, &rw, Protocol::RemoteWrite);
-    drop(prom);
-    let nines = start_nines(&dir.path().join("nines-rw"));
-    let n = run_ingest(&nines, &rw, Protocol::RemoteWrite);
-    drop(nines);
-    let nines = start_nines(&dir.path().join("nines-native"));
-    let nn = run_ingest(&nines, &native, Protocol::Native);
-    drop(nines);
-
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "== ingest: {hosts} hosts x {rounds} requests of {SECONDS_PER_REQUEST} s x 100 series = {samples} samples, {SENDERS} senders"
+        "== ingest: {} hosts x {} requests of {SECONDS_PER_REQUEST} s x 100 series = {} samples, {SENDERS} senders, {runs} runs",
+        l.hosts, l.rounds, l.samples
     );
-    for (name, f) in [
-        ("Prometheus remote_write", &p),
-        ("nines remote_write     ", &n),
-        ("nines native push      ", &nn),
-    ] {
+    let mut all: Vec<IngestRun> = Vec::new();
+    for run in 0..runs {
+        // The contenders take turns going first, so a noisy neighbour or a
+        // warm page cache does not always favour the same one.
+        let mut figures: [Option<IngestFigures>; 3] = [None, None, None];
+        for k in 0..3 {
+            let which = (run + k) % 3;
+            let d = dir.path().join(format!("run{run}-{which}"));
+            figures[which] = Some(match which {
+                0 => run_ingest(
+                    &start_prometheus(prometheus, &d),
+                    &l.rw,
+                    Protocol::RemoteWrite,
+                ),
+                1 => run_ingest(&start_nines(&d), &l.rw, Protocol::RemoteWrite),
+                _ => run_ingest(&start_nines(&d), &l.native, Protocol::Native),
+            });
+            let _ = std::fs::remove_dir_all(&d);
+        }
+        let r = IngestRun {
+            figures: figures.map(|f| f.expect("every contender ran")),
+        };
+        let (rw, native) = r.ratios();
         println!(
-            "  {name}: {:>9.0} samples/s, p50 {:.2} ms, p99 {:.2} ms",
-            f.samples_per_s,
-            ms(f.p50),
-            ms(f.p99)
+            "  run {}: Prometheus {:>9.0}/s (p99 {:.1} ms), nines remote_write {:>9.0}/s (p99 {:.1} ms), native {:>9.0}/s (p99 {:.1} ms); ratio remote_write {rw:.2}, native {native:.2}",
+            run + 1,
+            r.figures[0].samples_per_s,
+            ms(r.figures[0].p99),
+            r.figures[1].samples_per_s,
+            ms(r.figures[1].p99),
+            r.figures[2].samples_per_s,
+            ms(r.figures[2].p99),
+        );
+        all.push(r);
+    }
+    println!("  median of {runs} runs:");
+    let med = |i: usize, f: &dyn Fn(&IngestFigures) -> f64| {
+        median(all.iter().map(|r| f(&r.figures[i])).collect())
+    };
+    for (i, name) in CONTENDERS.iter().enumerate() {
+        println!(
+            "  {name}: {:>9.0} samples/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.3} µs/sample",
+            med(i, &|f| f.samples_per_s),
+            med(i, &|f| ms(f.p50)),
+            med(i, &|f| ms(f.p99)),
+            med(i, &|f| f.cpu_us_per_sample),
         );
     }
+    let spread = |v: Vec<f64>| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(v), lo, hi)
+    };
+    let (rw, rw_lo, rw_hi) = spread(all.iter().map(|r| r.ratios().0).collect());
+    let (nat, nat_lo, nat_hi) = spread(all.iter().map(|r| r.ratios().1).collect());
     println!(
-        "  ratio nines/Prometheus: remote_write {:.2}, native {:.2} (target >= 1.5)",
-        n.samples_per_s / p.samples_per_s,
-        nn.samples_per_s / p.samples_per_s
+        "  ratio nines/Prometheus (median of per-run ratios, min-max): remote_write {rw:.2} ({rw_lo:.2}-{rw_hi:.2}), native {nat:.2} ({nat_lo:.2}-{nat_hi:.2}) (target >= 1.5)"
     );
-    println!("== memory: RSS after ingest, growth per active series ({series} series)");
-    for (name, f) in [
-        ("Prometheus             ", &p),
-        ("nines remote_write     ", &n),
-        ("nines native push      ", &nn),
-    ] {
+    let pc = med(0, &|f| f.cpu_us_per_sample);
+    println!(
+        "  server CPU per sample, Prometheus/nines: remote_write {:.2}, native {:.2} (how many times the CPU nines spends)",
+        pc / med(1, &|f| f.cpu_us_per_sample),
+        pc / med(2, &|f| f.cpu_us_per_sample)
+    );
+    println!(
+        "== memory: RSS after ingest, growth per active series ({} series), median of {runs} runs",
+        l.series
+    );
+    for (i, name) in CONTENDERS.iter().enumerate() {
         println!(
             "  {name}: RSS {:.1} MiB, +{:.1} MiB = {:.0} bytes/series",
-            f.rss_after as f64 / 1048576.0,
-            f.rss_delta as f64 / 1048576.0,
-            f.rss_delta as f64 / series as f64
+            med(i, &|f| f.rss_after as f64) / 1048576.0,
+            med(i, &|f| f.rss_delta as f64) / 1048576.0,
+            med(i, &|f| f.rss_delta as f64) / l.series as f64
         );
     }
+    let p = med(0, &|f| f.rss_delta as f64).max(1.0);
     println!(
         "  ratio nines/Prometheus: remote_write {:.2}, native {:.2} (target <= 1)",
-        n.rss_delta as f64 / p.rss_delta.max(1) as f64,
-        nn.rss_delta as f64 / p.rss_delta.max(1) as f64
+        med(1, &|f| f.rss_delta as f64) / p,
+        med(2, &|f| f.rss_delta as f64) / p
+    );
+}
+
+// -------------------------------------------------------------- replay
+
+/// The first `key=<seconds>` (or Go duration) on a log line containing
+/// `marker`, in seconds.
+fn logged_seconds(log: &str, marker: &str, key: &str) -> Option<f64> {
+    let line = strip_ansi(log.lines().find(|l| l.contains(marker))?);
+    let line = line.as_str();
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    let v: String = line[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let v = v.trim_matches('"');
+    if let Ok(s) = v.parse::<f64>() {
+        return Some(s);
+    }
+    // Go durations: 1.2s, 350ms, 80µs, 1m2.5s.
+    let (num, unit): (String, String) = (
+        v.chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect(),
+        v.chars()
+            .skip_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect(),
+    );
+    let n: f64 = num.parse().ok()?;
+    match unit.as_str() {
+        "s" => Some(n),
+        "ms" => Some(n / 1e3),
+        "µs" | "us" => Some(n / 1e6),
+        "ns" => Some(n / 1e9),
+        _ => None,
+    }
+}
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `key=value` field of the first log line containing `marker`.
+fn logged_field(log: &str, marker: &str, key: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(marker))
+        .map(strip_ansi)
+        .and_then(|l| {
+            let v = l.split(&format!("{key}=")).nth(1)?;
+            v.split_whitespace().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// Start-up after a crash with the ingest benchmark's data in the log:
+/// each server takes the remote_write stream, is killed (SIGKILL, so
+/// nothing is compacted or checkpointed on the way out), and is started
+/// again on the same directory. Time to serving, and the replay time each
+/// logs.
+fn replay(prometheus: &Path) {
+    let l = load();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pdir = dir.path().join("prometheus");
+    let ndir = dir.path().join("nines");
+    let prom = start_prometheus(prometheus, &pdir);
+    run_ingest(&prom, &l.rw, Protocol::RemoteWrite);
+    drop(prom);
+    let nines = start_nines(&ndir);
+    run_ingest(&nines, &l.rw, Protocol::RemoteWrite);
+    drop(nines);
+    let db = ndir.join("nines.db");
+    let db_bytes = std::fs::metadata(&db).map_or(0, |m| m.len());
+    let wal_bytes = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
+
+    let started = Instant::now();
+    let prom = Prometheus::start(
+        prometheus,
+        &pdir,
+        "scrape_interval: 1m",
+        None,
+        &["--web.enable-remote-write-receiver"],
+    );
+    let p_ready = started.elapsed();
+    drop(prom);
+    let p_log = std::fs::read_to_string(pdir.join("prometheus.log")).unwrap_or_default();
+    let p_replay = logged_seconds(&p_log, "WAL replay completed", "total_replay_duration");
+
+    let started = Instant::now();
+    let nines = Collector::start(&ndir, &["--no-local-agent"]);
+    let n_ready = started.elapsed();
+    let n_log = nines.stderr();
+    drop(nines);
+    let n_replay = logged_seconds(&n_log, "ingest log replayed", "seconds");
+    let log_rows = logged_field(&n_log, "ingest log replayed", "log_rows");
+    let n_samples = logged_field(&n_log, "ingest log replayed", "samples");
+    let show = |s: Option<f64>| s.map_or("?".to_string(), |s| format!("{:.2} s", s));
+    println!(
+        "== replay: start after SIGKILL with {} samples of {} series written ({} hosts x {} requests)",
+        l.samples, l.series, l.hosts, l.rounds
+    );
+    println!(
+        "  nines:      serving after {:.2} s; ingest log replayed in {} ({log_rows} rows, {n_samples} samples; nines.db {:.1} MiB, WAL {:.1} MiB)",
+        n_ready.as_secs_f64(),
+        show(n_replay),
+        db_bytes as f64 / 1048576.0,
+        wal_bytes as f64 / 1048576.0,
+    );
+    println!(
+        "  Prometheus: ready after {:.2} s (polled); WAL replayed in {}",
+        p_ready.as_secs_f64(),
+        show(p_replay)
+    );
+    println!(
+        "  ratio nines/Prometheus time to serve: {:.2}",
+        n_ready.as_secs_f64() / p_ready.as_secs_f64()
     );
 }
 
@@ -468,5 +721,8 @@ fn main() {
     }
     if which.is_empty() || which == "ingest" {
         ingest(&prometheus);
+    }
+    if which.is_empty() || which == "replay" {
+        replay(&prometheus);
     }
 }

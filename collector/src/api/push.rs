@@ -78,17 +78,31 @@ pub(super) async fn remote_write(
     }
 }
 
+/// 503 with the reason and when to try again. A full disk is logged by
+/// the storage writer once per episode, not here per push.
 fn unavailable(e: &IngestError) -> Response {
-    tracing::error!(error = %e, "write not committed");
+    let retry_after = match e {
+        IngestError::Write(WriteError::DiskFull { .. }) => DISK_FULL_RETRY_AFTER,
+        _ => {
+            tracing::error!(error = %e, "write not committed");
+            "1"
+        }
+    };
     let mut r = api_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         &e.to_string(),
     );
-    r.headers_mut()
-        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        "retry-after",
+        axum::http::HeaderValue::from_static(retry_after),
+    );
     r
 }
+
+/// Seconds a pusher is asked to wait when the disk is full: freeing space
+/// takes a person or a retention pass, not a moment.
+const DISK_FULL_RETRY_AFTER: &str = "10";
 
 /// Checks the token and the content headers, then reads the body within
 /// the size limit. A refused request's body is drained so the client reads
@@ -112,7 +126,7 @@ async fn checked_body(
         drain(body).await;
         Err(BodyError::TooLarge)
     } else {
-        read_body(body, limit).await
+        read_body(body, limit, declared.unwrap_or(0) as usize).await
     };
     match bytes {
         Ok(b) => Ok(b),
@@ -239,8 +253,10 @@ enum BodyError {
 /// Reads at most `limit` bytes. Over the limit, the rest is read and thrown
 /// away (bounded in bytes and time) so the client sees the 413 instead of a
 /// connection reset in the middle of its upload.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    let mut buf: Vec<u8> = Vec::new();
+async fn read_body(mut body: Body, limit: usize, declared: usize) -> Result<Bytes, BodyError> {
+    // Sized for the declared length (already checked against the limit),
+    // so a body arriving in many frames is copied once.
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.min(limit));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
         if let Ok(data) = frame.into_data() {

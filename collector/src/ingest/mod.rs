@@ -18,6 +18,11 @@ use std::time::Duration;
 /// was never set.
 pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 
+/// Compressed bodies (native or remote_write) up to this size are decoded
+/// on the async worker that read them, sparing a thread hand-off; bigger
+/// ones on the blocking pool.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
 /// Ingest counters.
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -94,6 +99,7 @@ impl IngestError {
             IngestError::Timestamp { what, .. } if what.starts_with("before") => "too_old",
             IngestError::Timestamp { .. } => "too_far_in_future",
             IngestError::Write(WriteError::UnknownRefs(_)) => "unknown_refs",
+            IngestError::Write(WriteError::DiskFull { .. }) => "disk_full",
             IngestError::Write(_) => "storage",
         }
     }
@@ -140,10 +146,16 @@ impl Ingest {
 
     /// Decodes a native push body and commits it.
     pub async fn push(&self, body: axum::body::Bytes) -> Result<Applied, IngestError> {
-        let limits = self.limits.clone();
-        let decoded = tokio::task::spawn_blocking(move || wire::decode(&body, &limits))
-            .await
-            .map_err(|_| IngestError::Write(WriteError::Closed))?;
+        // As for remote_write: a usual batch decodes on the worker, a big
+        // one on the blocking pool.
+        let decoded = if body.len() <= INLINE_DECODE_BYTES {
+            wire::decode(&body, &self.limits)
+        } else {
+            let limits = self.limits.clone();
+            tokio::task::spawn_blocking(move || wire::decode(&body, &limits))
+                .await
+                .map_err(|_| IngestError::Write(WriteError::Closed))?
+        };
         match decoded {
             Ok(batch) => self.apply(batch).await,
             Err(e) => {
@@ -184,6 +196,7 @@ impl Ingest {
     /// Decodes a remote_write body and commits it, with the same checks
     /// as a native push.
     pub async fn remote_write(&self, body: axum::body::Bytes) -> Result<Applied, IngestError> {
+        let body_len = body.len();
         let limits = RemoteWriteLimits {
             max_decompressed_bytes: self.limits.max_decompressed_bytes,
             max_samples: self.limits.max_samples,
@@ -191,15 +204,26 @@ impl Ingest {
             labels: self.limits.labels.clone(),
         };
         let res = async {
-            let req = tokio::task::spawn_blocking(move || remote_write::decode(&body, &limits))
-                .await
-                .map_err(|_| IngestError::Write(WriteError::Closed))??;
+            let storage = self.storage.clone();
+            let decode = move || {
+                storage.with_known_pairs(|known| remote_write::decode_keyed(&body, &limits, known))
+            };
+            // A usual request (a few hundred samples) decodes in well under
+            // a millisecond: on the worker, sparing a thread hand-off. A
+            // big one goes to the blocking pool.
+            let req = if body_len <= INLINE_DECODE_BYTES {
+                decode()?
+            } else {
+                tokio::task::spawn_blocking(decode)
+                    .await
+                    .map_err(|_| IngestError::Write(WriteError::Closed))??
+            };
             self.check_timestamps(
                 req.series
                     .iter()
                     .flat_map(|s| s.samples.iter().map(|(t, _)| *t)),
             )?;
-            Ok::<_, IngestError>(self.storage.write_series(req.series, req.metadata).await?)
+            Ok::<_, IngestError>(self.storage.write_keyed(req.series, req.metadata).await?)
         }
         .await;
         self.count(&res);

@@ -9,6 +9,8 @@
 //! MetricMetadata{type=1, metric_family_name=2, help=4, unit=5}.
 
 pub use crate::storage::SeriesWrite;
+use crate::storage::index::{PairsLookup, pairs_hash};
+use crate::storage::{KeyedWrite, SeriesKey};
 use nines_shared::{InvalidSeries, Label, LabelLimits, Labels, MetricKind, MetricMetadata};
 
 /// A decoded write request.
@@ -87,8 +89,53 @@ impl RemoteWriteError {
     }
 }
 
+/// A decoded write request whose series are named by key: series the
+/// storage index knows by their label pairs are resolved to their id
+/// without building labels; the rest carry their checked labels.
+#[derive(Debug, Default)]
+pub struct KeyedRequest {
+    /// Series with samples.
+    pub series: Vec<KeyedWrite>,
+    /// Family metadata, if the sender included it.
+    pub metadata: Vec<MetricMetadata>,
+}
+
 /// Decompresses and decodes a remote_write body.
 pub fn decode(body: &[u8], limits: &RemoteWriteLimits) -> Result<WriteRequest, RemoteWriteError> {
+    let raw = decompress(body, limits)?;
+    let (series, metadata) = decode_write_request(&raw, limits, |b| decode_series(b, limits))?;
+    Ok(WriteRequest { series, metadata })
+}
+
+/// Decompresses and decodes a remote_write body, resolving series `known`
+/// finds by their label pairs. Accepts and refuses exactly what [`decode`]
+/// does, with the same errors: a series is resolved only when its bytes
+/// are well-formed and its pairs equal a stored, checked label set;
+/// anything else is decoded and checked as [`decode`] does it.
+pub fn decode_keyed(
+    body: &[u8],
+    limits: &RemoteWriteLimits,
+    known: &PairsLookup<'_>,
+) -> Result<KeyedRequest, RemoteWriteError> {
+    let raw = decompress(body, limits)?;
+    let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+    let (series, metadata) = decode_write_request(&raw, limits, |b| {
+        if let Some((id, samples)) = known_series(b, known, &mut pairs) {
+            return Ok(KeyedWrite {
+                key: SeriesKey::Known(id),
+                samples,
+            });
+        }
+        let s = decode_series(b, limits)?;
+        Ok(KeyedWrite {
+            key: SeriesKey::Labels(s.labels),
+            samples: s.samples,
+        })
+    })?;
+    Ok(KeyedRequest { series, metadata })
+}
+
+fn decompress(body: &[u8], limits: &RemoteWriteLimits) -> Result<Vec<u8>, RemoteWriteError> {
     // The block states its decompressed length first: check it before
     // allocating anything.
     let size =
@@ -99,32 +146,86 @@ pub fn decode(body: &[u8], limits: &RemoteWriteLimits) -> Result<WriteRequest, R
             max: limits.max_decompressed_bytes,
         });
     }
-    let raw = snap::raw::Decoder::new()
+    snap::raw::Decoder::new()
         .decompress_vec(body)
-        .map_err(|e| RemoteWriteError::Snappy(e.to_string()))?;
-    decode_write_request(&raw, limits)
+        .map_err(|e| RemoteWriteError::Snappy(e.to_string()))
 }
 
-fn decode_write_request(
-    buf: &[u8],
+/// Samples held by a decoded series.
+trait HasSamples {
+    fn sample_count(&self) -> usize;
+}
+
+impl HasSamples for SeriesWrite {
+    fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+}
+
+impl HasSamples for KeyedWrite {
+    fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+}
+
+/// The series a well-formed `TimeSeries` names, when `known` finds its
+/// label pairs, with its samples; `None` for anything else (the caller
+/// then decodes it fully, errors included).
+fn known_series<'a>(
+    buf: &'a [u8],
+    known: &PairsLookup<'_>,
+    pairs: &mut Vec<(&'a [u8], &'a [u8])>,
+) -> Option<(crate::storage::SeriesId, Vec<(i64, f64)>)> {
+    pairs.clear();
+    let mut samples = Vec::new();
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.key().ok()? {
+        match (field, wire) {
+            (1, WIRE_LEN) => pairs.push(label_pair(r.bytes().ok()?)?),
+            (2, WIRE_LEN) => samples.push(decode_sample(r.bytes().ok()?).ok()?),
+            (4, WIRE_LEN) => return None,
+            _ => r.skip(wire).ok()?,
+        }
+    }
+    let id = known(pairs_hash(pairs.iter().copied()), pairs)?;
+    Some((id, samples))
+}
+
+/// A `Label`'s name and value bytes, unchecked.
+fn label_pair(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.key().ok()? {
+        match (field, wire) {
+            (1, WIRE_LEN) => name = r.bytes().ok()?,
+            (2, WIRE_LEN) => value = r.bytes().ok()?,
+            _ => r.skip(wire).ok()?,
+        }
+    }
+    Some((name, value))
+}
+
+fn decode_write_request<'b, S: HasSamples>(
+    buf: &'b [u8],
     limits: &RemoteWriteLimits,
-) -> Result<WriteRequest, RemoteWriteError> {
-    let mut req = WriteRequest::default();
+    mut one: impl FnMut(&'b [u8]) -> Result<S, RemoteWriteError>,
+) -> Result<(Vec<S>, Vec<MetricMetadata>), RemoteWriteError> {
+    let mut req = (Vec::new(), Vec::new());
     let mut samples = 0usize;
     let mut r = Reader::new(buf);
     while let Some((field, wire)) = r.key()? {
         match (field, wire) {
             (1, WIRE_LEN) => {
-                let s = decode_series(r.bytes()?, limits)?;
-                samples += s.samples.len();
+                let s = one(r.bytes()?)?;
+                samples += s.sample_count();
                 if samples > limits.max_samples {
                     return Err(RemoteWriteError::TooMany {
                         what: "samples",
                         max: limits.max_samples,
                     });
                 }
-                req.series.push(s);
-                if req.series.len() > limits.max_series {
+                req.0.push(s);
+                if req.0.len() > limits.max_series {
                     return Err(RemoteWriteError::TooMany {
                         what: "series",
                         max: limits.max_series,
@@ -133,7 +234,7 @@ fn decode_write_request(
             }
             (3, WIRE_LEN) => {
                 if let Some(m) = decode_metadata(r.bytes()?)? {
-                    req.metadata.push(m);
+                    req.1.push(m);
                 }
             }
             _ => r.skip(wire)?,
@@ -439,6 +540,52 @@ mod tests {
             decode(&garbage, &limits()),
             Err(RemoteWriteError::Protobuf(_))
         ));
+    }
+
+    #[test]
+    fn known_series_resolve_from_the_wire_and_the_rest_decode_as_before() {
+        use crate::storage::SeriesId;
+        use crate::storage::index::label_pairs;
+        let s = vec![
+            series("up", vec![(1_700_000_000_000, 1.0)]),
+            series("x_total", vec![(1_700_000_000_000, 2.0)]),
+        ];
+        let known = s[0].labels.clone();
+        let hash = pairs_hash(label_pairs(&known));
+        let lookup = |h: u64, pairs: &[(&[u8], &[u8])]| {
+            let same = h == hash
+                && pairs.len() == known.len()
+                && label_pairs(&known).zip(pairs).all(|(a, b)| a == *b);
+            same.then_some(SeriesId(7))
+        };
+        let got = decode_keyed(&encode(&s), &limits(), &lookup).unwrap();
+        assert_eq!(got.series.len(), 2);
+        assert_eq!(got.series[0].key, SeriesKey::Known(SeriesId(7)));
+        assert_eq!(got.series[0].samples, s[0].samples);
+        assert_eq!(got.series[1].key, SeriesKey::Labels(s[1].labels.clone()));
+        assert_eq!(got.series[1].samples, s[1].samples);
+    }
+
+    proptest! {
+        #[test]
+        fn keyed_decoding_accepts_and_refuses_exactly_what_decoding_does(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let none = |_: u64, _: &[(&[u8], &[u8])]| None;
+            let body = snap::raw::Encoder::new().compress_vec(&bytes).unwrap();
+            for b in [&bytes, &body] {
+                match (decode(b, &limits()), decode_keyed(b, &limits(), &none)) {
+                    (Ok(a), Ok(k)) => {
+                        prop_assert_eq!(a.series.len(), k.series.len());
+                        for (a, k) in a.series.iter().zip(&k.series) {
+                            prop_assert_eq!(&k.key, &SeriesKey::Labels(a.labels.clone()));
+                        }
+                    }
+                    (Err(a), Err(k)) => prop_assert_eq!(a.to_string(), k.to_string()),
+                    (a, k) => prop_assert!(false, "decode {:?}, keyed {:?}", a.is_ok(), k.is_ok()),
+                }
+            }
+        }
     }
 
     proptest! {

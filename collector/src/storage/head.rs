@@ -15,9 +15,8 @@
 //! lock; they never hold it across SQLite work.
 
 use super::chunk::ChunkEncoder;
-use super::index::SeriesId;
+use super::index::{SeriesId, SeriesMap};
 use super::read::Run;
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 /// One series' head.
@@ -116,7 +115,7 @@ impl SeriesHead {
 /// Every series' head, shared by the writer (changes) and readers (copies).
 #[derive(Default)]
 pub struct Head {
-    series: RwLock<HashMap<SeriesId, SeriesHead>>,
+    series: RwLock<SeriesMap<SeriesHead>>,
 }
 
 impl Head {
@@ -141,12 +140,12 @@ impl Head {
     }
 
     /// Read access.
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SeriesId, SeriesHead>> {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, SeriesMap<SeriesHead>> {
         self.series.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write access (the writer thread only, after a commit).
-    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SeriesId, SeriesHead>> {
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, SeriesMap<SeriesHead>> {
         self.series.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -2,6 +2,12 @@
 //! label set to its id, and postings (label name -> value -> series ids) so a
 //! selector finds its series without scanning all of them. Rebuilt from
 //! SQLite at start; only the writer thread adds to it, after a commit.
+//!
+//! It also remembers, for series that a remote_write request named and
+//! that were checked under this process's limits, the hash of their label
+//! pairs ([`pairs_hash`]), so a request naming a known series is resolved
+//! from the bytes on the wire without building its labels (the pairs are
+//! compared with the stored labels: a hash never decides alone).
 
 use nines_shared::Labels;
 use promql_parser::label::{Matcher, Matchers};
@@ -14,9 +20,88 @@ pub struct SeriesId(pub i64);
 /// Series labels and postings.
 #[derive(Default)]
 pub struct Index {
-    labels: HashMap<SeriesId, Labels>,
+    labels: SeriesMap<Labels>,
     ids: HashMap<Labels, SeriesId>,
     postings: HashMap<String, HashMap<String, Vec<SeriesId>>>,
+    /// [`pairs_hash`] of checked label sets -> their series.
+    by_pairs: HashMap<u64, SeriesId, BuildSeriesIdHasher>,
+}
+
+/// The hash of a label set given as (name, value) byte pairs in order:
+/// the same for a [`Labels`] and for the pairs of a remote_write series
+/// that names it.
+pub fn pairs_hash<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+    // FNV-1a over lengths and bytes (fast for short strings, stable), then
+    // a finalizer: FNV's low bits depend only on the inputs' low bits, and
+    // the map picks buckets by them.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in (b.len() as u32).to_le_bytes().iter().chain(b) {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (n, v) in pairs {
+        eat(n);
+        eat(v);
+    }
+    mix(h)
+}
+
+/// Spreads every bit of `h` over the whole word (murmur3's fmix64).
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// A map keyed by series id, hashed by one multiplication rather than
+/// SipHash: the writer looks series up several times per sample batch,
+/// and ids are not chosen by senders.
+pub type SeriesMap<V> = HashMap<SeriesId, V, BuildSeriesIdHasher>;
+
+/// Builds [`SeriesIdHasher`]s.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct BuildSeriesIdHasher;
+
+impl std::hash::BuildHasher for BuildSeriesIdHasher {
+    type Hasher = SeriesIdHasher;
+    fn build_hasher(&self) -> SeriesIdHasher {
+        SeriesIdHasher(0)
+    }
+}
+
+/// Hashes a series id (or any integer key) by mixing its bits.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct SeriesIdHasher(u64);
+
+impl std::hash::Hasher for SeriesIdHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.0 ^= v as u64;
+    }
+}
+
+/// Finds a remembered series by its label pairs and their hash.
+pub type PairsLookup<'a> = dyn Fn(u64, &[(&[u8], &[u8])]) -> Option<SeriesId> + 'a;
+
+/// The pairs of a label set, for [`pairs_hash`].
+pub fn label_pairs(labels: &Labels) -> impl Iterator<Item = (&[u8], &[u8])> {
+    labels
+        .iter()
+        .map(|l| (l.name.as_bytes(), l.value.as_bytes()))
 }
 
 impl Index {
@@ -33,6 +118,25 @@ impl Index {
     /// The id of a label set, if known.
     pub fn id_of(&self, labels: &Labels) -> Option<SeriesId> {
         self.ids.get(labels).copied()
+    }
+
+    /// The series whose labels are exactly `pairs` (names and values, in
+    /// order), if it was remembered with [`Index::remember`].
+    pub fn id_of_pairs(&self, hash: u64, pairs: &[(&[u8], &[u8])]) -> Option<SeriesId> {
+        let id = *self.by_pairs.get(&hash)?;
+        let labels = self.labels.get(&id)?;
+        let same = labels.len() == pairs.len()
+            && labels
+                .iter()
+                .zip(pairs)
+                .all(|(l, (n, v))| l.name.as_bytes() == *n && l.value.as_bytes() == *v);
+        same.then_some(id)
+    }
+
+    /// Remembers a series named by a checked label set, so
+    /// [`Index::id_of_pairs`] finds it.
+    pub fn remember(&mut self, hash: u64, id: SeriesId) {
+        self.by_pairs.insert(hash, id);
     }
 
     /// The labels of a series.

@@ -80,7 +80,7 @@ mod writer;
 
 pub use chunk::{ChunkEncoder, ChunkError, ChunkHeader};
 pub use index::SeriesId;
-pub use writer::{Applied, WriteError};
+pub use writer::{Applied, KeyedWrite, SeriesKey, WriteError};
 
 /// The chunk codec, for tools and benchmarks.
 pub mod codec {
@@ -424,6 +424,26 @@ impl Storage {
         metadata: Vec<MetricMetadata>,
     ) -> Result<Applied, WriteError> {
         self.inner.writer.write_series(series, metadata).await
+    }
+
+    /// Commits series named by key (remote_write: label sets checked under
+    /// this process's limits, or series resolved by
+    /// [`Storage::with_known_pairs`]); as [`Storage::write_series`]
+    /// otherwise. The checked label sets are remembered by their pairs.
+    pub async fn write_keyed(
+        &self,
+        writes: Vec<KeyedWrite>,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<Applied, WriteError> {
+        self.inner.writer.write_keyed(writes, metadata).await
+    }
+
+    /// Runs `f` with a lookup from label pairs on the wire (names and
+    /// values in order, and their [`index::pairs_hash`]) to a remembered
+    /// series, under one read lock of the index.
+    pub fn with_known_pairs<R>(&self, f: impl FnOnce(&index::PairsLookup<'_>) -> R) -> R {
+        let index = self.inner.index.read().unwrap_or_else(|p| p.into_inner());
+        f(&|hash, pairs| index.id_of_pairs(hash, pairs))
     }
 
     /// Number of series in the index.

@@ -31,7 +31,7 @@
 
 use super::compact;
 use super::head::{Head, SeriesHead};
-use super::index::{Index, SeriesId};
+use super::index::{self, Index, SeriesId, SeriesMap};
 use super::log;
 use super::read::{CorruptChunk, Run};
 use super::rollup;
@@ -98,6 +98,13 @@ pub enum WriteError {
     /// SQLite failed; the batch may be retried.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The file system holding the database is full: nothing of the round
+    /// was written; the batch may be retried once space is freed.
+    #[error("disk full: cannot write to {path}; writes resume once space is freed there")]
+    DiskFull {
+        /// The database file.
+        path: String,
+    },
     /// The writer has stopped.
     #[error("storage is shutting down")]
     Closed,
@@ -127,18 +134,43 @@ pub(super) enum Control {
     CompactAll,
 }
 
+/// Which series a write is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeriesKey {
+    /// A label set (valid, sorted): found or created.
+    Labels(Labels),
+    /// A series the index holds (committed).
+    Known(SeriesId),
+}
+
+/// Samples for one series, named by [`SeriesKey`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedWrite {
+    /// The series.
+    pub key: SeriesKey,
+    /// (timestamp ms, value) pairs, in any order.
+    pub samples: Vec<(i64, f64)>,
+}
+
 /// What a request asks to write.
 enum Work {
     /// A native batch: de-duplicated by (stream, seq), refs resolved.
     Batch(Batch),
-    /// Series from a source without streams (remote_write).
-    Series(Vec<SeriesWrite>, Vec<MetricMetadata>),
+    /// Series from a source without streams (remote_write, scrapes).
+    Series {
+        writes: Vec<KeyedWrite>,
+        metadata: Vec<MetricMetadata>,
+        /// The label sets were checked by remote_write decoding under this
+        /// process's limits: the index remembers them by their pairs.
+        checked: bool,
+    },
 }
 
 /// Sends batches to the writer thread.
 pub(super) struct Handle {
     tx: mpsc::SyncSender<Msg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Drop for Handle {
@@ -146,6 +178,70 @@ impl Drop for Handle {
     /// of it writes to the file any more.
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.checkpointer.take();
+    }
+}
+
+/// How often the checkpointer copies committed WAL frames into the
+/// database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// A thread that checkpoints the WAL from its own connection (`PASSIVE`:
+/// it never waits for, nor blocks, the writer or readers), so the copying
+/// of pages into the database file happens beside the write rounds. The
+/// writer's own automatic checkpoint (every 1000 WAL pages) then finds
+/// almost every frame copied already: it only syncs the file, and the WAL
+/// starts over. A failure is logged once per episode; nothing depends on
+/// this thread for correctness.
+struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &str) -> Result<Checkpointer, String> {
+        let conn = Connection::open(path).map_err(|e| e.to_string())?;
+        // synchronous=FULL: the file is synced before the WAL may restart.
+        schema::configure(&conn).map_err(|e| e.to_string())?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let path = path.to_string();
+        let thread = std::thread::Builder::new()
+            .name("nines-sqlite-checkpoint".into())
+            .spawn(move || {
+                let mut failing = false;
+                let timeout = Err(mpsc::RecvTimeoutError::Timeout);
+                while stopped.recv_timeout(CHECKPOINT_EVERY) == timeout {
+                    let res = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    });
+                    match res {
+                        Ok(_) => failing = false,
+                        Err(e) => {
+                            if !std::mem::replace(&mut failing, true) {
+                                tracing::warn!(%path, error = %e, "WAL checkpoint failed; the writer checkpoints instead");
+                            }
+                            // A full disk or a broken file: try again later.
+                            if stopped.recv_timeout(FAILURE_PAUSE) != timeout {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -162,7 +258,32 @@ impl Handle {
         series: Vec<SeriesWrite>,
         metadata: Vec<MetricMetadata>,
     ) -> Result<Applied, WriteError> {
-        self.send(Work::Series(series, metadata)).await
+        let writes = series
+            .into_iter()
+            .map(|s| KeyedWrite {
+                key: SeriesKey::Labels(s.labels),
+                samples: s.samples,
+            })
+            .collect();
+        self.send(Work::Series {
+            writes,
+            metadata,
+            checked: false,
+        })
+        .await
+    }
+
+    pub(super) async fn write_keyed(
+        &self,
+        writes: Vec<KeyedWrite>,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<Applied, WriteError> {
+        self.send(Work::Series {
+            writes,
+            metadata,
+            checked: true,
+        })
+        .await
     }
 
     pub(super) async fn control(&self, c: Control) -> Result<MaintenanceReport, WriteError> {
@@ -202,8 +323,17 @@ pub(super) fn spawn(
     options: StorageOptions,
 ) -> Result<Handle, super::StorageError> {
     let (tx, rx) = mpsc::sync_channel::<Msg>(256);
+    let path = conn.path().unwrap_or_default().to_string();
     let mut w = Writer::new(conn, index, mem, metrics, options);
     w.replay()?;
+    // An in-memory or temporary database has no WAL to checkpoint.
+    let checkpointer = if path.is_empty() {
+        None
+    } else {
+        Checkpointer::start(&path)
+            .map_err(|e| tracing::warn!(%path, error = %e, "no background WAL checkpoints"))
+            .ok()
+    };
     let thread = std::thread::Builder::new()
         .name("nines-sqlite-writer".into())
         .spawn(move || w.run(rx))
@@ -214,6 +344,7 @@ pub(super) fn spawn(
     Ok(Handle {
         tx,
         thread: Some(thread),
+        checkpointer,
     })
 }
 
@@ -232,7 +363,7 @@ struct Writer {
     last_prune: Instant,
     options: StorageOptions,
     /// Per series with head rows: about how many, their time span, when.
-    head: HashMap<SeriesId, HeadStat>,
+    head: SeriesMap<HeadStat>,
     /// An explicit compaction runs: every window is closed.
     forcing: bool,
     /// Series whose head is due for compaction, oldest first.
@@ -256,6 +387,12 @@ struct Writer {
     paused_until: Option<Instant>,
     /// Wall clock in Unix ms (retention's "now"; replaced in tests).
     clock: fn() -> i64,
+    /// The database file, named in errors.
+    path: String,
+    /// Since when writes fail for a full disk (logged once per episode).
+    disk_full_since: Option<Instant>,
+    /// Maintenance failed for a full disk (logged once per episode).
+    maintenance_disk_full: bool,
 }
 
 /// What the writer knows about one series' head.
@@ -313,9 +450,12 @@ struct Refresh {
 /// come back).
 #[derive(Default)]
 struct StreamRefs {
-    refs: HashMap<SeriesRef, SeriesId>,
+    refs: RefMap,
     last_seen: Option<Instant>,
 }
+
+/// A stream's refs to series ids.
+type RefMap = HashMap<SeriesRef, SeriesId, index::BuildSeriesIdHasher>;
 
 /// How long an idle stream's refs are kept in memory.
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -328,6 +468,8 @@ struct Effects {
     /// Samples written per series, in write order, and their log row.
     groups: Vec<log::Group>,
     log_id: i64,
+    /// Checked label sets to remember by their pairs' hash.
+    remember: Vec<(u64, SeriesId)>,
 }
 
 impl Writer {
@@ -344,7 +486,6 @@ impl Writer {
             i64::MIN
         });
         Writer {
-            conn,
             index,
             mem,
             trim_log: false,
@@ -353,7 +494,7 @@ impl Writer {
             metrics,
             last_prune: now,
             options,
-            head: HashMap::new(),
+            head: SeriesMap::default(),
             forcing: false,
             due: VecDeque::new(),
             retention_cursor: None,
@@ -366,6 +507,10 @@ impl Writer {
             last_scan: now,
             paused_until: None,
             clock: || UnixMillis::now().0,
+            path: conn.path().unwrap_or_default().to_string(),
+            disk_full_since: None,
+            maintenance_disk_full: false,
+            conn,
         }
     }
 
@@ -384,7 +529,7 @@ impl Writer {
             .prepare("SELECT id, data FROM ingest_log ORDER BY id")?;
         let mut rows = stmt.query([])?;
         let (mut replayed, mut log_rows) = (0usize, 0usize);
-        let mut stats: HashMap<SeriesId, (usize, i64, i64)> = HashMap::new();
+        let mut stats: SeriesMap<(usize, i64, i64)> = SeriesMap::default();
         while let Some(row) = rows.next()? {
             let row_id: i64 = row.get(0)?;
             log_rows += 1;
@@ -722,10 +867,15 @@ impl Writer {
         })();
         if let Err(e) = result {
             let _ = self.conn.execute_batch("ROLLBACK");
-            tracing::error!(error = %e, "storage maintenance step failed; pausing it");
+            if !is_disk_full(&e) {
+                tracing::error!(error = %e, "storage maintenance step failed; pausing it");
+            } else if !std::mem::replace(&mut self.maintenance_disk_full, true) {
+                tracing::warn!(path = %self.path, "disk full: storage maintenance rolled back; it retries every {FAILURE_PAUSE:?}");
+            }
             self.paused_until = Some(Instant::now() + FAILURE_PAUSE);
             return MaintenanceReport::default();
         }
+        self.maintenance_disk_full = false;
         // Committed: the head follows.
         let mem = self.mem.clone();
         let mut heads = mem.write();
@@ -898,19 +1048,18 @@ impl Writer {
         let mut outcomes: Vec<Result<(Applied, Effects), WriteError>> =
             Vec::with_capacity(round.len());
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            for r in round {
-                let _ = r.reply.send(Err(WriteError::Storage(e.to_string())));
-            }
+            let e = sql_error(&self.path, e);
+            self.refuse_round(round, e);
             return;
         }
         // Series and refs created earlier in this round, not yet in memory.
         let mut pending = Effects::default();
-        let mut pending_refs: HashMap<StreamId, HashMap<SeriesRef, SeriesId>> = HashMap::new();
+        let mut pending_refs: HashMap<StreamId, RefMap> = HashMap::new();
         let mut pending_keys: HashSet<(StreamId, u64)> = HashSet::new();
         for r in &round {
             let batch = match &r.work {
                 Work::Batch(b) => Some(b),
-                Work::Series(..) => None,
+                Work::Series { .. } => None,
             };
             let key = batch.map(|b| (b.stream.clone(), b.seq.0));
             if key.as_ref().is_some_and(|k| pending_keys.contains(k)) {
@@ -920,49 +1069,86 @@ impl Writer {
             let res = self
                 .conn
                 .execute_batch("SAVEPOINT batch")
-                .map_err(|e| WriteError::Storage(e.to_string()))
+                .map_err(|e| sql_error(&self.path, e))
                 .and_then(|_| match &r.work {
                     Work::Batch(b) => self.apply(b, &pending, pending_refs.get(&b.stream)),
-                    Work::Series(series, metadata) => self.apply_series(series, metadata, &pending),
+                    Work::Series {
+                        writes,
+                        metadata,
+                        checked,
+                    } => self.apply_series(writes, metadata, *checked, &pending),
                 });
             let res = match res {
                 Ok(ok) => self
                     .conn
                     .execute_batch("RELEASE batch")
                     .map(|_| ok)
-                    .map_err(|e| WriteError::Storage(e.to_string())),
-                Err(e) => {
-                    let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
-                    Err(e)
+                    .map_err(|e| sql_error(&self.path, e)),
+                Err(e @ WriteError::UnknownRefs(_)) => {
+                    // Refused for what it is: the round goes on without it.
+                    match self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch") {
+                        Ok(()) => Err(e),
+                        Err(e) => Err(sql_error(&self.path, e)),
+                    }
                 }
+                Err(e) => Err(e),
             };
-            if let Ok((Applied::Stored { .. }, eff)) = &res {
-                pending.new_series.extend(eff.new_series.iter().cloned());
-                if let (Some(key), Some(b)) = (key, batch) {
-                    pending_keys.insert(key);
-                    pending_refs
-                        .entry(b.stream.clone())
-                        .or_default()
-                        .extend(eff.refs.iter().copied());
+            match res {
+                // SQLite failed (a full disk, an I/O error): it may have
+                // rolled the transaction back already, so nothing after
+                // this point could be trusted to be in it. The whole round
+                // is refused and rolled back: every caller may retry.
+                Err(
+                    e @ (WriteError::Storage(_) | WriteError::DiskFull { .. } | WriteError::Closed),
+                ) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.refuse_round(round, e);
+                    return;
                 }
+                Ok((Applied::Stored { .. }, ref eff)) => {
+                    pending.new_series.extend(eff.new_series.iter().cloned());
+                    if let (Some(key), Some(b)) = (key, batch) {
+                        pending_keys.insert(key);
+                        pending_refs
+                            .entry(b.stream.clone())
+                            .or_default()
+                            .extend(eff.refs.iter().copied());
+                    }
+                }
+                _ => {}
             }
             outcomes.push(res);
         }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
-            tracing::error!(error = %e, "commit failed; batches refused for retry");
-            for r in round {
-                let _ = r.reply.send(Err(WriteError::Storage(e.to_string())));
-            }
+            let e = sql_error(&self.path, e);
+            self.refuse_round(round, e);
             return;
+        }
+        if let Some(since) = self.disk_full_since.take() {
+            tracing::info!(
+                path = %self.path,
+                refused_for_seconds = since.elapsed().as_secs_f64(),
+                "disk space available again: writes are accepted"
+            );
         }
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         // Durable now: make it visible, then answer.
-        if let Ok(mut index) = self.index.write() {
+        let remembered = outcomes
+            .iter()
+            .flatten()
+            .any(|(_, e)| !e.remember.is_empty());
+        if !pending.new_series.is_empty() || remembered {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             for (id, labels) in &pending.new_series {
                 index.insert(*id, labels.clone());
+            }
+            for (_, eff) in outcomes.iter().flatten() {
+                for &(hash, id) in &eff.remember {
+                    index.remember(hash, id);
+                }
             }
         }
         let mem = self.mem.clone();
@@ -1001,14 +1187,37 @@ impl Writer {
         }
     }
 
+    /// Answers every write of a round that was rolled back with `e`.
+    /// A full disk is logged once per episode (until a round commits);
+    /// other failures each time.
+    fn refuse_round(&mut self, round: Vec<Request>, e: WriteError) {
+        match &e {
+            WriteError::DiskFull { path } => {
+                if self.disk_full_since.is_none() {
+                    self.disk_full_since = Some(Instant::now());
+                    tracing::error!(
+                        %path,
+                        "disk full: writes are refused (503, nothing of them written) until space is freed"
+                    );
+                }
+            }
+            _ => {
+                tracing::error!(error = %e, "write round rolled back; its batches refused for retry")
+            }
+        }
+        for r in round {
+            let _ = r.reply.send(Err(e.clone()));
+        }
+    }
+
     /// Applies one batch inside the current savepoint.
     fn apply(
         &mut self,
         batch: &Batch,
         pending: &Effects,
-        pending_refs: Option<&HashMap<SeriesRef, SeriesId>>,
+        pending_refs: Option<&RefMap>,
     ) -> Result<(Applied, Effects), WriteError> {
-        let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
+        let sql = |e: rusqlite::Error| sql_error(&self.path, e);
         let stream_key = batch.stream.to_string();
         let seen: Option<i64> = self
             .conn
@@ -1047,8 +1256,8 @@ impl Writer {
         }
 
         let mut eff = Effects::default();
-        let mut refs: HashMap<SeriesRef, SeriesId> =
-            HashMap::with_capacity(batch.definitions.len());
+        let mut refs: RefMap =
+            RefMap::with_capacity_and_hasher(batch.definitions.len(), Default::default());
         for d in &batch.definitions {
             let id = self.series_id(&d.labels, pending, &mut eff)?;
             refs.insert(d.series, id);
@@ -1056,7 +1265,7 @@ impl Writer {
         }
 
         let mut samples = 0usize;
-        let mut at: HashMap<SeriesId, usize> = HashMap::new();
+        let mut at: SeriesMap<usize> = SeriesMap::default();
         for g in &batch.groups {
             for (r, v) in &g.values {
                 let id = refs
@@ -1096,16 +1305,29 @@ impl Writer {
     /// Applies remote_write series inside the current savepoint.
     fn apply_series(
         &mut self,
-        series: &[SeriesWrite],
+        series: &[KeyedWrite],
         metadata: &[MetricMetadata],
+        checked: bool,
         pending: &Effects,
     ) -> Result<(Applied, Effects), WriteError> {
-        let sql = |e: rusqlite::Error| WriteError::Storage(e.to_string());
+        let sql = |e: rusqlite::Error| sql_error(&self.path, e);
         let mut eff = Effects::default();
         let mut samples = 0usize;
-        let mut at: HashMap<SeriesId, usize> = HashMap::new();
+        let mut at: SeriesMap<usize> =
+            SeriesMap::with_capacity_and_hasher(series.len(), Default::default());
+        eff.groups.reserve(series.len());
         for s in series {
-            let id = self.series_id(&s.labels, pending, &mut eff)?;
+            let id = match &s.key {
+                SeriesKey::Known(id) => *id,
+                SeriesKey::Labels(labels) => {
+                    let id = self.series_id(labels, pending, &mut eff)?;
+                    if checked {
+                        eff.remember
+                            .push((index::pairs_hash(index::label_pairs(labels)), id));
+                    }
+                    id
+                }
+            };
             if s.samples.is_empty() {
                 continue;
             }
@@ -1160,7 +1382,7 @@ impl Writer {
             .and_then(|mut s| {
                 s.execute((labels.metric_name().unwrap_or(""), labels_to_json(labels)))
             })
-            .map_err(|e| WriteError::Storage(e.to_string()))?;
+            .map_err(|e| sql_error(&self.path, e))?;
         let id = SeriesId(self.conn.last_insert_rowid());
         eff.new_series.push((id, labels.clone()));
         Ok(id)
@@ -1174,7 +1396,7 @@ impl Writer {
                      ON CONFLICT(metric) DO UPDATE SET kind = ?2, help = ?3, unit = ?4",
                 )
                 .and_then(|mut s| s.execute((&m.name, m.kind.as_str(), &m.help, &m.unit)))
-                .map_err(|e| WriteError::Storage(e.to_string()))?;
+                .map_err(|e| sql_error(&self.path, e))?;
         }
         Ok(())
     }
@@ -1193,6 +1415,24 @@ impl Writer {
             Err(e) => tracing::warn!(error = %e, "pruning de-duplication records failed"),
         }
     }
+}
+
+/// A SQLite failure as a write error. A full file system is told apart
+/// (and names the file), so pushers wait for space rather than for a fix.
+fn sql_error(path: &str, e: rusqlite::Error) -> WriteError {
+    if is_disk_full(&e) {
+        WriteError::DiskFull {
+            path: path.to_string(),
+        }
+    } else {
+        WriteError::Storage(e.to_string())
+    }
+}
+
+/// True when SQLite failed because the file system is full (ENOSPC on a
+/// write: `SQLITE_FULL`).
+pub(super) fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// Logs and counts a chunk that does not decode.
@@ -1315,7 +1555,17 @@ mod tests {
     fn series_round(w: &mut Writer, writes: Vec<SeriesWrite>) {
         let (reply, mut rx) = oneshot::channel();
         w.commit_round(vec![Request {
-            work: Work::Series(writes, vec![]),
+            work: Work::Series {
+                writes: writes
+                    .into_iter()
+                    .map(|s| KeyedWrite {
+                        key: SeriesKey::Labels(s.labels),
+                        samples: s.samples,
+                    })
+                    .collect(),
+                metadata: vec![],
+                checked: false,
+            },
             reply,
         }]);
         assert!(matches!(rx.try_recv(), Ok(Ok(Applied::Stored { .. }))));
@@ -1643,6 +1893,77 @@ mod tests {
         );
         assert!(matches!(out[0], Ok(Applied::Stored { .. })));
         assert!(matches!(out[1], Ok(Applied::Duplicate)));
+    }
+
+    #[test]
+    fn a_full_disk_refuses_the_whole_round_and_writes_resume_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        assert!(round(&mut w, vec![batch(0, true, "m_before", 0)])[0].is_ok());
+        let (log_rows, series_rows) = (count(&w, "ingest_log"), count(&w, "series"));
+        // No page may be added: SQLite answers SQLITE_FULL, as on ENOSPC.
+        let pages = query_i64(&w, "PRAGMA page_count");
+        w.conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let big: Vec<SeriesWrite> = (0..200)
+            .map(|i| {
+                series(
+                    &format!("m_full_{i}"),
+                    (0..50).map(|t| (t * 1000, t as f64)),
+                )
+            })
+            .collect();
+        let (reply, mut rx) = oneshot::channel();
+        let mut rxs = Vec::new();
+        let mut reqs = vec![Request {
+            work: Work::Series {
+                writes: big
+                    .into_iter()
+                    .map(|s| KeyedWrite {
+                        key: SeriesKey::Labels(s.labels),
+                        samples: s.samples,
+                    })
+                    .collect(),
+                metadata: vec![],
+                checked: true,
+            },
+            reply,
+        }];
+        for seq in 1..3 {
+            let (reply, rx) = oneshot::channel();
+            rxs.push(rx);
+            reqs.push(Request {
+                work: Work::Batch(batch(seq, false, "m_before", 0)),
+                reply,
+            });
+        }
+        w.commit_round(reqs);
+        let path = dir.path().join("w.db").display().to_string();
+        for r in std::iter::once(rx.try_recv()).chain(rxs.iter_mut().map(|r| r.try_recv())) {
+            match r {
+                Ok(Err(WriteError::DiskFull { path: p })) => assert_eq!(p, path),
+                other => panic!("expected a disk-full refusal, got {other:?}"),
+            }
+        }
+        assert!(w.disk_full_since.is_some());
+        assert!(w.conn.is_autocommit(), "no transaction left open");
+        assert_eq!(count(&w, "ingest_log"), log_rows);
+        assert_eq!(count(&w, "series"), series_rows);
+        assert_eq!(w.index.read().unwrap().len(), 1);
+        assert_eq!(head_samples(&w), 1);
+        // Space again: the same batches are accepted, once.
+        w.conn
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        let out = round(
+            &mut w,
+            vec![
+                batch(1, false, "m_before", 0),
+                batch(2, false, "m_before", 0),
+            ],
+        );
+        assert!(out.iter().all(|r| matches!(r, Ok(Applied::Stored { .. }))));
+        assert!(w.disk_full_since.is_none());
+        assert_eq!(head_samples(&w), 3);
     }
 
     #[test]
