@@ -41,6 +41,25 @@ use nines_shared::checksum::crc32;
 /// Format version written in the first byte.
 pub const VERSION: u8 = 1;
 
+/// The body of a blob laid out as `version byte, body, CRC-32 (LE) of both`
+/// (ingest log and rollup rows), once its length, checksum and version are
+/// checked: everything before the checksum, the version byte first.
+pub(crate) fn versioned_body(data: &[u8], version: u8) -> Result<&[u8], ChunkError> {
+    if data.len() < 5 {
+        return Err(ChunkError::Truncated);
+    }
+    let (body, tail) = data.split_at(data.len() - 4);
+    if nines_shared::checksum::crc32(body)
+        != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]])
+    {
+        return Err(ChunkError::Checksum);
+    }
+    if body[0] != version {
+        return Err(ChunkError::Version(body[0]));
+    }
+    Ok(body)
+}
+
 /// Why samples could not be encoded or a blob could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {

@@ -24,7 +24,7 @@
 //! for anything else; it never panics and never allocates more than the
 //! input can describe.
 
-use super::chunk::{ChunkError, get_uvarint, put_uvarint, unzigzag, zigzag};
+use super::chunk::{ChunkError, get_uvarint, put_uvarint, unzigzag, versioned_body, zigzag};
 use super::index::SeriesId;
 use nines_shared::checksum::crc32;
 
@@ -63,16 +63,7 @@ pub fn encode(groups: &[Group]) -> Vec<u8> {
 
 /// Decodes a row written by [`encode`].
 pub fn decode(data: &[u8]) -> Result<Vec<Group>, ChunkError> {
-    if data.len() < 5 {
-        return Err(ChunkError::Truncated);
-    }
-    let (body, tail) = data.split_at(data.len() - 4);
-    if crc32(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
-        return Err(ChunkError::Checksum);
-    }
-    if body[0] != VERSION {
-        return Err(ChunkError::Version(body[0]));
-    }
+    let body = versioned_body(data, VERSION)?;
     let mut pos = 1;
     let groups = get_uvarint(body, &mut pos)?;
     // A group takes at least 11 bytes (id, count, a timestamp, a value).

@@ -59,7 +59,7 @@
 //! (0x80 for zero) — and the bytes between. Nothing here decodes without
 //! checking the checksum first, and decoding never panics.
 
-use super::chunk::{ChunkError, get_uvarint, put_uvarint, unzigzag, zigzag};
+use super::chunk::{ChunkError, get_uvarint, put_uvarint, unzigzag, versioned_body, zigzag};
 use super::compact::{WINDOW_MS, window_last, window_start};
 use super::index::SeriesId;
 use super::read::{self, CorruptChunk, Run};
@@ -300,16 +300,7 @@ fn get_u32(data: &[u8], pos: &mut usize) -> Result<u32, ChunkError> {
 
 /// Decodes a row written by [`encode`] with the same `row_start` and `res`.
 pub fn decode(data: &[u8], row_start: i64, res: i64) -> Result<Vec<Segment>, ChunkError> {
-    if data.len() < 5 {
-        return Err(ChunkError::Truncated);
-    }
-    let (body, tail) = data.split_at(data.len() - 4);
-    if crc32(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
-        return Err(ChunkError::Checksum);
-    }
-    if body[0] != VERSION {
-        return Err(ChunkError::Version(body[0]));
-    }
+    let body = versioned_body(data, VERSION)?;
     let mut pos = 1;
     let n = get_uvarint(body, &mut pos)?;
     // A segment takes at least two bytes, a bucket at least six.
