@@ -97,16 +97,28 @@ fn main() {
         let probe = value(&c, &format!("nines_probe_up{{probe=\"{PROBE}\"}}"))?;
         (up == 1.0 && probe == 1.0).then_some(())
     });
-    // Let every rule group see the healthy state once.
-    let (_, rules) = c.get_json("/api/v1/rules");
-    let groups = rules["data"]["groups"].as_array().map_or(0, Vec::len);
-    assert!(groups > 0, "no rule groups: the built-in rules are missing");
-    std::thread::sleep(Duration::from_secs(
-        rules["data"]["groups"][0]["interval"]
-            .as_f64()
-            .unwrap_or(60.0) as u64
-            + 1,
-    ));
+    // Let every rule group see the healthy state once: wait until each has
+    // evaluated again since the state was seen.
+    let evaluations = |c: &Collector| -> Vec<String> {
+        let (_, rules) = c.get_json("/api/v1/rules");
+        rules["data"]["groups"]
+            .as_array()
+            .map(|g| g.iter().map(|g| g["lastEvaluation"].to_string()).collect())
+            .unwrap_or_default()
+    };
+    let seen = evaluations(&c);
+    assert!(
+        !seen.is_empty(),
+        "no rule groups: the built-in rules are missing"
+    );
+    wait_for_within(
+        "every rule group to evaluate the healthy state",
+        GIVE_UP,
+        || {
+            let now = evaluations(&c);
+            (now.len() == seen.len() && now.iter().zip(&seen).all(|(a, b)| a != b)).then_some(())
+        },
+    );
 
     // 1. The probe target starts failing.
     let t0 = Instant::now();

@@ -47,7 +47,7 @@ use nines_shared::telemetry::Registry;
 use nines_shared::{Batch, SampleGroup, Seq, SeriesDefinition, SeriesRef, StreamId, UnixMillis};
 use nines_tests::loadgen::{Fleet, write_openmetrics};
 use nines_tests::prometheus::Prometheus;
-use nines_tests::{Collector, in_ci, peer};
+use nines_tests::{Collector, in_ci, peer, wait_for_within};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
@@ -409,9 +409,19 @@ fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> Inge
     });
     let wall = started.elapsed();
     let cpu = cpu_seconds(server.pid) - cpu_before;
-    // Let a garbage collector or a compaction settle before reading RSS.
-    std::thread::sleep(Duration::from_secs(2));
-    let rss_after = rss_bytes(server.pid);
+    // Let a garbage collector or a compaction settle before reading RSS:
+    // until two readings a poll apart agree.
+    let mut last = rss_bytes(server.pid);
+    let rss_after = wait_for_within(
+        "the server's RSS to settle",
+        Duration::from_secs(10),
+        || {
+            let now = rss_bytes(server.pid);
+            let settled = now == last;
+            last = now;
+            settled.then_some(now)
+        },
+    );
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     let samples: usize = requests.iter().map(|r| r.samples).sum();
