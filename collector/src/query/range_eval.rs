@@ -708,27 +708,11 @@ mod tests {
     use super::super::querier::SeriesSamples;
     use super::super::value::{STALE_MARKER_BITS, Value};
     use super::*;
+    use crate::query::fixtures::Rng;
 
     const T: i64 = 1_700_000_000_000;
     const SEC: i64 = 1_000;
     const MIN: i64 = 60 * SEC;
-
-    /// SplitMix64.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     /// Irregular samples from T - 30m to T + 90m: gaps, stale markers,
     /// NaNs, and counter resets when `counter`.

@@ -384,27 +384,11 @@ mod tests {
     use super::super::rollup::fold;
     use super::super::value::{RangeSeries, STALE_MARKER_BITS, Value};
     use super::*;
+    use crate::query::fixtures::Rng;
 
     /// A multiple of one hour (and of one day), in ms.
     const T: i64 = 1_699_920_000_000;
     const SEC: i64 = 1_000;
-
-    /// SplitMix64.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     fn stale() -> f64 {
         f64::from_bits(STALE_MARKER_BITS)
