@@ -13,16 +13,25 @@
 //!   rows are also shown apart). Target: nines no more than Prometheus.
 //! - ingest: the load generator simulates `NINES_BENCH_HOSTS` hosts (default
 //!   200, so 20,000 series) sending 5 s of their 100 series per request
-//!   (500 samples, Prometheus's default `max_samples_per_send`), from 4
-//!   sender threads, to a fresh Prometheus (`--web.enable-remote-write-
-//!   receiver`) and to a fresh nines collector, over remote_write, and to
-//!   another nines over its native push. Request bodies are built before
-//!   the clock starts; the figure is samples acknowledged per second of
-//!   wall time, with the p50 and p99 request latency. Target: nines at
-//!   least 1.5 times Prometheus.
-//!   The whole comparison runs `NINES_BENCH_RUNS` times (default 5), the
-//!   contenders taking turns going first, each on a fresh server; every
-//!   run is printed with its ratios, then the medians and the spread.
+//!   (500 samples, Prometheus's default `max_samples_per_send`), to a
+//!   fresh Prometheus (`--web.enable-remote-write-receiver`) and to a fresh
+//!   nines collector, over remote_write, and to another nines over its
+//!   native push. The hosts are shared among concurrent senders, each
+//!   waiting for one answer before its next request, as that many agents
+//!   pushing at once would; this runs at each sender count of
+//!   `NINES_BENCH_SENDERS` (comma-separated, default 4,16,64). Request
+//!   bodies are built before the clock starts; the figure is samples
+//!   acknowledged per second of wall time, with the p50 and p99 request
+//!   latency.
+//!   At each sender count the comparison runs `NINES_BENCH_RUNS` times
+//!   (default 5), the contenders taking turns going first, each on a fresh
+//!   server; every run is printed with its ratios, then the medians and
+//!   the spread. Last, each server's capacity: its best median over the
+//!   sender counts. Target: nines' capacity at least 1.5 times
+//!   Prometheus's. With few senders the figure is a latency figure (each
+//!   sender waits for its answer, and nines answers only after its fsync,
+//!   while Prometheus does not sync its WAL per request); with enough
+//!   senders each server is as busy as it can be.
 //! - memory: each server's RSS after its ingest run, less its RSS before
 //!   it, per active series (median of the runs). Target: nines no more
 //!   than Prometheus.
@@ -55,6 +64,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WINDOW_MS: i64 = 2 * 3600 * 1000;
+/// The fewest concurrent senders the ingest part runs with, and the count
+/// the replay part fills the servers with.
 const SENDERS: usize = 4;
 /// Seconds of one host's series per request.
 const SECONDS_PER_REQUEST: usize = 5;
@@ -254,9 +265,9 @@ fn start_nines(dir: &Path) -> Server {
     }
 }
 
-/// One prepared request: which sender sends it, and its body.
+/// One prepared request: which host it comes from, and its body.
 struct Request {
-    sender: usize,
+    host: usize,
     body: Vec<u8>,
     samples: usize,
 }
@@ -273,7 +284,7 @@ fn remote_write_requests(fleet: &mut Fleet, t0: i64, rounds: usize) -> Vec<Reque
             let series = fleet.host_round(h, &times);
             let samples = series.iter().map(|s| s.samples.len()).sum();
             out.push(Request {
-                sender: h % SENDERS,
+                host: h,
                 body: encode(&series),
                 samples,
             });
@@ -330,7 +341,7 @@ fn native_requests(fleet: &mut Fleet, t0: i64, rounds: usize) -> Vec<Request> {
                 groups,
             };
             out.push(Request {
-                sender: h % SENDERS,
+                host: h,
                 samples: batch.sample_count(),
                 body: nines_shared::wire::encode(&batch),
             });
@@ -356,12 +367,17 @@ struct IngestFigures {
 }
 
 /// Sends every request (each sender its own, in order) and measures.
-fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> IngestFigures {
+fn run_ingest(
+    server: &Server,
+    requests: &[Request],
+    protocol: Protocol,
+    senders: usize,
+) -> IngestFigures {
     let rss_before = rss_bytes(server.pid);
     let cpu_before = cpu_seconds(server.pid);
     let started = Instant::now();
     let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..SENDERS)
+        let handles: Vec<_> = (0..senders)
             .map(|sender| {
                 scope.spawn(move || {
                     nines_collector::notify::tls::install_default_provider();
@@ -370,7 +386,7 @@ fn run_ingest(server: &Server, requests: &[Request], protocol: Protocol) -> Inge
                         .build()
                         .expect("client");
                     let mut lat = Vec::new();
-                    for r in requests.iter().filter(|r| r.sender == sender) {
+                    for r in requests.iter().filter(|r| r.host % senders == sender) {
                         let req = match protocol {
                             Protocol::RemoteWrite => client
                                 .post(format!("{}/api/v1/write", server.url))
@@ -501,12 +517,67 @@ impl IngestRun {
 
 fn ingest(prometheus: &Path) {
     let runs = env_usize("NINES_BENCH_RUNS", 5).max(1);
+    let levels = sender_levels();
     let l = load();
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
-        "== ingest: {} hosts x {} requests of {SECONDS_PER_REQUEST} s x 100 series = {} samples, {SENDERS} senders, {runs} runs",
+        "== ingest: {} hosts x {} requests of {SECONDS_PER_REQUEST} s x 100 series = {} samples, senders {levels:?}, {runs} runs each",
         l.hosts, l.rounds, l.samples
     );
+    // Per level, the median samples/s of each contender.
+    let mut best: Vec<(usize, [f64; 3])> = Vec::new();
+    for &senders in &levels {
+        let all = ingest_level(prometheus, &l, dir.path(), senders, runs);
+        print_level(&l, senders, runs, &all);
+        let med = |i: usize| median(all.iter().map(|r| r.figures[i].samples_per_s).collect());
+        best.push((senders, [med(0), med(1), med(2)]));
+    }
+    if best.len() > 1 {
+        // Capacity: each server at the sender count where it did best.
+        let top = |i: usize| {
+            best.iter()
+                .map(|(n, v)| (*n, v[i]))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("a level ran")
+        };
+        let [p, rw, nat] = [top(0), top(1), top(2)];
+        println!("== ingest capacity: each server's best median over the sender counts");
+        for (name, (n, v)) in CONTENDERS.iter().zip([p, rw, nat]) {
+            println!("  {name}: {v:>9.0} samples/s (at {n} senders)");
+        }
+        println!(
+            "  ratio nines/Prometheus: remote_write {:.2}, native {:.2} (target >= 1.5)",
+            rw.1 / p.1,
+            nat.1 / p.1
+        );
+    }
+}
+
+/// The sender counts to run (`NINES_BENCH_SENDERS`, comma-separated;
+/// default 4, 16 and 64): from a few agents pushing at once to many.
+fn sender_levels() -> Vec<usize> {
+    let raw = std::env::var("NINES_BENCH_SENDERS").unwrap_or_default();
+    if raw.trim().is_empty() {
+        return vec![SENDERS, 16, 64];
+    }
+    raw.split(',')
+        .map(|v| match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("NINES_BENCH_SENDERS: {v:?} is not a positive number of senders"),
+        })
+        .collect()
+}
+
+/// `runs` rounds of the three contenders at one sender count, each on a
+/// fresh server, every run printed.
+fn ingest_level(
+    prometheus: &Path,
+    l: &Load,
+    dir: &Path,
+    senders: usize,
+    runs: usize,
+) -> Vec<IngestRun> {
+    println!("-- {senders} senders");
     let mut all: Vec<IngestRun> = Vec::new();
     for run in 0..runs {
         // The contenders take turns going first, so a noisy neighbour or a
@@ -514,15 +585,16 @@ fn ingest(prometheus: &Path) {
         let mut figures: [Option<IngestFigures>; 3] = [None, None, None];
         for k in 0..3 {
             let which = (run + k) % 3;
-            let d = dir.path().join(format!("run{run}-{which}"));
+            let d = dir.join(format!("s{senders}-run{run}-{which}"));
             figures[which] = Some(match which {
                 0 => run_ingest(
                     &start_prometheus(prometheus, &d),
                     &l.rw,
                     Protocol::RemoteWrite,
+                    senders,
                 ),
-                1 => run_ingest(&start_nines(&d), &l.rw, Protocol::RemoteWrite),
-                _ => run_ingest(&start_nines(&d), &l.native, Protocol::Native),
+                1 => run_ingest(&start_nines(&d), &l.rw, Protocol::RemoteWrite, senders),
+                _ => run_ingest(&start_nines(&d), &l.native, Protocol::Native, senders),
             });
             let _ = std::fs::remove_dir_all(&d);
         }
@@ -542,7 +614,12 @@ fn ingest(prometheus: &Path) {
         );
         all.push(r);
     }
-    println!("  median of {runs} runs:");
+    all
+}
+
+/// Medians, spread of the ratios, CPU and memory of one sender count.
+fn print_level(l: &Load, senders: usize, runs: usize, all: &[IngestRun]) {
+    println!("  median of {runs} runs at {senders} senders:");
     let med = |i: usize, f: &dyn Fn(&IngestFigures) -> f64| {
         median(all.iter().map(|r| f(&r.figures[i])).collect())
     };
@@ -572,7 +649,7 @@ fn ingest(prometheus: &Path) {
         pc / med(2, &|f| f.cpu_us_per_sample)
     );
     println!(
-        "== memory: RSS after ingest, growth per active series ({} series), median of {runs} runs",
+        "== memory at {senders} senders: RSS after ingest, growth per active series ({} series), median of {runs} runs",
         l.series
     );
     for (i, name) in CONTENDERS.iter().enumerate() {
@@ -668,10 +745,10 @@ fn replay(prometheus: &Path) {
     let pdir = dir.path().join("prometheus");
     let ndir = dir.path().join("nines");
     let prom = start_prometheus(prometheus, &pdir);
-    run_ingest(&prom, &l.rw, Protocol::RemoteWrite);
+    run_ingest(&prom, &l.rw, Protocol::RemoteWrite, SENDERS);
     drop(prom);
     let nines = start_nines(&ndir);
-    run_ingest(&nines, &l.rw, Protocol::RemoteWrite);
+    run_ingest(&nines, &l.rw, Protocol::RemoteWrite, SENDERS);
     drop(nines);
     let db = ndir.join("nines.db");
     let db_bytes = std::fs::metadata(&db).map_or(0, |m| m.len());

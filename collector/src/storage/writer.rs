@@ -570,8 +570,9 @@ impl Writer {
         drop(rows);
         drop(stmt);
         drop(heads);
+        let now = Instant::now();
         for (id, n) in stats {
-            self.note_head_rows(id, n);
+            self.note_head_rows(id, n, now);
         }
         if log_rows > 0 {
             tracing::info!(
@@ -618,12 +619,12 @@ impl Writer {
         )
     }
 
-    fn note_head_rows(&mut self, id: SeriesId, (n, min, max): (usize, i64, i64)) {
+    fn note_head_rows(&mut self, id: SeriesId, (n, min, max): (usize, i64, i64), now: Instant) {
         let st = self.head.entry(id).or_insert_with(HeadStat::new);
         st.rows += n;
         st.min_ts = st.min_ts.min(min);
         st.max_ts = st.max_ts.max(max);
-        st.last_write = Instant::now();
+        st.last_write = now;
         if !st.queued && st.due_by_size() {
             st.queued = true;
             self.due.push_back(id);
@@ -1153,6 +1154,8 @@ impl Writer {
         }
         let mem = self.mem.clone();
         let mut heads = mem.write();
+        // One clock reading for the round: every series in it was written now.
+        let now = Instant::now();
         for (r, outcome) in round.into_iter().zip(outcomes) {
             let reply = outcome.map(|(applied, eff)| {
                 if let Applied::Stored {
@@ -1165,7 +1168,7 @@ impl Writer {
                     if let Work::Batch(b) = &r.work {
                         let stream = self.streams.entry(b.stream.clone()).or_default();
                         stream.refs.extend(eff.refs);
-                        stream.last_seen = Some(Instant::now());
+                        stream.last_seen = Some(now);
                     }
                     for (id, samples) in &eff.groups {
                         let h = heads.entry(*id).or_default();
@@ -1178,7 +1181,7 @@ impl Writer {
                             min = min.min(t);
                             max = max.max(t);
                         }
-                        self.note_head_rows(*id, (samples.len(), min, max));
+                        self.note_head_rows(*id, (samples.len(), min, max), now);
                     }
                 }
                 applied
