@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::Labels;
+use nines_tests::loadgen::SplitMix;
 use nines_tests::prometheus::Prometheus;
 use nines_tests::{Collector, bin_dir, in_ci, peer, wait_for};
 use serde_json::Value as Json;
@@ -48,24 +49,6 @@ const CASE_BUDGET: Duration = Duration::from_secs(15);
 const MIN_RUNS: usize = 3;
 /// Relative tolerance when comparing the two answers.
 const TOLERANCE: f64 = 1e-6;
-
-/// SplitMix64: small and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
 
 /// One series: metric name, labels (besides the name), one value per
 /// timestamp of the data.
@@ -103,7 +86,7 @@ fn generate(end: i64) -> Dataset {
     let times: Vec<i64> = (0..POINTS as i64)
         .map(|k| end - (POINTS as i64 - 1 - k) * MIN)
         .collect();
-    let mut rng = Rng(0x6e69_6e65_7362);
+    let mut rng = SplitMix(0x6e69_6e65_7362);
     let node = |i: usize| format!("host-{i:02}:9100");
     let mut cpu = Vec::new();
     let mut fs = Vec::new();
@@ -112,7 +95,7 @@ fn generate(end: i64) -> Dataset {
         // CPU: busier instances spend less time idle; every tenth instance
         // reboots once (its counters restart from zero).
         let busy = rng.range(0.3, 2.5);
-        let reboot = (i % 10 == 3).then(|| 100 + (rng.next() % 1_200) as usize);
+        let reboot = (i % 10 == 3).then(|| 100 + (rng.next_u64() % 1_200) as usize);
         for c in ["0", "1"] {
             for (mode, share) in [
                 ("idle", 1.0 - 0.2 * busy),
@@ -121,7 +104,7 @@ fn generate(end: i64) -> Dataset {
                 ("iowait", 0.03 * busy),
             ] {
                 // Whole centiseconds, so the text form is short and exact.
-                let mut cs = (rng.next() % 100_000_000) as i64;
+                let mut cs = (rng.next_u64() % 100_000_000) as i64;
                 let values = (0..POINTS)
                     .map(|k| {
                         if Some(k) == reboot {

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::Labels;
+use nines_tests::loadgen::SplitMix;
 use nines_tests::prometheus::Prometheus;
 use nines_tests::*;
 use serde_json::Value as Json;
@@ -39,34 +40,6 @@ const HISTORY: i64 = 120 * MIN;
 const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 /// The most differences the failure report lists.
 const REPORT_LIMIT: usize = 50;
-
-/// SplitMix64: small, deterministic, good enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-
-    /// Uniform integer in [lo, hi].
-    fn int(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-}
 
 /// The series written, with their samples in time order.
 struct Dataset {
@@ -120,7 +93,13 @@ impl Dataset {
 
 /// Scrape times of one target: every 15 s from `start` plus the target's
 /// offset, jittered by up to ±250 ms, none inside a gap, none after `end`.
-fn scrape_times(rng: &mut Rng, start: i64, end: i64, offset: i64, gaps: &[(i64, i64)]) -> Vec<i64> {
+fn scrape_times(
+    rng: &mut SplitMix,
+    start: i64,
+    end: i64,
+    offset: i64,
+    gaps: &[(i64, i64)],
+) -> Vec<i64> {
     let mut out = Vec::new();
     let mut i = 0;
     loop {
@@ -162,7 +141,7 @@ fn counter(
 /// The generated data, ending at `end` (ms).
 fn generate(end: i64) -> Dataset {
     let start = end - HISTORY;
-    let mut rng = Rng(0x6e69_6e65_7321);
+    let mut rng = SplitMix(0x6e69_6e65_7321);
     let mut data = Dataset { series: Vec::new() };
     let at = |minutes_before_end: i64| end - minutes_before_end * MIN;
 
@@ -227,7 +206,7 @@ fn generate(end: i64) -> Dataset {
                 } else {
                     86_400.0 * share * (1.0 + n as f64)
                 };
-                let mut r = Rng(rng.next());
+                let mut r = SplitMix(rng.next_u64());
                 let samples = counter(&times, initial, &reboot, || {
                     15.0 * share * r.range(0.6, 1.4)
                 });
@@ -299,7 +278,7 @@ fn generate(end: i64) -> Dataset {
                 if n == 1 && device == "eth0" {
                     resets.push(at(33));
                 }
-                let mut r = Rng(rng.next());
+                let mut r = SplitMix(rng.next_u64());
                 let samples = counter(&times, initial, &resets, || {
                     (per_scrape * r.range(0.2, 1.8)).round()
                 });

@@ -679,14 +679,10 @@ mod tests {
             f64::NEG_INFINITY,
             f64::from_bits(0x7ff0_0000_0000_0002),
         ];
-        // SplitMix64: arbitrary bit patterns, and integers of every size.
-        let mut x = 0x6e69_6e65_7300_0001u64;
+        // Arbitrary bit patterns, and integers of every size.
+        let mut rng = crate::query::fixtures::Rng(0x6e69_6e65_7300_0001);
         for i in 0..20_000 {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
+            let z = rng.next();
             values.push(f64::from_bits(z));
             values.push((z >> (i % 64)) as f64);
             values.push(-((z >> (i % 60)) as f64) / 4.0);

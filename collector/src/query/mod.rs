@@ -13,7 +13,7 @@ mod engine;
 mod error;
 pub(crate) mod eval;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod functions;
 mod go_time;
 mod histogram;
