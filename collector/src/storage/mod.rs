@@ -87,8 +87,8 @@ pub mod codec {
     pub use super::chunk::{decode, decode_range, encode, header};
 }
 
-use crate::query::querier::{Querier, QuerierError, SeriesSamples};
-use crate::query::rollup::{Bucket, SeriesBuckets, bucket_end, fold};
+use crate::query::querier::{Querier, QuerierError, SeriesSamples, bucket_span, buckets_of};
+use crate::query::rollup::{Bucket, SeriesBuckets, fold};
 use index::Index;
 use nines_shared::telemetry::{Counter, CounterVec, Histogram, Registry};
 use nines_shared::{Batch, Labels, MetricMetadata, UnixMillis};
@@ -725,17 +725,9 @@ impl Querier for Storage {
         end: i64,
         res: i64,
     ) -> Result<Vec<SeriesBuckets>, QuerierError> {
-        let (first_end, last_end) = (bucket_end(start, res), end.div_euclid(res) * res);
-        let (from, to) = (first_end.saturating_sub(res - 1), last_end);
+        let (from, to) = bucket_span(start, end, res);
         let Some(resolution) = rollup::Resolution::of(res) else {
-            return Ok(self
-                .select(matchers, from, to)?
-                .into_iter()
-                .map(|s| SeriesBuckets {
-                    buckets: fold(&s.samples, res),
-                    labels: s.labels,
-                })
-                .collect());
+            return Ok(buckets_of(self.select(matchers, from, to)?, res));
         };
         if to < from {
             return Ok(Vec::new());
