@@ -31,6 +31,7 @@ use super::over_time::Window;
 use super::querier::{Querier, SeriesSamples};
 use super::rollup::SeriesBuckets;
 use super::rollup_read::{self, BucketPlan, Reads, RollupUse};
+use super::subquery::{DEFAULT_SUBQUERY_STEP_MS, align_up};
 use super::value::{InstantSample, RangeSeries, Value, is_stale_marker, without_metric_name};
 
 /// Evaluates expressions for one query. Holds the samples loaded so far, so
@@ -121,18 +122,46 @@ impl<'q> Evaluator<'q> {
     /// times (`step` apart), which of its selectors read rollup buckets
     /// ([`rollup_read::choose`]).
     pub(crate) fn plan_rollups(&mut self, expr: &Expr, step: i64, policy: RollupUse) {
+        self.plan_rollups_over(expr, (self.start, self.end), step, policy);
+    }
+
+    /// [`Self::plan_rollups`] for `expr` evaluated at `times` (first, last)
+    /// `step` apart; a subquery's selectors are planned over the steps
+    /// [`Self::eval_subquery`] evaluates them at.
+    fn plan_rollups_over(&mut self, expr: &Expr, times: (i64, i64), step: i64, policy: RollupUse) {
+        let (first, last) = times;
         let mut found = Vec::new();
-        rollup_read::candidates(expr, &mut found);
+        let mut subqueries = Vec::new();
+        rollup_read::candidates(expr, &mut found, &mut subqueries);
         for (vs, consumer, range) in found {
             let reads = Reads {
-                first: self.start,
-                last: self.end,
+                first,
+                last,
                 step,
                 offset: offset_ms(vs.offset.as_ref()),
                 width: range.unwrap_or(self.lookback_ms),
             };
             if let Some(plan) = rollup_read::choose(consumer, &reads, policy, self.querier) {
                 self.bucket_plans.insert(SelectorKey::of(vs), plan);
+            }
+        }
+        for sq in subqueries {
+            let inner_step = sq.step.map_or(DEFAULT_SUBQUERY_STEP_MS, duration_ms);
+            if inner_step <= 0 {
+                continue;
+            }
+            let offset = offset_ms(sq.offset.as_ref());
+            let range = duration_ms(sq.range);
+            let inner_first = align_up(
+                first.saturating_sub(offset).saturating_sub(range),
+                inner_step,
+            );
+            let inner_last = last
+                .saturating_sub(offset)
+                .div_euclid(inner_step)
+                .saturating_mul(inner_step);
+            if inner_first <= inner_last {
+                self.plan_rollups_over(&sq.expr, (inner_first, inner_last), inner_step, policy);
             }
         }
     }

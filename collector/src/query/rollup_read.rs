@@ -7,9 +7,11 @@
 //! - what consumes it can be computed from buckets ([`Consumer::reads_buckets`]):
 //!   `rate`, `increase`, `delta`, `sum`/`count`/`min`/`max`/`avg`/`last`/
 //!   `present_over_time`, `resets`, `changes` of a range selector, a plain
-//!   instant selector and `timestamp()` of one; no `@`, not in a subquery;
-//! - every evaluation time, the range (or the lookback delta), and the
-//!   offset are multiples of `res` — then each window `[t - r, t]` is the
+//!   instant selector and `timestamp()` of one; no `@` (on the selector or
+//!   an enclosing subquery);
+//! - every evaluation time (inside a subquery: each of its steps), the
+//!   range (or the lookback delta), and the offset are multiples of `res`
+//!   — then each window `[t - r, t]` is the
 //!   buckets ending in `(t - r, t]` plus the sample exactly at `t - r` (the
 //!   last of the bucket ending there, if it lies on the edge), and the
 //!   answer equals the raw one up to float rounding (sums added in another
@@ -38,7 +40,7 @@
 //! storage (but for asking the querier what it keeps), and nothing here
 //! may answer where the raw samples would give no element.
 
-use promql_parser::parser::{Expr, VectorSelector};
+use promql_parser::parser::{Expr, SubqueryExpr, VectorSelector};
 
 use super::eval::duration_ms;
 use super::functions::unwrap_parens;
@@ -331,30 +333,36 @@ pub(crate) fn over_buckets(name: &str, b: &Bucket, w: Window) -> Option<f64> {
     }
 }
 
-/// The selectors of `expr` that [`choose`] may let read buckets, each with
-/// its consumer: instant selectors, `timestamp()` of one, and range
-/// selectors that are the argument of a range function; none under a
-/// subquery (its steps are its own) and none with `@`.
 /// One selector [`candidates`] found: the node, what consumes it, and the
 /// range of a range selector (ms; `None` for an instant selector, which
 /// reads the lookback delta).
 pub(crate) type Candidate<'e> = (&'e VectorSelector, Consumer<'e>, Option<i64>);
 
-pub(crate) fn candidates<'e>(expr: &'e Expr, out: &mut Vec<Candidate<'e>>) {
+/// The selectors of `expr` that [`choose`] may let read buckets, each with
+/// its consumer: instant selectors, `timestamp()` of one, and range
+/// selectors that are the argument of a range function; none with `@`.
+/// Subqueries (but those with `@`) go to `subqueries` instead, not looked
+/// into: their selectors are evaluated at the subquery's own steps.
+pub(crate) fn candidates<'e>(
+    expr: &'e Expr,
+    out: &mut Vec<Candidate<'e>>,
+    subqueries: &mut Vec<&'e SubqueryExpr>,
+) {
     match expr {
-        Expr::Paren(p) => candidates(&p.expr, out),
-        Expr::Unary(u) => candidates(&u.expr, out),
+        Expr::Paren(p) => candidates(&p.expr, out, subqueries),
+        Expr::Unary(u) => candidates(&u.expr, out, subqueries),
         Expr::Binary(b) => {
-            candidates(&b.lhs, out);
-            candidates(&b.rhs, out);
+            candidates(&b.lhs, out, subqueries);
+            candidates(&b.rhs, out, subqueries);
         }
         Expr::Aggregate(a) => {
             if let Some(p) = &a.param {
-                candidates(p, out);
+                candidates(p, out, subqueries);
             }
-            candidates(&a.expr, out);
+            candidates(&a.expr, out, subqueries);
         }
         Expr::VectorSelector(vs) if vs.at.is_none() => out.push((vs, Consumer::Instant, None)),
+        Expr::Subquery(sq) if sq.at.is_none() => subqueries.push(sq),
         Expr::Call(c) => {
             let name = c.func.name;
             for arg in &c.args.args {
@@ -365,7 +373,7 @@ pub(crate) fn candidates<'e>(expr: &'e Expr, out: &mut Vec<Candidate<'e>>) {
                     Expr::VectorSelector(vs) if name == "timestamp" && vs.at.is_none() => {
                         out.push((vs, Consumer::Timestamp, None));
                     }
-                    other => candidates(other, out),
+                    other => candidates(other, out, subqueries),
                 }
             }
         }
@@ -921,6 +929,48 @@ mod tests {
             );
         }
         assert!(answered > 100);
+    }
+
+    #[test]
+    fn subqueries_read_buckets_over_their_own_steps() {
+        // Hourly steps of hourly windows over a day: exact 1 h buckets, the
+        // raw answer.
+        let q = InMemoryQuerier::new(corpus(5)).keeping_rollups();
+        let raw = engine(RollupUse::Never, 5 * MINUTE);
+        for expr in [
+            "max_over_time(increase(c_total[1h])[24h:1h])",
+            "avg_over_time(sum by (job) (rate(c_total[1h]))[1d:1h])",
+        ] {
+            let before = q.bucket_windows().len();
+            let got = matrix(
+                Engine::default().range(&q, expr, T, T + 9 * HOUR, HOUR),
+                expr,
+            );
+            assert!(q.bucket_windows().len() > before, "{expr}: read buckets");
+            let full = InMemoryQuerier::new(corpus(5));
+            let want = matrix(raw.range(&full, expr, T, T + 9 * HOUR, HOUR), expr);
+            assert!(!want.is_empty(), "{expr}: has an answer");
+            assert_close(&got, &want, expr);
+        }
+        // The share of steps with data, as an SLO's coverage asks, reaching
+        // before raw retention: the rollups fill the time raw samples no
+        // longer cover.
+        let expr = "sum(count_over_time((count(g))[9h:30m]))";
+        let cut = || {
+            InMemoryQuerier::new(corpus(5))
+                .keeping_rollups()
+                .raw_kept_from(T + 3 * HOUR)
+        };
+        let q = cut();
+        let got = matrix(Engine::default().instant(&q, expr, T + 9 * HOUR), expr);
+        assert!(!q.bucket_windows().is_empty(), "coverage read buckets");
+        let steps = |m: &[RangeSeries]| m.first().map_or(0.0, |s| s.samples[0].1);
+        let full = InMemoryQuerier::new(corpus(5));
+        let want = matrix(raw.instant(&full, expr, T + 9 * HOUR), expr);
+        let raw_only = matrix(raw.instant(&cut(), expr, T + 9 * HOUR), expr);
+        assert_eq!(steps(&want), 19.0, "every step of the 9 h has data");
+        assert_eq!(steps(&got), steps(&want));
+        assert!(steps(&raw_only) < 15.0, "raw samples alone miss 3 h");
     }
 
     #[test]
