@@ -23,9 +23,14 @@
 //! chunks win over them on read anyway.
 //!
 //! A unit that wrote or merged chunks recomputes the window's rollup rows
-//! (`rollup.rs`) from all of the window's chunks in the same transaction,
-//! unless the window starts before [`Close::rollups_from`] (raw retention
-//! may have taken some of its chunks already; its rows stay as they are).
+//! (`rollup.rs`) from all of the window's chunks in the same transaction
+//! when it moved all of its head part of the window (closing it, or
+//! merging into chunks), or when the window has rows already, unless the
+//! window starts before [`Close::rollups_from`] (raw retention may have
+//! taken some of its chunks already; its rows stay as they are). A window
+//! still in the head is read by folding its raw samples, so rows of an
+//! open window written in order are made once, when it closes, not once
+//! per chunk; a row, once there, always holds every chunk of its window.
 
 use super::chunk::{self, ChunkEncoder};
 use super::index::SeriesId;
@@ -181,7 +186,15 @@ pub fn compact_unit(
         out.rows = unit.partition_point(|s| s.0 <= to);
     }
     debug_assert!(out.rows <= rows);
-    if (out.written > 0 || out.merged > 0) && ws >= close.rollups_from {
+    // Rolled up once the window's head part is all in chunks (readers fold
+    // the raw samples of a window still in the head anyway), and again
+    // whenever chunks of a rolled-up window change, so a row always holds
+    // every chunk of its window. A window filled in order is read once for
+    // its rows, not once per chunk.
+    if (out.written > 0 || out.merged > 0)
+        && ws >= close.rollups_from
+        && (write_all || rollup::has_rows(conn, id, ws)?)
+    {
         out.rollups = rollup::update_window(conn, id, ws, corrupt)?;
     }
     out.more = (closed && later) || (rows == UNIT_MAX_ROWS && out.rows > 0);

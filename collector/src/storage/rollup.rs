@@ -426,6 +426,15 @@ impl Written {
     }
 }
 
+/// Whether the series has a minute row for the window starting at `ws`
+/// (an hour row's segment is written with it).
+pub fn has_rows(conn: &Connection, id: SeriesId, ws: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM rollup_1m WHERE series_id = ?1 AND window_start = ?2")?
+        .query_row((id.0, ws), |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
 /// Recomputes the rows of the window starting at `ws` of a series from
 /// every chunk of it (inside the caller's transaction): the window's minute
 /// row, and its segment of the day's hour row. A window without a readable

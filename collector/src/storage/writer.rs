@@ -1825,6 +1825,58 @@ mod tests {
     }
 
     #[test]
+    fn a_window_written_in_order_is_rolled_up_once_when_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.clock = || NOW;
+        w.backfill_cursor = None;
+        let ws = compact::window_start(NOW) - compact::WINDOW_MS;
+        let mut rows_written = 0;
+        // A counter at 1 s through one window, ten minutes a round,
+        // compacted into chunks as they fill.
+        for round in 0..12 {
+            let from = ws + round * 600_000;
+            series_round(
+                &mut w,
+                vec![series(
+                    "c",
+                    (0..600).map(|i| (from + i * 1000, (round * 600 + i) as f64)),
+                )],
+            );
+            while !w.due.is_empty() {
+                rows_written += w.maintenance_step(None).rollup_rows_written;
+            }
+        }
+        assert!(query_i64(&w, "SELECT count(*) FROM chunks") > 1);
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), 0);
+        assert_eq!(rows_written, 0, "no rows for a window still in the head");
+        // The next window's first sample closes it: its rows, once.
+        series_round(
+            &mut w,
+            vec![series("c", [(ws + compact::WINDOW_MS + 1000, 0.0)])],
+        );
+        while !w.due.is_empty() {
+            rows_written += w.maintenance_step(None).rollup_rows_written;
+        }
+        assert_eq!(query_i64(&w, "SELECT count(*) FROM rollup_1m"), 1);
+        assert_eq!(rows_written, 2, "one minute row and one hour row");
+        // A late sample merged into the closed window rewrites its row.
+        let row = |w: &Writer| -> Vec<u8> {
+            w.conn
+                .query_row(
+                    "SELECT data FROM rollup_1m WHERE window_start = ?1",
+                    [ws],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let before = row(&w);
+        series_round(&mut w, vec![series("c", [(ws + 500, 0.5)])]);
+        compact_everything(&mut w);
+        assert_ne!(row(&w), before, "the late sample is in the row");
+    }
+
+    #[test]
     fn a_quiet_series_past_its_window_is_compacted_whole() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path());
