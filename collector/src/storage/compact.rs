@@ -24,8 +24,9 @@
 //!
 //! A unit that wrote or merged chunks recomputes the window's rollup rows
 //! (`rollup.rs`) from all of the window's chunks in the same transaction
-//! when it moved all of its head part of the window (closing it, or
-//! merging into chunks), or when the window has rows already, unless the
+//! when no head sample of the window is left after it (it closed the
+//! window, merged into its chunks, or its chunks took every sample), or
+//! when the window has rows already, unless the
 //! window starts before [`Close::rollups_from`] (raw retention may have
 //! taken some of its chunks already; its rows stay as they are). A window
 //! still in the head is read by folding its raw samples, so rows of an
@@ -191,9 +192,10 @@ pub fn compact_unit(
     // whenever chunks of a rolled-up window change, so a row always holds
     // every chunk of its window. A window filled in order is read once for
     // its rows, not once per chunk.
+    let left_head = out.rows == unit.len() && rest.first().is_none_or(|s| s.0 > we);
     if (out.written > 0 || out.merged > 0)
         && ws >= close.rollups_from
-        && (write_all || rollup::has_rows(conn, id, ws)?)
+        && (left_head || rollup::has_rows(conn, id, ws)?)
     {
         out.rollups = rollup::update_window(conn, id, ws, corrupt)?;
     }
