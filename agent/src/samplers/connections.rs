@@ -109,6 +109,12 @@ const SOCKETS_PER_PART: u64 = 1_000;
 /// sockets (in quarters) is not worth its extra walks: one dump instead.
 const SPLIT_MAX_LARGEST_QUARTERS: u64 = 3;
 
+/// The first Linux release whose inet_diag dumps run side by side. Before
+/// 6.9 one mutex (`inet_diag_table_mutex`) was held while each batch of
+/// every dump was filled, so parallel dumps only took turns, each walking
+/// the whole table: there a round is never split.
+const PARALLEL_DUMPS_SINCE: (u32, u32) = (6, 9);
+
 /// Ports per bucket of the histograms parts are cut from: cuts fall on
 /// multiples of this.
 const PORT_BUCKET: usize = 64;
@@ -250,6 +256,36 @@ impl Tally {
             .get(usize::from(port))
             .map_or(0, |&n| u64::from(n))
     }
+}
+
+/// Whether a kernel of this release (`uname -r`, e.g. `6.12.8-amd64`)
+/// fills parallel inet_diag dumps at the same time; false when the
+/// release does not start with a version.
+fn dumps_run_in_parallel(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= PARALLEL_DUMPS_SINCE,
+        _ => false,
+    }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+fn kernel_release() -> Option<String> {
+    // SAFETY: utsname is plain byte arrays, for which all-zero is valid.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is a valid utsname for the call to fill.
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = name
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(bytes).ok()
 }
 
 /// Which port of a socket a split is cut by.
@@ -447,7 +483,8 @@ pub struct ConnectionSampler {
     parallelism: usize,
     /// CPUs this process may run on, read when the sampler was made.
     cpus: usize,
-    /// False once the kernel refused a filtered dump: never split again.
+    /// Whether rounds may be split: false on a kernel that serializes
+    /// dumps, and once the kernel refused a filtered dump.
     split: bool,
     /// The parts of the next round, cut from the last one's counts; empty
     /// for one unfiltered dump.
@@ -496,7 +533,7 @@ impl ConnectionSampler {
             one_walk: true,
             parallelism: DEFAULT_PARALLELISM,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            split: true,
+            split: kernel_release().is_some_and(|r| dumps_run_in_parallel(&r)),
             plan: Vec::new(),
             parts: Vec::new(),
             last_dumps: 0,
@@ -527,9 +564,10 @@ impl ConnectionSampler {
 
     /// Splits a round into at most `parts` netlink dumps run side by side
     /// (default [`DEFAULT_PARALLELISM`]; 1 or 0: one dump). A round is
-    /// split only when the last one counted more than 2,000 sockets, into
-    /// no more parts than the CPUs this process may run on or than leave
-    /// 1,000 sockets to each.
+    /// split only on Linux 6.9 or later (before, dumps take turns), when
+    /// the last one counted more than 2,000 sockets, into no more parts
+    /// than the CPUs this process may run on or than leave 1,000 sockets
+    /// to each.
     pub fn with_parallelism(mut self, parts: usize) -> Self {
         self.parallelism = parts.max(1);
         self
@@ -1854,8 +1892,30 @@ mod tests {
     }
 
     #[test]
+    fn only_kernels_that_fill_dumps_side_by_side_get_split_rounds() {
+        for (release, parallel) in [
+            ("6.9.0", true),
+            ("6.18.44-fc-v509", true),
+            ("6.12.8-amd64", true),
+            ("7.0-rc1", true),
+            ("10.1.0", true),
+            ("6.8.12-generic", false),
+            ("6.1.0-28-amd64", false),
+            ("5.15.0-1048-aws", false),
+            ("4.18.0-553.el8_10.x86_64", false),
+            ("6", false),
+            ("", false),
+            ("linux", false),
+        ] {
+            assert_eq!(dumps_run_in_parallel(release), parallel, "{release}");
+        }
+        assert!(kernel_release().is_some_and(|r| r.contains('.')));
+    }
+
+    #[test]
     fn a_round_is_split_only_with_many_sockets_and_cpus_to_spare() {
         let mut sampler = ConnectionSampler::new(PathBuf::from("/"));
+        sampler.split = true; // whatever the kernel running the test
         sampler.cpus = 2;
         let spread = |tally: &mut Tally, n: u32| {
             tally.clear();
@@ -2276,6 +2336,8 @@ mod tests {
             return;
         };
         let mut split = ConnectionSampler::with_max_ports(PathBuf::from("/"), 1 << 16);
+        // Filtered dumps work the same on a kernel that runs them in turn.
+        split.split = true;
         // Cut between the two listeners (each with its server ends on one
         // side), by remote port (the server ends' peers, the client ends'
         // listeners), into four, and through the listeners' own ports.
