@@ -45,6 +45,7 @@ use std::io::{self, Read};
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{Family, SampleError, Samples, gauge};
 
@@ -411,6 +412,8 @@ enum Method {
 struct DumpPart {
     netlink: Option<Netlink>,
     tally: Tally,
+    /// CPU time the thread spent on its last dump.
+    cpu: Duration,
 }
 
 impl DumpPart {
@@ -418,19 +421,37 @@ impl DumpPart {
         DumpPart {
             netlink: None,
             tally: Tally::new(),
+            cpu: Duration::ZERO,
         }
     }
 
     /// Dumps the sockets of `range` into this part's cleared tally.
     fn dump(&mut self, one_walk: bool, range: PortRange) -> io::Result<()> {
+        let started = thread_cpu_time();
         self.tally.clear();
-        dump_into(
+        let result = dump_into(
             &mut self.netlink,
             one_walk,
             &PortFilter::new(range),
             &mut self.tally,
-        )
+        );
+        self.cpu = thread_cpu_time().saturating_sub(started);
+        result
     }
+}
+
+/// CPU time the calling thread has used (zero if the clock cannot be read).
+fn thread_cpu_time() -> Duration {
+    // SAFETY: timespec is plain integers, for which all-zero is valid.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Dumps the TCP sockets `filter` keeps into `tally`, over the netlink
@@ -494,6 +515,8 @@ pub struct ConnectionSampler {
     parts: Vec<DumpPart>,
     /// Netlink dumps the last round ran side by side; 0 when it read /proc.
     last_dumps: usize,
+    /// CPU time of each part of the last round, if it was split.
+    parts_cpu: Vec<Duration>,
     /// Reused for the text of /proc/net/tcp{,6}.
     text: Vec<u8>,
     tally: Tally,
@@ -537,6 +560,7 @@ impl ConnectionSampler {
             plan: Vec::new(),
             parts: Vec::new(),
             last_dumps: 0,
+            parts_cpu: Vec::new(),
             text: Vec::new(),
             tally: Tally::new(),
         }
@@ -579,6 +603,13 @@ impl ConnectionSampler {
         self.last_dumps
     }
 
+    /// The CPU time each part of the last round took on its thread, when
+    /// the round was split (else empty): the longest is the wall time the
+    /// round takes when each part has a CPU to itself.
+    pub fn last_parts_cpu(&self) -> &[Duration] {
+        &self.parts_cpu
+    }
+
     /// Counts every TCP socket once and reports the counts. Every state and
     /// the listening port count are always reported (0 when none).
     ///
@@ -596,6 +627,7 @@ impl ConnectionSampler {
     pub fn sample(&mut self, out: &mut Samples) -> Result<(), SampleError> {
         self.tally.clear();
         self.last_dumps = 0;
+        self.parts_cpu.clear();
         if self.method == Method::Netlink {
             match self.count_netlink() {
                 Ok(()) => {
@@ -654,6 +686,7 @@ impl ConnectionSampler {
             match self.count_split() {
                 Ok(()) => return Ok(()),
                 Err(e) => {
+                    self.parts_cpu.clear();
                     if e.raw_os_error() == Some(libc::EINVAL) {
                         // A kernel that does not take the port filter.
                         tracing::warn!(error = %e, "split TCP socket dump refused; dumping in one piece from now on");
@@ -701,7 +734,12 @@ impl ConnectionSampler {
             self.parts.push(DumpPart::new());
         }
         let one_walk = self.one_walk;
-        let (netlink, tally, parts) = (&mut self.netlink, &mut self.tally, &mut self.parts);
+        let (netlink, tally, parts, parts_cpu) = (
+            &mut self.netlink,
+            &mut self.tally,
+            &mut self.parts,
+            &mut self.parts_cpu,
+        );
         std::thread::scope(|scope| {
             let mut threads = Vec::with_capacity(rest.len());
             for (part, &range) in parts.iter_mut().zip(rest) {
@@ -716,7 +754,10 @@ impl ConnectionSampler {
                     Err(e) => return Err(e),
                 }
             }
+            let started = thread_cpu_time();
             let mut result = dump_into(netlink, one_walk, &PortFilter::new(first), tally);
+            parts_cpu.clear();
+            parts_cpu.push(thread_cpu_time().saturating_sub(started));
             for thread in threads {
                 let joined = thread
                     .join()
@@ -727,6 +768,7 @@ impl ConnectionSampler {
         })?;
         for part in &self.parts {
             self.tally.add(&part.tally);
+            self.parts_cpu.push(part.cpu);
         }
         self.last_dumps = self.plan.len();
         Ok(())
@@ -2375,9 +2417,11 @@ mod tests {
                 split.sample(&mut x).expect("split sample");
                 assert_eq!(split.method, Method::Netlink, "no fallback happened");
                 assert_eq!(split.last_dumps(), plan.len(), "split as planned");
+                assert_eq!(split.last_parts_cpu().len(), plan.len());
                 assert!(split.split, "the kernel took the filters");
                 whole.sample(&mut y).expect("whole sample");
                 assert_eq!(whole.last_dumps(), 1);
+                assert!(whole.last_parts_cpu().is_empty());
                 let counts: Vec<_> = labels
                     .iter()
                     .map(|l| (port_value(&x, l), port_value(&y, l)))
