@@ -269,8 +269,8 @@ fn main() {
             println!("nines / node_exporter (target: wall <= 0.200)");
             ratio("nines sample (default, split)", ours);
             // With a CPU free for each part the split sample's wall time
-            // is its longest part's CPU time; node_exporter's scrape is
-            // (nearly) single-threaded, its wall time then its CPU time.
+            // is its longest part's CPU time; node_exporter's wall time was
+            // never below its CPU time here.
             println!(
                 "ratio {:<34} {:.3} (its CPU / node_exporter's wall), {:.3} (/ node_exporter's CPU)",
                 "  longest part, a CPU per part",
