@@ -10,7 +10,8 @@
 //! `SOCK_DIAG_BY_FAMILY` needs one walk per family; that request is used
 //! when a kernel does not answer the first), with no extension attributes,
 //! and counts into fixed tables: the per-socket loop never
-//! allocates, and every buffer is reused from round to round. When netlink
+//! allocates, and every buffer is reused from round to round (planning a
+//! split allocates a few small vectors). When netlink
 //! is refused (seccomp, gVisor, a kernel without inet_diag) it falls back
 //! to `<root>/proc/net/tcp` and `tcp6` for good and says so once.
 //!
@@ -30,11 +31,11 @@
 //! were is an error, seen by MSG_TRUNC), no extension attributes asked for
 //! (`idiag_ext` 0; the kernel still adds a few of its own to every
 //! message), and parsing that reads three fields per message (under 1% of
-//! a round's profile). Measured and not taken, as no cheaper: smaller
-//! reads (8 KiB reads cost the same), one dump per state (each dump walks
-//! the whole table again), and kernel counters in place of listing
-//! established sockets (/proc/net/snmp's CurrEstab also counts CLOSE_WAIT,
-//! and no counter gives per-port counts).
+//! a round's profile). Measured and not taken, as no cheaper: larger reads
+//! (the kernel fills at most 32 KiB per read; 8 KiB reads cost the same),
+//! one dump per state (each dump walks the whole table again), and kernel
+//! counters in place of listing established sockets (/proc/net/snmp's
+//! CurrEstab also counts CLOSE_WAIT, and no counter gives per-port counts).
 //!
 //! Netlink shows the sockets of the agent's own network namespace, whatever
 //! the root; only the /proc fallback reads under the root (so tests can use
