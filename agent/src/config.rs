@@ -72,6 +72,9 @@ pub struct FileSamplers {
     pub connections: Option<bool>,
     /// Most listening ports with their own series (default 256).
     pub connections_max_ports: Option<usize>,
+    /// Most netlink dumps one connection sample is split into, never more
+    /// than the CPUs the agent may run on (default 4; 1: one dump).
+    pub connections_parallelism: Option<usize>,
 }
 
 /// `[statsd]` in the file.
@@ -399,6 +402,17 @@ impl AgentConfig {
                 Some(n) => n,
                 None => crate::samplers::connections::DEFAULT_MAX_PORTS,
             },
+            connections_parallelism: match fs.connections_parallelism {
+                Some(0) => {
+                    return Err(invalid(
+                        "samplers.connections_parallelism",
+                        &origin,
+                        "must be at least 1 (1 dumps the socket table in one piece)".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => crate::samplers::connections::DEFAULT_PARALLELISM,
+            },
         };
         let statsd = statsd_config(&file.statsd, &origin)?;
         let access_logs = file
@@ -625,6 +639,37 @@ mod tests {
         assert_eq!(c.interval, DEFAULT_INTERVAL);
         assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.samplers, crate::samplers::SamplerToggles::default());
+        let samplers = raw.get("samplers").and_then(|s| s.as_table());
+        for key in [
+            "host",
+            "system",
+            "connections",
+            "connections_max_ports",
+            "connections_parallelism",
+        ] {
+            assert!(
+                samplers.is_some_and(|s| s.contains_key(key)),
+                "samplers.{key} missing from the example"
+            );
+        }
+    }
+
+    #[test]
+    fn connection_parallelism_defaults_to_four_and_refuses_zero() {
+        let (_f, o) = with_file("collector = \"http://a:1\"\n");
+        let c = AgentConfig::resolve(&o).unwrap();
+        assert_eq!(c.samplers.connections_parallelism, 4);
+        let (_f, o) =
+            with_file("collector = \"http://a:1\"\n[samplers]\nconnections_parallelism = 1\n");
+        let c = AgentConfig::resolve(&o).unwrap();
+        assert_eq!(c.samplers.connections_parallelism, 1);
+        let (f, o) =
+            with_file("collector = \"http://a:1\"\n[samplers]\nconnections_parallelism = 0\n");
+        let e = AgentConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("`samplers.connections_parallelism`"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("at least 1"), "{e}");
     }
 
     #[test]

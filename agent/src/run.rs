@@ -22,6 +22,7 @@ pub struct SamplingMetrics {
     errors: CounterVec,
     duration: Histogram,
     series: Gauge,
+    connection_dumps: Gauge,
     /// Beats after every round: the systemd watchdog's sign of life.
     liveness: crate::systemd::Liveness,
     /// The registry whose families every batch also carries, if any.
@@ -49,6 +50,11 @@ impl SamplingMetrics {
                 LATENCY_BUCKETS,
             ),
             series: r.gauge("nines_agent_series", "Series reported in the last round."),
+            connection_dumps: r.gauge(
+                "nines_agent_connection_dumps",
+                "Netlink socket dumps the last connection sample ran side by side \
+                 (1: one dump; 0: read /proc/net/tcp, or connections are off).",
+            ),
             liveness: crate::systemd::Liveness::new(),
             health: None,
             release_memory: false,
@@ -118,6 +124,9 @@ pub async fn sample_forever(
             tracing::error!("a sampler panicked; stopping sampling");
             return;
         };
+        metrics
+            .connection_dumps
+            .set(s.connection_dumps().unwrap_or(0) as f64);
         sampler = Some(s);
         for (name, e) in failed {
             metrics.errors.with(&[name]).inc();

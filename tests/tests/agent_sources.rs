@@ -2,7 +2,8 @@
 //! StatsD listener (real UDP packets) and from an access log written,
 //! rotated and truncated while the agent runs, or copied and truncated
 //! while it is stopped; TCP connection counts per listening port follow
-//! connections the test holds open.
+//! connections the test holds open, also when the agent splits a sample
+//! into parallel dumps.
 
 use nines_tests::*;
 use std::io::Write;
@@ -161,6 +162,103 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
         "the old value stays the latest sample"
     );
     drop((clients, accepted));
+}
+
+/// Whether this kernel fills inet_diag dumps side by side (Linux 6.9 and
+/// later), so that the agent splits a sample on a host with many sockets.
+fn kernel_runs_dumps_in_parallel() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    matches!(
+        (numbers.next().flatten(), numbers.next().flatten()),
+        (Some(major), Some(minor)) if (major, minor) >= (6, 9)
+    )
+}
+
+/// More than 2,000 sockets on the host: the agent splits its sample into
+/// one dump per CPU (two here at most: 1,200 connections are 2,400
+/// sockets, 1,000 a part), each listing one range of ports, and the
+/// per-port count is still exact, as `ss` agrees.
+#[test]
+fn connection_counts_stay_exact_when_a_sample_is_split() {
+    const N: usize = 1200;
+    // The client ends are descriptors here; the server ends wait in the
+    // accept queue, never accepted.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the calls to read and write.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < 4096 && limit.rlim_max > limit.rlim_cur {
+            limit.rlim_cur = limit.rlim_max.min(4096);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A longer accept queue than std's; listen() again changes it.
+    // SAFETY: the descriptor is a listening socket this test owns.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&server), 2048) },
+        0
+    );
+    let port = server.local_addr().unwrap().port();
+    let clients: Vec<TcpStream> = (0..N)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "[statsd]\nenabled = false\n").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _agent = Agent::start(
+        &c,
+        &dir.path().join("agent"),
+        &[
+            "--interval",
+            "1s",
+            "--instance",
+            "split",
+            "--listen",
+            &listen,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let splits = cpus >= 2 && kernel_runs_dumps_in_parallel();
+    // More parts on a host with more CPUs and other sockets.
+    let as_planned = || {
+        let dumps = agent_metric(&listen, "nines_agent_connection_dumps", "");
+        if splits { dumps >= 2.0 } else { dumps == 1.0 }
+    };
+    wait_for("a split connection sample", || as_planned().then_some(()));
+    let sel = format!("nines_tcp_listen_port_connections{{instance=\"split\",port=\"{port}\"}}");
+    wait_for("the connections counted", || {
+        (value(&c, &sel) == Some(N as f64)).then_some(())
+    });
+    assert!(as_planned(), "still split");
+    let established = value(
+        &c,
+        "node_tcp_connection_states{instance=\"split\",state=\"established\"}",
+    )
+    .unwrap();
+    assert!(established >= (2 * N) as f64, "{established}");
+    let (code, out, err) = run(std::process::Command::new("ss").args([
+        "-Htn",
+        "state",
+        "established",
+        "sport",
+        "=",
+        &format!(":{port}"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), N, "ss lists every server end");
+    drop((clients, server));
 }
 
 /// logrotate's copytruncate while the agent is stopped: the log is copied,

@@ -272,6 +272,8 @@ pub struct SamplerToggles {
     pub connections: bool,
     /// Most listening ports with a series of their own.
     pub connections_max_ports: usize,
+    /// Most netlink dumps one connection sample is split into.
+    pub connections_parallelism: usize,
 }
 
 impl Default for SamplerToggles {
@@ -281,6 +283,7 @@ impl Default for SamplerToggles {
             system: true,
             connections: true,
             connections_max_ports: connections::DEFAULT_MAX_PORTS,
+            connections_parallelism: connections::DEFAULT_PARALLELISM,
         }
     }
 }
@@ -316,6 +319,7 @@ impl SamplerSet {
                 .then(|| system::SystemSampler::new(root.clone())),
             connections: toggles.connections.then(|| {
                 connections::ConnectionSampler::with_max_ports(root, toggles.connections_max_ports)
+                    .with_parallelism(toggles.connections_parallelism)
             }),
             statsd,
             access_logs,
@@ -327,6 +331,14 @@ impl SamplerSet {
     pub fn with_probes(mut self, probes: crate::probes::ProbeSet) -> Self {
         self.probes = Some(probes);
         self
+    }
+
+    /// How many netlink dumps the connection sampler's last round ran side
+    /// by side (0: it read /proc), or None when it is off.
+    pub fn connection_dumps(&self) -> Option<usize> {
+        self.connections
+            .as_ref()
+            .map(connections::ConnectionSampler::last_dumps)
     }
 
     /// Runs every sampler into `out`; a failing one does not stop the
