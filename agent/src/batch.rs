@@ -39,12 +39,28 @@ pub struct SeriesTable {
     family_ids: HashMap<String, u32>,
     compressor: Option<crate::encode::Compressor>,
     raw: Vec<u8>,
+    /// Goes up whenever a definition or a family's metadata is added or
+    /// changed, so a kept [`Section`] is known to still be right.
+    generation: u64,
+    /// The last spool record's definitions and metadata, compressed.
+    section: Option<Section>,
+    /// The refs the last spool record used, for its allocation.
+    used: Vec<SeriesRef>,
+}
+
+/// The definitions and metadata part of a spool record, as one zstd
+/// frame, and what it was made from.
+struct Section {
+    generation: u64,
+    used: Vec<SeriesRef>,
+    frame: Vec<u8>,
 }
 
 impl SeriesTable {
     /// Records a new definition; its ref is the next one.
     fn define(&mut self, labels: Labels) -> SeriesDefinition {
         let r = SeriesRef(self.offsets.len() as u32);
+        self.generation += 1;
         let def = SeriesDefinition { series: r, labels };
         self.offsets.push(self.encoded.len());
         crate::encode::put(&mut self.encoded, &def);
@@ -67,6 +83,7 @@ impl SeriesTable {
 
     /// Keeps a family's metadata, as the latest round declared it.
     fn declare(&mut self, m: &MetricMetadata) {
+        self.generation += 1;
         let mut bytes = Vec::new();
         crate::encode::put(&mut bytes, m);
         match self.family_ids.get(&m.name) {
@@ -113,41 +130,134 @@ impl SeriesTable {
     /// The spool record of `batch`: the wire encoding of
     /// [`SeriesTable::with_all_definitions`], put together from the
     /// definitions and metadata encoded when they were first seen.
+    ///
+    /// It is three zstd frames, which decompress to their concatenation:
+    /// stream, sequence number and time; the definitions and metadata;
+    /// the sample groups. The middle one, by far the largest, is
+    /// compressed again only when the series used or what the table knows
+    /// changed since the last record; a steady host's records reuse it.
     pub fn spool_record(&mut self, batch: &Batch) -> Vec<u8> {
-        let mut used: Vec<SeriesRef> = batch
-            .groups
-            .iter()
-            .flat_map(|g| g.values.iter().map(|(r, _)| *r))
-            .filter(|r| (r.0 as usize) < self.offsets.len())
-            .collect();
-        used.sort_unstable();
-        used.dedup();
-        let mut body =
-            crate::encode::Body::start(std::mem::take(&mut self.raw), batch, batch.sent_at);
-        body.count(used.len());
+        let mut used = std::mem::take(&mut self.used);
+        self.refs_used(batch, &mut used);
+        let mut raw = std::mem::take(&mut self.raw);
+        let mut compressor = self
+            .compressor
+            .take()
+            .unwrap_or_else(crate::encode::Compressor::new);
+
+        raw.clear();
+        crate::encode::put(&mut raw, &batch.stream);
+        crate::encode::put(&mut raw, &batch.seq);
+        crate::encode::put(&mut raw, &batch.sent_at);
+        let mut record = compressor.compress(&raw);
+
+        let section = self
+            .section
+            .take()
+            .filter(|s| s.generation == self.generation && s.used == used);
+        let section = match section {
+            Some(s) => s,
+            None => {
+                raw.clear();
+                self.write_section(&used, &mut raw);
+                Section {
+                    generation: self.generation,
+                    used: used.clone(),
+                    frame: compressor.compress(&raw),
+                }
+            }
+        };
+        record.extend_from_slice(&section.frame);
+        self.section = Some(section);
+
+        raw.clear();
+        crate::encode::put(&mut raw, &batch.groups);
+        record.extend_from_slice(&compressor.compress(&raw));
+
+        self.raw = raw;
+        self.used = used;
+        self.compressor = Some(compressor);
+        record
+    }
+
+    /// The definitions of `used` (sorted, unique) and the metadata of
+    /// their families, as a spool record holds them.
+    fn write_section(&mut self, used: &[SeriesRef], raw: &mut Vec<u8>) {
+        crate::encode::put_len(raw, used.len());
+        for &r in used {
+            if let Some(bytes) = self.encoded_definition(r) {
+                raw.extend_from_slice(bytes);
+            }
+        }
+        self.write_families(used, raw);
+    }
+
+    /// The metadata of the families of `used`, in the order their first
+    /// series come, as a count and the items.
+    fn write_families(&mut self, used: &[SeriesRef], raw: &mut Vec<u8>) {
         let mut order = Vec::new();
         let mut seen = vec![false; self.families.len()];
-        for &r in &used {
-            if let Some(bytes) = self.encoded_definition(r) {
-                body.encoded(bytes);
-            }
+        for &r in used {
             if let Some(f) = self.family_index(r) {
                 if !std::mem::replace(&mut seen[f as usize], true) {
                     order.push(f);
                 }
             }
         }
-        body.count(order.len());
+        crate::encode::put_len(raw, order.len());
         for f in order {
-            body.encoded(&self.families[f as usize]);
+            raw.extend_from_slice(&self.families[f as usize]);
         }
-        let raw = body.finish(&batch.groups);
-        let record = self
-            .compressor
-            .get_or_insert_with(crate::encode::Compressor::new)
-            .compress(&raw);
-        self.raw = raw;
-        record
+    }
+
+    /// The refs `batch` sends values of that this table defines, sorted
+    /// and unique, into `used`.
+    fn refs_used(&self, batch: &Batch, used: &mut Vec<SeriesRef>) {
+        used.clear();
+        used.extend(
+            batch
+                .groups
+                .iter()
+                .flat_map(|g| g.values.iter().map(|(r, _)| *r))
+                .filter(|r| (r.0 as usize) < self.offsets.len()),
+        );
+        used.sort_unstable();
+        used.dedup();
+    }
+
+    /// The uncompressed body of `batch` sent at `sent_at` with the
+    /// definitions of the series it uses that are not in `known` (and,
+    /// if there are any, the metadata of every family it uses): what
+    /// [`SeriesTable::with_all_definitions`] stripped of `known` encodes
+    /// to, put together from the encoded definitions rather than labels
+    /// read back. Reuses `raw`'s allocation.
+    pub(crate) fn body_without(
+        &mut self,
+        raw: Vec<u8>,
+        batch: &Batch,
+        known: Option<&HashSet<SeriesRef>>,
+        sent_at: UnixMillis,
+    ) -> Vec<u8> {
+        let mut used = std::mem::take(&mut self.used);
+        self.refs_used(batch, &mut used);
+        let unknown = |r: &&SeriesRef| known.is_none_or(|k| !k.contains(r));
+        let mut body = crate::encode::Body::start(raw, batch, sent_at);
+        let n = used.iter().filter(unknown).count();
+        body.count(n);
+        for r in used.iter().filter(unknown) {
+            if let Some(bytes) = self.encoded_definition(*r) {
+                body.encoded(bytes);
+            }
+        }
+        let mut families = Vec::new();
+        if n == 0 {
+            crate::encode::put_len(&mut families, 0);
+        } else {
+            self.write_families(&used, &mut families);
+        }
+        body.encoded(&families);
+        self.used = used;
+        body.finish(&batch.groups)
     }
 
     fn family_of(&self, metric: &str) -> Option<&MetricMetadata> {
@@ -376,6 +486,93 @@ mod tests {
         let decoded = wire::decode(&t.spool_record(&third), &WireLimits::default()).unwrap();
         assert_eq!(decoded, t.with_all_definitions(&third));
         assert!(decoded.metadata.iter().any(|m| m.name == "x_total"));
+    }
+
+    #[test]
+    fn spool_records_of_a_steady_round_share_their_definitions_and_stay_right() {
+        use nines_shared::wire::{self, WireLimits};
+        let mut b = Batcher::new("agent-1", "host-a", "node");
+        let table = b.table();
+        let check = |b: &mut Batcher, s: &Samples, at: i64| {
+            let batch = b.batch(s, UnixMillis(at));
+            let mut t = table.lock().unwrap();
+            let record = t.spool_record(&batch);
+            let decoded = wire::decode(&record, &WireLimits::default()).unwrap();
+            assert_eq!(decoded, t.with_all_definitions(&batch), "record at {at}");
+            let frame = t.section.as_ref().map(|s| s.frame.clone()).unwrap();
+            (record, frame)
+        };
+        let (_, first) = check(&mut b, &round(1.0), 1000);
+        let (record, second) = check(&mut b, &round(2.0), 2000);
+        assert_eq!(first, second, "the same series: the same section");
+        assert!(
+            record.windows(second.len()).any(|w| w == second.as_slice()),
+            "the record holds the kept section"
+        );
+        // A new series, then a family whose help changed: made again.
+        let mut s = round(3.0);
+        s.push("node_load5", &[], 1.0);
+        let (_, third) = check(&mut b, &s, 3000);
+        assert_ne!(third, second);
+        let mut s = Samples::default();
+        s.family("node_load1", MetricKind::Gauge, "Load, said otherwise.", "");
+        s.push("node_load1", &[], 4.0);
+        s.push(
+            "node_cpu_seconds_total",
+            &[("cpu", "0"), ("mode", "idle")],
+            3.0,
+        );
+        s.push("node_load5", &[], 1.0);
+        let (_, fourth) = check(&mut b, &s, 4000);
+        assert_ne!(fourth, third);
+        let (_, fifth) = check(&mut b, &s, 5000);
+        assert_eq!(fifth, fourth);
+    }
+
+    #[test]
+    fn a_body_from_the_table_is_the_full_batch_stripped_of_what_is_known() {
+        use nines_shared::wire::{self, WireLimits};
+        let mut b = Batcher::new("agent-1", "host-a", "node");
+        b.batch(&round(1.0), UnixMillis(1000));
+        let mut s = round(2.0);
+        s.family("x", MetricKind::Counter, "X.", "");
+        s.push("x_total", &[], 1.0);
+        s.push("y", &[], 1.0);
+        let batch = b.batch(&s, UnixMillis(2000));
+        let table = b.table();
+        let mut t = table.lock().unwrap();
+        let full = t.with_all_definitions(&batch);
+        let refs: Vec<SeriesRef> = full.definitions.iter().map(|d| d.series).collect();
+        let known_sets: Vec<Option<HashSet<SeriesRef>>> = vec![
+            None,
+            Some(HashSet::new()),
+            Some(refs[..2].iter().copied().collect()),
+            Some(refs[1..].iter().copied().collect()),
+            Some(refs.iter().copied().collect()),
+        ];
+        for known in &known_sets {
+            let decode = |raw: Vec<u8>| {
+                let body = crate::encode::Compressor::new().compress(&raw);
+                wire::decode(&body, &WireLimits::default()).unwrap()
+            };
+            let mine = decode(t.body_without(Vec::new(), &batch, known.as_ref(), UnixMillis(7)));
+            let unknown: Vec<_> = full
+                .definitions
+                .iter()
+                .filter(|d| known.as_ref().is_none_or(|k| !k.contains(&d.series)))
+                .cloned()
+                .collect();
+            assert_eq!(mine.definitions, unknown, "{known:?}");
+            let metadata = if unknown.is_empty() {
+                vec![]
+            } else {
+                full.metadata.clone()
+            };
+            assert_eq!(mine.metadata, metadata, "{known:?}");
+            assert_eq!(mine.groups, batch.groups);
+            assert_eq!(mine.sent_at, UnixMillis(7));
+            assert_eq!((mine.seq, &mine.stream), (batch.seq, &batch.stream));
+        }
     }
 
     #[test]

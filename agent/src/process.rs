@@ -5,7 +5,9 @@
 use nines_shared::telemetry::Registry;
 
 /// Registers `process_resident_memory_bytes`, `process_cpu_seconds_total`
-/// and `process_start_time_seconds`.
+/// and `process_start_time_seconds`. The first two read /proc/self/stat
+/// whenever the registry is rendered; the start time, fixed, is read once
+/// here (it needs the boot time from /proc/stat, a dearer file).
 pub fn register(r: &Registry) {
     r.gauge_fn(
         "process_resident_memory_bytes",
@@ -17,9 +19,7 @@ pub fn register(r: &Registry) {
         "User and system CPU time of this process in seconds.",
         || self_stat().map(|s| s.cpu_seconds).unwrap_or(f64::NAN),
     );
-    let start = self_stat()
-        .map(|s| s.start_time_seconds)
-        .unwrap_or(f64::NAN);
+    let start = start_time_seconds().unwrap_or(f64::NAN);
     r.gauge_fn(
         "process_start_time_seconds",
         "Start time of this process since the Unix epoch in seconds.",
@@ -30,7 +30,13 @@ pub fn register(r: &Registry) {
 struct SelfStat {
     rss_bytes: f64,
     cpu_seconds: f64,
-    start_time_seconds: f64,
+    /// Clock ticks from boot to this process's start.
+    start_ticks: f64,
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant and has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 fn self_stat() -> Option<SelfStat> {
@@ -38,26 +44,28 @@ fn self_stat() -> Option<SelfStat> {
     // The command name may hold spaces and parentheses: fields start after
     // the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let mut f = rest.split_whitespace();
     // Fields after the name, 0-based: utime 11, stime 12, starttime 19, rss 21.
-    let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
+    let mut num = |skip: usize| f.nth(skip).and_then(|s| s.parse::<f64>().ok());
+    let (utime, stime) = (num(11)?, num(0)?);
+    let (start_ticks, rss_pages) = (num(6)?, num(1)?);
     // SAFETY: sysconf reads a constant and has no preconditions.
-    let (hz, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE) as f64,
-        )
-    };
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) as f64 };
+    Some(SelfStat {
+        rss_bytes: rss_pages * page,
+        cpu_seconds: (utime + stime) / clock_ticks_per_second(),
+        start_ticks,
+    })
+}
+
+/// When this process started, in seconds since the Unix epoch.
+fn start_time_seconds() -> Option<f64> {
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse::<f64>().ok())?;
-    Some(SelfStat {
-        rss_bytes: num(21)? * page,
-        cpu_seconds: (num(11)? + num(12)?) / hz,
-        start_time_seconds: boot + num(19)? / hz,
-    })
+    Some(boot + self_stat()?.start_ticks / clock_ticks_per_second())
 }
 
 #[cfg(test)]
@@ -68,7 +76,13 @@ mod tests {
     fn own_resource_use_is_readable() {
         let s = self_stat().expect("/proc/self/stat");
         assert!(s.rss_bytes > 0.0);
-        assert!(s.start_time_seconds > 1e9);
+        assert!(s.cpu_seconds >= 0.0);
+        let start = start_time_seconds().expect("start time");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(start > 1e9 && start <= now + 1.0, "{start}");
         let r = Registry::new();
         register(&r);
         let text = r.render();

@@ -670,11 +670,12 @@ fn make_body(
                 body.count(0);
                 body.finish(&b.groups)
             } else {
-                let full = table
+                // New series (or a collector that forgot them): their
+                // definitions from the table, still encoded.
+                table
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .with_all_definitions(b);
-                stripped_body(raw, &full, known, sent_at)
+                    .body_without(raw, b, known, sent_at)
             }
         }
     };

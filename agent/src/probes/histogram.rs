@@ -53,20 +53,34 @@ impl Histogram {
     /// `<name>_count` with `labels` on each.
     pub(crate) fn write(&self, out: &mut Samples, name: &str, labels: &[(&str, &str)]) {
         let bucket = format!("{name}_bucket");
-        let push_bucket = |out: &mut Samples, le: &str, n: u64| {
-            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
-            with_le.push(("le", le));
-            out.push(&bucket, &with_le, n as f64);
-        };
+        let mut with_le: Vec<(&str, &str)> = Vec::with_capacity(labels.len() + 1);
+        with_le.extend_from_slice(labels);
+        with_le.push(("le", ""));
+        let le_slot = labels.len();
+        let le = le_labels(self.bounds);
         let mut cumulative = 0u64;
-        for (i, b) in self.bounds.iter().enumerate() {
+        for (i, le) in le.iter().enumerate() {
             cumulative += self.counts[i];
-            push_bucket(out, &format_value(*b), cumulative);
+            with_le[le_slot].1 = le;
+            out.push(&bucket, &with_le, cumulative as f64);
         }
         cumulative += self.counts[self.bounds.len()];
-        push_bucket(out, "+Inf", cumulative);
+        with_le[le_slot].1 = "+Inf";
+        out.push(&bucket, &with_le, cumulative as f64);
         out.push(&format!("{name}_sum"), labels, self.sum);
         out.push(&format!("{name}_count"), labels, cumulative as f64);
+    }
+}
+
+/// The `le` label of each bound, as the text format writes it: made once
+/// for [`DURATION_BUCKETS`], which every probe uses.
+fn le_labels(bounds: &'static [f64]) -> std::borrow::Cow<'static, [String]> {
+    static DURATION_LE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let format = |bounds: &[f64]| bounds.iter().map(|b| format_value(*b)).collect::<Vec<_>>();
+    if std::ptr::eq(bounds, &DURATION_BUCKETS[..]) {
+        std::borrow::Cow::Borrowed(DURATION_LE.get_or_init(|| format(&DURATION_BUCKETS)))
+    } else {
+        std::borrow::Cow::Owned(format(bounds))
     }
 }
 

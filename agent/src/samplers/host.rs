@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nines_shared::{MetricKind, is_valid_metric_name};
 
+use super::proc_file::ProcFile;
 use super::{Family, SampleError, Samples, counter, gauge};
 
 /// USER_HZ when `sysconf` cannot tell us: the kernel fixes the tick rate it
@@ -245,6 +246,14 @@ pub struct HostSampler {
     /// that went offline are kept so that a CPU coming back continues from
     /// where it left off; the map is bounded by the number of CPU ids.
     reported_cpu: BTreeMap<u32, [f64; CPU_COLUMNS]>,
+    stat: ProcFile,
+    meminfo: ProcFile,
+    loadavg: ProcFile,
+    /// Our own mount table, and the host's for a /proc without it.
+    own_mounts: ProcFile,
+    mounts: ProcFile,
+    mountinfo: ProcFile,
+    net_dev: ProcFile,
 }
 
 impl HostSampler {
@@ -257,7 +266,15 @@ impl HostSampler {
 
     /// A sampler with a given USER_HZ, so tests get exact values on any host.
     fn with_user_hz(root: PathBuf, user_hz: f64) -> Self {
+        let proc_file = |rel: &str| ProcFile::new(root.join("proc").join(rel));
         HostSampler {
+            stat: proc_file("stat"),
+            meminfo: proc_file("meminfo"),
+            loadavg: proc_file("loadavg"),
+            own_mounts: proc_file("self/mounts"),
+            mounts: proc_file("mounts"),
+            mountinfo: proc_file("self/mountinfo"),
+            net_dev: proc_file("net/dev"),
             root,
             user_hz,
             reported_cpu: BTreeMap::new(),
@@ -283,14 +300,10 @@ impl HostSampler {
         stat.and(meminfo)
     }
 
-    fn proc_path(&self, rel: &str) -> PathBuf {
-        self.root.join("proc").join(rel)
-    }
-
     fn sample_stat(&mut self, out: &mut Samples) -> Result<(), SampleError> {
-        let path = self.proc_path("stat");
-        let text = read_text(&path)?;
-        let stat = parse_stat(&text, self.user_hz).map_err(|reason| parse_error(&path, reason))?;
+        let text = self.stat.text()?;
+        let stat = parse_stat(&text, self.user_hz)
+            .map_err(|reason| parse_error(self.stat.path(), reason))?;
 
         CPU_SECONDS.declare(out);
         CPU_GUEST_SECONDS.declare(out);
@@ -351,10 +364,10 @@ impl HostSampler {
         kept
     }
 
-    fn sample_meminfo(&self, out: &mut Samples) -> Result<(), SampleError> {
-        let path = self.proc_path("meminfo");
-        let text = read_text(&path)?;
-        let fields = parse_meminfo(&text).map_err(|reason| parse_error(&path, reason))?;
+    fn sample_meminfo(&mut self, out: &mut Samples) -> Result<(), SampleError> {
+        let text = self.meminfo.text()?;
+        let fields =
+            parse_meminfo(&text).map_err(|reason| parse_error(self.meminfo.path(), reason))?;
         for field in fields {
             // node_exporter makes a key a counter only if it ends in
             // "_total"; no kernel key does today (HugePages_Total is upper
@@ -364,23 +377,22 @@ impl HostSampler {
             } else {
                 MetricKind::Gauge
             };
-            let (unit, help) = if field.in_bytes {
-                (
-                    "bytes",
-                    format!("{} from /proc/meminfo, in bytes.", field.key),
-                )
-            } else {
-                ("", format!("{} from /proc/meminfo.", field.key))
-            };
-            out.family(&field.metric, kind, &help, unit);
+            let unit = if field.in_bytes { "bytes" } else { "" };
+            // The help follows from the key, as the name does.
+            out.family_with_help(&field.metric, kind, unit, || {
+                if field.in_bytes {
+                    format!("{} from /proc/meminfo, in bytes.", field.key)
+                } else {
+                    format!("{} from /proc/meminfo.", field.key)
+                }
+            });
             out.push(&field.metric, &[], field.value);
         }
         Ok(())
     }
 
-    fn sample_loadavg(&self, out: &mut Samples) {
-        let path = self.proc_path("loadavg");
-        let loads = match read_text(&path) {
+    fn sample_loadavg(&mut self, out: &mut Samples) {
+        let loads = match self.loadavg.text() {
             Ok(text) => parse_loadavg(&text),
             Err(e) => {
                 tracing::debug!(error = %e, "leaving load averages out");
@@ -388,7 +400,7 @@ impl HostSampler {
             }
         };
         let Some(loads) = loads else {
-            tracing::debug!(path = %path.display(), "unparsable load averages left out");
+            tracing::debug!(path = %self.loadavg.path().display(), "unparsable load averages left out");
             return;
         };
         for (family, load) in LOAD.iter().zip(loads) {
@@ -397,28 +409,33 @@ impl HostSampler {
         }
     }
 
-    fn sample_filesystems(&self, out: &mut Samples) {
+    fn sample_filesystems(&mut self, out: &mut Samples) {
         // Our own mount table; /proc/mounts is the same file on current
         // kernels, but an older or trimmed-down /proc may only have that.
-        let own = self.proc_path("self/mounts");
-        let table = std::fs::read(&own).or_else(|_| std::fs::read(self.proc_path("mounts")));
-        let table = match table {
+        let table = match self.own_mounts.read() {
             Ok(table) => table,
-            Err(e) => {
-                tracing::debug!(path = %own.display(), error = %e, "leaving filesystems out");
-                return;
-            }
+            Err(_) => match self.mounts.read() {
+                Ok(table) => table,
+                Err(e) => {
+                    let own = self.own_mounts.path().display();
+                    tracing::debug!(path = %own, error = %e, "leaving filesystems out");
+                    return;
+                }
+            },
         };
+        let mounts = parse_mounts(table);
 
         // Read-only as the filesystem itself is mounted (the superblock's
         // options in mountinfo), not as this process sees it: a sandbox
         // such as systemd's ProtectSystem=strict remounts everything
         // read-only for the agent alone, which statvfs would report.
-        let superblock_ro = std::fs::read(self.proc_path("self/mountinfo"))
-            .map(|t| parse_mountinfo_readonly(&t))
+        let superblock_ro = self
+            .mountinfo
+            .read()
+            .map(parse_mountinfo_readonly)
             .unwrap_or_default();
         let mut declared = false;
-        for mount in parse_mounts(&table) {
+        for mount in mounts {
             if is_excluded_mount_point(&mount.mount_point) || is_excluded_fs_type(&mount.fs_type) {
                 continue;
             }
@@ -472,9 +489,8 @@ impl HostSampler {
         }
     }
 
-    fn sample_network(&self, out: &mut Samples) {
-        let path = self.proc_path("net/dev");
-        let text = match read_text(&path) {
+    fn sample_network(&mut self, out: &mut Samples) {
+        let text = match self.net_dev.text() {
             Ok(text) => text,
             Err(e) => {
                 tracing::debug!(error = %e, "leaving network devices out");
@@ -508,17 +524,6 @@ fn user_hz() -> f64 {
     // SAFETY: sysconf takes no pointers and only reads configuration.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 { hz as f64 } else { FALLBACK_USER_HZ }
-}
-
-/// Reads a whole /proc file. Invalid UTF-8 (possible only in device names)
-/// is replaced rather than failing the file: values are ASCII digits anyway.
-fn read_text(path: &Path) -> Result<String, SampleError> {
-    std::fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .map_err(|source| SampleError::Read {
-            path: path.display().to_string(),
-            source,
-        })
 }
 
 fn parse_error(path: &Path, reason: String) -> SampleError {

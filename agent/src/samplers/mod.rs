@@ -6,10 +6,12 @@ pub mod access_log;
 pub mod connections;
 pub mod histogram;
 pub mod host;
+mod proc_file;
 pub mod statsd;
 pub mod system;
 
 use nines_shared::{Labels, METRIC_NAME_LABEL, MetricKind, MetricMetadata, SeriesRef};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A metric family with fixed metadata, declared once per round by the
@@ -118,6 +120,25 @@ pub struct Samples {
     previous_metadata: Vec<MetricMetadata>,
     /// Where in `previous` the next observation is looked for.
     previous_at: usize,
+    /// Hashes of the family names declared this round.
+    declared: HashSet<u64>,
+}
+
+/// A family entry whose strings have been moved out.
+fn empty_metadata(kind: MetricKind) -> MetricMetadata {
+    MetricMetadata {
+        name: String::new(),
+        kind,
+        help: String::new(),
+        unit: String::new(),
+    }
+}
+
+/// FNV-1a of a family name: cheap, and a collision only costs a search.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// How far past the expected place a reused series is looked for, so a
@@ -140,25 +161,22 @@ impl Samples {
             previous: self.observations,
             previous_metadata: self.metadata,
             previous_at: 0,
+            declared: {
+                let mut d = self.declared;
+                d.clear();
+                d
+            },
         }
     }
 
     /// Declares a metric family (type, help, unit) once per round.
     pub fn family(&mut self, name: &str, kind: MetricKind, help: &str, unit: &str) {
-        if self.metadata.iter().any(|m| m.name == name) {
+        if self.declared(name) {
             return;
         }
         if let Some(old) = self.previous_metadata.get_mut(self.metadata.len()) {
             if old.name == name && old.kind == kind && old.help == help && old.unit == unit {
-                let m = std::mem::replace(
-                    old,
-                    MetricMetadata {
-                        name: String::new(),
-                        kind,
-                        help: String::new(),
-                        unit: String::new(),
-                    },
-                );
+                let m = std::mem::replace(old, empty_metadata(kind));
                 self.metadata.push(m);
                 return;
             }
@@ -169,6 +187,45 @@ impl Samples {
             help: help.to_string(),
             unit: unit.to_string(),
         });
+    }
+
+    /// [`Samples::family`] for a family whose help text follows from its
+    /// name: `help` is called only when the round before did not declare
+    /// the same name, kind and unit at this place.
+    pub fn family_with_help(
+        &mut self,
+        name: &str,
+        kind: MetricKind,
+        unit: &str,
+        help: impl FnOnce() -> String,
+    ) {
+        if self.declared(name) {
+            return;
+        }
+        if let Some(old) = self.previous_metadata.get_mut(self.metadata.len()) {
+            if old.name == name && old.kind == kind && old.unit == unit {
+                let m = std::mem::replace(old, empty_metadata(kind));
+                self.metadata.push(m);
+                return;
+            }
+        }
+        self.metadata.push(MetricMetadata {
+            name: name.to_string(),
+            kind,
+            help: help(),
+            unit: unit.to_string(),
+        });
+    }
+
+    /// Whether this round declared the family `name` already; a name not
+    /// seen is noted as declared. Names are remembered by a hash, so only a
+    /// name whose hash was seen is compared with the families declared.
+    fn declared(&mut self, name: &str) -> bool {
+        let hash = name_hash(name);
+        if self.declared.insert(hash) {
+            return false;
+        }
+        self.metadata.iter().any(|m| m.name == name)
     }
 
     /// Reports one value of `metric` with the given labels.
@@ -425,6 +482,43 @@ mod tests {
             .count();
         assert_eq!(shifted, 3, "cpu 0, cpu 1 and node_load1 reused");
         assert_eq!(fifth.value_of("node_load1", &[]), Some(5.0));
+    }
+
+    #[test]
+    fn a_family_is_declared_once_per_round_and_its_help_made_only_when_new() {
+        let mut first = Samples::default();
+        let mut made = 0;
+        for name in ["a", "b", "a", "c", "b"] {
+            first.family_with_help(name, MetricKind::Gauge, "", || {
+                made += 1;
+                format!("{name} help.")
+            });
+        }
+        first.family("c", MetricKind::Gauge, "C again.", "");
+        let names: Vec<&str> = first.metadata.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(made, 3);
+        let mut second = first.clone().recycle();
+        for name in ["a", "b", "d"] {
+            second.family_with_help(name, MetricKind::Gauge, "", || {
+                made += 1;
+                format!("{name} help.")
+            });
+        }
+        // "d" stands where "c" stood: made anew.
+        assert_eq!(made, 4);
+        assert_eq!(second.metadata[0], first.metadata[0]);
+        assert_eq!(second.metadata[2].help, "d help.");
+        // A different unit is a different declaration.
+        let mut third = second.recycle();
+        third.family_with_help("a", MetricKind::Gauge, "bytes", || "A.".into());
+        assert_eq!(
+            (
+                third.metadata[0].unit.as_str(),
+                third.metadata[0].help.as_str()
+            ),
+            ("bytes", "A.")
+        );
     }
 
     #[test]

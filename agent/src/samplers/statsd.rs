@@ -23,12 +23,15 @@
 //!
 //! This listener must never let a sender grow the agent's memory without
 //! bound, crash the agent, or silently lose data: every line is either
-//! applied or counted in `nines_statsd_dropped_lines_total{reason}`. It
-//! never sends anything and never expires series (counters must stay
-//! cumulative while the agent runs).
+//! applied or counted in `nines_statsd_dropped_lines_total{reason}`, and
+//! datagrams the kernel dropped before the listener read them (its
+//! receive buffer was full) are counted there as
+//! `reason="receive_buffer_full"`, one per datagram. It never sends
+//! anything and never expires series (counters must stay cumulative while
+//! the agent runs).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -104,9 +107,14 @@ impl StatsdListener {
     pub fn bind(cfg: StatsdConfig) -> Result<StatsdListener, io::Error> {
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
         socket.set_nonblocking(true)?;
+        let mut state = StatsdState::new(&cfg);
+        // A second descriptor of the same socket, for the round to read
+        // the kernel's drop count from while the receive task owns the
+        // first.
+        state.socket = Some(Arc::new(socket.try_clone()?));
         Ok(StatsdListener {
             socket,
-            state: StatsdState::new(&cfg),
+            state,
             max_packet_bytes: cfg.max_packet_bytes,
         })
     }
@@ -122,9 +130,11 @@ impl StatsdListener {
     }
 
     /// Receives datagrams and applies them until `stop` turns true (or its
-    /// sender is dropped, as then nothing could ever stop us). Socket errors
-    /// are logged and the loop goes on: StatsD is fire-and-forget, and one
-    /// bad datagram must not end the listener.
+    /// sender is dropped, as then nothing could ever stop us). Each time
+    /// the socket turns readable, every datagram queued is read and
+    /// applied under one lock of the state. Socket errors are logged and
+    /// the loop goes on: StatsD is fire-and-forget, and one bad datagram
+    /// must not end the listener.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let socket = match tokio::net::UdpSocket::from_std(self.socket) {
             Ok(s) => s,
@@ -140,32 +150,38 @@ impl StatsdListener {
             if *stop.borrow() {
                 return;
             }
-            tokio::select! {
+            let ready = tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() {
                         return;
                     }
+                    continue;
                 }
-                received = socket.recv_from(&mut buf) => match received {
-                    Ok((n, _from)) => self.state.ingest(buf.get(..n).unwrap_or(&buf)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "statsd receive failed");
-                        tokio::select! {
-                            _ = tokio::time::sleep(ERROR_PAUSE) => {}
-                            _ = stop.changed() => {}
-                        }
-                    }
-                },
+                ready = socket.readable() => ready,
+            };
+            let drained = ready.and_then(|()| self.state.drain(&socket, &mut buf));
+            if let Err(e) = drained {
+                tracing::warn!(error = %e, "statsd receive failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                    _ = stop.changed() => {}
+                }
             }
         }
     }
 }
+
+/// Most datagrams read at one wake-up before the loop lets other tasks
+/// run (the socket stays readable, so it comes straight back).
+const DRAIN_MAX: usize = 256;
 
 /// The aggregated StatsD data, shared between the receive task and the
 /// sampling round. Cheap to clone (a shared handle).
 #[derive(Debug, Clone)]
 pub struct StatsdState {
     inner: Arc<Mutex<Registry>>,
+    /// The listener's socket, whose kernel drop count each round reads.
+    socket: Option<Arc<std::net::UdpSocket>>,
 }
 
 impl StatsdState {
@@ -173,6 +189,7 @@ impl StatsdState {
     pub fn new(cfg: &StatsdConfig) -> Self {
         StatsdState {
             inner: Arc::new(Mutex::new(Registry::new(cfg))),
+            socket: None,
         }
     }
 
@@ -183,12 +200,32 @@ impl StatsdState {
         self.lock().ingest_packet(packet);
     }
 
+    /// Reads and applies the datagrams queued on `socket` (up to
+    /// [`DRAIN_MAX`]) under one lock; stops at the first that is not
+    /// there yet.
+    fn drain(&self, socket: &tokio::net::UdpSocket, buf: &mut [u8]) -> io::Result<()> {
+        let mut registry = self.lock();
+        for _ in 0..DRAIN_MAX {
+            match socket.try_recv(buf) {
+                Ok(n) => registry.ingest_packet(buf.get(..n).unwrap_or(buf)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Reports the listener's own counters and every series' current
     /// cumulative value into `out`. Set gauges report the distinct members
     /// seen since the previous call and then start over, so exactly one
     /// sampling round should call this.
     pub fn sample(&self, out: &mut Samples) {
-        self.lock().sample(out);
+        let kernel_drops = self.socket.as_deref().and_then(kernel_drops);
+        let mut registry = self.lock();
+        if let Some(now) = kernel_drops {
+            registry.note_kernel_drops(now);
+        }
+        registry.sample(out);
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -309,11 +346,7 @@ fn parse_line(line: &str) -> Result<Line<'_>, DropReason> {
     // DogStatsD adds new ones over time.
     for field in fields {
         if let Some(r) = field.strip_prefix('@') {
-            rate = r
-                .parse::<f64>()
-                .ok()
-                .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
-                .ok_or(DropReason::ParseError)?;
+            rate = parse_rate(r)?;
         } else if let Some(list) = field.strip_prefix('#') {
             for tag in list.split(',').filter(|t| !t.is_empty()) {
                 tags.push(match tag.split_once(':') {
@@ -337,6 +370,14 @@ fn parse_line(line: &str) -> Result<Line<'_>, DropReason> {
         rate,
         tags,
     })
+}
+
+/// Parses a sample rate (after its `@`): in (0, 1].
+fn parse_rate(r: &str) -> Result<f64, DropReason> {
+    r.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
+        .ok_or(DropReason::ParseError)
 }
 
 /// Parses one value for `kind`.
@@ -523,13 +564,32 @@ type LabelSet = Vec<(String, String)>;
 #[derive(Debug)]
 struct Family {
     kind: SeriesKind,
-    series: BTreeMap<LabelSet, SeriesValue>,
+    /// Each series' index in [`Registry::values`].
+    series: BTreeMap<LabelSet, usize>,
 }
+
+/// How a line's name, type and tags were resolved before: which series
+/// they write and the type its values are parsed as.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    series: usize,
+    kind: StatsdType,
+}
+
+/// Most lines' resolution kept in [`Registry::resolved`]; past it, lines
+/// of new shapes take the full path every time.
+const RESOLVED_MAX_ENTRIES: usize = 20_000;
+
+/// Longest resolution key kept: a line whose name, type and tags take
+/// more bytes takes the full path every time.
+const RESOLVED_MAX_KEY: usize = 256;
 
 /// The listener's own counters.
 const PACKETS: &str = "nines_statsd_packets_total";
 const LINES: &str = "nines_statsd_lines_total";
 const DROPPED: &str = "nines_statsd_dropped_lines_total";
+/// The `reason` of datagrams the kernel dropped (their lines are unknown).
+const KERNEL_DROPS: &str = "receive_buffer_full";
 
 /// Everything received so far, plus the listener's own counters.
 #[derive(Debug)]
@@ -540,6 +600,18 @@ struct Registry {
     max_packet_bytes: usize,
     /// By family name, so rounds report in a stable order.
     families: BTreeMap<String, Family>,
+    /// Every series' value, by the index its family holds. Series never
+    /// go away, so an index stays valid.
+    values: Vec<SeriesValue>,
+    /// A line's name, `|`, type and its `#` tag fields as sent, to the
+    /// series it writes: a line of a shape seen before (the usual line)
+    /// is applied with one hash lookup, without sanitising its names,
+    /// building its label set or searching the families. Only lines that
+    /// were applied are here, and a key holds everything the checks
+    /// before the values look at, so a line found here passes them again.
+    resolved: HashMap<Box<str>, Resolved>,
+    /// Most entries `resolved` may hold ([`RESOLVED_MAX_ENTRIES`]).
+    resolved_max: usize,
     /// Every sample name in use (and the listener's own), so that two
     /// families never write the same name.
     owners: HashSet<String>,
@@ -550,6 +622,10 @@ struct Registry {
     packets: u64,
     lines: u64,
     dropped: [u64; DropReason::ALL.len()],
+    /// Datagrams the kernel dropped before the listener read them, and
+    /// the kernel's own 32-bit count when last read.
+    kernel_dropped: u64,
+    kernel_count: Option<u32>,
     /// Buffers a line's names are built in, kept between lines so a line
     /// for a series that exists allocates nothing for them.
     scratch: Scratch,
@@ -560,6 +636,7 @@ struct Scratch {
     name: String,
     family: String,
     labels: LabelSet,
+    key: String,
 }
 
 impl Registry {
@@ -574,12 +651,17 @@ impl Registry {
             max_tags: cfg.max_tags,
             max_packet_bytes: cfg.max_packet_bytes,
             families: BTreeMap::new(),
+            values: Vec::new(),
+            resolved: HashMap::new(),
+            resolved_max: RESOLVED_MAX_ENTRIES,
             owners,
             series: 0,
             set_members: 0,
             packets: 0,
             lines: 0,
             dropped: [0; DropReason::ALL.len()],
+            kernel_dropped: 0,
+            kernel_count: None,
             scratch: Scratch::default(),
         }
     }
@@ -618,6 +700,21 @@ impl Registry {
         }
     }
 
+    /// Takes the kernel's drop count of the socket (it wraps at 2^32).
+    fn note_kernel_drops(&mut self, now: u32) {
+        let before = self.kernel_count.replace(now).unwrap_or(0);
+        let new = now.wrapping_sub(before);
+        if new > 0 && self.kernel_dropped == 0 {
+            tracing::warn!(
+                datagrams = new,
+                "statsd: the kernel dropped datagrams before the agent read them \
+                 (the socket's receive buffer was full); counted in \
+                 nines_statsd_dropped_lines_total{{reason=\"{KERNEL_DROPS}\"}}"
+            );
+        }
+        self.kernel_dropped += u64::from(new);
+    }
+
     fn drop_line(&mut self, reason: DropReason, line: &[u8]) {
         self.dropped[reason.index()] += 1;
         tracing::trace!(%reason, line = %String::from_utf8_lossy(line), "statsd line dropped");
@@ -625,12 +722,61 @@ impl Registry {
 
     fn apply_line(&mut self, line: &str) -> Result<(), DropReason> {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let applied = self.apply_parsed(line, &mut scratch);
+        let shape = resolution_key(line, &mut scratch.key);
+        let known = shape
+            .and_then(|_| self.resolved.get(scratch.key.as_str()))
+            .copied();
+        let applied = match (shape, known) {
+            (Some(shape), Some(resolved)) => self.apply_resolved(resolved, shape),
+            _ => {
+                let applied = self.apply_parsed(line, &mut scratch);
+                if let (Ok(resolved), Some(_)) = (applied, shape) {
+                    if self.resolved.len() < self.resolved_max
+                        && scratch.key.len() <= RESOLVED_MAX_KEY
+                    {
+                        self.resolved.insert(scratch.key.as_str().into(), resolved);
+                    }
+                }
+                applied.map(|_| ())
+            }
+        };
         self.scratch = scratch;
         applied
     }
 
-    fn apply_parsed(&mut self, line: &str, scratch: &mut Scratch) -> Result<(), DropReason> {
+    /// Applies a line whose name, type and tags resolved to a series
+    /// before: only its rate and values are left to check, as
+    /// [`parse_line`] checks them.
+    fn apply_resolved(&mut self, resolved: Resolved, shape: Shape<'_>) -> Result<(), DropReason> {
+        let mut rate = 1.0;
+        for field in shape.fields.split('|') {
+            if let Some(r) = field.strip_prefix('@') {
+                rate = parse_rate(r)?;
+            }
+        }
+        // Every value is checked before any is applied: a line is applied
+        // whole or dropped whole.
+        let single = !shape.values.contains(':');
+        if !single {
+            for v in shape.values.split(':') {
+                parse_value(resolved.kind, v)?;
+            }
+        }
+        let kind = SeriesKind::of(resolved.kind);
+        let Some(series) = self.values.get_mut(resolved.series) else {
+            // Cannot happen: series are never removed.
+            return Err(DropReason::ParseError);
+        };
+        for v in shape.values.split(':') {
+            let v = parse_value(resolved.kind, v)?;
+            apply_value(series, &v, kind, rate, &mut self.set_members);
+        }
+        Ok(())
+    }
+
+    /// Parses and checks a whole line, creating its series if need be,
+    /// and applies it; how the line resolved.
+    fn apply_parsed(&mut self, line: &str, scratch: &mut Scratch) -> Result<Resolved, DropReason> {
         let line = parse_line(line)?;
         let too_long = |s: &str| s.len() > self.max_name_len;
         if too_long(line.name)
@@ -654,56 +800,50 @@ impl Registry {
         let family = scratch.family.as_str();
         label_set_into(&line.tags, kind, &mut scratch.labels);
         let labels = &scratch.labels;
-        // A series that exists (the usual line): one lookup each.
-        if let Some(f) = self.families.get_mut(family) {
-            if f.kind == kind {
-                if let Some(value) = f.series.get_mut(labels) {
-                    apply_values(value, &line, kind, &mut self.set_members);
-                    return Ok(());
-                }
-            }
-        }
-        self.claim(family, kind)?;
-
-        let exists = self
+        let existing = self
             .families
             .get(family)
-            .is_some_and(|f| f.series.contains_key(labels));
-        if !exists {
-            if self.series + kind.cost() > self.max_series {
-                return Err(DropReason::TooManySeries);
+            .filter(|f| f.kind == kind)
+            .and_then(|f| f.series.get(labels))
+            .copied();
+        let series = match existing {
+            Some(i) => i,
+            None => {
+                self.claim(family, kind)?;
+                if self.series + kind.cost() > self.max_series {
+                    return Err(DropReason::TooManySeries);
+                }
+                self.series += kind.cost();
+                self.owners.extend(kind.sample_names(family));
+                let i = self.values.len();
+                self.values.push(match kind {
+                    SeriesKind::Counter => SeriesValue::Counter(0.0),
+                    SeriesKind::Gauge => SeriesValue::Gauge(0.0),
+                    SeriesKind::Set => SeriesValue::Set(HashSet::new()),
+                    SeriesKind::Timer | SeriesKind::Histogram => {
+                        SeriesValue::Histogram(Box::new(Histogram::latency()))
+                    }
+                });
+                self.families
+                    .entry(family.to_string())
+                    .or_insert_with(|| Family {
+                        kind,
+                        series: BTreeMap::new(),
+                    })
+                    .series
+                    .insert(labels.clone(), i);
+                i
             }
-            self.series += kind.cost();
-            self.owners.extend(kind.sample_names(family));
-            self.families
-                .entry(family.to_string())
-                .or_insert_with(|| Family {
-                    kind,
-                    series: BTreeMap::new(),
-                })
-                .series
-                .insert(
-                    labels.clone(),
-                    match kind {
-                        SeriesKind::Counter => SeriesValue::Counter(0.0),
-                        SeriesKind::Gauge => SeriesValue::Gauge(0.0),
-                        SeriesKind::Set => SeriesValue::Set(HashSet::new()),
-                        SeriesKind::Timer | SeriesKind::Histogram => {
-                            SeriesValue::Histogram(Box::new(Histogram::latency()))
-                        }
-                    },
-                );
-        }
-        let Some(value) = self
-            .families
-            .get_mut(family)
-            .and_then(|f| f.series.get_mut(labels))
-        else {
-            // Cannot happen: the series was just found or inserted.
-            return Err(DropReason::ParseError);
         };
-        apply_values(value, &line, kind, &mut self.set_members);
-        Ok(())
+        if let Some(value) = self.values.get_mut(series) {
+            for v in &line.values {
+                apply_value(value, v, kind, line.rate, &mut self.set_members);
+            }
+        }
+        Ok(Resolved {
+            series,
+            kind: line.kind,
+        })
     }
 
     /// Checks that `family` of `kind` may be written: either it exists with
@@ -745,7 +885,8 @@ impl Registry {
         out.family(
             DROPPED,
             MetricKind::Counter,
-            "StatsD lines the agent did not apply, by reason.",
+            "StatsD lines the agent did not apply, by reason; receive_buffer_full counts \
+             datagrams the kernel dropped before the agent read them, whose lines it never saw.",
             "",
         );
         for r in DropReason::ALL {
@@ -755,11 +896,19 @@ impl Registry {
                 self.dropped[r.index()] as f64,
             );
         }
+        out.push(
+            DROPPED,
+            &[("reason", KERNEL_DROPS)],
+            self.kernel_dropped as f64,
+        );
 
-        for (name, family) in &mut self.families {
+        for (name, family) in &self.families {
             let kind = family.kind;
             out.family(name, kind.metric_kind(), kind.help(), kind.unit());
-            for (labels, value) in &mut family.series {
+            for (labels, &i) in &family.series {
+                let Some(value) = self.values.get_mut(i) else {
+                    continue;
+                };
                 let labels: Vec<(&str, &str)> = labels
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -780,42 +929,71 @@ impl Registry {
     }
 }
 
-/// Applies a line's values to its series; `set_members` counts set
-/// members remembered this round, across all sets.
-fn apply_values(
-    value: &mut SeriesValue,
-    line: &Line<'_>,
+/// Applies one value of a line sent at `rate` to its series;
+/// `set_members` counts set members remembered this round, across all
+/// sets.
+fn apply_value(
+    series: &mut SeriesValue,
+    v: &Value<'_>,
     kind: SeriesKind,
+    rate: f64,
     set_members: &mut usize,
 ) {
-    // A sampled event stands for 1/rate events; histograms count whole
-    // observations, so at least one.
-    let times = (1.0 / line.rate).round().max(1.0) as u64;
-    for v in &line.values {
-        match (&mut *value, v) {
-            (SeriesValue::Counter(c), Value::Number(x)) => *c += x / line.rate,
-            (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = *x,
-            (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
-            (SeriesValue::Set(members), Value::Member(m)) => {
-                // Past the budget the set stops growing until the round
-                // ends, rather than memory.
-                let room = *set_members < SET_MEMBER_BUDGET;
-                *set_members += usize::from(room && members.insert(hash(m)));
-            }
-            (SeriesValue::Histogram(h), Value::Number(x)) => {
-                let x = if kind == SeriesKind::Timer {
-                    x / 1000.0
-                } else {
-                    *x
-                };
-                h.observe_n(x, times);
-            }
-            // Cannot happen: parse_value only yields values of the line's
-            // type, and `claim` only lets a line into a family of its own
-            // kind.
-            _ => {}
+    match (series, v) {
+        (SeriesValue::Counter(c), Value::Number(x)) => *c += x / rate,
+        (SeriesValue::Gauge(g), Value::GaugeSet(x)) => *g = *x,
+        (SeriesValue::Gauge(g), Value::GaugeDelta(d)) => *g += d,
+        (SeriesValue::Set(members), Value::Member(m)) => {
+            // Past the budget the set stops growing until the round
+            // ends, rather than memory.
+            let room = *set_members < SET_MEMBER_BUDGET;
+            *set_members += usize::from(room && members.insert(hash(m)));
         }
+        (SeriesValue::Histogram(h), Value::Number(x)) => {
+            let x = if kind == SeriesKind::Timer {
+                x / 1000.0
+            } else {
+                *x
+            };
+            // A sampled event stands for 1/rate events; histograms count
+            // whole observations, so at least one.
+            let times = (1.0 / rate).round().max(1.0) as u64;
+            h.observe_n(x, times);
+        }
+        // Cannot happen: parse_value only yields values of the line's
+        // type, and `claim` only lets a line into a family of its own
+        // kind.
+        _ => {}
     }
+}
+
+/// A line split as [`resolution_key`] splits it.
+#[derive(Debug, Clone, Copy)]
+struct Shape<'a> {
+    /// What follows the name up to the first `|`: the values.
+    values: &'a str,
+    /// The fields after the type, `|`-separated.
+    fields: &'a str,
+}
+
+/// Writes into `key` what decides which series a line writes and whether
+/// its name and tags pass the checks: the name, `|`, the type and each
+/// `#` field with its `|`, as sent (none of them can hold a `|`, so two
+/// lines have one key only if all of those are equal). `None` for a line
+/// without a name, values and type, which only the full parse judges.
+fn resolution_key<'a>(line: &'a str, key: &mut String) -> Option<Shape<'a>> {
+    let (head, rest) = line.split_once('|')?;
+    let (name, values) = head.split_once(':')?;
+    let (kind, fields) = rest.split_once('|').unwrap_or((rest, ""));
+    key.clear();
+    key.push_str(name);
+    key.push('|');
+    key.push_str(kind);
+    for field in fields.split('|').filter(|f| f.starts_with('#')) {
+        key.push('|');
+        key.push_str(field);
+    }
+    Some(Shape { values, fields })
 }
 
 /// Builds the label set of a line's tags into `set` (reusing the strings
@@ -852,6 +1030,28 @@ fn label_set_into(tags: &[(&str, Option<&str>)], kind: SeriesKind, set: &mut Lab
     }
     set.truncate(n);
     set.sort();
+}
+
+/// How many datagrams the kernel dropped on `socket` since it was
+/// opened (mostly for want of room in its receive buffer), or `None`
+/// where it does not say.
+fn kernel_drops(socket: &std::net::UdpSocket) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the buffer and its length are valid for writing; the kernel
+    // writes at most `len` bytes and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let drops = libc::SK_MEMINFO_DROPS as usize;
+    (rc == 0 && len as usize >= (drops + 1) * 4).then(|| info[drops])
 }
 
 /// A set member's fingerprint. Collisions (2^-64 per pair) would only

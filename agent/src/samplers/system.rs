@@ -18,10 +18,11 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nines_shared::{MetricKind, is_valid_metric_name};
 
+use super::proc_file::ProcFile;
 use super::{Family, SampleError, Samples, counter, gauge};
 
 /// The unit of the sector counts in /proc/diskstats: always 512 bytes,
@@ -280,9 +281,15 @@ const TIMEX_ESTERROR: Family = gauge(
 /// root directory, in node_exporter 1.5's vocabulary.
 #[derive(Debug)]
 pub struct SystemSampler {
-    root: PathBuf,
     /// Whether to ask the running kernel for its clock discipline.
     kernel_clock: bool,
+    diskstats: ProcFile,
+    /// One per entry of [`PRESSURE`].
+    pressure: Vec<ProcFile>,
+    file_nr: ProcFile,
+    snmp: ProcFile,
+    netstat: ProcFile,
+    snmp6: ProcFile,
 }
 
 impl SystemSampler {
@@ -291,9 +298,18 @@ impl SystemSampler {
     /// clock discipline, which no root can redirect; see
     /// [`SystemSampler::with_kernel_clock`].
     pub fn new(root: PathBuf) -> Self {
+        let proc_file = |rel: &str| ProcFile::new(root.join("proc").join(rel));
         SystemSampler {
-            root,
             kernel_clock: true,
+            diskstats: proc_file("diskstats"),
+            pressure: PRESSURE
+                .iter()
+                .map(|(resource, _, _)| proc_file(&format!("pressure/{resource}")))
+                .collect(),
+            file_nr: proc_file("sys/fs/file-nr"),
+            snmp: proc_file("net/snmp"),
+            netstat: proc_file("net/netstat"),
+            snmp6: proc_file("net/snmp6"),
         }
     }
 
@@ -327,12 +343,8 @@ impl SystemSampler {
         disks.and(filefd).and(netstat)
     }
 
-    fn proc_path(&self, rel: &str) -> PathBuf {
-        self.root.join("proc").join(rel)
-    }
-
-    fn sample_diskstats(&self, out: &mut Samples) -> Result<(), SampleError> {
-        let text = read_text(&self.proc_path("diskstats"))?;
+    fn sample_diskstats(&mut self, out: &mut Samples) -> Result<(), SampleError> {
+        let text = self.diskstats.text()?;
         let disks: Vec<Disk> = parse_diskstats(&text)
             .into_iter()
             .filter(|d| !is_excluded_disk(&d.name))
@@ -353,12 +365,11 @@ impl SystemSampler {
         Ok(())
     }
 
-    fn sample_pressure(&self, out: &mut Samples) {
-        for (resource, some, full) in &PRESSURE {
-            let path = self.proc_path("pressure").join(resource);
+    fn sample_pressure(&mut self, out: &mut Samples) {
+        for ((_, some, full), file) in PRESSURE.iter().zip(&mut self.pressure) {
             // Absent before 4.20 and with psi=0 (reading then fails with
             // EOPNOTSUPP): both mean "no pressure information", not a fault.
-            let text = match read_text(&path) {
+            let text = match file.text() {
                 Ok(text) => text,
                 Err(e) => {
                     tracing::debug!(error = %e, "leaving pressure out");
@@ -375,11 +386,10 @@ impl SystemSampler {
         }
     }
 
-    fn sample_filefd(&self, out: &mut Samples) -> Result<(), SampleError> {
-        let path = self.proc_path("sys/fs/file-nr");
-        let text = read_text(&path)?;
+    fn sample_filefd(&mut self, out: &mut Samples) -> Result<(), SampleError> {
+        let text = self.file_nr.text()?;
         let (allocated, maximum) = parse_file_nr(&text).ok_or_else(|| SampleError::Parse {
-            path: path.display().to_string(),
+            path: self.file_nr.path().display().to_string(),
             reason: "expected three counts".to_string(),
         })?;
         FILEFD_ALLOCATED.declare(out);
@@ -389,21 +399,26 @@ impl SystemSampler {
         Ok(())
     }
 
-    fn sample_netstat(&self, out: &mut Samples) -> Result<(), SampleError> {
+    fn sample_netstat(&mut self, out: &mut Samples) -> Result<(), SampleError> {
         let mut stats = Vec::new();
-        let snmp =
-            read_text(&self.proc_path("net/snmp")).map(|t| parse_netstat_pairs(&t, &mut stats));
-        let netstat =
-            read_text(&self.proc_path("net/netstat")).map(|t| parse_netstat_pairs(&t, &mut stats));
-        match read_text(&self.proc_path("net/snmp6")) {
+        let snmp = self
+            .snmp
+            .text()
+            .map(|t| parse_netstat_pairs(&t, &mut stats));
+        let netstat = self
+            .netstat
+            .text()
+            .map(|t| parse_netstat_pairs(&t, &mut stats));
+        match self.snmp6.text() {
             Ok(text) => parse_snmp6(&text, &mut stats),
             Err(e) => tracing::debug!(error = %e, "leaving IPv6 protocol counters out"),
         }
         for stat in &stats {
             // node_exporter exposes these untyped: some are counters, some
             // gauges (CurrEstab, Forwarding), and it does not tell them apart.
-            let help = format!("Statistic {}{}.", stat.protocol, stat.field);
-            out.family(&stat.metric, MetricKind::Unknown, &help, "");
+            out.family_with_help(&stat.metric, MetricKind::Unknown, "", || {
+                format!("Statistic {}{}.", stat.protocol, stat.field)
+            });
             out.push(&stat.metric, &[], stat.value);
         }
         snmp.and(netstat)
@@ -430,17 +445,6 @@ fn sample_kernel_clock(out: &mut Samples) {
         family.declare(out);
         out.push(family.name, &[], value);
     }
-}
-
-/// Reads a whole /proc file. Invalid UTF-8 (possible only in device names)
-/// is replaced rather than failing the file: values are ASCII digits anyway.
-fn read_text(path: &Path) -> Result<String, SampleError> {
-    std::fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .map_err(|source| SampleError::Read {
-            path: path.display().to_string(),
-            source,
-        })
 }
 
 /// An unsigned decimal count as the kernel prints it. Rejects the signs,
@@ -1531,7 +1535,7 @@ UdpLite6InErrors                \t48
             "{forwarding:?}"
         );
 
-        let psi = Path::new("/proc/pressure/io").exists();
+        let psi = std::path::Path::new("/proc/pressure/io").exists();
         assert_eq!(
             out.value_of("node_pressure_io_waiting_seconds_total", &[])
                 .is_some(),

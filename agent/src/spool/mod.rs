@@ -20,8 +20,10 @@
 //!   per record across segments and restarts; a segment's records are
 //!   `base, base+1, …`.
 //! - `cursor-<name>`: the id of the next record that cursor wants, in
-//!   decimal. Replaced atomically (write `tmp-cursor-<name>`, fsync,
-//!   rename, fsync the dir).
+//!   decimal. Created atomically (write `tmp-cursor-<name>`, fsync,
+//!   rename, fsync the dir); an acknowledgement then overwrites it in
+//!   place, as 20 digits and a newline at offset 0 of the open file, and
+//!   does not sync it (see Guarantees).
 //! - `lock`: held with `flock` while a spool is open, so two agents cannot
 //!   write one spool.
 //!
@@ -35,6 +37,20 @@
 //! remove records whose `append` never returned, unless the disk itself
 //! damaged older bytes of it. Delivery is at least once: a cursor reads the
 //! same records again until they are acknowledged.
+//!
+//! An acknowledgement survives the agent's own crash or SIGKILL as soon as
+//! [`Spool::ack`] returns (it is in the page cache, which outlives the
+//! process), but it is not synced: after a power loss or a kernel crash a
+//! cursor can come back as it was up to the kernel's writeback delay
+//! (about 30 s) before, and the batches since are sent again, which the
+//! collector applies once (it de-duplicates by stream and sequence
+//! number). It can never come back ahead of what was acknowledged, and a
+//! segment deleted because every cursor was past it only held records
+//! already acknowledged, so nothing is lost either way. A sync per
+//! acknowledgement (fsync of the file and of the dir) cost more CPU than
+//! the append it follows. The 21 bytes are written in one `pwrite` within
+//! the file's first sector, so the file holds either the old or the new
+//! id; one that does not parse restarts its cursor at the oldest record.
 
 mod format;
 mod metrics;
@@ -299,6 +315,9 @@ pub struct Spool {
     next_id: u64,
     /// Cursor name -> id of the next record it wants (as persisted).
     cursors: BTreeMap<String, u64>,
+    /// Cursor files kept open once acknowledged through, for writing
+    /// acknowledgements in place.
+    cursor_files: BTreeMap<String, File>,
     /// (cursor, id) of records found damaged at read time, so each is
     /// counted and logged once per cursor.
     bad_reads: Mutex<BTreeSet<(String, u64)>>,
@@ -470,6 +489,7 @@ impl Spool {
             tail_dirty: false,
             next_id,
             cursors,
+            cursor_files: BTreeMap::new(),
             bad_reads: Mutex::default(),
             recovery: spool_recovery,
             write_buf: Vec::new(),
@@ -624,6 +644,7 @@ impl Spool {
             }
         }
         self.cursors.remove(name);
+        self.cursor_files.remove(name);
         self.sync_dir()?;
         self.bad_reads
             .lock()
@@ -663,8 +684,9 @@ impl Spool {
     }
 
     /// Marks every record up to and including `upto` as done for this
-    /// cursor (persisted before returning), and deletes segments that
-    /// every cursor is past. Acknowledging an id at or behind the cursor
+    /// cursor (written to its file before returning, not synced: see the
+    /// module's Guarantees), and deletes segments that every cursor is
+    /// past. Acknowledging an id at or behind the cursor
     /// changes nothing.
     pub fn ack(&mut self, cursor: &Cursor, upto: RecordId) -> Result<(), SpoolError> {
         let pos = self.position(cursor)?;
@@ -679,7 +701,7 @@ impl Spool {
         if new <= pos {
             return Ok(());
         }
-        self.persist_cursor(&cursor.name, new)?;
+        self.write_cursor(&cursor.name, new)?;
         self.cursors.insert(cursor.name.clone(), new);
         self.collect_garbage();
         self.refresh_gauges();
@@ -905,7 +927,45 @@ impl Spool {
             .retain(|(_, id)| *id >= oldest);
     }
 
-    /// Replaces the cursor file atomically.
+    /// Writes an acknowledged position over the cursor file in place
+    /// (opened once, kept open), without syncing it.
+    fn write_cursor(&mut self, name: &str, pos: u64) -> Result<(), SpoolError> {
+        let path = || self.dir.join(format!("{CURSOR_PREFIX}{name}"));
+        if !self.cursor_files.contains_key(name) {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path())
+                .map_err(io_err(format!(
+                    "cannot open cursor file {}",
+                    path().display()
+                )))?;
+            self.cursor_files.insert(name.to_string(), file);
+        }
+        let Some(file) = self.cursor_files.get(name) else {
+            return Err(SpoolError::UnknownCursor(name.to_string()));
+        };
+        // Fixed width: ids only grow, but a shorter text would leave the
+        // end of a longer one behind.
+        let text = format!("{pos:020}\n");
+        file.write_all_at(text.as_bytes(), 0).map_err(|e| {
+            // The cursor stays where it was; the file may hold either
+            // position, and both are safe to restart from.
+            self.cursor_files.remove(name);
+            if is_disk_full(&e) {
+                SpoolError::DiskFull {
+                    path: path(),
+                    bytes: text.len() as u64,
+                }
+            } else {
+                SpoolError::Io {
+                    what: format!("cannot write cursor file {}", path().display()),
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// Replaces the cursor file atomically and syncs it (a new cursor).
     fn persist_cursor(&self, name: &str, pos: u64) -> Result<(), SpoolError> {
         let path = self.dir.join(format!("{CURSOR_PREFIX}{name}"));
         let tmp = self.dir.join(format!("{CURSOR_TMP_PREFIX}{name}"));

@@ -474,6 +474,49 @@ fn unknown_files_and_bad_cursor_files_do_not_stop_the_spool() {
 }
 
 #[test]
+fn acknowledgements_overwrite_the_cursor_file_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        sync: SyncPolicy::EveryRecord,
+        ..opts(256, 4096)
+    };
+    let mut s = open(dir.path(), o.clone(), metrics());
+    let c = s.cursor("c").unwrap();
+    let file = dir.path().join("cursor-c");
+    // A new cursor's file, in the format written before acknowledgements
+    // were written in place.
+    assert_eq!(fs::read_to_string(&file).unwrap(), "1\n");
+    append_n(&mut s, 12);
+    s.ack(&c, RecordId(3)).unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000004\n");
+    s.ack(&c, RecordId(11)).unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000012\n");
+    drop(s);
+    let s = open(dir.path(), o.clone(), metrics());
+    assert_eq!(s.next_unread(&c).unwrap(), RecordId(12));
+    drop(s);
+    // A short file from before, overwritten whole by the next
+    // acknowledgement.
+    fs::write(&file, "12\n").unwrap();
+    let mut s = open(dir.path(), o, metrics());
+    assert_eq!(s.next_unread(&c).unwrap(), RecordId(12));
+    append_n(&mut s, 1);
+    s.ack(&c, RecordId(12)).unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000013\n");
+    // A removed cursor's file goes, and a cursor made again under its
+    // name starts a new file.
+    assert!(s.remove_cursor("c").unwrap());
+    assert!(!file.exists());
+    let c = s.cursor("c").unwrap();
+    let at = s.next_unread(&c).unwrap();
+    s.ack(&c, RecordId(at.0)).unwrap();
+    assert_eq!(
+        fs::read_to_string(&file).unwrap(),
+        format!("{:020}\n", at.0 + 1)
+    );
+}
+
+#[test]
 fn ids_never_go_back_when_every_segment_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(256, 4096);

@@ -338,6 +338,61 @@ fn blank_lines_and_crlf_are_framing() {
     assert_eq!(out.value_of("b", &[]), Some(2.0));
 }
 
+/// A state that resolves every line the full way.
+fn state_without_resolution() -> StatsdState {
+    let s = state();
+    s.lock().resolved_max = 0;
+    s
+}
+
+/// Every value of every series, the listener's counters included.
+fn values(out: &Samples) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = out
+        .observations
+        .iter()
+        .map(|o| (o.labels.to_string(), o.value.to_bits()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_line_of_a_known_shape_is_checked_and_applied_as_the_first_was() {
+    let s = state();
+    s.ingest(b"r:1|c|#code:200\nt:100|ms|#a:b\ng:5|g\nu:x|s");
+    assert_eq!(s.lock().resolved.len(), 4);
+    // The same names, types and tags again: rates and values are still
+    // checked, and a line with one bad value applies none of them.
+    s.ingest(b"r:2|c|@0.5|#code:200\nr:x|c|#code:200\nr:1|c|@2|#code:200");
+    s.ingest(b"t:200:abc|ms|#a:b\nt:300:400|ms|@0.5|#a:b|c:container");
+    s.ingest(b"g:+3|g\ng:+-3|g\nu:y|s\nu:x|s\ng:-1|g|#extra:tag");
+    let out = snap(&s);
+    assert_eq!(out.value_of("r_total", &[("code", "200")]), Some(5.0));
+    assert_eq!(
+        out.value_of("t_seconds_count", &[("a", "b")]),
+        Some(5.0),
+        "one, then two timings sampled at 0.5"
+    );
+    assert!(approx(
+        out.value_of("t_seconds_sum", &[("a", "b")]),
+        0.1 + 0.6 + 0.8
+    ));
+    assert_eq!(out.value_of("g", &[]), Some(8.0));
+    assert_eq!(out.value_of("g", &[("extra", "tag")]), Some(-1.0));
+    assert_eq!(out.value_of("u", &[]), Some(2.0));
+    assert_eq!(dropped(&out, "parse_error"), 4.0);
+}
+
+#[test]
+fn a_refused_line_is_not_remembered() {
+    let s = state_with(|c| c.max_series = 1);
+    s.ingest(b"a:1|c\nb:1|c\nb:1|c\n__x:1|c\n__x:1|c");
+    assert_eq!(s.lock().resolved.len(), 1);
+    let out = snap(&s);
+    assert_eq!(dropped(&out, "too_many_series"), 2.0);
+    assert_eq!(dropped(&out, "parse_error"), 2.0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -369,6 +424,23 @@ proptest! {
         let total = out.value_of(LINES, &[]).unwrap_or(0.0);
         let dropped: f64 = DropReason::ALL.iter().map(|r| dropped(&out, r.label())).sum();
         prop_assert!(dropped <= total);
+    }
+
+    #[test]
+    fn lines_resolved_before_give_what_the_full_path_gives(
+        lines in proptest::collection::vec(
+            "[ab.]{1,2}:[-+0-9.:x]{1,5}\\|(c|g|ms|h|s|x)(\\|@[0-9.x]{1,4})?(\\|#[ab:,]{0,6})?(\\|c:[a-z]{0,3})?",
+            1..40,
+        )
+    ) {
+        let packet = lines.join("\n");
+        let (fast, full) = (state(), state_without_resolution());
+        for s in [&fast, &full] {
+            // Twice, so the second time finds the shapes the first left.
+            s.ingest(packet.as_bytes());
+            s.ingest(packet.as_bytes());
+        }
+        prop_assert_eq!(values(&snap(&fast)), values(&snap(&full)));
     }
 
     #[test]
@@ -436,4 +508,44 @@ async fn live_udp_packets_reach_the_snapshot() {
         .await
         .expect("listener stops when told")
         .expect("listener task did not panic");
+}
+
+#[test]
+fn datagrams_the_kernel_drops_are_counted() {
+    use std::os::fd::AsRawFd;
+    let listener = StatsdListener::bind(StatsdConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..StatsdConfig::default()
+    })
+    .expect("bind statsd listener");
+    // The smallest receive buffer the kernel allows (it doubles the value
+    // asked for and keeps a floor of a few KiB).
+    let small: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+    let state = listener.state();
+    assert_eq!(dropped(&snap(&state), KERNEL_DROPS), 0.0);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
+    let line = format!("filler:1|c|#pad:{}", "x".repeat(1000));
+    // Nothing reads the socket, so past a few datagrams the kernel has no
+    // room for them.
+    for _ in 0..200 {
+        client
+            .send_to(line.as_bytes(), listener.local_addr().expect("address"))
+            .expect("send");
+    }
+    let out = snap(&state);
+    let drops = dropped(&out, KERNEL_DROPS);
+    assert!(drops > 0.0 && drops < 200.0, "{drops} datagrams dropped");
+    // Counted once: the next round reports the same total.
+    assert_eq!(dropped(&snap(&state), KERNEL_DROPS), drops);
 }

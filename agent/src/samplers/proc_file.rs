@@ -1,0 +1,169 @@
+//! A file under /proc that a sampler reads again every round. On procfs
+//! it is opened once and re-read from offset 0 with `pread` (the kernel
+//! builds the text anew for a read from the start), into a buffer kept
+//! between rounds, so a round costs no path lookup, open or close per
+//! file. A file elsewhere (a test fixture under another root) is opened
+//! for every read, so one changed, replaced or removed between rounds is
+//! read as it is then.
+//!
+//! It never writes, and holds one descriptor and one buffer per file.
+
+use super::SampleError;
+use std::borrow::Cow;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// procfs's `f_type` (`PROC_SUPER_MAGIC` in linux/magic.h).
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// Bytes asked for per `pread`: most /proc files the samplers read fit in
+/// one.
+const READ_CHUNK: usize = 16 << 10;
+
+/// One file re-read each round.
+#[derive(Debug)]
+pub(crate) struct ProcFile {
+    path: PathBuf,
+    /// Kept open while it is on procfs.
+    file: Option<File>,
+    buf: Vec<u8>,
+}
+
+impl ProcFile {
+    /// The file at `path`, not opened yet.
+    pub(crate) fn new(path: PathBuf) -> Self {
+        ProcFile {
+            path,
+            file: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Where it is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file as it is now.
+    pub(crate) fn read(&mut self) -> io::Result<&[u8]> {
+        if let Some(file) = &self.file {
+            if read_whole(file, &mut self.buf).is_ok() {
+                return Ok(&self.buf);
+            }
+            // Opened again below: the error may have been the old
+            // descriptor's alone.
+            self.file = None;
+        }
+        let file = File::open(&self.path)?;
+        read_whole(&file, &mut self.buf)?;
+        if is_procfs(&file) {
+            self.file = Some(file);
+        }
+        Ok(&self.buf)
+    }
+
+    /// The whole file as text. Invalid UTF-8 (possible only in device
+    /// names) is replaced rather than failing the file: values are ASCII
+    /// digits anyway.
+    pub(crate) fn text(&mut self) -> Result<Cow<'_, str>, SampleError> {
+        match self.read() {
+            Ok(_) => Ok(String::from_utf8_lossy(&self.buf)),
+            Err(source) => Err(SampleError::Read {
+                path: self.path.display().to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Reads `file` from offset 0 to its end into `buf`.
+fn read_whole(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    loop {
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        let start = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let read = file.read_at(&mut buf[start..], start as u64);
+        match read {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Whether `file` is on procfs, whose files give fresh contents on every
+/// read from the start.
+fn is_procfs(file: &File) -> bool {
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes a whole statfs into the buffer on success and
+    // reads nothing from it; the descriptor is open for the call.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) };
+    rc == 0 && {
+        // SAFETY: on success fstatfs filled the struct. (f_type's integer
+        // type differs between architectures.)
+        #[allow(clippy::unnecessary_cast)]
+        let f_type = unsafe { fs.assume_init() }.f_type as i64;
+        f_type == PROC_SUPER_MAGIC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proc_file_is_kept_open_and_read_fresh() {
+        let mut f = ProcFile::new(PathBuf::from("/proc/self/stat"));
+        let first = f.text().expect("read /proc/self/stat").into_owned();
+        assert!(f.file.is_some(), "kept open on procfs");
+        // Field 10 is minflt: reading again with more memory touched shows
+        // the kernel made the text anew.
+        let touch = vec![1u8; 4 << 20];
+        std::hint::black_box(&touch);
+        let second = f.text().expect("read again").into_owned();
+        assert_ne!(first, second);
+        assert!(second.starts_with(&format!("{} (", std::process::id())));
+    }
+
+    #[test]
+    fn a_file_elsewhere_is_read_as_it_is_at_each_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut f = ProcFile::new(path.clone());
+        assert!(matches!(f.text(), Err(SampleError::Read { .. })));
+        std::fs::write(&path, "one").unwrap();
+        assert_eq!(f.text().unwrap(), "one");
+        assert!(f.file.is_none());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "two, longer than one").unwrap();
+        assert_eq!(f.text().unwrap(), "two, longer than one");
+        std::fs::remove_file(&path).unwrap();
+        assert!(f.read().is_err());
+    }
+
+    #[test]
+    fn files_longer_than_one_read_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let text: String = (0..20_000).map(|i| format!("{i}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let mut f = ProcFile::new(path);
+        assert_eq!(f.text().unwrap(), text);
+        let mut mounts = ProcFile::new(PathBuf::from("/proc/self/mountinfo"));
+        let once = mounts.read().unwrap().to_vec();
+        assert_eq!(once, std::fs::read("/proc/self/mountinfo").unwrap());
+    }
+}
