@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod connections;
+pub mod connections_bpf;
 pub mod histogram;
 pub mod host;
 pub mod statsd;
