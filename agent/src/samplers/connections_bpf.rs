@@ -21,13 +21,14 @@
 //! program, which is then quoted from its log), is an error: the sampler
 //! then counts through netlink as before.
 //!
-//! The kernel asks every program for a license string. It insists on a
-//! GPL-compatible one only from programs that call GPL-only helpers; this
-//! one calls no helper (it reads three fields through the BTF pointer the
-//! iterator hands it and writes to its map), and Linux 6.18's verifier
-//! accepts it under the project's own license, "Apache-2.0", which is what
-//! it declares. Should a kernel refuse it, the verifier's log says so and
-//! the sampler counts through netlink.
+//! The program is loaded with the license string "Dual MIT/GPL". The
+//! kernel lets only programs that declare a GPL-compatible license read
+//! kernel structures through BTF pointers: under "Apache-2.0" (the
+//! project's license) Linux 6.18's verifier refuses it with "Cannot access
+//! kernel 'struct sock_common' from non-GPL compatible program". "Dual
+//! MIT/GPL" is one of the strings the kernel takes as GPL-compatible; it
+//! states the terms of the in-kernel program alone (the few dozen
+//! instructions assembled below), not of the agent.
 //!
 //! This module must never write to the system beyond creating its own map,
 //! program and link (all closed when the counter is dropped), read any
@@ -238,9 +239,8 @@ impl<'a> Btf<'a> {
             BTF_KIND_ARRAY => 12,
             BTF_KIND_STRUCT | BTF_KIND_UNION | BTF_KIND_DATASEC | BTF_KIND_ENUM64 => 12 * t.vlen,
             BTF_KIND_ENUM | BTF_KIND_FUNC_PROTO => 8 * t.vlen,
-            BTF_KIND_PTR | BTF_KIND_FWD | BTF_KIND_TYPEDEF | BTF_KIND_VOLATILE
-            | BTF_KIND_CONST | BTF_KIND_RESTRICT | BTF_KIND_FUNC | BTF_KIND_FLOAT
-            | BTF_KIND_TYPE_TAG => 0,
+            BTF_KIND_PTR | BTF_KIND_FWD | BTF_KIND_TYPEDEF | BTF_KIND_VOLATILE | BTF_KIND_CONST
+            | BTF_KIND_RESTRICT | BTF_KIND_FUNC | BTF_KIND_FLOAT | BTF_KIND_TYPE_TAG => 0,
             kind => return Err(format!("unknown BTF kind {kind}")),
         })
     }
@@ -280,7 +280,9 @@ impl<'a> Btf<'a> {
                 _ => return Ok(t),
             }
         }
-        Err(format!("type id {id}: typedefs and qualifiers nest too deep"))
+        Err(format!(
+            "type id {id}: typedefs and qualifiers nest too deep"
+        ))
     }
 
     /// Byte offset of member `name` of struct or union `t` (searched
@@ -329,7 +331,10 @@ impl<'a> Btf<'a> {
             }
             let ty = self.resolve(type_id)?;
             if ty.kind != BTF_KIND_INT {
-                return Err(format!("member {name} is not an integer (BTF kind {})", ty.kind));
+                return Err(format!(
+                    "member {name} is not an integer (BTF kind {})",
+                    ty.kind
+                ));
             }
             let encoding = u32_at(self.types, ty.extra)
                 .ok_or_else(|| format!("the integer type of member {name} is cut short"))?;
@@ -635,8 +640,8 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_ITER: u32 = 28;
 
-/// The program's license: the project's own (see the module docs).
-const LICENSE: &[u8] = b"Apache-2.0\0";
+/// The program's license (see the module docs for why it is there).
+const LICENSE: &[u8] = b"Dual MIT/GPL\0";
 
 /// Bytes of the verifier log kept when a program is refused.
 const LOG_BYTES: usize = 256 * 1024;
@@ -707,7 +712,9 @@ impl PassCounts<'_> {
     /// Sockets of `family` (0: IPv4, 1: IPv6) in each kernel state.
     pub fn states(&self, family: usize) -> &[u32] {
         let start = (STATE_TABLE / 4) + family * STATES_PER_FAMILY;
-        self.table.get(start..start + STATES_PER_FAMILY).unwrap_or(&[])
+        self.table
+            .get(start..start + STATES_PER_FAMILY)
+            .unwrap_or(&[])
     }
 
     /// ESTABLISHED sockets per local port.
@@ -910,8 +917,7 @@ impl BpfSocketCounter {
         drop(iter);
         // SAFETY: the pass is over (the iterator is closed), so nothing
         // writes to the mapping while this borrow of self lives.
-        let table =
-            unsafe { std::slice::from_raw_parts(self.value.as_ptr(), VALUE_BYTES / 4) };
+        let table = unsafe { std::slice::from_raw_parts(self.value.as_ptr(), VALUE_BYTES / 4) };
         Ok(PassCounts { table })
     }
 }
@@ -1019,8 +1025,14 @@ mod tests {
             Insn::and_imm(R4, 0xffff).to_bytes(),
             [0x57, 0x04, 0, 0, 0xff, 0xff, 0, 0]
         );
-        assert_eq!(Insn::lsh_imm(R4, 2).to_bytes(), [0x67, 0x04, 0, 0, 2, 0, 0, 0]);
-        assert_eq!(Insn::add_reg(R7, R5).to_bytes(), [0x0f, 0x57, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            Insn::lsh_imm(R4, 2).to_bytes(),
+            [0x67, 0x04, 0, 0, 2, 0, 0, 0]
+        );
+        assert_eq!(
+            Insn::add_reg(R7, R5).to_bytes(),
+            [0x0f, 0x57, 0, 0, 0, 0, 0, 0]
+        );
         assert_eq!(Insn::add_imm(R0, 1).to_bytes(), [0x07, 0, 0, 0, 1, 0, 0, 0]);
         // r8 = map_value(fd 5) + 0: ld_imm64 with src_reg 2.
         let [lo, hi] = Insn::map_value(R8, 5, 0);

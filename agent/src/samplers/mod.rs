@@ -275,6 +275,8 @@ pub struct SamplerToggles {
     pub connections_max_ports: usize,
     /// Most netlink dumps one connection sample is split into.
     pub connections_parallelism: usize,
+    /// How connections are counted: BPF iterator, netlink or /proc.
+    pub connections_method: connections::ConnectionMethod,
 }
 
 impl Default for SamplerToggles {
@@ -285,6 +287,7 @@ impl Default for SamplerToggles {
             connections: true,
             connections_max_ports: connections::DEFAULT_MAX_PORTS,
             connections_parallelism: connections::DEFAULT_PARALLELISM,
+            connections_method: connections::ConnectionMethod::Auto,
         }
     }
 }
@@ -300,28 +303,59 @@ pub struct SamplerSet {
 }
 
 impl SamplerSet {
-    /// Every built-in sampler, reading the host at `root`.
+    /// Every built-in sampler, reading the host at `root` (connections
+    /// counted the `auto` way).
     pub fn new(root: std::path::PathBuf) -> Self {
-        Self::with(root, &SamplerToggles::default(), None, Vec::new())
+        let toggles = SamplerToggles::default();
+        let connections = connections::ConnectionSampler::with_max_ports(
+            root.clone(),
+            toggles.connections_max_ports,
+        )
+        .with_parallelism(toggles.connections_parallelism)
+        .with_bpf_if_available();
+        Self::assemble(root, &toggles, Some(connections), None, Vec::new())
     }
 
     /// The samplers `toggles` turns on, plus a StatsD listener's state and
-    /// access-log tailers.
+    /// access-log tailers. Fails only when `connections_method` is `bpf`
+    /// and the BPF iterator cannot be loaded here.
     pub fn with(
         root: std::path::PathBuf,
         toggles: &SamplerToggles,
         statsd: Option<statsd::StatsdState>,
         access_logs: Vec<access_log::AccessLogTailer>,
+    ) -> Result<Self, connections_bpf::BpfError> {
+        let connections = toggles
+            .connections
+            .then(|| {
+                connections::ConnectionSampler::with_max_ports(
+                    root.clone(),
+                    toggles.connections_max_ports,
+                )
+                .with_parallelism(toggles.connections_parallelism)
+                .with_method(toggles.connections_method)
+            })
+            .transpose()?;
+        Ok(Self::assemble(
+            root,
+            toggles,
+            connections,
+            statsd,
+            access_logs,
+        ))
+    }
+
+    fn assemble(
+        root: std::path::PathBuf,
+        toggles: &SamplerToggles,
+        connections: Option<connections::ConnectionSampler>,
+        statsd: Option<statsd::StatsdState>,
+        access_logs: Vec<access_log::AccessLogTailer>,
     ) -> Self {
         SamplerSet {
             host: toggles.host.then(|| host::HostSampler::new(root.clone())),
-            system: toggles
-                .system
-                .then(|| system::SystemSampler::new(root.clone())),
-            connections: toggles.connections.then(|| {
-                connections::ConnectionSampler::with_max_ports(root, toggles.connections_max_ports)
-                    .with_parallelism(toggles.connections_parallelism)
-            }),
+            system: toggles.system.then(|| system::SystemSampler::new(root)),
+            connections,
             statsd,
             access_logs,
             probes: None,
@@ -340,6 +374,14 @@ impl SamplerSet {
         self.connections
             .as_ref()
             .map(connections::ConnectionSampler::last_dumps)
+    }
+
+    /// How the connection sampler's last round counted ("bpf", "netlink"
+    /// or "proc"), or None when it is off or has not counted.
+    pub fn connection_method(&self) -> Option<&'static str> {
+        self.connections
+            .as_ref()
+            .and_then(connections::ConnectionSampler::last_method)
     }
 
     /// Runs every sampler into `out`; a failing one does not stop the
