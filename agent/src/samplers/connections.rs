@@ -2633,8 +2633,12 @@ mod tests {
         }
     }
 
+    /// A sample's state counts, listening ports' counts and listening port
+    /// count.
+    type Everything = (Vec<Option<f64>>, Vec<(String, f64)>, Option<f64>);
+
     /// Every state count and every listening port's count of a sample.
-    fn everything(out: &Samples) -> (Vec<Option<f64>>, Vec<(String, f64)>, Option<f64>) {
+    fn everything(out: &Samples) -> Everything {
         (
             STATES.iter().map(|&(_, name)| state(out, name)).collect(),
             port_series(out),
