@@ -62,12 +62,12 @@ const VALUE_BYTES: usize = LISTENING_TABLE + PORTS * 4;
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     /// The kernel's BTF could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     ReadBtf {
         /// The file.
         path: String,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The kernel's BTF does not say what the program needs.
     #[error("{path}: {reason}")]
@@ -78,18 +78,18 @@ pub enum BpfError {
         reason: String,
     },
     /// A bpf() call was refused.
-    #[error("bpf {what}: {source}")]
+    #[error("bpf {what}: {error}")]
     Syscall {
         /// Which call.
         what: &'static str,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The verifier refused the program.
-    #[error("bpf program refused ({source}); verifier log ends: {log}")]
+    #[error("bpf program refused ({error}); verifier log ends: {log}")]
     Verifier {
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
         /// The last lines of the verifier's log.
         log: String,
     },
@@ -99,9 +99,9 @@ impl BpfError {
     /// The OS error number behind this error, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            BpfError::ReadBtf { source, .. }
-            | BpfError::Syscall { source, .. }
-            | BpfError::Verifier { source, .. } => source.raw_os_error(),
+            BpfError::ReadBtf { error, .. }
+            | BpfError::Syscall { error, .. }
+            | BpfError::Verifier { error, .. } => error.raw_os_error(),
             BpfError::Btf { .. } => None,
         }
     }
@@ -761,9 +761,9 @@ impl BpfSocketCounter {
 
     /// As [`BpfSocketCounter::load`], with the kernel's BTF read from `btf`.
     pub fn load_with(btf: &Path) -> Result<Self, BpfError> {
-        let data = std::fs::read(btf).map_err(|source| BpfError::ReadBtf {
+        let data = std::fs::read(btf).map_err(|error| BpfError::ReadBtf {
             path: btf.display().to_string(),
-            source,
+            error,
         })?;
         let target = parse_iter_target(&data).map_err(|reason| BpfError::Btf {
             path: btf.display().to_string(),
@@ -781,9 +781,9 @@ impl BpfSocketCounter {
                 .u32(16, BPF_F_MMAPABLE)
                 .name(28, b"nines_tcp"),
         )
-        .map_err(|source| BpfError::Syscall {
+        .map_err(|error| BpfError::Syscall {
             what: "map create",
-            source,
+            error,
         })?;
 
         let program =
@@ -813,7 +813,7 @@ impl BpfSocketCounter {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
                 return Err(BpfError::Syscall {
                     what: "program load",
-                    source: e,
+                    error: e,
                 });
             }
             Err(_) => {
@@ -821,9 +821,9 @@ impl BpfSocketCounter {
                 let mut log = vec![0u8; LOG_BYTES];
                 match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(Some(&mut log))) {
                     Ok(prog) => prog,
-                    Err(source) => {
+                    Err(error) => {
                         return Err(BpfError::Verifier {
-                            source,
+                            error,
                             log: log_tail(&log),
                         });
                     }
@@ -837,9 +837,9 @@ impl BpfSocketCounter {
                 .u32(0, prog.as_raw_fd() as u32)
                 .u32(8, BPF_TRACE_ITER),
         )
-        .map_err(|source| BpfError::Syscall {
+        .map_err(|error| BpfError::Syscall {
             what: "link create",
-            source,
+            error,
         })?;
 
         // SAFETY: sysconf has no preconditions.
@@ -864,12 +864,12 @@ impl BpfSocketCounter {
         if value == libc::MAP_FAILED {
             return Err(BpfError::Syscall {
                 what: "map mmap",
-                source: io::Error::last_os_error(),
+                error: io::Error::last_os_error(),
             });
         }
         let value = NonNull::new(value.cast::<u32>()).ok_or_else(|| BpfError::Syscall {
             what: "map mmap",
-            source: io::Error::other("mapped at address 0"),
+            error: io::Error::other("mapped at address 0"),
         })?;
         Ok(BpfSocketCounter {
             _map: map,
