@@ -357,7 +357,8 @@ fn build_samplers(cfg: &AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Res
         tailers.push(t);
     }
     let set = SamplerSet::with(PathBuf::from("/"), &cfg.samplers, statsd, tailers).context(
-        "samplers.connections_method is \"bpf\", but the BPF iterator cannot count here",
+        "samplers.connections_method is \"bpf\", but the BPF iterator cannot count here \
+         (it needs root, or CAP_BPF and CAP_PERFMON, on Linux 5.9 or later with BTF)",
     )?;
     Ok(if cfg.probes.is_empty() {
         set
