@@ -37,9 +37,17 @@
 //! counters in place of listing established sockets (/proc/net/snmp's
 //! CurrEstab also counts CLOSE_WAIT, and no counter gives per-port counts).
 //!
-//! Netlink shows the sockets of the agent's own network namespace, whatever
-//! the root; only the /proc fallback reads under the root (so tests can use
-//! fixture files).
+//! Where the agent may load a BPF tracing program (root, or CAP_BPF and
+//! CAP_PERFMON) it counts with none of that: a BPF iterator program
+//! (`connections_bpf`) counts every socket inside the kernel in one pass,
+//! without a message per socket, and netlink is only its fallback (for
+//! good when the program does not load, for one round when a pass fails).
+//! Its counts are the same as netlink's: states of both families,
+//! ESTABLISHED per local port, and the ports with a LISTEN socket.
+//!
+//! Netlink and the BPF iterator show the sockets of the agent's own network
+//! namespace, whatever the root; only the /proc fallback reads under the
+//! root (so tests can use fixture files).
 //!
 //! This file must never write to the system beyond sending dump requests to
 //! the kernel, spawn processes or threads that outlive a round (a split
