@@ -989,6 +989,123 @@ mod tests {
         assert!(e.contains("unknown BTF kind 31"), "{e}");
     }
 
+    /// A BTF blob holding `struct sock_common` laid out as Linux's (the
+    /// local port in an anonymous struct in an anonymous union, the state
+    /// volatile, a typedef'd u16), built as the kernel writes BTF; the
+    /// state member's raw offset word is `state_offset`.
+    fn sock_common_btf(state_offset: u32) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut name = |s: &str| {
+            let at = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            at
+        };
+        let info = |kind: u32, vlen: u32, kind_flag: bool| {
+            (kind << 24) | vlen | if kind_flag { 1 << 31 } else { 0 }
+        };
+        let types: Vec<Vec<u32>> = vec![
+            // 1: unsigned short, 16 bits
+            vec![name("unsigned short"), info(BTF_KIND_INT, 0, false), 2, 16],
+            // 2: unsigned char, 8 bits
+            vec![name("unsigned char"), info(BTF_KIND_INT, 0, false), 1, 8],
+            // 3: volatile unsigned char
+            vec![0, info(BTF_KIND_VOLATILE, 0, false), 2],
+            // 4: typedef __u16
+            vec![name("__u16"), info(BTF_KIND_TYPEDEF, 0, false), 1],
+            // 5: struct { __u16 skc_dport; __u16 skc_num; } (kind_flag)
+            vec![
+                0,
+                info(BTF_KIND_STRUCT, 2, true),
+                4,
+                name("skc_dport"),
+                4,
+                0,
+                name("skc_num"),
+                4,
+                16,
+            ],
+            // 6: union { unsigned int skc_portpair; struct {...}; }
+            vec![
+                0,
+                info(BTF_KIND_UNION, 2, false),
+                4,
+                name("skc_portpair"),
+                7,
+                0,
+                0,
+                5,
+                0,
+            ],
+            // 7: unsigned int, 32 bits
+            vec![name("unsigned int"), info(BTF_KIND_INT, 0, false), 4, 32],
+            // 8: struct sock_common { ... at 12; family at 16; state at 18 }
+            vec![
+                name("sock_common"),
+                info(BTF_KIND_STRUCT, 3, true),
+                24,
+                0,
+                6,
+                96,
+                name("skc_family"),
+                1,
+                128,
+                name("skc_state"),
+                3,
+                state_offset,
+            ],
+            // 9: a function prototype with no parameters
+            vec![0, info(BTF_KIND_FUNC_PROTO, 0, false), 0],
+            // 10: the iterator function
+            vec![name(ITER_FUNC), info(BTF_KIND_FUNC, 1, false), 9],
+        ];
+        let type_bytes: Vec<u8> = types
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut data = vec![0x9f, 0xeb, 1, 0];
+        for v in [
+            24u32,
+            0,
+            type_bytes.len() as u32,
+            type_bytes.len() as u32,
+            strings.len() as u32,
+        ] {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        data.extend_from_slice(&type_bytes);
+        data.extend_from_slice(&strings);
+        data
+    }
+
+    #[test]
+    fn walks_anonymous_members_and_resolves_typedefs_and_qualifiers() {
+        let target = parse_iter_target(&sock_common_btf(144)).unwrap();
+        assert_eq!(target.func_id, 10);
+        assert_eq!(
+            target.fields,
+            SockFields {
+                family: 16,
+                state: 18,
+                num: 14,
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_a_field_that_became_a_bitfield() {
+        // Under kind_flag the top byte is the bitfield's width: 4 bits.
+        let e = parse_iter_target(&sock_common_btf((4 << 24) | 144)).unwrap_err();
+        assert!(e.contains("skc_state is a bitfield"), "{e}");
+        // A state that is not at a whole byte.
+        let e = parse_iter_target(&sock_common_btf(145)).unwrap_err();
+        assert!(e.contains("bitfield"), "{e}");
+        // A state past the end of the 24-byte struct.
+        let e = parse_iter_target(&sock_common_btf(24 * 8)).unwrap_err();
+        assert!(e.contains("outside the struct"), "{e}");
+    }
+
     #[test]
     fn a_truncated_kernel_btf_is_refused_not_misread() {
         let Some(data) = vmlinux() else { return };
