@@ -433,6 +433,53 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_method_asked_for_is_the_one_a_round_uses() {
+        let only_connections = |method| SamplerToggles {
+            host: false,
+            system: false,
+            connections_method: method,
+            ..SamplerToggles::default()
+        };
+        let root = std::path::PathBuf::from("/");
+        for (method, expected) in [
+            (connections::ConnectionMethod::Proc, ["proc"].as_slice()),
+            // A sandbox that refuses netlink reads /proc.
+            (connections::ConnectionMethod::Netlink, &["netlink", "proc"]),
+        ] {
+            let mut set =
+                SamplerSet::with(root.clone(), &only_connections(method), None, Vec::new())
+                    .expect("netlink and proc need nothing loaded");
+            assert_eq!(set.connection_method(), None, "no round yet");
+            let failed = set.sample(&mut Samples::default());
+            assert!(failed.is_empty(), "{method:?}: {failed:?}");
+            let used = set.connection_method();
+            assert!(
+                used.is_some_and(|m| expected.contains(&m)),
+                "{method:?}: {used:?}"
+            );
+        }
+        // auto: the BPF iterator where it loads (required in CI as root).
+        let mut set = SamplerSet::with(
+            root,
+            &only_connections(connections::ConnectionMethod::Auto),
+            None,
+            Vec::new(),
+        )
+        .expect("auto never fails");
+        assert!(set.sample(&mut Samples::default()).is_empty());
+        if connections_bpf::must_load_here() {
+            assert_eq!(set.connection_method(), Some("bpf"));
+        }
+        let off = SamplerToggles {
+            connections: false,
+            ..only_connections(connections::ConnectionMethod::Bpf)
+        };
+        let set = SamplerSet::with(std::path::PathBuf::from("/"), &off, None, Vec::new())
+            .expect("bpf is not loaded when connections are off");
+        assert_eq!(set.connection_method(), None);
+    }
+
+    #[test]
     fn a_recycled_round_reuses_label_sets_and_reports_the_same() {
         let mut first = Samples::default();
         round(&mut first, &["0", "1"], 1.0);
