@@ -5,9 +5,11 @@
 //! --web.disable-exporter-metrics`, so a scrape does the tcpstat work and
 //! nothing else). Target: at most one fifth of node_exporter's time.
 //!
-//! The sampler is timed as the agent runs it by default (the round split
-//! into parallel dumps, one per CPU up to four, cut from the round
-//! before), and in one walk (`connections_parallelism = 1`); the
+//! The sampler is timed as the agent runs it by default (`auto`: the BPF
+//! iterator counting in the kernel where it loads, as root; the line says
+//! which method it picked), through netlink split into parallel dumps (one
+//! per CPU up to four, cut from the round before; the default without the
+//! BPF iterator), and in one netlink walk (`connections_parallelism = 1`); the
 //! per-family netlink dump (two walks of the kernel's table, what the
 //! sampler falls back to) and the /proc fallback are timed too. Each is
 //! timed in wall time and in CPU time of the process doing the work: for
@@ -32,6 +34,7 @@
 
 use nines_agent::samplers::Samples;
 use nines_agent::samplers::connections::ConnectionSampler;
+use nines_agent::samplers::connections_bpf::BpfSocketCounter;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -128,6 +131,10 @@ fn main() {
     println!("{n} loopback connections open ({:.1?})", started.elapsed());
 
     let root = PathBuf::from("/");
+    if let Err(e) = BpfSocketCounter::load() {
+        println!("BPF iterator unavailable here ({e}): the default is netlink");
+    }
+    let mut default = ConnectionSampler::new(root.clone()).with_bpf_if_available();
     let mut parallel = ConnectionSampler::new(root.clone());
     let mut one_walk = ConnectionSampler::new(root.clone()).with_parallelism(1);
     let mut per_family = ConnectionSampler::new(root.clone())
@@ -151,12 +158,20 @@ fn main() {
     let mut split = Samples::default();
     parallel.sample(&mut split).expect("split round");
     let ours_split = established(&split);
+    let mut by_default = Samples::default();
+    default.sample(&mut by_default).expect("default round");
+    let method = default.last_method().unwrap_or("none");
+    let ours_default = established(&by_default);
     let theirs = ss_established();
     println!(
-        "established sockets: nines {ours} (split in {}: {ours_split}), ss {theirs:?}",
+        "established sockets: nines {ours} (split in {}: {ours_split}; default, {method}: {ours_default}), ss {theirs:?}",
         parallel.last_dumps()
     );
     assert!(ours >= (2 * n) as f64, "both ends of every connection");
+    assert!(
+        ours_default >= (2 * n) as f64,
+        "both ends of every connection, default method"
+    );
     assert!(
         ours_split >= (2 * n) as f64,
         "both ends of every connection, split"
@@ -167,6 +182,7 @@ fn main() {
         .map(|l| l.local_addr().expect("address").port())
         .collect();
     let raw = RawDump::open();
+    let mut default_t = Timings::default();
     let mut parallel_t = Timings::default();
     let mut one_walk_t = Timings::default();
     let mut proc_t = Timings::default();
@@ -181,6 +197,12 @@ fn main() {
     let mut longest_part: Vec<Duration> = Vec::new();
     for _ in 0..ROUNDS {
         // Alternate, so load from elsewhere hits all of them alike.
+        timed_here(&mut default_t, || {
+            default
+                .sample(&mut Samples::default())
+                .expect("default round")
+        });
+        assert_eq!(default.last_method(), Some(method), "no fallback");
         timed_here(&mut parallel_t, || {
             parallel
                 .sample(&mut Samples::default())
@@ -235,8 +257,12 @@ fn main() {
         "medians over {ROUNDS} rounds (load average now {}):",
         load_average()
     );
+    let by_default = line(
+        &format!("nines connection sample (default: {method})"),
+        &mut default_t,
+    );
     let ours = line(
-        &format!("nines connection sample ({dumps:?} dumps)"),
+        &format!("nines connection sample (netlink, {dumps:?} dumps)"),
         &mut parallel_t,
     );
     longest_part.sort_unstable();
@@ -267,7 +293,8 @@ fn main() {
                 println!("ratio {what:<34} wall {wall:.3}, cpu {cpu:.3}");
             };
             println!("nines / node_exporter (target: wall <= 0.200)");
-            ratio("nines sample (default, split)", ours);
+            ratio(&format!("nines sample (default: {method})"), by_default);
+            ratio("nines sample (netlink split)", ours);
             // With a CPU free for each part the split sample's wall time
             // is its longest part's CPU time; node_exporter's wall time was
             // never below its CPU time here.

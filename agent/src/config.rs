@@ -3,6 +3,7 @@
 //! `deploy/nines-agent.toml`. A bad file or value stops the agent at start
 //! with the file, the key and the reason; nothing here reads /proc.
 
+use crate::samplers::connections::ConnectionMethod;
 use nines_shared::duration::parse_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -75,6 +76,9 @@ pub struct FileSamplers {
     /// Most netlink dumps one connection sample is split into, never more
     /// than the CPUs the agent may run on (default 4; 1: one dump).
     pub connections_parallelism: Option<usize>,
+    /// How connections are counted: "auto" (default: the BPF iterator
+    /// where it loads, else netlink), "bpf", "netlink" or "proc".
+    pub connections_method: Option<String>,
 }
 
 /// `[statsd]` in the file.
@@ -413,6 +417,19 @@ impl AgentConfig {
                 Some(n) => n,
                 None => crate::samplers::connections::DEFAULT_PARALLELISM,
             },
+            connections_method: match fs.connections_method.as_deref() {
+                None => ConnectionMethod::default(),
+                Some(name) => ConnectionMethod::from_name(name).ok_or_else(|| {
+                    invalid(
+                        "samplers.connections_method",
+                        &origin,
+                        format!(
+                            "{name:?} is not one of {}",
+                            ConnectionMethod::NAMES.join(", ")
+                        ),
+                    )
+                })?,
+            },
         };
         let statsd = statsd_config(&file.statsd, &origin)?;
         let access_logs = file
@@ -647,6 +664,7 @@ mod tests {
             "connections",
             "connections_max_ports",
             "connections_parallelism",
+            "connections_method",
         ] {
             assert!(
                 samplers.is_some_and(|s| s.contains_key(key)),
@@ -670,6 +688,34 @@ mod tests {
         assert!(e.contains("`samplers.connections_parallelism`"), "{e}");
         assert!(e.contains(&f.path().display().to_string()), "{e}");
         assert!(e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn connection_method_defaults_to_auto_and_refuses_unknown_names() {
+        let (_f, o) = with_file("collector = \"http://a:1\"\n");
+        let c = AgentConfig::resolve(&o).unwrap();
+        assert_eq!(c.samplers.connections_method, ConnectionMethod::Auto);
+        for (name, method) in [
+            ("auto", ConnectionMethod::Auto),
+            ("bpf", ConnectionMethod::Bpf),
+            ("netlink", ConnectionMethod::Netlink),
+            ("proc", ConnectionMethod::Proc),
+        ] {
+            let (_f, o) = with_file(&format!(
+                "collector = \"http://a:1\"\n[samplers]\nconnections_method = \"{name}\"\n"
+            ));
+            let c = AgentConfig::resolve(&o).unwrap();
+            assert_eq!(c.samplers.connections_method, method);
+        }
+        let (f, o) =
+            with_file("collector = \"http://a:1\"\n[samplers]\nconnections_method = \"ebpf\"\n");
+        let e = AgentConfig::resolve(&o).unwrap_err().to_string();
+        assert!(e.contains("`samplers.connections_method`"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(
+            e.contains("\"ebpf\" is not one of auto, bpf, netlink, proc"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::pull::LatestRound;
 use crate::samplers::{SamplerSet, Samples};
 use crate::ship::{Destinations, ShipMetrics};
 use nines_shared::exposition::TEXT_CONTENT_TYPE;
-use nines_shared::telemetry::{Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry};
+use nines_shared::telemetry::{
+    Counter, CounterVec, Gauge, GaugeVec, Histogram, LATENCY_BUCKETS, Registry,
+};
 use nines_shared::{Batch, UnixMillis};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub struct SamplingMetrics {
     duration: Histogram,
     series: Gauge,
     connection_dumps: Gauge,
+    connection_method: GaugeVec,
     /// Beats after every round: the systemd watchdog's sign of life.
     liveness: crate::systemd::Liveness,
     /// The registry whose families every batch also carries, if any.
@@ -53,7 +56,14 @@ impl SamplingMetrics {
             connection_dumps: r.gauge(
                 "nines_agent_connection_dumps",
                 "Netlink socket dumps the last connection sample ran side by side \
-                 (1: one dump; 0: read /proc/net/tcp, or connections are off).",
+                 (1: one dump; 0: counted by the BPF iterator, read /proc/net/tcp, \
+                 or connections are off).",
+            ),
+            connection_method: r.gauge_vec(
+                "nines_agent_connection_method",
+                "How the last connection sample counted TCP sockets: 1 for the method \
+                 used (bpf, netlink or proc), 0 for the others.",
+                &["method"],
             ),
             liveness: crate::systemd::Liveness::new(),
             health: None,
@@ -127,6 +137,13 @@ pub async fn sample_forever(
         metrics
             .connection_dumps
             .set(s.connection_dumps().unwrap_or(0) as f64);
+        let used = s.connection_method();
+        for method in crate::samplers::connections::METHOD_NAMES {
+            metrics
+                .connection_method
+                .with(&[method])
+                .set(if used == Some(method) { 1.0 } else { 0.0 });
+        }
         sampler = Some(s);
         for (name, e) in failed {
             metrics.errors.with(&[name]).inc();
@@ -339,7 +356,10 @@ fn build_samplers(cfg: &AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Res
             .with_context(|| format!("access log {}", a.path.display()))?;
         tailers.push(t);
     }
-    let set = SamplerSet::with(PathBuf::from("/"), &cfg.samplers, statsd, tailers);
+    let set = SamplerSet::with(PathBuf::from("/"), &cfg.samplers, statsd, tailers).context(
+        "samplers.connections_method is \"bpf\", but the BPF iterator cannot count here \
+         (it needs root, or CAP_BPF and CAP_PERFMON, on Linux 5.9 or later with BTF)",
+    )?;
     Ok(if cfg.probes.is_empty() {
         set
     } else {

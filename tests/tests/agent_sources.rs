@@ -2,8 +2,9 @@
 //! StatsD listener (real UDP packets) and from an access log written,
 //! rotated and truncated while the agent runs, or copied and truncated
 //! while it is stopped; TCP connection counts per listening port follow
-//! connections the test holds open, also when the agent splits a sample
-//! into parallel dumps.
+//! connections the test holds open, counted by the default method (the
+//! BPF iterator as root) and when the agent splits a netlink sample into
+//! parallel dumps.
 
 use nines_tests::*;
 use std::io::Write;
@@ -73,6 +74,18 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     ]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 7, "ss printed:\n{out}");
+    // Counted by the method the default ("auto") picks here.
+    let used = |m: &str| {
+        agent_metric(
+            &listen,
+            "nines_agent_connection_method",
+            &format!("method=\"{m}\""),
+        )
+    };
+    match bpf_expected() {
+        true => assert_eq!(used("bpf"), 1.0, "auto picks the BPF iterator as root"),
+        false => assert_eq!(used("bpf") + used("netlink") + used("proc"), 1.0),
+    }
 
     // StatsD timings from a real UDP socket.
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -164,6 +177,14 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     drop((clients, accepted));
 }
 
+/// Whether the agent's "auto" connection method is the BPF iterator here:
+/// as root, on a kernel that describes its types (BTF).
+fn bpf_expected() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
 /// Whether this kernel fills inet_diag dumps side by side (Linux 6.9 and
 /// later), so that the agent splits a sample on a host with many sockets.
 fn kernel_runs_dumps_in_parallel() -> bool {
@@ -177,12 +198,25 @@ fn kernel_runs_dumps_in_parallel() -> bool {
     )
 }
 
-/// More than 2,000 sockets on the host: the agent splits its sample into
-/// one dump per CPU (two here at most: 1,200 connections are 2,400
-/// sockets, 1,000 a part), each listing one range of ports, and the
-/// per-port count is still exact, as `ss` agrees.
+/// More than 2,000 sockets on the host: told to use netlink, the agent
+/// splits its sample into one dump per CPU (two here at most: 1,200
+/// connections are 2,400 sockets, 1,000 a part), each listing one range of
+/// ports, and the per-port count is still exact, as `ss` agrees.
 #[test]
 fn connection_counts_stay_exact_when_a_sample_is_split() {
+    many_connections_counted_exactly("netlink");
+}
+
+/// The same 1,200 connections counted by the default method: the BPF
+/// iterator as root, exact as `ss` agrees.
+#[test]
+fn connection_counts_by_the_default_method_match_ss() {
+    many_connections_counted_exactly("auto");
+}
+
+/// Holds 1,200 connections to one port and checks the agent, counting
+/// with `method`, reports exactly those, as `ss` does.
+fn many_connections_counted_exactly(method: &str) {
     const N: usize = 1200;
     // The client ends are descriptors here; the server ends wait in the
     // accept queue, never accepted.
@@ -213,7 +247,11 @@ fn connection_counts_stay_exact_when_a_sample_is_split() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, "[statsd]\nenabled = false\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[statsd]\nenabled = false\n[samplers]\nconnections_method = \"{method}\"\n"),
+    )
+    .unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let _agent = Agent::start(
         &c,
@@ -222,7 +260,7 @@ fn connection_counts_stay_exact_when_a_sample_is_split() {
             "--interval",
             "1s",
             "--instance",
-            "split",
+            "many",
             "--listen",
             &listen,
             "--config",
@@ -230,21 +268,36 @@ fn connection_counts_stay_exact_when_a_sample_is_split() {
         ],
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let splits = cpus >= 2 && kernel_runs_dumps_in_parallel();
-    // More parts on a host with more CPUs and other sockets.
+    let bpf = method == "auto" && bpf_expected();
+    let splits = !bpf && cpus >= 2 && kernel_runs_dumps_in_parallel();
+    // More parts on a host with more CPUs and other sockets; no dump at
+    // all when the BPF iterator counts.
     let as_planned = || {
         let dumps = agent_metric(&listen, "nines_agent_connection_dumps", "");
-        if splits { dumps >= 2.0 } else { dumps == 1.0 }
+        let used = |m: &str| {
+            agent_metric(
+                &listen,
+                "nines_agent_connection_method",
+                &format!("method=\"{m}\""),
+            )
+        };
+        match (bpf, splits) {
+            (true, _) => used("bpf") == 1.0 && dumps == 0.0,
+            (false, true) => used("netlink") == 1.0 && dumps >= 2.0,
+            (false, false) => used("netlink") == 1.0 && dumps == 1.0,
+        }
     };
-    wait_for("a split connection sample", || as_planned().then_some(()));
-    let sel = format!("nines_tcp_listen_port_connections{{instance=\"split\",port=\"{port}\"}}");
+    wait_for("a connection sample counted as planned", || {
+        as_planned().then_some(())
+    });
+    let sel = format!("nines_tcp_listen_port_connections{{instance=\"many\",port=\"{port}\"}}");
     wait_for("the connections counted", || {
         (value(&c, &sel) == Some(N as f64)).then_some(())
     });
-    assert!(as_planned(), "still split");
+    assert!(as_planned(), "still counted as planned");
     let established = value(
         &c,
-        "node_tcp_connection_states{instance=\"split\",state=\"established\"}",
+        "node_tcp_connection_states{instance=\"many\",state=\"established\"}",
     )
     .unwrap();
     assert!(established >= (2 * N) as f64, "{established}");

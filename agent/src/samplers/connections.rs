@@ -37,9 +37,17 @@
 //! counters in place of listing established sockets (/proc/net/snmp's
 //! CurrEstab also counts CLOSE_WAIT, and no counter gives per-port counts).
 //!
-//! Netlink shows the sockets of the agent's own network namespace, whatever
-//! the root; only the /proc fallback reads under the root (so tests can use
-//! fixture files).
+//! Where the agent may load a BPF tracing program (root, or CAP_BPF and
+//! CAP_PERFMON) it counts with none of that: a BPF iterator program
+//! (`connections_bpf`) counts every socket inside the kernel in one pass,
+//! without a message per socket, and netlink is only its fallback (for
+//! good when the program does not load, for one round when a pass fails).
+//! Its counts are the same as netlink's: states of both families,
+//! ESTABLISHED per local port, and the ports with a LISTEN socket.
+//!
+//! Netlink and the BPF iterator show the sockets of the agent's own network
+//! namespace, whatever the root; only the /proc fallback reads under the
+//! root (so tests can use fixture files).
 //!
 //! This file must never write to the system beyond sending dump requests to
 //! the kernel, spawn processes or threads that outlive a round (a split
@@ -55,6 +63,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::connections_bpf::{BpfError, BpfSocketCounter};
 use super::{Family, SampleError, Samples, gauge};
 
 /// How many listening ports get their own series unless told otherwise.
@@ -411,9 +420,55 @@ fn plan_parts(tally: &Tally, parts: usize) -> Vec<PortRange> {
 /// Where the socket table is read from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Method {
+    /// A BPF iterator program counting in the kernel.
+    Bpf,
     Netlink,
     Proc,
 }
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Bpf => "bpf",
+            Method::Netlink => "netlink",
+            Method::Proc => "proc",
+        }
+    }
+}
+
+/// How the sampler is told to read the socket table
+/// (`[samplers] connections_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionMethod {
+    /// The BPF iterator where it loads, else netlink, else /proc.
+    #[default]
+    Auto,
+    /// The BPF iterator only: failing to load it is an error at start.
+    Bpf,
+    /// Netlink sock_diag (then /proc if netlink is refused).
+    Netlink,
+    /// /proc/net/tcp and tcp6 only.
+    Proc,
+}
+
+impl ConnectionMethod {
+    /// Every method's name, as the config spells it.
+    pub const NAMES: [&'static str; 4] = ["auto", "bpf", "netlink", "proc"];
+
+    /// The method a config value names, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "auto" => ConnectionMethod::Auto,
+            "bpf" => ConnectionMethod::Bpf,
+            "netlink" => ConnectionMethod::Netlink,
+            "proc" => ConnectionMethod::Proc,
+            _ => return None,
+        })
+    }
+}
+
+/// Every method a round can count with, as the method metric labels them.
+pub const METHOD_NAMES: [&str; 3] = ["bpf", "netlink", "proc"];
 
 /// What a split round's extra thread owns: its netlink socket and its
 /// counts, kept from round to round like the sampler's own.
@@ -502,6 +557,10 @@ pub struct ConnectionSampler {
     root: PathBuf,
     max_ports: usize,
     method: Method,
+    /// The loaded iterator program, when the method is (or was) BPF.
+    bpf: Option<BpfSocketCounter>,
+    /// How the last round counted.
+    last_method: Option<Method>,
     /// Kept open across rounds; dropped (closed) after any netlink error
     /// so that a half-read dump cannot leak into the next round.
     netlink: Option<Netlink>,
@@ -560,6 +619,8 @@ impl ConnectionSampler {
             root,
             max_ports,
             method: Method::Netlink,
+            bpf: None,
+            last_method: None,
             netlink: None,
             one_walk: true,
             parallelism: DEFAULT_PARALLELISM,
@@ -584,6 +645,52 @@ impl ConnectionSampler {
             Method::Proc
         };
         self
+    }
+
+    /// Reads the socket table the way `choice` says. `Auto` never fails;
+    /// `Bpf` fails if the iterator program cannot be loaded here.
+    pub fn with_method(self, choice: ConnectionMethod) -> Result<Self, BpfError> {
+        match choice {
+            ConnectionMethod::Auto => Ok(self.with_bpf_if_available()),
+            ConnectionMethod::Bpf => {
+                let counter = BpfSocketCounter::load()?;
+                Ok(self.with_bpf(counter))
+            }
+            ConnectionMethod::Netlink => Ok(self.with_netlink(true)),
+            ConnectionMethod::Proc => Ok(self.with_netlink(false)),
+        }
+    }
+
+    /// Counts with the BPF iterator if it loads here (root, or CAP_BPF and
+    /// CAP_PERFMON, on Linux 5.9 or later with BTF), else through netlink
+    /// as before; says which, once, at info level.
+    pub fn with_bpf_if_available(self) -> Self {
+        match BpfSocketCounter::load() {
+            Ok(counter) => {
+                tracing::info!("connections: counting TCP sockets with a BPF iterator");
+                self.with_bpf(counter)
+            }
+            Err(e) => {
+                tracing::info!(
+                    "connections: BPF iterator unavailable ({e}): using netlink sock_diag"
+                );
+                self.with_netlink(true)
+            }
+        }
+    }
+
+    /// Counts with this loaded iterator program; a round it fails is
+    /// counted through netlink.
+    pub fn with_bpf(mut self, counter: BpfSocketCounter) -> Self {
+        self.bpf = Some(counter);
+        self.method = Method::Bpf;
+        self
+    }
+
+    /// How the last round counted: "bpf", "netlink" or "proc" (None before
+    /// the first round, or when it failed).
+    pub fn last_method(&self) -> Option<&'static str> {
+        self.last_method.map(Method::name)
     }
 
     /// With `false`, dumps each address family on its own
@@ -635,10 +742,25 @@ impl ConnectionSampler {
     pub fn sample(&mut self, out: &mut Samples) -> Result<(), SampleError> {
         self.tally.clear();
         self.last_dumps = 0;
+        self.last_method = None;
         self.parts_cpu.clear();
-        if self.method == Method::Netlink {
+        if self.method == Method::Bpf {
+            match self.count_bpf() {
+                Ok(()) => {
+                    self.last_method = Some(Method::Bpf);
+                    self.report(out);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "BPF socket iterator failed; using netlink this round");
+                    self.tally.clear();
+                }
+            }
+        }
+        if matches!(self.method, Method::Netlink | Method::Bpf) {
             match self.count_netlink() {
                 Ok(()) => {
+                    self.last_method = Some(Method::Netlink);
                     self.plan = self.next_plan();
                     if self.plan.len() < 2 {
                         // The parts' tables are held only while splitting.
@@ -665,7 +787,38 @@ impl ConnectionSampler {
             self.plan.clear();
         }
         self.count_proc()?;
+        self.last_method = Some(Method::Proc);
         self.report(out);
+        Ok(())
+    }
+
+    /// One pass of the BPF iterator into the tally.
+    fn count_bpf(&mut self) -> io::Result<()> {
+        let Some(bpf) = self.bpf.as_mut() else {
+            return Err(io::Error::other("no BPF iterator loaded"));
+        };
+        let counts = bpf.count()?;
+        let tally = &mut self.tally;
+        for family in 0..2 {
+            for (state, &n) in counts.states(family).iter().enumerate() {
+                // As Tally::count: request sockets count as SYN_RECV.
+                let state = if state == usize::from(TCP_NEW_SYN_RECV) {
+                    usize::from(TCP_SYN_RECV)
+                } else {
+                    state
+                };
+                tally.states[state] += u64::from(n);
+            }
+        }
+        tally.established.copy_from_slice(counts.established());
+        for (port, _) in counts
+            .listening()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+        {
+            tally.listening[port / 64] |= 1 << (port % 64);
+        }
         Ok(())
     }
 
@@ -2471,5 +2624,97 @@ mod tests {
             assert!(split.plan.is_empty());
             assert!(split.parts.is_empty(), "the parts' tables are freed");
         }
+    }
+
+    /// A sampler counting with the BPF iterator, or None (with a note)
+    /// where it cannot load; in CI as root it must load.
+    fn bpf_sampler_or_skip() -> Option<ConnectionSampler> {
+        match BpfSocketCounter::load() {
+            Ok(counter) => Some(
+                ConnectionSampler::with_max_ports(PathBuf::from("/"), 1 << 16).with_bpf(counter),
+            ),
+            Err(e) if !super::super::connections_bpf::must_load_here() => {
+                eprintln!("the BPF iterator cannot load here ({e}); BPF checks skipped");
+                None
+            }
+            Err(e) => panic!("the BPF iterator does not load: {e}"),
+        }
+    }
+
+    /// A sample's state counts, listening ports' counts and listening port
+    /// count.
+    type Everything = (Vec<Option<f64>>, Vec<(String, f64)>, Option<f64>);
+
+    /// Every state count and every listening port's count of a sample.
+    fn everything(out: &Samples) -> Everything {
+        (
+            STATES.iter().map(|&(_, name)| state(out, name)).collect(),
+            port_series(out),
+            out.value_of("nines_tcp_listening_ports", &[]),
+        )
+    }
+
+    #[test]
+    fn live_bpf_counts_what_netlink_counts() {
+        const K: usize = 6;
+        // Two IPv4 listeners, with K connections each.
+        let (a, _ca, _sa) = loopback_connections(K);
+        let (b, _cb, _sb) = loopback_connections(K);
+        let mut expected = vec![
+            (a.local_addr().expect("address").port(), K),
+            (b.local_addr().expect("address").port(), K),
+        ];
+        // IPv6 (when loopback has it): a listener of its own, and one on
+        // the same port as an IPv4 listener, K connections to each family.
+        let mut keep = Vec::new();
+        let mut v6_listeners = Vec::new();
+        if let Ok(v6) = TcpListener::bind("[::1]:0") {
+            let both = a.local_addr().expect("address").port();
+            expected.push((v6.local_addr().expect("address").port(), K));
+            v6_listeners.push(v6);
+            if let Ok(same) = TcpListener::bind(("::1", both)) {
+                expected[0].1 += K;
+                v6_listeners.push(same);
+            }
+            for l in &v6_listeners {
+                let addr = l.local_addr().expect("address");
+                for _ in 0..K {
+                    let c = TcpStream::connect(addr).expect("connect [::1]");
+                    keep.push((c, l.accept().expect("accept").0));
+                }
+            }
+        }
+        // Some TIME_WAIT sockets: the client closes first, then the server.
+        let (tw, tw_clients, tw_servers) = loopback_connections(K);
+        drop(tw_clients);
+        drop(tw_servers);
+        drop(tw);
+
+        let Some(mut netlink) = netlink_sampler_or_skip(1 << 16) else {
+            return;
+        };
+        let Some(mut bpf) = bpf_sampler_or_skip() else {
+            return;
+        };
+        // Exact in at least one round: see the note on churn above.
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let (mut x, mut y) = (Samples::default(), Samples::default());
+            bpf.sample(&mut x).expect("BPF sample");
+            assert_eq!(bpf.last_method(), Some("bpf"), "no fallback happened");
+            assert_eq!(bpf.last_dumps(), 0);
+            netlink.sample(&mut y).expect("netlink sample");
+            assert_eq!(netlink.last_method(), Some("netlink"));
+            let (bx, ny) = (everything(&x), everything(&y));
+            let ours_right = expected
+                .iter()
+                .all(|&(p, n)| port_value(&x, &p.to_string()) == Some(n as f64));
+            let time_wait = state(&x, "time_wait").unwrap_or(0.0);
+            if bx == ny && ours_right && time_wait >= K as f64 {
+                return;
+            }
+            seen.push((bx, ny));
+        }
+        panic!("BPF and netlink never agreed, or missed {expected:?}: {seen:?}");
     }
 }

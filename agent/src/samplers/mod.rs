@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod connections;
+pub mod connections_bpf;
 pub mod histogram;
 pub mod host;
 mod proc_file;
@@ -331,6 +332,8 @@ pub struct SamplerToggles {
     pub connections_max_ports: usize,
     /// Most netlink dumps one connection sample is split into.
     pub connections_parallelism: usize,
+    /// How connections are counted: BPF iterator, netlink or /proc.
+    pub connections_method: connections::ConnectionMethod,
 }
 
 impl Default for SamplerToggles {
@@ -341,6 +344,7 @@ impl Default for SamplerToggles {
             connections: true,
             connections_max_ports: connections::DEFAULT_MAX_PORTS,
             connections_parallelism: connections::DEFAULT_PARALLELISM,
+            connections_method: connections::ConnectionMethod::Auto,
         }
     }
 }
@@ -356,28 +360,59 @@ pub struct SamplerSet {
 }
 
 impl SamplerSet {
-    /// Every built-in sampler, reading the host at `root`.
+    /// Every built-in sampler, reading the host at `root` (connections
+    /// counted the `auto` way).
     pub fn new(root: std::path::PathBuf) -> Self {
-        Self::with(root, &SamplerToggles::default(), None, Vec::new())
+        let toggles = SamplerToggles::default();
+        let connections = connections::ConnectionSampler::with_max_ports(
+            root.clone(),
+            toggles.connections_max_ports,
+        )
+        .with_parallelism(toggles.connections_parallelism)
+        .with_bpf_if_available();
+        Self::assemble(root, &toggles, Some(connections), None, Vec::new())
     }
 
     /// The samplers `toggles` turns on, plus a StatsD listener's state and
-    /// access-log tailers.
+    /// access-log tailers. Fails only when `connections_method` is `bpf`
+    /// and the BPF iterator cannot be loaded here.
     pub fn with(
         root: std::path::PathBuf,
         toggles: &SamplerToggles,
         statsd: Option<statsd::StatsdState>,
         access_logs: Vec<access_log::AccessLogTailer>,
+    ) -> Result<Self, connections_bpf::BpfError> {
+        let connections = toggles
+            .connections
+            .then(|| {
+                connections::ConnectionSampler::with_max_ports(
+                    root.clone(),
+                    toggles.connections_max_ports,
+                )
+                .with_parallelism(toggles.connections_parallelism)
+                .with_method(toggles.connections_method)
+            })
+            .transpose()?;
+        Ok(Self::assemble(
+            root,
+            toggles,
+            connections,
+            statsd,
+            access_logs,
+        ))
+    }
+
+    fn assemble(
+        root: std::path::PathBuf,
+        toggles: &SamplerToggles,
+        connections: Option<connections::ConnectionSampler>,
+        statsd: Option<statsd::StatsdState>,
+        access_logs: Vec<access_log::AccessLogTailer>,
     ) -> Self {
         SamplerSet {
             host: toggles.host.then(|| host::HostSampler::new(root.clone())),
-            system: toggles
-                .system
-                .then(|| system::SystemSampler::new(root.clone())),
-            connections: toggles.connections.then(|| {
-                connections::ConnectionSampler::with_max_ports(root, toggles.connections_max_ports)
-                    .with_parallelism(toggles.connections_parallelism)
-            }),
+            system: toggles.system.then(|| system::SystemSampler::new(root)),
+            connections,
             statsd,
             access_logs,
             probes: None,
@@ -396,6 +431,14 @@ impl SamplerSet {
         self.connections
             .as_ref()
             .map(connections::ConnectionSampler::last_dumps)
+    }
+
+    /// How the connection sampler's last round counted ("bpf", "netlink"
+    /// or "proc"), or None when it is off or has not counted.
+    pub fn connection_method(&self) -> Option<&'static str> {
+        self.connections
+            .as_ref()
+            .and_then(connections::ConnectionSampler::last_method)
     }
 
     /// Runs every sampler into `out`; a failing one does not stop the
@@ -444,6 +487,53 @@ mod tests {
             );
         }
         out.push("node_load1", &[("empty", "")], v);
+    }
+
+    #[test]
+    fn the_connection_method_asked_for_is_the_one_a_round_uses() {
+        let only_connections = |method| SamplerToggles {
+            host: false,
+            system: false,
+            connections_method: method,
+            ..SamplerToggles::default()
+        };
+        let root = std::path::PathBuf::from("/");
+        for (method, expected) in [
+            (connections::ConnectionMethod::Proc, ["proc"].as_slice()),
+            // A sandbox that refuses netlink reads /proc.
+            (connections::ConnectionMethod::Netlink, &["netlink", "proc"]),
+        ] {
+            let mut set =
+                SamplerSet::with(root.clone(), &only_connections(method), None, Vec::new())
+                    .expect("netlink and proc need nothing loaded");
+            assert_eq!(set.connection_method(), None, "no round yet");
+            let failed = set.sample(&mut Samples::default());
+            assert!(failed.is_empty(), "{method:?}: {failed:?}");
+            let used = set.connection_method();
+            assert!(
+                used.is_some_and(|m| expected.contains(&m)),
+                "{method:?}: {used:?}"
+            );
+        }
+        // auto: the BPF iterator where it loads (required in CI as root).
+        let mut set = SamplerSet::with(
+            root,
+            &only_connections(connections::ConnectionMethod::Auto),
+            None,
+            Vec::new(),
+        )
+        .expect("auto never fails");
+        assert!(set.sample(&mut Samples::default()).is_empty());
+        if connections_bpf::must_load_here() {
+            assert_eq!(set.connection_method(), Some("bpf"));
+        }
+        let off = SamplerToggles {
+            connections: false,
+            ..only_connections(connections::ConnectionMethod::Bpf)
+        };
+        let set = SamplerSet::with(std::path::PathBuf::from("/"), &off, None, Vec::new())
+            .expect("bpf is not loaded when connections are off");
+        assert_eq!(set.connection_method(), None);
     }
 
     #[test]
