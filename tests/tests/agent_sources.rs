@@ -177,12 +177,10 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     drop((clients, accepted));
 }
 
-/// Whether the agent's "auto" connection method is the BPF iterator here:
-/// as root, on a kernel that describes its types (BTF).
+/// Whether the agent's "auto" connection method is the BPF iterator here
+/// (the capabilities it needs in effect, on a kernel with BTF).
 fn bpf_expected() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+    nines_agent::samplers::connections_bpf::privileged_with_btf()
 }
 
 /// Whether this kernel fills inet_diag dumps side by side (Linux 6.9 and
