@@ -37,7 +37,6 @@ pub struct SeriesTable {
     /// Each family's metadata in the wire format, by index.
     families: Vec<Vec<u8>>,
     family_ids: HashMap<String, u32>,
-    compressor: Option<crate::encode::Compressor>,
     raw: Vec<u8>,
 }
 
@@ -114,6 +113,26 @@ impl SeriesTable {
     /// [`SeriesTable::with_all_definitions`], put together from the
     /// definitions and metadata encoded when they were first seen.
     pub fn spool_record(&mut self, batch: &Batch) -> Vec<u8> {
+        let raw = std::mem::take(&mut self.raw);
+        let raw = self.body_with_definitions(raw, batch, None, batch.sent_at);
+        let record = crate::encode::compress(&raw);
+        self.raw = raw;
+        record
+    }
+
+    /// The uncompressed body of [`SeriesTable::with_all_definitions`] of
+    /// `batch`, sent at `sent_at`, leaving out the definitions in `known`
+    /// (and the metadata when no definition is left), written into `raw`
+    /// from the definitions and metadata encoded when they were first
+    /// seen: a body for a collector that lacks refs (a first push, a
+    /// re-send) decodes and copies no label set.
+    pub fn body_with_definitions(
+        &mut self,
+        raw: Vec<u8>,
+        batch: &Batch,
+        known: Option<&HashSet<SeriesRef>>,
+        sent_at: UnixMillis,
+    ) -> Vec<u8> {
         let mut used: Vec<SeriesRef> = batch
             .groups
             .iter()
@@ -122,15 +141,24 @@ impl SeriesTable {
             .collect();
         used.sort_unstable();
         used.dedup();
-        let mut body =
-            crate::encode::Body::start(std::mem::take(&mut self.raw), batch, batch.sent_at);
-        body.count(used.len());
-        let mut order = Vec::new();
-        let mut seen = vec![false; self.families.len()];
-        for &r in &used {
+        let unknown = |r: &&SeriesRef| known.is_none_or(|k| !k.contains(r));
+        let mut body = crate::encode::Body::start(raw, batch, sent_at);
+        let n = used.iter().filter(unknown).count();
+        body.count(n);
+        for &r in used.iter().filter(unknown) {
             if let Some(bytes) = self.encoded_definition(r) {
                 body.encoded(bytes);
             }
+        }
+        if n == 0 {
+            body.count(0);
+            return body.finish(&batch.groups);
+        }
+        // The families of every series the batch uses, as
+        // `with_all_definitions` lists them: in ref order, each once.
+        let mut order = Vec::new();
+        let mut seen = vec![false; self.families.len()];
+        for &r in &used {
             if let Some(f) = self.family_index(r) {
                 if !std::mem::replace(&mut seen[f as usize], true) {
                     order.push(f);
@@ -141,13 +169,7 @@ impl SeriesTable {
         for f in order {
             body.encoded(&self.families[f as usize]);
         }
-        let raw = body.finish(&batch.groups);
-        let record = self
-            .compressor
-            .get_or_insert_with(crate::encode::Compressor::new)
-            .compress(&raw);
-        self.raw = raw;
-        record
+        body.finish(&batch.groups)
     }
 
     fn family_of(&self, metric: &str) -> Option<&MetricMetadata> {

@@ -244,7 +244,6 @@ pub fn start(
                 token: dest.token.clone(),
                 table: table.clone(),
                 raw: Vec::new(),
-                compressor: crate::encode::Compressor::new(),
                 metrics: metrics.clone(),
                 drain_gap: Duration::from_secs(1) / dest.drain_rate.max(1),
                 primary_retry: dest.primary_retry,
@@ -336,7 +335,6 @@ struct Lane {
     table: Arc<Mutex<SeriesTable>>,
     /// The last body before compression, for its allocation.
     raw: Vec<u8>,
-    compressor: crate::encode::Compressor,
     metrics: ShipMetrics,
     drain_gap: Duration,
     primary_retry: Duration,
@@ -548,17 +546,11 @@ impl Lane {
     async fn send(&mut self, i: usize, item: &Item) -> Outcome {
         let batch = item.batch();
         let known = self.links[i].known.get(&batch.stream);
-        let body = make_body(
-            &mut self.raw,
-            &mut self.compressor,
-            &self.table,
-            item,
-            known,
-        );
+        let body = make_body(&mut self.raw, &self.table, item, known);
         let mut outcome = self.post(i, body).await;
         if outcome == Outcome::ResendDefinitions {
             self.links[i].known.remove(&batch.stream);
-            let body = make_body(&mut self.raw, &mut self.compressor, &self.table, item, None);
+            let body = make_body(&mut self.raw, &self.table, item, None);
             outcome = match self.post(i, body).await {
                 Outcome::ResendDefinitions => {
                     Outcome::Rejected("unknown refs after re-sending every definition".into())
@@ -648,7 +640,6 @@ impl Lane {
 /// long after it was sampled.
 fn make_body(
     buf: &mut Vec<u8>,
-    compressor: &mut crate::encode::Compressor,
     table: &Mutex<SeriesTable>,
     item: &Item,
     known: Option<&HashSet<SeriesRef>>,
@@ -670,15 +661,19 @@ fn make_body(
                 body.count(0);
                 body.finish(&b.groups)
             } else {
-                let full = table
+                table
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .with_all_definitions(b);
-                stripped_body(raw, &full, known, sent_at)
+                    .body_with_definitions(raw, b, known, sent_at)
             }
         }
     };
-    let body = compressor.compress(&raw);
+    let body = crate::encode::compress(&raw);
+    let mut raw = raw;
+    // Kept for the next body, but not at the size a body with every
+    // definition needed (the first push, a re-send): the usual body holds
+    // values only, a tenth of that.
+    raw.shrink_to(2 * raw.len());
     *buf = raw;
     body
 }
@@ -843,7 +838,7 @@ mod tests {
             groups: vec![],
         };
         let decode = |raw: Vec<u8>| {
-            let body = crate::encode::Compressor::new().compress(&raw);
+            let body = crate::encode::compress(&raw);
             wire::decode(&body, &WireLimits::default()).unwrap()
         };
         let known: HashSet<SeriesRef> = [SeriesRef(0)].into();
@@ -856,6 +851,38 @@ mod tests {
         let s = decode(stripped_body(Vec::new(), &b, None, UnixMillis(5)));
         assert_eq!(s.definitions.len(), 2);
         assert_eq!(s.metadata, b.metadata);
+    }
+
+    #[test]
+    fn a_body_from_the_table_is_the_one_its_decoded_definitions_make() {
+        use crate::batch::Batcher;
+        use crate::samplers::Samples;
+        use nines_shared::MetricKind;
+        let mut batcher = Batcher::new("agent-1", "host-a", "node");
+        let mut s = Samples::default();
+        s.family("node_load1", MetricKind::Gauge, "Load.", "");
+        s.push("node_load1", &[], 1.0);
+        s.family("x", MetricKind::Counter, "X.", "");
+        s.push("x_total", &[("a", "1")], 1.0);
+        s.push("x_total", &[("a", "2")], 2.0);
+        s.push("y", &[], 3.0);
+        batcher.batch(&s, UnixMillis(1000));
+        let second = batcher.batch(&s, UnixMillis(2000));
+        let table = batcher.table();
+        let mut t = table.lock().unwrap();
+        let full = t.with_all_definitions(&second);
+        let refs = |r: &[u32]| r.iter().map(|&r| SeriesRef(r)).collect::<HashSet<_>>();
+        for known in [
+            None,
+            Some(refs(&[])),
+            Some(refs(&[1])),
+            Some(refs(&[0, 2, 3])),
+            Some(refs(&[0, 1, 2, 3])),
+        ] {
+            let mine = t.body_with_definitions(Vec::new(), &second, known.as_ref(), UnixMillis(5));
+            let decoded = stripped_body(Vec::new(), &full, known.as_ref(), UnixMillis(5));
+            assert_eq!(mine, decoded, "known {known:?}");
+        }
     }
 
     #[test]

@@ -109,22 +109,38 @@ struct Tally {
     states: [u64; 16],
     /// ESTABLISHED sockets per local port (65536 entries).
     established: Vec<u32>,
+    /// Which of `established`'s 64 chunks of [`PORTS_PER_CHUNK`] ports
+    /// (4 KiB each) hold a count, as a bit set: `clear` zeroes only those,
+    /// so the pages of port ranges no socket uses are never written and
+    /// never take memory (the table is allocated zeroed).
+    counted_chunks: u64,
     /// Ports with a LISTEN socket, as a bit set (1024 words of 64 bits).
     listening: Vec<u64>,
 }
+
+/// Ports per chunk of [`Tally::established`]: one 4 KiB page of counts.
+const PORTS_PER_CHUNK: usize = 1024;
 
 impl Tally {
     fn new() -> Self {
         Tally {
             states: [0; 16],
             established: vec![0; 1 << 16],
+            counted_chunks: 0,
             listening: vec![0; (1 << 16) / 64],
         }
     }
 
     fn clear(&mut self) {
         self.states = [0; 16];
-        self.established.fill(0);
+        let mut chunks = std::mem::take(&mut self.counted_chunks);
+        while chunks != 0 {
+            let start = chunks.trailing_zeros() as usize * PORTS_PER_CHUNK;
+            chunks &= chunks - 1;
+            if let Some(counts) = self.established.get_mut(start..start + PORTS_PER_CHUNK) {
+                counts.fill(0);
+            }
+        }
         self.listening.fill(0);
     }
 
@@ -143,6 +159,7 @@ impl Tally {
             TCP_ESTABLISHED => {
                 if let Some(n) = self.established.get_mut(port) {
                     *n = n.saturating_add(1);
+                    self.counted_chunks |= 1 << (port / PORTS_PER_CHUNK);
                 }
             }
             TCP_LISTEN => {
@@ -1152,6 +1169,36 @@ mod tests {
         assert_eq!(tally.listening_ports().count(), 0);
         assert_eq!(tally.established_on(65535), 0);
         assert_eq!(tally.states, [0; 16]);
+    }
+
+    #[test]
+    fn clearing_zeroes_every_counted_port_range_and_only_those_are_written() {
+        let mut tally = Tally::new();
+        let rounds: [(&[u16], &[usize]); 2] = [
+            (&[0, 1023, 1024, 40_000, 40_001, 65_535], &[0, 1, 39, 63]),
+            (&[5_000, 5_000, 33_000], &[4, 32]),
+        ];
+        for (ports, chunks) in rounds {
+            for &port in ports {
+                tally.count(TCP_ESTABLISHED, port);
+            }
+            let written: Vec<usize> = tally
+                .established
+                .chunks(PORTS_PER_CHUNK)
+                .enumerate()
+                .filter(|(_, c)| c.iter().any(|&n| n != 0))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(written, chunks);
+            assert_eq!(tally.counted_chunks.count_ones() as usize, chunks.len());
+            assert_eq!(
+                tally.established_on(ports[1]),
+                if ports[1] == 5_000 { 2 } else { 1 }
+            );
+            tally.clear();
+            assert!(tally.established.iter().all(|&n| n == 0));
+            assert_eq!(tally.counted_chunks, 0);
+        }
     }
 
     /// One netlink message: header, then `payload`, padded to 4 bytes.
