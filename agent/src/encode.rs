@@ -110,7 +110,11 @@ fn new_context() -> Option<CCtx<'static>> {
 /// rather than wait, so the runtime's thread never blocks on a spool
 /// write's compression.
 pub(crate) fn compress(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+    // Bodies shrink to a fraction of their size (a spool record to about
+    // a tenth): a buffer of half the input holds them without the bound's
+    // allocation (more than the input); one that does not fit is
+    // compressed again into a buffer of the bound.
+    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
     let mut own: Option<CCtx<'static>>;
     let mut shared = match CONTEXT.try_lock() {
         Ok(guard) => Some(guard),
@@ -131,12 +135,16 @@ pub(crate) fn compress(raw: &[u8]) -> Vec<u8> {
     };
     // Compressing into a buffer of the bound only fails if a context
     // cannot be allocated; then zstd's one-shot call is the last resort.
-    let done = context.is_some_and(|c| c.compress2(&mut out, raw).is_ok());
+    let done = context.is_some_and(|c| {
+        c.compress2(&mut out, raw).is_ok() || {
+            out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+            c.compress2(&mut out, raw).is_ok()
+        }
+    });
     drop(shared);
     if !done {
         out = zstd::bulk::compress(raw, LEVEL).expect("zstd compression into memory");
     }
-    // The bound is the input's size and more; a body is a tenth of it.
     out.shrink_to_fit();
     out
 }
@@ -241,6 +249,22 @@ mod tests {
         let kept = CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
         let size = kept.as_ref().map_or(0, |c| c.sizeof());
         assert!(size > 0 && size < 256 * 1024, "context of {size} bytes");
+    }
+
+    #[test]
+    fn a_body_that_does_not_shrink_is_still_compressed_whole() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let raw: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let body = compress(&raw);
+        assert!(body.len() > raw.len() / 2);
+        assert_eq!(zstd::bulk::decompress(&body, raw.len()).unwrap(), raw);
     }
 
     #[test]

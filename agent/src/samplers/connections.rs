@@ -107,44 +107,37 @@ const LISTEN_PORT_CONNECTIONS: Family = gauge(
 struct Tally {
     /// Sockets per kernel state number; index 0 and unknown states unused.
     states: [u64; 16],
-    /// ESTABLISHED sockets per local port (65536 entries).
-    established: Vec<u32>,
-    /// Which of `established`'s 64 chunks of [`PORTS_PER_CHUNK`] ports
-    /// (4 KiB each) hold a count, as a bit set: `clear` zeroes only those,
-    /// so the pages of port ranges no socket uses are never written and
-    /// never take memory (the table is allocated zeroed).
-    counted_chunks: u64,
+    /// ESTABLISHED sockets per local port, in 64 chunks of
+    /// [`PORTS_PER_CHUNK`] ports (4 KiB each), each allocated when a
+    /// socket on one of its ports is first counted in a round and freed by
+    /// `clear`: a round takes memory only for the port ranges its sockets
+    /// use (on most hosts a few), not 256 KiB.
+    established: Vec<Option<Box<[u32; PORTS_PER_CHUNK]>>>,
     /// Ports with a LISTEN socket, as a bit set (1024 words of 64 bits).
     listening: Vec<u64>,
 }
 
-/// Ports per chunk of [`Tally::established`]: one 4 KiB page of counts.
+/// Ports per chunk of [`Tally::established`].
 const PORTS_PER_CHUNK: usize = 1024;
 
 impl Tally {
     fn new() -> Self {
         Tally {
             states: [0; 16],
-            established: vec![0; 1 << 16],
-            counted_chunks: 0,
+            established: vec![None; (1 << 16) / PORTS_PER_CHUNK],
             listening: vec![0; (1 << 16) / 64],
         }
     }
 
     fn clear(&mut self) {
         self.states = [0; 16];
-        let mut chunks = std::mem::take(&mut self.counted_chunks);
-        while chunks != 0 {
-            let start = chunks.trailing_zeros() as usize * PORTS_PER_CHUNK;
-            chunks &= chunks - 1;
-            if let Some(counts) = self.established.get_mut(start..start + PORTS_PER_CHUNK) {
-                counts.fill(0);
-            }
-        }
+        self.established.fill(None);
         self.listening.fill(0);
     }
 
-    /// Counts one socket. The hot path of the sampler: no allocation.
+    /// Counts one socket. The hot path of the sampler: it allocates only
+    /// the first time a round counts an established socket in a range of
+    /// [`PORTS_PER_CHUNK`] ports.
     fn count(&mut self, state: u8, local_port: u16) {
         let state = if state == TCP_NEW_SYN_RECV {
             TCP_SYN_RECV
@@ -157,9 +150,10 @@ impl Tally {
         let port = usize::from(local_port);
         match state {
             TCP_ESTABLISHED => {
-                if let Some(n) = self.established.get_mut(port) {
+                if let Some(chunk) = self.established.get_mut(port / PORTS_PER_CHUNK) {
+                    let n = &mut chunk.get_or_insert_with(|| Box::new([0; PORTS_PER_CHUNK]))
+                        [port % PORTS_PER_CHUNK];
                     *n = n.saturating_add(1);
-                    self.counted_chunks |= 1 << (port / PORTS_PER_CHUNK);
                 }
             }
             TCP_LISTEN => {
@@ -187,9 +181,11 @@ impl Tally {
     }
 
     fn established_on(&self, port: u16) -> u64 {
+        let port = usize::from(port);
         self.established
-            .get(usize::from(port))
-            .map_or(0, |&n| u64::from(n))
+            .get(port / PORTS_PER_CHUNK)
+            .and_then(|chunk| chunk.as_ref())
+            .map_or(0, |counts| u64::from(counts[port % PORTS_PER_CHUNK]))
     }
 }
 
@@ -1172,7 +1168,7 @@ mod tests {
     }
 
     #[test]
-    fn clearing_zeroes_every_counted_port_range_and_only_those_are_written() {
+    fn a_round_holds_counts_only_for_the_port_ranges_its_sockets_use() {
         let mut tally = Tally::new();
         let rounds: [(&[u16], &[usize]); 2] = [
             (&[0, 1023, 1024, 40_000, 40_001, 65_535], &[0, 1, 39, 63]),
@@ -1182,22 +1178,19 @@ mod tests {
             for &port in ports {
                 tally.count(TCP_ESTABLISHED, port);
             }
-            let written: Vec<usize> = tally
-                .established
-                .chunks(PORTS_PER_CHUNK)
-                .enumerate()
-                .filter(|(_, c)| c.iter().any(|&n| n != 0))
-                .map(|(i, _)| i)
+            tally.count(TCP_LISTEN, 2_000);
+            let held: Vec<usize> = (0..tally.established.len())
+                .filter(|&i| tally.established[i].is_some())
                 .collect();
-            assert_eq!(written, chunks);
-            assert_eq!(tally.counted_chunks.count_ones() as usize, chunks.len());
-            assert_eq!(
-                tally.established_on(ports[1]),
-                if ports[1] == 5_000 { 2 } else { 1 }
-            );
+            assert_eq!(held, chunks);
+            for &port in ports {
+                let n = ports.iter().filter(|&&p| p == port).count() as u64;
+                assert_eq!(tally.established_on(port), n, "port {port}");
+            }
+            assert_eq!(tally.established_on(2_000), 0);
             tally.clear();
-            assert!(tally.established.iter().all(|&n| n == 0));
-            assert_eq!(tally.counted_chunks, 0);
+            assert!(tally.established.iter().all(Option::is_none));
+            assert_eq!(tally.established_on(ports[0]), 0);
         }
     }
 
