@@ -10,13 +10,29 @@
 //! in-process) keeps the allocator's defaults. Elsewhere than glibc they do
 //! nothing.
 
-/// One allocator arena for every thread. Call before any thread starts.
+/// Allocations from this size up get pages of their own, returned to the
+/// kernel when freed.
+pub const OWN_PAGES_FROM_BYTES: usize = 64 << 10;
+
+/// One allocator arena for every thread, and big buffers outside it.
+/// Call before any thread starts.
+///
+/// glibc raises its threshold for giving an allocation pages of its own
+/// each time such an allocation is freed, so after a start-up of large
+/// transient buffers (a first spool record with every definition, its
+/// compression) later ones of that size are carved from the heap, where
+/// they leave holes that small allocations fill and pin. A fixed threshold
+/// keeps buffers of [`OWN_PAGES_FROM_BYTES`] and more out of the heap;
+/// the heap's free top is given back once more than
+/// [`RELEASE_ABOVE_BYTES`] of it is free, as after a round.
 pub fn one_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's tuning; M_ARENA_MAX is
-    // a valid parameter and 1 a valid value.
+    // SAFETY: mallopt only changes the allocator's tuning; these are valid
+    // parameters with valid values.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM_BYTES as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, RELEASE_ABOVE_BYTES as libc::c_int);
     }
 }
 

@@ -142,6 +142,15 @@ impl Spooler {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .spool_record(&batch);
+        // Lanes send a batch kept in memory with the definitions and
+        // metadata of their table (the record above carries them too): the
+        // kept copy needs only its values, and a first round's label sets
+        // are freed now rather than a round later.
+        let batch = Batch {
+            definitions: Vec::new(),
+            metadata: Vec::new(),
+            ..batch
+        };
         let spool = self.spool.clone();
         let res = tokio::task::spawn_blocking(move || {
             spool
@@ -344,8 +353,8 @@ struct Lane {
 enum Item {
     /// Read back from the spool: it carries every definition it uses.
     Spooled(Batch),
-    /// Spooled by this process and sent from memory: it carries only the
-    /// definitions it introduced; the others are in the lane's table.
+    /// Spooled by this process and sent from memory: it carries no
+    /// definitions or metadata; they are in the lane's table.
     Live(Arc<Batch>),
 }
 
