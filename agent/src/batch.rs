@@ -37,7 +37,6 @@ pub struct SeriesTable {
     /// Each family's metadata in the wire format, by index.
     families: Vec<Vec<u8>>,
     family_ids: HashMap<String, u32>,
-    compressor: Option<crate::encode::Compressor>,
     raw: Vec<u8>,
     /// Goes up whenever a definition or a family's metadata is added or
     /// changed, so a kept [`Section`] is known to still be right.
@@ -140,16 +139,12 @@ impl SeriesTable {
         let mut used = std::mem::take(&mut self.used);
         self.refs_used(batch, &mut used);
         let mut raw = std::mem::take(&mut self.raw);
-        let mut compressor = self
-            .compressor
-            .take()
-            .unwrap_or_else(crate::encode::Compressor::new);
 
         raw.clear();
         crate::encode::put(&mut raw, &batch.stream);
         crate::encode::put(&mut raw, &batch.seq);
         crate::encode::put(&mut raw, &batch.sent_at);
-        let mut record = compressor.compress(&raw);
+        let mut record = crate::encode::compress(&raw);
 
         let section = self
             .section
@@ -163,7 +158,7 @@ impl SeriesTable {
                 Section {
                     generation: self.generation,
                     used: used.clone(),
-                    frame: compressor.compress(&raw),
+                    frame: crate::encode::compress(&raw),
                 }
             }
         };
@@ -172,11 +167,10 @@ impl SeriesTable {
 
         raw.clear();
         crate::encode::put(&mut raw, &batch.groups);
-        record.extend_from_slice(&compressor.compress(&raw));
+        record.extend_from_slice(&crate::encode::compress(&raw));
 
         self.raw = raw;
         self.used = used;
-        self.compressor = Some(compressor);
         record
     }
 
@@ -552,7 +546,7 @@ mod tests {
         ];
         for known in &known_sets {
             let decode = |raw: Vec<u8>| {
-                let body = crate::encode::Compressor::new().compress(&raw);
+                let body = crate::encode::compress(&raw);
                 wire::decode(&body, &WireLimits::default()).unwrap()
             };
             let mine = decode(t.body_without(Vec::new(), &batch, known.as_ref(), UnixMillis(7)));

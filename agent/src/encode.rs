@@ -13,6 +13,8 @@
 
 use nines_shared::{Batch, SampleGroup, UnixMillis};
 use serde::Serialize;
+use std::sync::Mutex;
+use zstd::zstd_safe::{CCtx, CParameter};
 
 /// zstd level of what the agent writes: bodies are small and mostly
 /// numbers or repeated label text, where level 1 keeps nearly all of
@@ -76,26 +78,75 @@ impl Body {
     }
 }
 
-/// A zstd compressor kept between bodies, so its tables are not set up
-/// again for each one.
-pub(crate) struct Compressor(Option<zstd::bulk::Compressor<'static>>);
+/// Largest zstd window (as a power of two) of what the agent writes:
+/// 32 KiB. A compression context's buffers grow with its block size,
+/// which is the window up to 128 KiB: at level 1, the agent's spool
+/// records (about 200 KB of series definitions and values a round) made
+/// contexts of 577 KiB; with this window one takes about 190 KiB. Bodies
+/// come out no bigger (label text repeats within a few hundred bytes;
+/// level 1's hash table, not the window, bounds what it finds), and
+/// decoders need less memory for them too.
+const WINDOW_LOG: u32 = 15;
 
-impl Compressor {
-    pub(crate) fn new() -> Self {
-        Compressor(zstd::bulk::Compressor::new(LEVEL).ok())
-    }
+/// The process's kept compression context, shared by everything that
+/// writes bodies (the batcher's spool records, every lane's pushes), so
+/// its tables are set up once and held once.
+static CONTEXT: Mutex<Option<CCtx<'static>>> = Mutex::new(None);
 
-    /// `raw` compressed into one zstd frame.
-    pub(crate) fn compress(&mut self, raw: &[u8]) -> Vec<u8> {
-        if let Some(c) = &mut self.0 {
-            if let Ok(out) = c.compress(raw) {
-                return out;
+/// A context at [`LEVEL`] and [`WINDOW_LOG`]; `None` if zstd cannot
+/// allocate one.
+fn new_context() -> Option<CCtx<'static>> {
+    let mut c = CCtx::try_create()?;
+    c.set_parameter(CParameter::CompressionLevel(LEVEL)).ok()?;
+    c.set_parameter(CParameter::WindowLog(WINDOW_LOG)).ok()?;
+    Some(c)
+}
+
+/// `raw` compressed into one zstd frame, in a buffer of its own size.
+///
+/// Uses the shared context; a caller that finds it busy (another thread
+/// compressing right now, which is rare: a round's spool record and its
+/// push follow each other) uses a context of its own for this one body
+/// rather than wait, so the runtime's thread never blocks on a spool
+/// write's compression.
+pub(crate) fn compress(raw: &[u8]) -> Vec<u8> {
+    // Bodies shrink to a fraction of their size (a spool record to about
+    // a tenth): a buffer of half the input holds them without the bound's
+    // allocation (more than the input); one that does not fit is
+    // compressed again into a buffer of the bound.
+    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+    let mut own: Option<CCtx<'static>>;
+    let mut shared = match CONTEXT.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    let context = match shared.as_deref_mut() {
+        Some(slot) => {
+            if slot.is_none() {
+                *slot = new_context();
             }
+            slot.as_mut()
         }
-        // Compressing into memory only fails if a context cannot be
-        // allocated; a fresh one is tried each time.
-        zstd::bulk::compress(raw, LEVEL).expect("zstd compression into memory")
+        None => {
+            own = new_context();
+            own.as_mut()
+        }
+    };
+    // Compressing into a buffer of the bound only fails if a context
+    // cannot be allocated; then zstd's one-shot call is the last resort.
+    let done = context.is_some_and(|c| {
+        c.compress2(&mut out, raw).is_ok() || {
+            out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+            c.compress2(&mut out, raw).is_ok()
+        }
+    });
+    drop(shared);
+    if !done {
+        out = zstd::bulk::compress(raw, LEVEL).expect("zstd compression into memory");
     }
+    out.shrink_to_fit();
+    out
 }
 
 #[cfg(test)]
@@ -159,11 +210,61 @@ mod tests {
             ..b.clone()
         };
         assert_eq!(raw, postcard::to_stdvec(&expected).unwrap());
-        let sent = Compressor::new().compress(&raw);
+        let sent = compress(&raw);
         let decoded = wire::decode(&sent, &WireLimits::default()).unwrap();
         assert_eq!(decoded.definitions, expected.definitions);
         assert_eq!(decoded.groups[0], expected.groups[0]);
         assert!(decoded.groups[1].values[0].1.is_nan());
+    }
+
+    #[test]
+    fn bodies_use_a_small_window_and_the_kept_context_stays_small() {
+        // A spool record's size: 200 KB of series definitions.
+        let b = Batch {
+            definitions: (0..2500)
+                .map(|i| SeriesDefinition {
+                    series: SeriesRef(i),
+                    labels: Labels::new(
+                        "node_filesystem_avail_bytes",
+                        [
+                            ("device", format!("/dev/sd{i}")),
+                            ("mountpoint", format!("/m/{i}")),
+                        ],
+                    ),
+                })
+                .collect(),
+            ..batch()
+        };
+        let raw = postcard::to_stdvec(&b).unwrap();
+        assert!(raw.len() > 150_000, "{}", raw.len());
+        let body = compress(&raw);
+        assert_eq!(body.capacity(), body.len());
+        // A decoder allowed only a 32 KiB window reads it.
+        let mut d = zstd::zstd_safe::DCtx::create();
+        d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG))
+            .unwrap();
+        let mut out = Vec::with_capacity(raw.len());
+        d.decompress(&mut out, &body).unwrap();
+        assert_eq!(out, raw);
+        let kept = CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
+        let size = kept.as_ref().map_or(0, |c| c.sizeof());
+        assert!(size > 0 && size < 256 * 1024, "context of {size} bytes");
+    }
+
+    #[test]
+    fn a_body_that_does_not_shrink_is_still_compressed_whole() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let raw: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let body = compress(&raw);
+        assert!(body.len() > raw.len() / 2);
+        assert_eq!(zstd::bulk::decompress(&body, raw.len()).unwrap(), raw);
     }
 
     #[test]

@@ -142,6 +142,15 @@ impl Spooler {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .spool_record(&batch);
+        // Lanes send a batch kept in memory with the definitions and
+        // metadata of their table (the record above carries them too): the
+        // kept copy needs only its values, and a first round's label sets
+        // are freed now rather than a round later.
+        let batch = Batch {
+            definitions: Vec::new(),
+            metadata: Vec::new(),
+            ..batch
+        };
         let spool = self.spool.clone();
         let res = tokio::task::spawn_blocking(move || {
             spool
@@ -244,7 +253,6 @@ pub fn start(
                 token: dest.token.clone(),
                 table: table.clone(),
                 raw: Vec::new(),
-                compressor: crate::encode::Compressor::new(),
                 metrics: metrics.clone(),
                 drain_gap: Duration::from_secs(1) / dest.drain_rate.max(1),
                 primary_retry: dest.primary_retry,
@@ -336,7 +344,6 @@ struct Lane {
     table: Arc<Mutex<SeriesTable>>,
     /// The last body before compression, for its allocation.
     raw: Vec<u8>,
-    compressor: crate::encode::Compressor,
     metrics: ShipMetrics,
     drain_gap: Duration,
     primary_retry: Duration,
@@ -346,8 +353,8 @@ struct Lane {
 enum Item {
     /// Read back from the spool: it carries every definition it uses.
     Spooled(Batch),
-    /// Spooled by this process and sent from memory: it carries only the
-    /// definitions it introduced; the others are in the lane's table.
+    /// Spooled by this process and sent from memory: it carries no
+    /// definitions or metadata; they are in the lane's table.
     Live(Arc<Batch>),
 }
 
@@ -548,17 +555,11 @@ impl Lane {
     async fn send(&mut self, i: usize, item: &Item) -> Outcome {
         let batch = item.batch();
         let known = self.links[i].known.get(&batch.stream);
-        let body = make_body(
-            &mut self.raw,
-            &mut self.compressor,
-            &self.table,
-            item,
-            known,
-        );
+        let body = make_body(&mut self.raw, &self.table, item, known);
         let mut outcome = self.post(i, body).await;
         if outcome == Outcome::ResendDefinitions {
             self.links[i].known.remove(&batch.stream);
-            let body = make_body(&mut self.raw, &mut self.compressor, &self.table, item, None);
+            let body = make_body(&mut self.raw, &self.table, item, None);
             outcome = match self.post(i, body).await {
                 Outcome::ResendDefinitions => {
                     Outcome::Rejected("unknown refs after re-sending every definition".into())
@@ -648,7 +649,6 @@ impl Lane {
 /// long after it was sampled.
 fn make_body(
     buf: &mut Vec<u8>,
-    compressor: &mut crate::encode::Compressor,
     table: &Mutex<SeriesTable>,
     item: &Item,
     known: Option<&HashSet<SeriesRef>>,
@@ -679,7 +679,12 @@ fn make_body(
             }
         }
     };
-    let body = compressor.compress(&raw);
+    let body = crate::encode::compress(&raw);
+    let mut raw = raw;
+    // Kept for the next body, but not at the size a body with every
+    // definition needed (the first push, a re-send): the usual body holds
+    // values only, a tenth of that.
+    raw.shrink_to(2 * raw.len());
     *buf = raw;
     body
 }
@@ -844,7 +849,7 @@ mod tests {
             groups: vec![],
         };
         let decode = |raw: Vec<u8>| {
-            let body = crate::encode::Compressor::new().compress(&raw);
+            let body = crate::encode::compress(&raw);
             wire::decode(&body, &WireLimits::default()).unwrap()
         };
         let known: HashSet<SeriesRef> = [SeriesRef(0)].into();

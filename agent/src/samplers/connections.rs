@@ -164,8 +164,12 @@ const LISTEN_PORT_CONNECTIONS: Family = gauge(
 struct Tally {
     /// Sockets per kernel state number; index 0 and unknown states unused.
     states: [u64; 16],
-    /// ESTABLISHED sockets per local port (65536 entries).
-    established: Vec<u32>,
+    /// ESTABLISHED sockets per local port, in 64 chunks of
+    /// [`PORTS_PER_CHUNK`] ports (4 KiB each), each allocated when a
+    /// socket on one of its ports is first counted in a round and freed by
+    /// `clear`: a round takes memory only for the port ranges its sockets
+    /// use (on most hosts a few), not 256 KiB.
+    established: Vec<Option<Box<[u32; PORTS_PER_CHUNK]>>>,
     /// Ports with a LISTEN socket, as a bit set (1024 words of 64 bits).
     listening: Vec<u64>,
     /// Sockets (every state) per bucket of [`PORT_BUCKET`] local ports,
@@ -174,11 +178,14 @@ struct Tally {
     remote_ports: Vec<u32>,
 }
 
+/// Ports per chunk of [`Tally::established`].
+const PORTS_PER_CHUNK: usize = 1024;
+
 impl Tally {
     fn new() -> Self {
         Tally {
             states: [0; 16],
-            established: vec![0; 1 << 16],
+            established: vec![None; (1 << 16) / PORTS_PER_CHUNK],
             listening: vec![0; (1 << 16) / 64],
             local_ports: vec![0; PORT_BUCKETS],
             remote_ports: vec![0; PORT_BUCKETS],
@@ -187,13 +194,15 @@ impl Tally {
 
     fn clear(&mut self) {
         self.states = [0; 16];
-        self.established.fill(0);
+        self.established.fill(None);
         self.listening.fill(0);
         self.local_ports.fill(0);
         self.remote_ports.fill(0);
     }
 
-    /// Counts one socket. The hot path of the sampler: no allocation.
+    /// Counts one socket. The hot path of the sampler: it allocates only
+    /// the first time a round counts an established socket in a range of
+    /// [`PORTS_PER_CHUNK`] ports.
     fn count(&mut self, state: u8, local_port: u16, remote_port: u16) {
         let state = if state == TCP_NEW_SYN_RECV {
             TCP_SYN_RECV
@@ -206,7 +215,9 @@ impl Tally {
         let port = usize::from(local_port);
         match state {
             TCP_ESTABLISHED => {
-                if let Some(n) = self.established.get_mut(port) {
+                if let Some(chunk) = self.established.get_mut(port / PORTS_PER_CHUNK) {
+                    let n = &mut chunk.get_or_insert_with(|| Box::new([0; PORTS_PER_CHUNK]))
+                        [port % PORTS_PER_CHUNK];
                     *n = n.saturating_add(1);
                 }
             }
@@ -235,8 +246,12 @@ impl Tally {
         for (n, m) in self.states.iter_mut().zip(&part.states) {
             *n += m;
         }
-        for (n, &m) in self.established.iter_mut().zip(&part.established) {
-            *n = n.saturating_add(m);
+        for (mine, theirs) in self.established.iter_mut().zip(&part.established) {
+            let Some(theirs) = theirs else { continue };
+            let mine = mine.get_or_insert_with(|| Box::new([0; PORTS_PER_CHUNK]));
+            for (n, &m) in mine.iter_mut().zip(theirs.iter()) {
+                *n = n.saturating_add(m);
+            }
         }
         for (word, &bits) in self.listening.iter_mut().zip(&part.listening) {
             *word |= bits;
@@ -270,9 +285,11 @@ impl Tally {
     }
 
     fn established_on(&self, port: u16) -> u64 {
+        let port = usize::from(port);
         self.established
-            .get(usize::from(port))
-            .map_or(0, |&n| u64::from(n))
+            .get(port / PORTS_PER_CHUNK)
+            .and_then(|chunk| chunk.as_ref())
+            .map_or(0, |counts| u64::from(counts[port % PORTS_PER_CHUNK]))
     }
 }
 
@@ -810,7 +827,8 @@ impl ConnectionSampler {
                 tally.states[state] += u64::from(n);
             }
         }
-        tally.established.copy_from_slice(counts.established());
+        // Only listening ports' established counts are ever read.
+        let established = counts.established();
         for (port, _) in counts
             .listening()
             .iter()
@@ -818,6 +836,12 @@ impl ConnectionSampler {
             .filter(|&(_, &n)| n > 0)
         {
             tally.listening[port / 64] |= 1 << (port % 64);
+            let n = established.get(port).copied().unwrap_or(0);
+            if n > 0 {
+                let chunk = tally.established[port / PORTS_PER_CHUNK]
+                    .get_or_insert_with(|| Box::new([0; PORTS_PER_CHUNK]));
+                chunk[port % PORTS_PER_CHUNK] = n;
+            }
         }
         Ok(())
     }
@@ -2209,6 +2233,33 @@ mod tests {
                     .count();
                 proptest::prop_assert_eq!(keeping, 1, "port {}", port);
             }
+        }
+    }
+
+    #[test]
+    fn a_round_holds_counts_only_for_the_port_ranges_its_sockets_use() {
+        let mut tally = Tally::new();
+        let rounds: [(&[u16], &[usize]); 2] = [
+            (&[0, 1023, 1024, 40_000, 40_001, 65_535], &[0, 1, 39, 63]),
+            (&[5_000, 5_000, 33_000], &[4, 32]),
+        ];
+        for (ports, chunks) in rounds {
+            for &port in ports {
+                tally.count(TCP_ESTABLISHED, port, 0);
+            }
+            tally.count(TCP_LISTEN, 2_000, 0);
+            let held: Vec<usize> = (0..tally.established.len())
+                .filter(|&i| tally.established[i].is_some())
+                .collect();
+            assert_eq!(held, chunks);
+            for &port in ports {
+                let n = ports.iter().filter(|&&p| p == port).count() as u64;
+                assert_eq!(tally.established_on(port), n, "port {port}");
+            }
+            assert_eq!(tally.established_on(2_000), 0);
+            tally.clear();
+            assert!(tally.established.iter().all(Option::is_none));
+            assert_eq!(tally.established_on(ports[0]), 0);
         }
     }
 

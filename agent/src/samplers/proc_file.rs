@@ -129,10 +129,27 @@ mod tests {
         let mut f = ProcFile::new(PathBuf::from("/proc/self/stat"));
         let first = f.text().expect("read /proc/self/stat").into_owned();
         assert!(f.file.is_some(), "kept open on procfs");
-        // Field 10 is minflt: reading again with more memory touched shows
-        // the kernel made the text anew.
-        let touch = vec![1u8; 4 << 20];
-        std::hint::black_box(&touch);
+        // Field 10 is minflt: reading again after touching fresh pages
+        // (a new anonymous mapping, so the allocator cannot hand back
+        // pages already touched) shows the kernel made the text anew.
+        let len = 64 * 4096;
+        // SAFETY: a new private anonymous mapping of `len` bytes, written
+        // within its bounds and unmapped once.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            for page in (0..len).step_by(4096) {
+                std::ptr::write_volatile(p.cast::<u8>().add(page), 1);
+            }
+            libc::munmap(p, len);
+        }
         let second = f.text().expect("read again").into_owned();
         assert_ne!(first, second);
         assert!(second.starts_with(&format!("{} (", std::process::id())));
