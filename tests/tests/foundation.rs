@@ -688,12 +688,15 @@ fn compacted_samples_are_rolled_up_and_counted() {
             0.0
         );
     }
-    // Noisy values: more than a full chunk, so compaction writes chunks
-    // without waiting for the window to close.
-    let end = UnixMillis::now().0;
+    // Noisy values across the end of a 2 h window (the one before the
+    // current, so nothing lies ahead of now): the first window is closed
+    // by the samples after it, and closing a window writes its rows.
+    const WINDOW: i64 = 2 * 3600 * 1000;
+    let boundary = UnixMillis::now().0.div_euclid(WINDOW) * WINDOW - WINDOW;
     let points: Vec<(i64, f64)> = (0..900)
-        .map(|i| (end - 900_000 + i * 1000, (i as f64 * 1.37).sin()))
+        .map(|i| (boundary - 450_000 + i * 1000, (i as f64 * 1.37).sin()))
         .collect();
+    let end = boundary + 450_000;
     assert_eq!(c.push(&batch("ru", 0, "e2e_rolled", &points)).0, 200);
     wait_for("rollup rows written at both resolutions", || {
         let text = c.get_text("/metrics").1;
