@@ -810,13 +810,11 @@ impl ConnectionSampler {
                 tally.states[state] += u64::from(n);
             }
         }
-        tally.established.copy_from_slice(counts.established());
-        for (port, _) in counts
-            .listening()
-            .iter()
-            .enumerate()
-            .filter(|&(_, &n)| n > 0)
-        {
+        // The iterator counts ESTABLISHED sockets only on listening
+        // ports, the only ones reported.
+        for &(port, established) in counts.listeners() {
+            let port = usize::from(port);
+            tally.established[port] = established;
             tally.listening[port / 64] |= 1 << (port % 64);
         }
         Ok(())
