@@ -827,16 +827,11 @@ impl ConnectionSampler {
                 tally.states[state] += u64::from(n);
             }
         }
-        // Only listening ports' established counts are ever read.
-        let established = counts.established();
-        for (port, _) in counts
-            .listening()
-            .iter()
-            .enumerate()
-            .filter(|&(_, &n)| n > 0)
-        {
+        // The iterator counts ESTABLISHED sockets only on listening
+        // ports, the only ones reported.
+        for &(port, n) in counts.listeners() {
+            let port = usize::from(port);
             tally.listening[port / 64] |= 1 << (port % 64);
-            let n = established.get(port).copied().unwrap_or(0);
             if n > 0 {
                 let chunk = tally.established[port / PORTS_PER_CHUNK]
                     .get_or_insert_with(|| Box::new([0; PORTS_PER_CHUNK]));

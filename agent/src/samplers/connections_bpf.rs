@@ -6,11 +6,30 @@
 //! is nearly all of a netlink round's cost. Here the kernel walks the same
 //! table (listening sockets, then established, TIME_WAIT and request
 //! sockets, of the agent's own network namespace) and runs, for each
-//! socket, a program of a few dozen instructions that only adds one to
-//! counters in a map the agent has mapped into its memory: sockets per
-//! (address family, state), ESTABLISHED sockets per local port, LISTEN
-//! sockets per local port. No message per socket, nothing copied but the
-//! counts.
+//! socket, a program of a few dozen instructions that only counts, in two
+//! maps. The first, one value of 8,320 bytes that the agent has mapped
+//! into its memory (three pages), holds sockets per (address family,
+//! state) and a LISTEN bitmap, one bit per local port. The second, an
+//! array of 65,536 u32 that stays in the kernel, holds ESTABLISHED sockets
+//! per local port, counted only where the port's LISTEN bit is set (the
+//! program reaches it through the helper `bpf_map_lookup_elem`). No
+//! message per socket, nothing copied but the counts.
+//!
+//! That bit is always set in time: the TCP iterator walks the listening
+//! hash (`TCP_SEQ_STATE_LISTENING`, every bucket up to `lhash2_mask`)
+//! before it moves to `TCP_SEQ_STATE_ESTABLISHED` and the established
+//! hash, where ESTABLISHED sockets are (Linux's `bpf_iter_tcp_batch` and
+//! `bpf_iter_tcp_resume` in net/ipv4/tcp_ipv4.c). A listener opened during
+//! the walk, after its bucket was passed, is not in that pass, as in any
+//! one walk of the table, and so its port is not reported. After the walk the agent reads the
+//! bitmap and, for each listening port, reads and zeroes that port's
+//! entry of the second map (one lookup and one update each): only those
+//! entries can be non-zero, so the second map is all zero again for the
+//! next pass, whether the walk finished or not.
+//!
+//! Mapping the whole per-port table instead (512 KiB) would add as much to
+//! the agent's resident memory: the kernel maps an array map's pages all
+//! at once.
 //!
 //! The program is assembled here, instruction by instruction (no compiler,
 //! no BPF library); the socket fields it reads (`skc_family`, `skc_state`,
@@ -30,7 +49,7 @@
 //! states the terms of the in-kernel program alone (the few dozen
 //! instructions assembled below), not of the agent.
 //!
-//! This module must never write to the system beyond creating its own map,
+//! This module must never write to the system beyond creating its own maps,
 //! program and link (all closed when the counter is dropped), read any
 //! socket field other than those three, keep anything per socket, or hand
 //! out counts from a pass that did not finish.
@@ -51,12 +70,15 @@ pub const STATES_PER_FAMILY: usize = 16;
 /// Families counted: IPv4 (index 0) and IPv6 (index 1).
 const FAMILIES: usize = 2;
 const PORTS: usize = 1 << 16;
-/// Byte offsets of the three tables in the map's one value, all u32.
+/// Counters per (family, state) at the start of the counts map's one
+/// value, all u32.
 const STATE_TABLE: usize = 0;
-const ESTABLISHED_TABLE: usize = STATE_TABLE + FAMILIES * STATES_PER_FAMILY * 4;
-const LISTENING_TABLE: usize = ESTABLISHED_TABLE + PORTS * 4;
-/// Size of the map's one value.
-const VALUE_BYTES: usize = LISTENING_TABLE + PORTS * 4;
+const STATE_COUNTERS: usize = FAMILIES * STATES_PER_FAMILY;
+/// Byte offset of the LISTEN bitmap in that value: one bit per local
+/// port, bit `port & 7` of byte `port >> 3`.
+const LISTEN_BITMAP: usize = STATE_TABLE + STATE_COUNTERS * 4;
+/// Size of the counts map's one value (8,320 bytes).
+const VALUE_BYTES: usize = LISTEN_BITMAP + PORTS / 8;
 
 /// Why the BPF iterator cannot count here.
 #[derive(Debug, thiserror::Error)]
@@ -416,15 +438,21 @@ const BPF_DW: u8 = 0x18;
 const BPF_IMM: u8 = 0x00;
 const BPF_MEM: u8 = 0x60;
 const BPF_ADD: u8 = 0x00;
+const BPF_OR: u8 = 0x40;
 const BPF_AND: u8 = 0x50;
 const BPF_LSH: u8 = 0x60;
+const BPF_RSH: u8 = 0x70;
 const BPF_MOV: u8 = 0xb0;
 const BPF_K: u8 = 0x00;
 const BPF_X: u8 = 0x08;
 const BPF_JA: u8 = 0x00;
 const BPF_JEQ: u8 = 0x10;
 const BPF_JNE: u8 = 0x50;
+const BPF_CALL: u8 = 0x80;
 const BPF_EXIT: u8 = 0x90;
+/// `src_reg` of a 64-bit immediate load that means "the map of this fd":
+/// imm is the map's fd.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// `src_reg` of a 64-bit immediate load that means "address of a map's
 /// value": imm is the map's fd, the next instruction's imm the offset.
 const BPF_PSEUDO_MAP_VALUE: u8 = 2;
@@ -443,6 +471,11 @@ const R6: Reg = Reg(6);
 const R7: Reg = Reg(7);
 const R8: Reg = Reg(8);
 const R9: Reg = Reg(9);
+/// The frame pointer: the top of the program's 512-byte stack.
+const R10: Reg = Reg(10);
+/// The helper `bpf_map_lookup_elem(map, key)`: a pointer to the value, or
+/// NULL.
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 
 impl Insn {
     fn new(code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> Self {
@@ -499,6 +532,46 @@ impl Insn {
         Self::alu_imm(BPF_LSH, dst, imm)
     }
 
+    /// `dst >>= imm` (64-bit, logical).
+    pub fn rsh_imm(dst: Reg, imm: i32) -> Self {
+        Self::alu_imm(BPF_RSH, dst, imm)
+    }
+
+    /// `dst <<= src` (64-bit).
+    pub fn lsh_reg(dst: Reg, src: Reg) -> Self {
+        Self::new(BPF_ALU64 | BPF_LSH | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `dst |= src` (64-bit).
+    pub fn or_reg(dst: Reg, src: Reg) -> Self {
+        Self::new(BPF_ALU64 | BPF_OR | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `dst &= src` (64-bit).
+    pub fn and_reg(dst: Reg, src: Reg) -> Self {
+        Self::new(BPF_ALU64 | BPF_AND | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `call helper` (arguments in r1-r5, result in r0; r1-r5 are
+    /// clobbered).
+    pub fn call(helper: i32) -> Self {
+        Self::new(BPF_JMP | BPF_CALL, R0, R0, 0, helper)
+    }
+
+    /// `dst = map of fd`: two instructions.
+    pub fn map_fd(dst: Reg, map_fd: RawFd) -> [Self; 2] {
+        [
+            Self::new(
+                BPF_LD | BPF_DW | BPF_IMM,
+                dst,
+                Reg(BPF_PSEUDO_MAP_FD),
+                0,
+                map_fd,
+            ),
+            Self::new(0, R0, R0, 0, 0),
+        ]
+    }
+
     /// `dst = *(size *)(src + off)`.
     pub fn load(size: u8, dst: Reg, src: Reg, off: i16) -> Self {
         Self::new(BPF_LDX | BPF_MEM | size, dst, src, off, 0)
@@ -535,7 +608,6 @@ enum Label {
     Exit,
     Counted,
     Established,
-    BumpPort,
 }
 
 /// Builds a program, keeping jumps by label until every label is placed.
@@ -579,8 +651,14 @@ impl Assembler {
 }
 
 /// The per-socket program. r1 is `struct bpf_iter__tcp *`: `meta` at 0,
-/// `sk_common` at 8 (NULL once the walk is over).
-fn counting_program(fields: SockFields, map_fd: RawFd) -> Result<Vec<Insn>, String> {
+/// `sk_common` at 8 (NULL once the walk is over). `counts_fd` is the
+/// one-entry map of state counters and the LISTEN bitmap, `established_fd`
+/// the array of ESTABLISHED sockets per listening port.
+fn counting_program(
+    fields: SockFields,
+    counts_fd: RawFd,
+    established_fd: RawFd,
+) -> Result<Vec<Insn>, String> {
     let offset = |o: u16| i16::try_from(o).map_err(|_| format!("field offset {o} too large"));
     let mut a = Assembler::default();
     a.push(Insn::load(BPF_DW, R6, R1, 8));
@@ -599,7 +677,7 @@ fn counting_program(fields: SockFields, map_fd: RawFd) -> Result<Vec<Insn>, Stri
     a.push(Insn::mov_reg(R7, R3));
     a.push(Insn::lsh_imm(R7, 2));
     a.push(Insn::add_reg(R7, R5));
-    for insn in Insn::map_value(R8, map_fd, 0) {
+    for insn in Insn::map_value(R8, counts_fd, 0) {
         a.push(insn);
     }
     a.push(Insn::mov_reg(R9, R8));
@@ -607,21 +685,40 @@ fn counting_program(fields: SockFields, map_fd: RawFd) -> Result<Vec<Insn>, Stri
     a.push(Insn::load(BPF_W, R0, R9, 0));
     a.push(Insn::add_imm(R0, 1));
     a.push(Insn::store(BPF_W, R9, 0, R0));
-    // established[port] or listening[port] += 1; the mask keeps the
-    // index provably in the table.
+    // r7: the port's byte of the LISTEN bitmap, r5: its bit, r9: the
+    // byte's value. The mask keeps the index provably in the bitmap.
     a.push(Insn::and_imm(R4, 0xffff));
-    a.push(Insn::lsh_imm(R4, 2));
+    a.push(Insn::mov_reg(R7, R4));
+    a.push(Insn::rsh_imm(R7, 3));
+    a.push(Insn::add_imm(R7, LISTEN_BITMAP as i32));
+    a.push(Insn::add_reg(R7, R8));
+    a.push(Insn::mov_reg(R2, R4));
+    a.push(Insn::and_imm(R2, 7));
+    a.push(Insn::mov_imm(R5, 1));
+    a.push(Insn::lsh_reg(R5, R2));
+    a.push(Insn::load(BPF_B, R9, R7, 0));
     a.jump(BPF_JEQ, R3, 1, Label::Established);
     a.jump(BPF_JNE, R3, 10, Label::Exit);
-    a.push(Insn::add_imm(R4, LISTENING_TABLE as i32));
-    a.jump(BPF_JA, R0, 0, Label::BumpPort);
+    // LISTEN: set the port's bit.
+    a.push(Insn::or_reg(R9, R5));
+    a.push(Insn::store(BPF_B, R7, 0, R9));
+    a.jump(BPF_JA, R0, 0, Label::Exit);
+    // ESTABLISHED on a port with a listener seen (every listener comes
+    // before the first established socket): established[port] += 1.
     a.place(Label::Established);
-    a.push(Insn::add_imm(R4, ESTABLISHED_TABLE as i32));
-    a.place(Label::BumpPort);
-    a.push(Insn::add_reg(R8, R4));
-    a.push(Insn::load(BPF_W, R0, R8, 0));
-    a.push(Insn::add_imm(R0, 1));
-    a.push(Insn::store(BPF_W, R8, 0, R0));
+    a.push(Insn::and_reg(R9, R5));
+    a.jump(BPF_JEQ, R9, 0, Label::Exit);
+    a.push(Insn::store(BPF_W, R10, -4, R4));
+    for insn in Insn::map_fd(R1, established_fd) {
+        a.push(insn);
+    }
+    a.push(Insn::mov_reg(R2, R10));
+    a.push(Insn::add_imm(R2, -4));
+    a.push(Insn::call(HELPER_MAP_LOOKUP_ELEM));
+    a.jump(BPF_JEQ, R0, 0, Label::Exit);
+    a.push(Insn::load(BPF_W, R1, R0, 0));
+    a.push(Insn::add_imm(R1, 1));
+    a.push(Insn::store(BPF_W, R0, 0, R1));
     a.place(Label::Exit);
     a.push(Insn::mov_imm(R0, 0));
     a.push(Insn::exit());
@@ -632,6 +729,8 @@ fn counting_program(fields: SockFields, map_fd: RawFd) -> Result<Vec<Insn>, Stri
 // The bpf() system call.
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -695,6 +794,23 @@ fn bpf_fd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Runs one bpf() command that returns 0 or an error.
+fn bpf_cmd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
+    // SAFETY: as in bpf_fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The last `LOG_LINES` non-empty lines of a verifier log.
 fn log_tail(log: &[u8]) -> String {
     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
@@ -703,41 +819,46 @@ fn log_tail(log: &[u8]) -> String {
     lines[lines.len().saturating_sub(LOG_LINES)..].join(" | ")
 }
 
-/// Counts from one pass of the iterator, borrowed from the shared map.
+/// Counts from one pass of the iterator, borrowed from the counter.
 pub struct PassCounts<'a> {
-    table: &'a [u32],
+    states: &'a [u32; STATE_COUNTERS],
+    listeners: &'a [(u16, u32)],
 }
 
 impl PassCounts<'_> {
     /// Sockets of `family` (0: IPv4, 1: IPv6) in each kernel state.
     pub fn states(&self, family: usize) -> &[u32] {
-        let start = (STATE_TABLE / 4) + family * STATES_PER_FAMILY;
-        self.table
+        let start = family * STATES_PER_FAMILY;
+        self.states
             .get(start..start + STATES_PER_FAMILY)
             .unwrap_or(&[])
     }
 
-    /// ESTABLISHED sockets per local port.
-    pub fn established(&self) -> &[u32] {
-        &self.table[ESTABLISHED_TABLE / 4..LISTENING_TABLE / 4]
-    }
-
-    /// LISTEN sockets per local port.
-    pub fn listening(&self) -> &[u32] {
-        &self.table[LISTENING_TABLE / 4..VALUE_BYTES / 4]
+    /// Ports with a socket in LISTEN, ascending, each with its
+    /// ESTABLISHED sockets (of either family).
+    pub fn listeners(&self) -> &[(u16, u32)] {
+        self.listeners
     }
 }
 
-/// A loaded, attached TCP iterator program and the map it counts into.
+/// A loaded, attached TCP iterator program and the maps it counts into.
 pub struct BpfSocketCounter {
     /// Held so that the map lives as long as the mapping.
-    _map: OwnedFd,
+    _counts_map: OwnedFd,
+    /// ESTABLISHED sockets per listening port (65,536 u32, not mapped).
+    established_map: OwnedFd,
     /// Held so that the program lives as long as the link.
     _prog: OwnedFd,
     link: OwnedFd,
-    value: NonNull<u32>,
+    /// The counts map's value, mapped: state counters, then the bitmap.
+    value: NonNull<u8>,
     mapped_bytes: usize,
     target: IterTarget,
+    /// The last pass's state counters.
+    states: [u32; STATE_COUNTERS],
+    /// The last pass's listening ports and their established sockets,
+    /// kept from pass to pass so that its room is reused.
+    listeners: Vec<(u16, u32)>,
 }
 
 // SAFETY: the mapping is owned by this value alone and only touched
@@ -753,7 +874,7 @@ impl std::fmt::Debug for BpfSocketCounter {
 }
 
 impl BpfSocketCounter {
-    /// Reads the kernel's BTF, creates the map, loads and attaches the
+    /// Reads the kernel's BTF, creates the maps, loads and attaches the
     /// program. Fails (and leaves nothing behind) if any step is refused.
     pub fn load() -> Result<Self, BpfError> {
         Self::load_with(Path::new(VMLINUX_BTF))
@@ -771,7 +892,7 @@ impl BpfSocketCounter {
         })?;
         drop(data);
 
-        let map = bpf_fd(
+        let counts_map = bpf_fd(
             BPF_MAP_CREATE,
             &mut Attr::new()
                 .u32(0, BPF_MAP_TYPE_ARRAY)
@@ -785,12 +906,29 @@ impl BpfSocketCounter {
             what: "map create",
             error,
         })?;
+        let established_map = bpf_fd(
+            BPF_MAP_CREATE,
+            &mut Attr::new()
+                .u32(0, BPF_MAP_TYPE_ARRAY)
+                .u32(4, 4)
+                .u32(8, 4)
+                .u32(12, PORTS as u32)
+                .name(28, b"nines_tcp_est"),
+        )
+        .map_err(|error| BpfError::Syscall {
+            what: "map create",
+            error,
+        })?;
 
-        let program =
-            counting_program(target.fields, map.as_raw_fd()).map_err(|reason| BpfError::Btf {
-                path: btf.display().to_string(),
-                reason,
-            })?;
+        let program = counting_program(
+            target.fields,
+            counts_map.as_raw_fd(),
+            established_map.as_raw_fd(),
+        )
+        .map_err(|reason| BpfError::Btf {
+            path: btf.display().to_string(),
+            reason,
+        })?;
         let prog_attr = |log: Option<&mut [u8]>| {
             let attr = Attr::new()
                 .u32(0, BPF_PROG_TYPE_TRACING)
@@ -857,7 +995,7 @@ impl BpfSocketCounter {
                 mapped_bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                map.as_raw_fd(),
+                counts_map.as_raw_fd(),
                 0,
             )
         };
@@ -867,17 +1005,20 @@ impl BpfSocketCounter {
                 error: io::Error::last_os_error(),
             });
         }
-        let value = NonNull::new(value.cast::<u32>()).ok_or_else(|| BpfError::Syscall {
+        let value = NonNull::new(value.cast::<u8>()).ok_or_else(|| BpfError::Syscall {
             what: "map mmap",
             error: io::Error::other("mapped at address 0"),
         })?;
         Ok(BpfSocketCounter {
-            _map: map,
+            _counts_map: counts_map,
+            established_map,
             _prog: prog,
             link,
             value,
             mapped_bytes,
             target,
+            states: [0; STATE_COUNTERS],
+            listeners: Vec::new(),
         })
     }
 
@@ -890,8 +1031,30 @@ impl BpfSocketCounter {
     /// returns the counts. An error means the pass did not finish.
     pub fn count(&mut self) -> io::Result<PassCounts<'_>> {
         // SAFETY: the mapping is VALUE_BYTES long (or more) and ours alone;
-        // no borrow of it outlives the previous call.
-        unsafe { std::ptr::write_bytes(self.value.as_ptr().cast::<u8>(), 0, VALUE_BYTES) };
+        // no borrow of it outlives this call.
+        unsafe { std::ptr::write_bytes(self.value.as_ptr(), 0, VALUE_BYTES) };
+        let walked = self.walk();
+        // Whether or not the walk finished, the established map holds
+        // counts only for ports whose bit is set now: take them and zero
+        // them, so that the next pass starts from zero.
+        let taken = self.take_listeners();
+        walked?;
+        taken?;
+        // SAFETY: the pass is over (the iterator is closed); the state
+        // counters are the value's first STATE_COUNTERS u32, and the
+        // mapping is page aligned.
+        let states = unsafe {
+            std::slice::from_raw_parts(self.value.as_ptr().cast::<u32>(), STATE_COUNTERS)
+        };
+        self.states.copy_from_slice(states);
+        Ok(PassCounts {
+            states: &self.states,
+            listeners: &self.listeners,
+        })
+    }
+
+    /// One walk of the iterator over the socket table, to its end.
+    fn walk(&self) -> io::Result<()> {
         let iter = bpf_fd(
             BPF_ITER_CREATE,
             &mut Attr::new().u32(0, self.link.as_raw_fd() as u32),
@@ -904,7 +1067,7 @@ impl BpfSocketCounter {
             // SAFETY: buf is a valid writable buffer of the length given.
             let n = unsafe { libc::read(iter.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n == 0 {
-                break;
+                return Ok(());
             }
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -914,11 +1077,68 @@ impl BpfSocketCounter {
                 return Err(e);
             }
         }
-        drop(iter);
-        // SAFETY: the pass is over (the iterator is closed), so nothing
-        // writes to the mapping while this borrow of self lives.
-        let table = unsafe { std::slice::from_raw_parts(self.value.as_ptr(), VALUE_BYTES / 4) };
-        Ok(PassCounts { table })
+    }
+
+    /// Reads the LISTEN bitmap into `listeners`, each port with its
+    /// ESTABLISHED count from the established map, and sets those entries
+    /// back to zero. Only ports in the bitmap ever have a count there, so
+    /// this zeroes the whole map.
+    fn take_listeners(&mut self) -> io::Result<()> {
+        self.listeners.clear();
+        // SAFETY: no walk is running; the bitmap is the PORTS / 8 bytes at
+        // LISTEN_BITMAP in the mapping, which is VALUE_BYTES long.
+        let bitmap = unsafe {
+            std::slice::from_raw_parts(self.value.as_ptr().add(LISTEN_BITMAP), PORTS / 8)
+        };
+        let mut first_error = None;
+        for (byte_at, &byte) in bitmap.iter().enumerate() {
+            let mut bits = byte;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let Ok(port) = u16::try_from(byte_at * 8 + bit) else {
+                    continue;
+                };
+                let established = self.established_entry(port).and_then(|n| {
+                    self.zero_established_entry(port)?;
+                    Ok(n)
+                });
+                match established {
+                    Ok(n) => self.listeners.push((port, n)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The established map's entry for `port`.
+    fn established_entry(&self, port: u16) -> io::Result<u32> {
+        let key = u32::from(port);
+        let mut value = 0u32;
+        bpf_cmd(
+            BPF_MAP_LOOKUP_ELEM,
+            &mut Attr::new()
+                .u32(0, self.established_map.as_raw_fd() as u32)
+                .u64(8, &key as *const u32 as u64)
+                .u64(16, &mut value as *mut u32 as u64),
+        )?;
+        Ok(value)
+    }
+
+    /// Sets the established map's entry for `port` to zero.
+    fn zero_established_entry(&self, port: u16) -> io::Result<()> {
+        let key = u32::from(port);
+        let value = 0u32;
+        bpf_cmd(
+            BPF_MAP_UPDATE_ELEM,
+            &mut Attr::new()
+                .u32(0, self.established_map.as_raw_fd() as u32)
+                .u64(8, &key as *const u32 as u64)
+                .u64(16, &value as *const u32 as u64),
+        )
     }
 }
 
@@ -1182,6 +1402,34 @@ mod tests {
         let [lo, hi] = Insn::map_value(R8, 5, 0);
         assert_eq!(lo.to_bytes(), [0x18, 0x28, 0, 0, 5, 0, 0, 0]);
         assert_eq!(hi.to_bytes(), [0; 8]);
+        // r1 = map(fd 6): ld_imm64 with src_reg 1.
+        let [lo, hi] = Insn::map_fd(R1, 6);
+        assert_eq!(lo.to_bytes(), [0x18, 0x11, 0, 0, 6, 0, 0, 0]);
+        assert_eq!(hi.to_bytes(), [0; 8]);
+        // call bpf_map_lookup_elem
+        assert_eq!(Insn::call(1).to_bytes(), [0x85, 0, 0, 0, 1, 0, 0, 0]);
+        // r7 >>= 3; r5 <<= r2; r9 |= r5; r9 &= r5
+        assert_eq!(
+            Insn::rsh_imm(R7, 3).to_bytes(),
+            [0x77, 0x07, 0, 0, 3, 0, 0, 0]
+        );
+        assert_eq!(
+            Insn::lsh_reg(R5, R2).to_bytes(),
+            [0x6f, 0x25, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            Insn::or_reg(R9, R5).to_bytes(),
+            [0x4f, 0x59, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            Insn::and_reg(R9, R5).to_bytes(),
+            [0x5f, 0x59, 0, 0, 0, 0, 0, 0]
+        );
+        // *(u32 *)(r10 - 4) = r4
+        assert_eq!(
+            Insn::store(BPF_W, R10, -4, R4).to_bytes(),
+            [0x63, 0x4a, 0xfc, 0xff, 0, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -1191,14 +1439,14 @@ mod tests {
             state: 18,
             num: 14,
         };
-        let prog = counting_program(fields, 7).unwrap();
+        let prog = counting_program(fields, 7, 8).unwrap();
         let exit_at = prog.len() - 2;
         assert_eq!(prog[exit_at], Insn::mov_imm(R0, 0));
         assert_eq!(prog[exit_at + 1], Insn::exit());
         // Every conditional jump's target is inside the program, and the
         // NULL check and the family check go to the shared exit.
         for (i, insn) in prog.iter().enumerate() {
-            if insn.code & 0x07 == BPF_JMP && insn.code & 0xf0 != BPF_EXIT {
+            if insn.code & 0x07 == BPF_JMP && !matches!(insn.code & 0xf0, BPF_EXIT | BPF_CALL) {
                 let target = i as i64 + 1 + i64::from(insn.off);
                 assert!((0..prog.len() as i64).contains(&target), "jump at {i}");
             }
@@ -1236,12 +1484,63 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let counts = counter.count().unwrap();
-        assert_eq!(counts.listening()[port], 1);
-        assert_eq!(counts.established()[port], 1);
+        let on = |port: usize| {
+            counts
+                .listeners()
+                .iter()
+                .find(|&&(p, _)| usize::from(p) == port)
+                .map(|&(_, n)| n)
+        };
+        assert_eq!(on(port), Some(1));
+        // The client's end is ESTABLISHED on a port nothing listens on.
         let client_port = usize::from(client.local_addr().unwrap().port());
-        assert_eq!(counts.established()[client_port], 1);
+        assert_eq!(on(client_port), None);
         assert!(counts.states(0)[1] >= 2);
         assert!(counts.states(0)[10] >= 1);
+        assert!(counts.listeners().is_sorted_by_key(|&(p, _)| p));
         drop((client, server));
+    }
+
+    #[test]
+    fn a_pass_leaves_the_established_map_zeroed_and_carries_nothing_over() {
+        let Some(mut counter) = loaded() else { return };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
+        let mut keep = Vec::new();
+        for _ in 0..3 {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            keep.push((client, server));
+        }
+        let first = counter.count().unwrap();
+        let first_listeners = first.listeners().to_vec();
+        assert!(
+            first_listeners.contains(&(port, 3)),
+            "{port} in {first_listeners:?}"
+        );
+        for &(p, _) in &first_listeners {
+            assert_eq!(counter.established_entry(p).unwrap(), 0, "port {p}");
+        }
+        // Sockets of other processes may come and go between passes, but
+        // the test's own port counts the same 3 again (6 if the map had
+        // kept the first pass's counts), and the listening ports' counts
+        // together never exceed the ESTABLISHED sockets of this pass.
+        let second = counter.count().unwrap();
+        assert!(
+            second.listeners().contains(&(port, 3)),
+            "{port} in {:?}",
+            second.listeners()
+        );
+        let established = second.states(0)[1] + second.states(1)[1];
+        let on_listeners: u32 = second.listeners().iter().map(|&(_, n)| n).sum();
+        assert!(
+            on_listeners <= established,
+            "{on_listeners} > {established}"
+        );
+        for &(p, _) in counter.listeners.iter() {
+            assert_eq!(counter.established_entry(p).unwrap(), 0, "port {p}");
+        }
+        drop(keep);
     }
 }
