@@ -568,6 +568,42 @@ fn dump_into(
     result
 }
 
+/// Rounds between two rounds counted the other way than the cheaper one,
+/// to see whether it still is (the socket count moves the balance: the BPF
+/// iterator has a fixed cost of visiting every bucket of the kernel's
+/// table, about 2 ms on a 24 GiB host, and a smaller cost per socket than
+/// netlink, so it pays from some thousands of sockets on).
+const REMEASURE_EVERY: u32 = 30;
+
+/// What counting a round cost each way, for the `auto` choice.
+#[derive(Debug, Default)]
+struct Costs {
+    bpf: Option<Duration>,
+    netlink: Option<Duration>,
+    rounds: u32,
+}
+
+impl Costs {
+    /// Whether the next round counts with the BPF iterator: each way is
+    /// measured once, then the cheaper is used, but every
+    /// [`REMEASURE_EVERY`]th round counts the other way.
+    fn bpf_next(&mut self) -> bool {
+        self.rounds = self.rounds.wrapping_add(1);
+        match (self.bpf, self.netlink) {
+            (None, _) => true,
+            (_, None) => false,
+            (Some(bpf), Some(netlink)) => {
+                let cheaper = bpf <= netlink;
+                if self.rounds % REMEASURE_EVERY == 0 {
+                    !cheaper
+                } else {
+                    cheaper
+                }
+            }
+        }
+    }
+}
+
 /// Counts TCP sockets by state and established connections per listening
 /// port, through netlink sock_diag with /proc/net/tcp{,6} as the fallback.
 pub struct ConnectionSampler {
@@ -601,6 +637,11 @@ pub struct ConnectionSampler {
     last_dumps: usize,
     /// CPU time of each part of the last round, if it was split.
     parts_cpu: Vec<Duration>,
+    /// Whether the BPF iterator is one choice among two (`auto`): each
+    /// round then counts the way that cost less CPU when last measured.
+    adaptive: bool,
+    /// CPU time (all threads) of the last round counted each way.
+    cost: Costs,
     /// Reused for the text of /proc/net/tcp{,6}.
     text: Vec<u8>,
     tally: Tally,
@@ -647,6 +688,8 @@ impl ConnectionSampler {
             parts: Vec::new(),
             last_dumps: 0,
             parts_cpu: Vec::new(),
+            adaptive: false,
+            cost: Costs::default(),
             text: Vec::new(),
             tally: Tally::new(),
         }
@@ -684,8 +727,12 @@ impl ConnectionSampler {
     pub fn with_bpf_if_available(self) -> Self {
         match BpfSocketCounter::load() {
             Ok(counter) => {
-                tracing::info!("connections: counting TCP sockets with a BPF iterator");
-                self.with_bpf(counter)
+                tracing::info!(
+                    "connections: counting TCP sockets with a BPF iterator or netlink sock_diag, whichever costs less"
+                );
+                let mut s = self.with_bpf(counter);
+                s.adaptive = true;
+                s
             }
             Err(e) => {
                 tracing::info!(
@@ -761,10 +808,12 @@ impl ConnectionSampler {
         self.last_dumps = 0;
         self.last_method = None;
         self.parts_cpu.clear();
-        if self.method == Method::Bpf {
+        let started = thread_cpu_time();
+        if self.method == Method::Bpf && (!self.adaptive || self.cost.bpf_next()) {
             match self.count_bpf() {
                 Ok(()) => {
                     self.last_method = Some(Method::Bpf);
+                    self.cost.bpf = Some(thread_cpu_time().saturating_sub(started));
                     self.report(out);
                     return Ok(());
                 }
@@ -778,6 +827,8 @@ impl ConnectionSampler {
             match self.count_netlink() {
                 Ok(()) => {
                     self.last_method = Some(Method::Netlink);
+                    let spent = thread_cpu_time().saturating_sub(started);
+                    self.cost.netlink = Some(spent + self.parts_cpu.iter().sum::<Duration>());
                     self.plan = self.next_plan();
                     if self.plan.len() < 2 {
                         // The parts' tables are held only while splitting.
@@ -2229,6 +2280,20 @@ mod tests {
                 proptest::prop_assert_eq!(keeping, 1, "port {}", port);
             }
         }
+    }
+
+    #[test]
+    fn auto_counts_the_cheaper_way_and_measures_the_other_now_and_then() {
+        let mut c = Costs::default();
+        assert!(c.bpf_next(), "the iterator is measured first");
+        c.bpf = Some(Duration::from_micros(2_400));
+        assert!(!c.bpf_next(), "then netlink");
+        c.netlink = Some(Duration::from_micros(300));
+        let ways: Vec<bool> = (0..60).map(|_| c.bpf_next()).collect();
+        assert_eq!(ways.iter().filter(|&&b| b).count(), 2, "{ways:?}");
+        // Many sockets later, netlink costs more: the iterator wins.
+        c.netlink = Some(Duration::from_millis(40));
+        assert!((0..60).filter(|_| c.bpf_next()).count() >= 58);
     }
 
     #[test]
