@@ -515,7 +515,8 @@ mod tests {
                 "{method:?}: {used:?}"
             );
         }
-        // auto: the BPF iterator where it loads (required in CI as root).
+        // auto: netlink while the host has few sockets (the BPF iterator is
+        // loaded only once a round counted thousands).
         let mut set = SamplerSet::with(
             root,
             &only_connections(connections::ConnectionMethod::Auto),
@@ -524,9 +525,11 @@ mod tests {
         )
         .expect("auto never fails");
         assert!(set.sample(&mut Samples::default()).is_empty());
-        if connections_bpf::must_load_here() {
-            assert_eq!(set.connection_method(), Some("bpf"));
-        }
+        assert!(
+            matches!(set.connection_method(), Some("netlink" | "bpf")),
+            "{:?}",
+            set.connection_method()
+        );
         let off = SamplerToggles {
             connections: false,
             ..only_connections(connections::ConnectionMethod::Bpf)
