@@ -454,9 +454,9 @@ mod tests {
         assert_eq!(second.groups[0].values, vec![(SeriesRef(0), 1.0)]);
     }
 
-    #[test]
-    fn a_spool_record_is_the_batch_with_all_definitions() {
-        use nines_shared::wire::{self, WireLimits};
+    /// A batcher after two rounds, the second adding two series, that
+    /// round's samples and its batch.
+    fn second_round_with_new_series() -> (Batcher, Samples, Batch) {
         let mut b = Batcher::new("agent-1", "host-a", "node");
         b.batch(&round(1.0), UnixMillis(1000));
         let mut s = round(2.0);
@@ -464,6 +464,13 @@ mod tests {
         s.push("x_total", &[], 1.0);
         s.push("y", &[], 1.0);
         let second = b.batch(&s, UnixMillis(2000));
+        (b, s, second)
+    }
+
+    #[test]
+    fn a_spool_record_is_the_batch_with_all_definitions() {
+        use nines_shared::wire::{self, WireLimits};
+        let (mut b, mut s, second) = second_round_with_new_series();
         let table = b.table();
         let mut t = table.lock().unwrap();
         let record = t.spool_record(&second);
@@ -526,13 +533,7 @@ mod tests {
     #[test]
     fn a_body_from_the_table_is_the_full_batch_stripped_of_what_is_known() {
         use nines_shared::wire::{self, WireLimits};
-        let mut b = Batcher::new("agent-1", "host-a", "node");
-        b.batch(&round(1.0), UnixMillis(1000));
-        let mut s = round(2.0);
-        s.family("x", MetricKind::Counter, "X.", "");
-        s.push("x_total", &[], 1.0);
-        s.push("y", &[], 1.0);
-        let batch = b.batch(&s, UnixMillis(2000));
+        let (b, _, batch) = second_round_with_new_series();
         let table = b.table();
         let mut t = table.lock().unwrap();
         let full = t.with_all_definitions(&batch);

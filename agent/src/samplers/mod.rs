@@ -172,22 +172,7 @@ impl Samples {
 
     /// Declares a metric family (type, help, unit) once per round.
     pub fn family(&mut self, name: &str, kind: MetricKind, help: &str, unit: &str) {
-        if self.declared(name) {
-            return;
-        }
-        if let Some(old) = self.previous_metadata.get_mut(self.metadata.len()) {
-            if old.name == name && old.kind == kind && old.help == help && old.unit == unit {
-                let m = std::mem::replace(old, empty_metadata(kind));
-                self.metadata.push(m);
-                return;
-            }
-        }
-        self.metadata.push(MetricMetadata {
-            name: name.to_string(),
-            kind,
-            help: help.to_string(),
-            unit: unit.to_string(),
-        });
+        self.declare(name, kind, unit, Some(help), || help.to_string());
     }
 
     /// [`Samples::family`] for a family whose help text follows from its
@@ -200,11 +185,29 @@ impl Samples {
         unit: &str,
         help: impl FnOnce() -> String,
     ) {
+        self.declare(name, kind, unit, None, help);
+    }
+
+    /// Declares a family once per round, taking over the round before's
+    /// metadata at this place when it is the same (name, kind, unit, and
+    /// the help text when `same_help` gives one to compare).
+    fn declare(
+        &mut self,
+        name: &str,
+        kind: MetricKind,
+        unit: &str,
+        same_help: Option<&str>,
+        help: impl FnOnce() -> String,
+    ) {
         if self.declared(name) {
             return;
         }
         if let Some(old) = self.previous_metadata.get_mut(self.metadata.len()) {
-            if old.name == name && old.kind == kind && old.unit == unit {
+            if old.name == name
+                && old.kind == kind
+                && old.unit == unit
+                && same_help.is_none_or(|h| old.help == h)
+            {
                 let m = std::mem::replace(old, empty_metadata(kind));
                 self.metadata.push(m);
                 return;
