@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 30;
 
 /// What one way of counting cost per round: wall time, and CPU time (on
-/// every thread of the process doing the work, from its schedstat). On a
+/// every thread of the process doing the work: this process's CPU clock,
+/// node_exporter's threads' schedstat). On a
 /// shared machine the wall time includes waits for a CPU; the CPU time
 /// does not, so both are printed.
 #[derive(Default)]

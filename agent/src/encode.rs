@@ -110,11 +110,11 @@ fn new_context() -> Option<CCtx<'static>> {
 /// rather than wait, so the runtime's thread never blocks on a spool
 /// write's compression.
 pub(crate) fn compress(raw: &[u8]) -> Vec<u8> {
-    // Bodies shrink to a fraction of their size (a spool record to about
-    // a tenth): a buffer of half the input holds them without the bound's
-    // allocation (more than the input); one that does not fit is
-    // compressed again into a buffer of the bound.
-    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+    // A buffer of the bound (a little more than the input), cut to size
+    // after: buffers of 64 KiB and more have pages of their own (see
+    // `footprint::one_heap`), so the part never written is never resident
+    // and the cut gives it back.
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
     let mut own: Option<CCtx<'static>>;
     let mut shared = match CONTEXT.try_lock() {
         Ok(guard) => Some(guard),
@@ -135,12 +135,7 @@ pub(crate) fn compress(raw: &[u8]) -> Vec<u8> {
     };
     // Compressing into a buffer of the bound only fails if a context
     // cannot be allocated; then zstd's one-shot call is the last resort.
-    let done = context.is_some_and(|c| {
-        c.compress2(&mut out, raw).is_ok() || {
-            out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
-            c.compress2(&mut out, raw).is_ok()
-        }
-    });
+    let done = context.is_some_and(|c| c.compress2(&mut out, raw).is_ok());
     drop(shared);
     if !done {
         out = zstd::bulk::compress(raw, LEVEL).expect("zstd compression into memory");

@@ -44,14 +44,26 @@ pub fn one_heap() {
 pub const RELEASE_ABOVE_BYTES: usize = 1 << 20;
 
 /// Gives the free pages of the heap back to the kernel when more than
-/// [`RELEASE_ABOVE_BYTES`] of it are free.
+/// [`RELEASE_ABOVE_BYTES`] have come free since it last did. (Free bytes
+/// the kernel already has back still count as free to the allocator, so
+/// the total alone would have it trim every round once that much was.)
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallinfo2 only reads the allocator's statistics and
-    // malloc_trim only returns free memory to the kernel.
-    unsafe {
-        if libc::mallinfo2().fordblks > RELEASE_ABOVE_BYTES {
-            libc::malloc_trim(0);
+    {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Free heap bytes right after the last trim.
+        static AFTER_TRIM: AtomicUsize = AtomicUsize::new(0);
+        // SAFETY: mallinfo2 only reads the allocator's statistics and
+        // malloc_trim only returns free memory to the kernel.
+        unsafe {
+            let free = libc::mallinfo2().fordblks;
+            if free > AFTER_TRIM.load(Ordering::Relaxed) + RELEASE_ABOVE_BYTES {
+                libc::malloc_trim(0);
+                AFTER_TRIM.store(libc::mallinfo2().fordblks, Ordering::Relaxed);
+            } else if free < AFTER_TRIM.load(Ordering::Relaxed) {
+                // Holes were reused: measure growth from here.
+                AFTER_TRIM.store(free, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -73,9 +85,11 @@ pub fn release_free_memory() {
 /// inward to whole pages: never data, nor relocated read-only data (whose
 /// pages the loader wrote). An object with text relocations (whose code
 /// the loader wrote too) and the vDSO (no file behind it) are left alone.
-/// Call once start-up is done, before the first round.
+/// Called once, after the first sampling round (start-up is done then).
+/// On 64-bit glibc Linux only (the dynamic entries are read as 64-bit
+/// pairs); elsewhere it does nothing.
 pub fn release_start_up_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
     // SAFETY: the callback only reads the program headers and dynamic
     // sections glibc passes it and advises the kernel on pages of
     // read-only file mappings.
@@ -85,17 +99,17 @@ pub fn release_start_up_pages() {
 }
 
 /// `PT_DYNAMIC`, `DT_TEXTREL`, `DT_FLAGS` and its `DF_TEXTREL` bit (ELF).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 const PT_DYNAMIC: u32 = 2;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 const DT_TEXTREL: i64 = 22;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 const DT_FLAGS: i64 = 30;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 const DF_TEXTREL: u64 = 4;
 
 /// The `dl_iterate_phdr` callback, called for each loaded object.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 unsafe extern "C" fn unmap_read_only_segments(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,

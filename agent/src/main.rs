@@ -94,9 +94,6 @@ fn run(o: Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Argument and config parsing are done: their code need not stay
-    // resident.
-    nines_agent::footprint::release_start_up_pages();
     let res = rt.block_on(async {
         let stop = nines_agent::run::stop_on_signal();
         nines_agent::run::run(cfg, stop).await

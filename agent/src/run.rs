@@ -111,6 +111,7 @@ pub async fn sample_forever(
     let mut spare = Samples::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut started_up = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -176,6 +177,12 @@ pub async fn sample_forever(
         }
         if metrics.release_memory {
             crate::footprint::release_free_memory();
+            if !started_up {
+                // Start-up (config, spool, client, samplers' first round)
+                // is done: its code need not stay resident.
+                crate::footprint::release_start_up_pages();
+                started_up = true;
+            }
         }
     }
 }

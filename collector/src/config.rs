@@ -394,18 +394,14 @@ impl CollectorConfig {
             fs.retention_1h.as_deref(),
             retention_1m.map(|r| r.max(Duration::from_secs(730 * DAY_SECS))),
         )?;
-        for (key, coarse, finer_key, finer) in [
+        for ((key, coarse, written), (finer_key, finer, finer_written)) in [
             (
-                "storage.retention_1m",
-                retention_1m,
-                "storage.retention",
-                retention,
+                ("storage.retention_1m", retention_1m, &fs.retention_1m),
+                ("storage.retention", retention, &fs.retention),
             ),
             (
-                "storage.retention_1h",
-                retention_1h,
-                "storage.retention_1m",
-                retention_1m,
+                ("storage.retention_1h", retention_1h, &fs.retention_1h),
+                ("storage.retention_1m", retention_1m, &fs.retention_1m),
             ),
         ] {
             let shorter = match (coarse, finer) {
@@ -414,16 +410,19 @@ impl CollectorConfig {
                 (None, _) => false,
             };
             if shorter {
-                let show = |d: Option<Duration>| {
-                    d.map_or("\"0\" (everything)".to_string(), |d| format!("{d:?}"))
+                // As the file says it, or the default the key took.
+                let show = |written: &Option<String>, d: Option<Duration>| match (written, d) {
+                    (_, None) => "\"0\" (everything)".to_string(),
+                    (Some(w), Some(_)) => format!("{w:?}"),
+                    (None, Some(d)) => format!("{}d by default", d.as_secs() / DAY_SECS),
                 };
                 return Err(invalid(
                     key,
                     false,
                     format!(
                         "{} is shorter than {finer_key} ({}): rollups must be kept at least as long as the finer data they are made from",
-                        show(coarse),
-                        show(finer)
+                        show(written, coarse),
+                        show(finer_written, finer)
                     ),
                 ));
             }

@@ -269,6 +269,16 @@ pub fn push_headers(auth: &str) -> Vec<(&'static str, &str)> {
     ]
 }
 
+/// Headers of a Prometheus remote_write 1.0 request with `auth`.
+pub fn remote_write_headers(auth: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("authorization", auth),
+        ("content-encoding", "snappy"),
+        ("content-type", "application/x-protobuf"),
+        ("x-prometheus-remote-write-version", "0.1.0"),
+    ]
+}
+
 impl Collector {
     /// The collector's process id (0 once killed).
     pub fn pid(&self) -> u32 {

@@ -75,13 +75,7 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 7, "ss printed:\n{out}");
     // Counted by the method the default ("auto") picks here.
-    let used = |m: &str| {
-        agent_metric(
-            &listen,
-            "nines_agent_connection_method",
-            &format!("method=\"{m}\""),
-        )
-    };
+    let used = |m: &str| connection_method_used(&listen, m);
     // With the BPF iterator loaded, auto counts each round the cheaper way
     // of the two; either way one method counted the round.
     match bpf_expected() {
@@ -179,23 +173,20 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     drop((clients, accepted));
 }
 
+/// 1 if the agent at `listen` counted its last connection sample by
+/// `method` (`nines_agent_connection_method`), else 0.
+fn connection_method_used(listen: &str, method: &str) -> f64 {
+    agent_metric(
+        listen,
+        "nines_agent_connection_method",
+        &format!("method=\"{method}\""),
+    )
+}
+
 /// Whether the agent's "auto" connection method is the BPF iterator here
 /// (the capabilities it needs in effect, on a kernel with BTF).
 fn bpf_expected() -> bool {
     nines_agent::samplers::connections_bpf::privileged_with_btf()
-}
-
-/// Whether this kernel fills inet_diag dumps side by side (Linux 6.9 and
-/// later), so that the agent splits a sample on a host with many sockets.
-fn kernel_runs_dumps_in_parallel() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().ok());
-    matches!(
-        (numbers.next().flatten(), numbers.next().flatten()),
-        (Some(major), Some(minor)) if (major, minor) >= (6, 9)
-    )
 }
 
 /// More than 2,000 sockets on the host: told to use netlink, the agent
@@ -252,41 +243,20 @@ fn many_connections_counted_exactly(method: &str) {
 
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!("[statsd]\nenabled = false\n[samplers]\nconnections_method = \"{method}\"\n"),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _agent = Agent::start(
+    let (_agent, listen) = agent_with_config(
         &c,
-        &dir.path().join("agent"),
-        &[
-            "--interval",
-            "1s",
-            "--instance",
-            "many",
-            "--listen",
-            &listen,
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
+        dir.path(),
+        "many",
+        &format!("[statsd]\nenabled = false\n[samplers]\nconnections_method = \"{method}\"\n"),
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bpf = method == "bpf";
-    let splits = !bpf && cpus >= 2 && kernel_runs_dumps_in_parallel();
+    let splits = !bpf && cpus >= 2 && nines_agent::samplers::connections::kernel_splits_dumps();
     // More parts on a host with more CPUs and other sockets; no dump at
     // all when the BPF iterator counts.
     let as_planned = || {
         let dumps = agent_metric(&listen, "nines_agent_connection_dumps", "");
-        let used = |m: &str| {
-            agent_metric(
-                &listen,
-                "nines_agent_connection_method",
-                &format!("method=\"{m}\""),
-            )
-        };
+        let used = |m: &str| connection_method_used(&listen, m);
         match (bpf, splits) {
             (true, _) => used("bpf") == 1.0 && dumps == 0.0,
             (false, true) => used("netlink") == 1.0 && dumps >= 2.0,
@@ -450,36 +420,50 @@ fn http_server() -> u16 {
     port
 }
 
-#[test]
-fn probes_report_success_failure_and_latency() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
-    let port = http_server();
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[statsd]\nenabled = false\n\
-             [[probe]]\nname = \"ok\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/ok\"\ninterval = \"1s\"\n\
-             [[probe]]\nname = \"fail\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/fail\"\ninterval = \"1s\"\n\
-             [[probe]]\nname = \"tcp\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{port}\"\ninterval = \"1s\"\n"
-        ),
-    )
-    .unwrap();
+/// Starts an agent at a 1 s interval as `instance`, with `config` written
+/// to `dir`/agent.toml, its state in `dir`/agent and its /metrics on a free
+/// loopback port; returns it and that address.
+fn agent_with_config(
+    c: &Collector,
+    dir: &std::path::Path,
+    instance: &str,
+    config: &str,
+) -> (Agent, String) {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, config).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    let _agent = Agent::start(
-        &c,
-        &dir.path().join("agent"),
+    let agent = Agent::start(
+        c,
+        &dir.join("agent"),
         &[
             "--interval",
             "1s",
             "--instance",
-            "pr",
+            instance,
             "--listen",
             &listen,
             "--config",
             cfg.to_str().unwrap(),
         ],
+    );
+    (agent, listen)
+}
+
+#[test]
+fn probes_report_success_failure_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
+    let port = http_server();
+    let (_agent, _listen) = agent_with_config(
+        &c,
+        dir.path(),
+        "pr",
+        &format!(
+            "[statsd]\nenabled = false\n\
+             [[probe]]\nname = \"ok\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/ok\"\ninterval = \"1s\"\n\
+             [[probe]]\nname = \"fail\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/fail\"\ninterval = \"1s\"\n\
+             [[probe]]\nname = \"tcp\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{port}\"\ninterval = \"1s\"\n"
+        ),
     );
     wait_for("probe results", || {
         let ok = value(

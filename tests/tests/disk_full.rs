@@ -65,15 +65,6 @@ fn fill(path: &Path) {
     }
 }
 
-fn rw_headers(auth: &str) -> Vec<(&'static str, &str)> {
-    vec![
-        ("authorization", auth),
-        ("content-encoding", "snappy"),
-        ("content-type", "application/x-protobuf"),
-        ("x-prometheus-remote-write-version", "0.1.0"),
-    ]
-}
-
 /// Push `n`: its own series, so what a push wrote can be told apart.
 fn push_body(n: usize, t0: i64) -> Vec<u8> {
     let pad = "p".repeat(120);
@@ -107,7 +98,7 @@ fn push(c: &Collector, n: usize, t0: i64) -> Answer {
     let mut req = http()
         .post(format!("{}/api/v1/write", c.url))
         .body(push_body(n, t0));
-    for (k, v) in rw_headers(&auth) {
+    for (k, v) in remote_write_headers(&auth) {
         req = req.header(k, v);
     }
     let r = req.send().expect("remote write");
@@ -174,7 +165,6 @@ fn a_full_disk_refuses_pushes_with_503_loses_nothing_acknowledged_and_recovers()
     let ballast = data.join("ballast");
     fill(&ballast);
     // Push until the disk refuses, then a few more: each refused alike.
-    let mut first_refusal = None;
     while refused.len() < 6 {
         assert!(
             next < 5000,
@@ -199,7 +189,6 @@ fn a_full_disk_refuses_pushes_with_503_loses_nothing_acknowledged_and_recovers()
                     "Retry-After: {:?}",
                     a.retry_after
                 );
-                first_refusal.get_or_insert(next);
                 refused.push(next);
             }
             other => panic!("push {next}: {other} {}", a.body),

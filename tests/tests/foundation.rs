@@ -434,13 +434,17 @@ fn bad_queries_get_the_prometheus_error_envelope() {
 fn bad_config_stops_both_binaries_at_start_with_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
+    // The collector started on `cfg` as it is now.
+    let serve = || {
+        run(Command::new(bin("nines-collector"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("d")))
+    };
     std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nretention = \"15d\"\n").unwrap();
-    let (code, _, err) = run(Command::new(bin("nines-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path().join("d")));
+    let (code, _, err) = serve();
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("bad.toml") && err.contains("retention"),
@@ -448,12 +452,7 @@ fn bad_config_stops_both_binaries_at_start_with_file_key_and_reason() {
     );
     // Rollups kept for less time than the raw samples they are made of.
     std::fs::write(&cfg, "[storage]\nretention_1m = \"7d\"\n").unwrap();
-    let (code, _, err) = run(Command::new(bin("nines-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path().join("d")));
+    let (code, _, err) = serve();
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("bad.toml")

@@ -16,21 +16,12 @@ fn write(c: &Collector, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, String
     (r.status().as_u16(), r.text().unwrap_or_default())
 }
 
-fn rw_headers(auth: &str) -> Vec<(&'static str, &str)> {
-    vec![
-        ("authorization", auth),
-        ("content-encoding", "snappy"),
-        ("content-type", "application/x-protobuf"),
-        ("x-prometheus-remote-write-version", "0.1.0"),
-    ]
-}
-
 #[test]
 fn remote_write_stores_samples_including_nan_and_refuses_bad_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(&dir.path().join("c"), &["--no-local-agent"]);
     let auth = format!("Bearer {}", c.token);
-    let h = rw_headers(&auth);
+    let h = remote_write_headers(&auth);
     let t = UnixMillis::now().0 - 10_000;
     let good = vec![SeriesWrite {
         labels: Labels::new("rw_gauge", [("job", "rw")]),

@@ -269,7 +269,8 @@ impl Tally {
         }
     }
 
-    /// Sockets counted, whatever their state.
+    /// Sockets a netlink or /proc round counted, whatever their state (a
+    /// BPF round fills no port histograms).
     fn sockets(&self) -> u64 {
         self.local_ports.iter().map(|&n| u64::from(n)).sum()
     }
@@ -309,6 +310,12 @@ fn dumps_run_in_parallel(release: &str) -> bool {
         (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= PARALLEL_DUMPS_SINCE,
         _ => false,
     }
+}
+
+/// Whether the running kernel fills parallel inet_diag dumps at the same
+/// time (Linux 6.9 and later), so that a sample may be split.
+pub fn kernel_splits_dumps() -> bool {
+    kernel_release().is_some_and(|r| dumps_run_in_parallel(&r))
 }
 
 /// The running kernel's release, as `uname -r` prints it.
@@ -610,7 +617,8 @@ impl Costs {
 }
 
 /// Counts TCP sockets by state and established connections per listening
-/// port, through netlink sock_diag with /proc/net/tcp{,6} as the fallback.
+/// port: with the BPF iterator (`connections_bpf`) or netlink sock_diag
+/// (see [`ConnectionMethod`]), with /proc/net/tcp{,6} as the fallback.
 pub struct ConnectionSampler {
     root: PathBuf,
     max_ports: usize,
@@ -642,12 +650,12 @@ pub struct ConnectionSampler {
     last_dumps: usize,
     /// CPU time of each part of the last round, if it was split.
     parts_cpu: Vec<Duration>,
-    /// `auto` with the BPF iterator not tried yet (see
-    /// [`Self::load_bpf_if_it_pays`]).
-    bpf_pending: bool,
-    /// Whether the BPF iterator is one choice among two (`auto`): each
-    /// round then counts the way that cost less CPU when last measured.
-    adaptive: bool,
+    /// `auto`: the BPF iterator is loaded once it pays (see
+    /// [`Self::load_bpf_if_it_pays`]) and is then one choice among two,
+    /// each round counting the way that cost less CPU when last measured.
+    /// Turned off when loading fails, or when netlink is refused (the
+    /// iterator then counts alone).
+    auto: bool,
     /// CPU time (all threads) of the last round counted each way.
     cost: Costs,
     /// Reused for the text of /proc/net/tcp{,6}.
@@ -691,13 +699,12 @@ impl ConnectionSampler {
             one_walk: true,
             parallelism: DEFAULT_PARALLELISM,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            split: kernel_release().is_some_and(|r| dumps_run_in_parallel(&r)),
+            split: kernel_splits_dumps(),
             plan: Vec::new(),
             parts: Vec::new(),
             last_dumps: 0,
             parts_cpu: Vec::new(),
-            bpf_pending: false,
-            adaptive: false,
+            auto: false,
             cost: Costs::default(),
             text: Vec::new(),
             tally: Tally::new(),
@@ -730,12 +737,14 @@ impl ConnectionSampler {
         }
     }
 
-    /// Counts with the BPF iterator if it loads here (root, or CAP_BPF and
-    /// CAP_PERFMON, on Linux 5.9 or later with BTF), else through netlink
-    /// as before; says which, once, at info level.
+    /// Counts through netlink, and once a round counted more than
+    /// [`BPF_MIN_SOCKETS`] sockets, also with the BPF iterator if it loads
+    /// here (root, or CAP_BPF and CAP_PERFMON, on Linux 5.9 or later with
+    /// BTF), each round the way that cost less; says which, once, at info
+    /// level, when it tries.
     pub fn with_bpf_if_available(mut self) -> Self {
         self = self.with_netlink(true);
-        self.bpf_pending = true;
+        self.auto = true;
         self
     }
 
@@ -743,23 +752,29 @@ impl ConnectionSampler {
     /// [`BPF_MIN_SOCKETS`] sockets: below that netlink costs less, and
     /// loading reads the kernel's BTF (some megabytes, briefly).
     fn load_bpf_if_it_pays(&mut self) {
-        if !self.bpf_pending || self.tally.sockets() <= BPF_MIN_SOCKETS {
+        if !self.auto || self.bpf.is_some() || self.tally.sockets() <= BPF_MIN_SOCKETS {
             return;
         }
-        self.bpf_pending = false;
-        match BpfSocketCounter::load() {
+        // Without the capabilities, loading would read the BTF only to be
+        // refused.
+        let loaded = if crate::samplers::connections_bpf::privileged_with_btf() {
+            BpfSocketCounter::load()
+        } else {
+            Err(BpfError::Unprivileged)
+        };
+        match loaded {
             Ok(counter) => {
                 tracing::info!(
                     "connections: counting TCP sockets with a BPF iterator or netlink sock_diag, whichever costs less"
                 );
                 self.bpf = Some(counter);
                 self.method = Method::Bpf;
-                self.adaptive = true;
             }
             Err(e) => {
                 tracing::info!(
                     "connections: BPF iterator unavailable ({e}): using netlink sock_diag"
                 );
+                self.auto = false;
             }
         }
     }
@@ -769,6 +784,7 @@ impl ConnectionSampler {
     pub fn with_bpf(mut self, counter: BpfSocketCounter) -> Self {
         self.bpf = Some(counter);
         self.method = Method::Bpf;
+        self.auto = false;
         self
     }
 
@@ -830,7 +846,7 @@ impl ConnectionSampler {
         self.last_method = None;
         self.parts_cpu.clear();
         let started = thread_cpu_time();
-        if self.method == Method::Bpf && (!self.adaptive || self.cost.bpf_next()) {
+        if self.method == Method::Bpf && (!self.auto || self.cost.bpf_next()) {
             match self.count_bpf() {
                 Ok(()) => {
                     self.last_method = Some(Method::Bpf);
@@ -848,8 +864,11 @@ impl ConnectionSampler {
             match self.count_netlink() {
                 Ok(()) => {
                     self.last_method = Some(Method::Netlink);
+                    // This thread's CPU holds the first part of a split
+                    // round; the other parts ran on their own threads.
                     let spent = thread_cpu_time().saturating_sub(started);
-                    self.cost.netlink = Some(spent + self.parts_cpu.iter().sum::<Duration>());
+                    let others: Duration = self.parts_cpu.iter().skip(1).sum();
+                    self.cost.netlink = Some(spent + others);
                     self.load_bpf_if_it_pays();
                     self.plan = self.next_plan();
                     if self.plan.len() < 2 {
@@ -858,6 +877,14 @@ impl ConnectionSampler {
                     }
                     self.report(out);
                     return Ok(());
+                }
+                Err(e) if is_refusal(&e) && self.bpf.is_some() => {
+                    tracing::warn!(
+                        error = %e,
+                        "netlink sock_diag refused; counting TCP sockets with the BPF iterator alone from now on"
+                    );
+                    self.auto = false;
+                    self.parts = Vec::new();
                 }
                 Err(e) if is_refusal(&e) => {
                     tracing::warn!(
@@ -2513,6 +2540,17 @@ mod tests {
     /// are returned so they stay open.
     fn loopback_connections(k: usize) -> (TcpListener, Vec<TcpStream>, Vec<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        connected(listener, k)
+    }
+
+    /// As [`loopback_connections`] on [::1]; None where IPv6 loopback is
+    /// off (ipv6.disable=1).
+    fn loopback6_connections(k: usize) -> Option<(TcpListener, Vec<TcpStream>, Vec<TcpStream>)> {
+        TcpListener::bind("[::1]:0").ok().map(|l| connected(l, k))
+    }
+
+    /// `k` connections to `listener`: it, their client and server ends.
+    fn connected(listener: TcpListener, k: usize) -> (TcpListener, Vec<TcpStream>, Vec<TcpStream>) {
         let addr = listener.local_addr().expect("listener address");
         let mut clients = Vec::with_capacity(k);
         let mut servers = Vec::with_capacity(k);
@@ -2589,20 +2627,11 @@ mod tests {
         let (v4, _c4, _s4) = loopback_connections(K);
         // IPv6 loopback may be off (ipv6.disable=1): then only IPv4 is
         // checked.
-        let v6 = TcpListener::bind("[::1]:0").ok().map(|l| {
-            let addr = l.local_addr().expect("address");
-            let pairs: Vec<(TcpStream, TcpStream)> = (0..K)
-                .map(|_| {
-                    let c = TcpStream::connect(addr).expect("connect [::1]");
-                    (c, l.accept().expect("accept").0)
-                })
-                .collect();
-            (l, pairs)
-        });
+        let v6 = loopback6_connections(K);
         let mut ports = vec![v4.local_addr().expect("address").port()];
         ports.extend(
             v6.as_ref()
-                .map(|(l, _)| l.local_addr().expect("address").port()),
+                .map(|(l, _, _)| l.local_addr().expect("address").port()),
         );
 
         let Some(mut one_walk) = netlink_sampler_or_skip(1 << 16) else {
@@ -2668,20 +2697,11 @@ mod tests {
         ];
         ports.sort_unstable();
         // IPv6 loopback may be off (ipv6.disable=1): then only IPv4.
-        let v6 = TcpListener::bind("[::1]:0").ok().map(|l| {
-            let addr = l.local_addr().expect("address");
-            let pairs: Vec<(TcpStream, TcpStream)> = (0..K)
-                .map(|_| {
-                    let c = TcpStream::connect(addr).expect("connect [::1]");
-                    (c, l.accept().expect("accept").0)
-                })
-                .collect();
-            (l, pairs)
-        });
+        let v6 = loopback6_connections(K);
         let mut labels: Vec<String> = ports.iter().map(u16::to_string).collect();
         labels.extend(
             v6.as_ref()
-                .map(|(l, _)| l.local_addr().expect("address").port().to_string()),
+                .map(|(l, _, _)| l.local_addr().expect("address").port().to_string()),
         );
         let Some(mut whole) = netlink_sampler_or_skip(1 << 16) else {
             return;

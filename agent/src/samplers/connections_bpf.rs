@@ -22,8 +22,8 @@
 //! `bpf_iter_tcp_resume` in net/ipv4/tcp_ipv4.c). A listener opened during
 //! the walk, after its bucket was passed, is not in that pass, as in any
 //! one walk of the table, and so its port is not reported. After the walk the agent reads the
-//! bitmap and, for each listening port, reads and zeroes that port's
-//! entry of the second map (one lookup and one update each): only those
+//! bitmap and, for each listening port, reads that port's entry of the
+//! second map and zeroes it if it is not zero already: only those
 //! entries can be non-zero, so the second map is all zero again for the
 //! next pass, whether the walk finished or not.
 //!
@@ -115,18 +115,10 @@ pub enum BpfError {
         /// The last lines of the verifier's log.
         log: String,
     },
-}
-
-impl BpfError {
-    /// The OS error number behind this error, if there is one.
-    pub fn raw_os_error(&self) -> Option<i32> {
-        match self {
-            BpfError::ReadBtf { error, .. }
-            | BpfError::Syscall { error, .. }
-            | BpfError::Verifier { error, .. } => error.raw_os_error(),
-            BpfError::Btf { .. } => None,
-        }
-    }
+    /// Not tried: the process lacks the capabilities, or the kernel its
+    /// BTF (see [`privileged_with_btf`]).
+    #[error("needs CAP_BPF and CAP_PERFMON (or root) and {VMLINUX_BTF}")]
+    Unprivileged,
 }
 
 // ---------------------------------------------------------------------------
@@ -881,7 +873,7 @@ impl BpfSocketCounter {
     }
 
     /// As [`BpfSocketCounter::load`], with the kernel's BTF read from `btf`.
-    pub fn load_with(btf: &Path) -> Result<Self, BpfError> {
+    fn load_with(btf: &Path) -> Result<Self, BpfError> {
         let data = std::fs::read(btf).map_err(|error| BpfError::ReadBtf {
             path: btf.display().to_string(),
             error,
@@ -1022,11 +1014,6 @@ impl BpfSocketCounter {
         })
     }
 
-    /// What was found in the kernel's BTF.
-    pub fn target(&self) -> IterTarget {
-        self.target
-    }
-
     /// Runs the program over every TCP socket of this network namespace and
     /// returns the counts. An error means the pass did not finish.
     pub fn count(&mut self) -> io::Result<PassCounts<'_>> {
@@ -1099,8 +1086,12 @@ impl BpfSocketCounter {
                 let Ok(port) = u16::try_from(byte_at * 8 + bit) else {
                     continue;
                 };
+                // An entry still at zero needs no reset (no pass runs
+                // meanwhile).
                 let established = self.established_entry(port).and_then(|n| {
-                    self.zero_established_entry(port)?;
+                    if n != 0 {
+                        self.zero_established_entry(port)?;
+                    }
                     Ok(n)
                 });
                 match established {

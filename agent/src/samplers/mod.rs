@@ -366,14 +366,8 @@ impl SamplerSet {
     /// Every built-in sampler, reading the host at `root` (connections
     /// counted the `auto` way).
     pub fn new(root: std::path::PathBuf) -> Self {
-        let toggles = SamplerToggles::default();
-        let connections = connections::ConnectionSampler::with_max_ports(
-            root.clone(),
-            toggles.connections_max_ports,
-        )
-        .with_parallelism(toggles.connections_parallelism)
-        .with_bpf_if_available();
-        Self::assemble(root, &toggles, Some(connections), None, Vec::new())
+        Self::with(root, &SamplerToggles::default(), None, Vec::new())
+            .expect("auto loads nothing when the samplers are made")
     }
 
     /// The samplers `toggles` turns on, plus a StatsD listener's state and
@@ -396,30 +390,14 @@ impl SamplerSet {
                 .with_method(toggles.connections_method)
             })
             .transpose()?;
-        Ok(Self::assemble(
-            root,
-            toggles,
-            connections,
-            statsd,
-            access_logs,
-        ))
-    }
-
-    fn assemble(
-        root: std::path::PathBuf,
-        toggles: &SamplerToggles,
-        connections: Option<connections::ConnectionSampler>,
-        statsd: Option<statsd::StatsdState>,
-        access_logs: Vec<access_log::AccessLogTailer>,
-    ) -> Self {
-        SamplerSet {
+        Ok(SamplerSet {
             host: toggles.host.then(|| host::HostSampler::new(root.clone())),
             system: toggles.system.then(|| system::SystemSampler::new(root)),
             connections,
             statsd,
             access_logs,
             probes: None,
-        }
+        })
     }
 
     /// Adds the results of running probes to every round.

@@ -107,7 +107,9 @@ impl StatsdListener {
     pub fn bind(cfg: StatsdConfig) -> Result<StatsdListener, io::Error> {
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
         socket.set_nonblocking(true)?;
-        set_receive_buffer(&socket, RECEIVE_BUFFER_BYTES);
+        if let Err(e) = set_receive_buffer(&socket, RECEIVE_BUFFER_BYTES) {
+            tracing::debug!(error = %e, "statsd receive buffer left at the default");
+        }
         let mut state = StatsdState::new(&cfg);
         // A second descriptor of the same socket, for the round to read
         // the kernel's drop count from while the receive task owns the
@@ -600,8 +602,9 @@ struct Resolved {
     kind: StatsdType,
 }
 
-/// Most lines' resolution kept in [`Registry::resolved`]; past it, lines
-/// of new shapes take the full path every time.
+/// Most lines' resolution kept in [`Registry::resolved`] (and never more
+/// than twice `max_series`); past it, lines of new shapes take the full
+/// path every time.
 const RESOLVED_MAX_ENTRIES: usize = 20_000;
 
 /// Longest resolution key kept: a line whose name, type and tags take
@@ -677,7 +680,7 @@ impl Registry {
             families: BTreeMap::new(),
             values: Vec::new(),
             resolved: HashMap::new(),
-            resolved_max: RESOLVED_MAX_ENTRIES,
+            resolved_max: RESOLVED_MAX_ENTRIES.min(cfg.max_series.saturating_mul(2)),
             owners,
             series: 0,
             set_members: 0,
@@ -1057,9 +1060,8 @@ fn label_set_into(tags: &[(&str, Option<&str>)], kind: SeriesKind, set: &mut Lab
 }
 
 /// Asks for a receive buffer of `bytes` (the kernel caps it at
-/// `net.core.rmem_max`). A refusal only leaves the default, so it is
-/// logged, not fatal.
-fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) {
+/// `net.core.rmem_max`).
+fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the call, and the option value is
     // a c_int living across it, of the size passed.
@@ -1073,8 +1075,9 @@ fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) {
         )
     };
     if rc != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "statsd receive buffer left at the default");
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// How many datagrams the kernel dropped on `socket` since it was

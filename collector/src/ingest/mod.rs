@@ -205,8 +205,12 @@ impl Ingest {
         };
         let res = async {
             let storage = self.storage.clone();
+            // Decompressed before the index is read-locked: the writer
+            // needs it to make new series visible.
             let decode = move || {
-                storage.with_known_pairs(|known| remote_write::decode_keyed(&body, &limits, known))
+                let raw = remote_write::decompress(&body, &limits)?;
+                storage
+                    .with_known_pairs(|known| remote_write::decode_keyed_raw(&raw, &limits, known))
             };
             // A usual request (a few hundred samples) decodes in well under
             // a millisecond: on the worker, sparing a thread hand-off. A

@@ -108,18 +108,30 @@ pub fn decode(body: &[u8], limits: &RemoteWriteLimits) -> Result<WriteRequest, R
 }
 
 /// Decompresses and decodes a remote_write body, resolving series `known`
-/// finds by their label pairs. Accepts and refuses exactly what [`decode`]
-/// does, with the same errors: a series is resolved only when its bytes
-/// are well-formed and its pairs equal a stored, checked label set;
-/// anything else is decoded and checked as [`decode`] does it.
-pub fn decode_keyed(
+/// finds by their label pairs: [`decompress`] then [`decode_keyed_raw`]
+/// (ingestion calls the two apart, decompressing before it locks the
+/// index).
+#[cfg(test)]
+fn decode_keyed(
     body: &[u8],
     limits: &RemoteWriteLimits,
     known: &PairsLookup<'_>,
 ) -> Result<KeyedRequest, RemoteWriteError> {
-    let raw = decompress(body, limits)?;
+    decode_keyed_raw(&decompress(body, limits)?, limits, known)
+}
+
+/// Decodes a decompressed remote_write message, resolving series `known`
+/// finds by their label pairs. Accepts and refuses exactly what [`decode`]
+/// does, with the same errors: a series is resolved only when its bytes
+/// are well-formed and its pairs equal a stored, checked label set;
+/// anything else is decoded and checked as [`decode`] does it.
+pub fn decode_keyed_raw(
+    raw: &[u8],
+    limits: &RemoteWriteLimits,
+    known: &PairsLookup<'_>,
+) -> Result<KeyedRequest, RemoteWriteError> {
     let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
-    let (series, metadata) = decode_write_request(&raw, limits, |b| {
+    let (series, metadata) = decode_write_request(raw, limits, |b| {
         if let Some((id, samples)) = known_series(b, known, &mut pairs) {
             return Ok(KeyedWrite {
                 key: SeriesKey::Known(id),
@@ -135,7 +147,9 @@ pub fn decode_keyed(
     Ok(KeyedRequest { series, metadata })
 }
 
-fn decompress(body: &[u8], limits: &RemoteWriteLimits) -> Result<Vec<u8>, RemoteWriteError> {
+/// The snappy block `body` decompressed, its declared size checked against
+/// the limit before anything is allocated.
+pub fn decompress(body: &[u8], limits: &RemoteWriteLimits) -> Result<Vec<u8>, RemoteWriteError> {
     // The block states its decompressed length first: check it before
     // allocating anything.
     let size =

@@ -31,7 +31,7 @@ use super::over_time::Window;
 use super::querier::{Querier, SeriesSamples};
 use super::rollup::SeriesBuckets;
 use super::rollup_read::{self, BucketPlan, Reads, RollupUse};
-use super::subquery::{DEFAULT_SUBQUERY_STEP_MS, align_up};
+use super::subquery::{DEFAULT_SUBQUERY_STEP_MS, inner_span};
 use super::value::{InstantSample, RangeSeries, Value, is_stale_marker, without_metric_name};
 
 /// Evaluates expressions for one query. Holds the samples loaded so far, so
@@ -150,16 +150,9 @@ impl<'q> Evaluator<'q> {
             if inner_step <= 0 {
                 continue;
             }
-            let offset = offset_ms(sq.offset.as_ref());
-            let range = duration_ms(sq.range);
-            let inner_first = align_up(
-                first.saturating_sub(offset).saturating_sub(range),
-                inner_step,
-            );
-            let inner_last = last
-                .saturating_sub(offset)
-                .div_euclid(inner_step)
-                .saturating_mul(inner_step);
+            let (inner_first, inner_last) = inner_span(sq, inner_step, (first, last));
+            // The last inner step: the last multiple of the step not after.
+            let inner_last = inner_last.div_euclid(inner_step).saturating_mul(inner_step);
             if inner_first <= inner_last {
                 self.plan_rollups_over(&sq.expr, (inner_first, inner_last), inner_step, policy);
             }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use nines_shared::Labels;
 use promql_parser::label::{Matcher, Matchers};
 
-use super::querier::{Querier, QuerierError, SeriesSamples, bucket_span, buckets_of};
+use super::querier::{Querier, QuerierError, SeriesSamples, fold_selected};
 use super::rollup::SeriesBuckets;
 
 /// Series in memory, or a store that always fails.
@@ -68,12 +68,8 @@ impl InMemoryQuerier {
     /// A store whose every select fails with (a copy of) `e`.
     pub(crate) fn failing(e: QuerierError) -> Self {
         InMemoryQuerier {
-            series: Vec::new(),
             failure: Some(e),
-            windows: Mutex::new(Vec::new()),
-            bucket_windows: Mutex::new(Vec::new()),
-            raw_from: None,
-            rollups: false,
+            ..InMemoryQuerier::new(Vec::new())
         }
     }
 
@@ -161,8 +157,9 @@ impl Querier for InMemoryQuerier {
         if let Ok(mut w) = self.bucket_windows.lock() {
             w.push((start, end, res));
         }
-        let (from, to) = bucket_span(start, end, res);
-        Ok(buckets_of(self.matching(matchers, from, to)?, res))
+        fold_selected(start, end, res, |from, to| {
+            self.matching(matchers, from, to)
+        })
     }
 
     fn raw_retention_start(&self) -> Option<i64> {

@@ -60,8 +60,7 @@ pub trait Querier: Send + Sync {
         end: i64,
         res: i64,
     ) -> Result<Vec<SeriesBuckets>, QuerierError> {
-        let (from, to) = bucket_span(start, end, res);
-        Ok(buckets_of(self.select(matchers, from, to)?, res))
+        fold_selected(start, end, res, |from, to| self.select(matchers, from, to))
     }
 
     /// The rollup resolutions (ms) the store keeps, so that
@@ -95,15 +94,22 @@ pub fn bucket_span(start: i64, end: i64, res: i64) -> (i64, i64) {
     (bucket_end(start, res) - res + 1, end.div_euclid(res) * res)
 }
 
-/// Series' raw samples folded into buckets of `res` (see
-/// [`super::rollup::fold`]), series without a bucket left out.
-pub fn buckets_of(series: Vec<SeriesSamples>, res: i64) -> Vec<SeriesBuckets> {
-    series
+/// The buckets of `res` whose end lies in `[start, end]`, folded (see
+/// [`super::rollup::fold`]) from the raw samples `select` returns for the
+/// span [`bucket_span`] gives; series without a bucket left out.
+pub fn fold_selected(
+    start: i64,
+    end: i64,
+    res: i64,
+    select: impl FnOnce(i64, i64) -> Result<Vec<SeriesSamples>, QuerierError>,
+) -> Result<Vec<SeriesBuckets>, QuerierError> {
+    let (from, to) = bucket_span(start, end, res);
+    Ok(select(from, to)?
         .into_iter()
         .map(|s| SeriesBuckets {
             buckets: fold(&s.samples, res),
             labels: s.labels,
         })
         .filter(|s| !s.buckets.is_empty())
-        .collect()
+        .collect())
 }

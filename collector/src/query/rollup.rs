@@ -50,6 +50,36 @@ pub struct Bucket {
     pub stale_after: Option<i64>,
 }
 
+/// A bucket's fields with its floats as bits, so that NaN payloads
+/// compare: end, count, [first, last (time, value), sum, min, max, reset
+/// correction], resets, changes, stale_after.
+#[cfg(test)]
+pub(crate) type BucketBits = (i64, u32, [u64; 8], u32, u32, Option<i64>);
+
+impl Bucket {
+    /// The bucket as [`BucketBits`].
+    #[cfg(test)]
+    pub(crate) fn bits(&self) -> BucketBits {
+        (
+            self.end,
+            self.count,
+            [
+                self.first.0 as u64,
+                self.first.1.to_bits(),
+                self.last.0 as u64,
+                self.last.1.to_bits(),
+                self.sum.to_bits(),
+                self.min.to_bits(),
+                self.max.to_bits(),
+                self.reset_correction.to_bits(),
+            ],
+            self.resets,
+            self.changes,
+            self.stale_after,
+        )
+    }
+}
+
 /// One series' buckets, ascending by end.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesBuckets {

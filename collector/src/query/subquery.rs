@@ -35,6 +35,19 @@ pub(crate) fn align_up(t: i64, step: i64) -> i64 {
     }
 }
 
+/// The first and last time the inner expression of `sq` (whose step is
+/// `step` ms) can be evaluated at when the outer evaluation times run from
+/// `outer.0` to `outer.1`: from the first multiple of the step at or after
+/// `first - offset - range` to `last - offset`.
+pub(crate) fn inner_span(sq: &SubqueryExpr, step: i64, (first, last): (i64, i64)) -> (i64, i64) {
+    let offset = offset_ms(sq.offset.as_ref());
+    let range = duration_ms(sq.range);
+    (
+        align_up(first.saturating_sub(offset).saturating_sub(range), step),
+        last.saturating_sub(offset),
+    )
+}
+
 impl Evaluator<'_> {
     /// The subquery's range vector at evaluation time `t`, and the window
     /// it covers (for the functions that extrapolate to its edges).
@@ -61,17 +74,11 @@ impl Evaluator<'_> {
 
         // Every step any outer evaluation can ask for, so inner selectors
         // load once for all of them.
-        let (outer_first, outer_last) = match pinned {
+        let outer = match pinned {
             Some(p) => (p, p),
             None => self.span,
         };
-        let inner_span = (
-            align_up(
-                outer_first.saturating_sub(offset).saturating_sub(range),
-                step,
-            ),
-            outer_last.saturating_sub(offset),
-        );
+        let inner_span = inner_span(sq, step, outer);
         let outer_span = std::mem::replace(&mut self.span, inner_span);
         let result = self.subquery_steps_in(sq, window, step);
         self.span = outer_span;

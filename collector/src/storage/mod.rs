@@ -59,9 +59,10 @@
 //!   its own retention (never before a finer one's), a row once all of its
 //!   span is older than the cutoff.
 //! - Compaction recomputes a window's rollup rows from all of its chunks in
-//!   the transaction that writes or merges chunks of it, unless the window
-//!   starts before the raw retention cutoff (its rows are then the complete
-//!   record). `select_buckets` at 1m and 1h takes a window from its rows
+//!   the transaction that writes or merges chunks of it, once no head
+//!   sample of the window is left or when it has rows already (see
+//!   `compact.rs`), unless the window starts before the raw retention
+//!   cutoff (its rows are then the complete record). `select_buckets` at 1m and 1h takes a window from its rows
 //!   when it has them and no head samples (or is past raw retention), and
 //!   folds its raw samples otherwise.
 //! - Files of schema version 1 are migrated at open (see `schema.rs`).
@@ -87,7 +88,7 @@ pub mod codec {
     pub use super::chunk::{decode, decode_range, encode, header};
 }
 
-use crate::query::querier::{Querier, QuerierError, SeriesSamples, bucket_span, buckets_of};
+use crate::query::querier::{Querier, QuerierError, SeriesSamples, bucket_span, fold_selected};
 use crate::query::rollup::{Bucket, SeriesBuckets, fold};
 use index::Index;
 use nines_shared::telemetry::{Counter, CounterVec, Histogram, Registry};
@@ -95,6 +96,7 @@ use nines_shared::{Batch, Labels, MetricMetadata, UnixMillis};
 use promql_parser::label::Matchers;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -340,6 +342,9 @@ struct Inner {
     metrics: StorageMetrics,
     /// Retention, for the read path's choice between rows and raw.
     options: StorageOptions,
+    /// The largest raw retention cutoff ever applied (the writer's): raw
+    /// samples before it may be gone even if retention is longer now.
+    raw_deleted_before: Arc<AtomicI64>,
 }
 
 impl Storage {
@@ -371,12 +376,14 @@ impl Storage {
         let series_count = index.read().map(|i| i.len()).unwrap_or(0);
         tracing::info!(path = %path.display(), series = series_count, "storage opened");
         let head = Arc::new(head::Head::default());
+        let raw_deleted_before = Arc::new(AtomicI64::new(i64::MIN));
         let writer = writer::spawn(
             conn,
             index.clone(),
             head.clone(),
             metrics.clone(),
             options.clone(),
+            raw_deleted_before.clone(),
         )?;
         Ok(Storage {
             inner: Arc::new(Inner {
@@ -388,6 +395,7 @@ impl Storage {
                 limits,
                 metrics,
                 options,
+                raw_deleted_before,
             }),
         })
     }
@@ -660,7 +668,8 @@ impl Querier for Storage {
     }
 
     fn raw_retention_start(&self) -> Option<i64> {
-        let raw = self.inner.options.cutoffs(UnixMillis::now().0)[0];
+        let raw = self.inner.options.cutoffs(UnixMillis::now().0)[0]
+            .max(self.inner.raw_deleted_before.load(Ordering::Relaxed));
         (raw != i64::MIN).then_some(raw)
     }
 
@@ -725,10 +734,10 @@ impl Querier for Storage {
         end: i64,
         res: i64,
     ) -> Result<Vec<SeriesBuckets>, QuerierError> {
-        let (from, to) = bucket_span(start, end, res);
         let Some(resolution) = rollup::Resolution::of(res) else {
-            return Ok(buckets_of(self.select(matchers, from, to)?, res));
+            return fold_selected(start, end, res, |from, to| self.select(matchers, from, to));
         };
+        let (from, to) = bucket_span(start, end, res);
         if to < from {
             return Ok(Vec::new());
         }

@@ -543,23 +543,42 @@ pub fn backfill_unit(
     Ok((next, written))
 }
 
+/// A value the store keeps about itself in `storage_marks`.
+fn mark(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT value FROM storage_marks WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()
+}
+
+/// Raises the mark `name` to `value` (sets it if absent).
+fn raise_mark(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO storage_marks (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute((name, value))?;
+    Ok(())
+}
+
 /// The largest raw retention cutoff ever applied (`i64::MIN` if none).
 pub fn raw_deleted_before(conn: &Connection) -> rusqlite::Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM storage_marks WHERE name = 'raw_deleted_before'")?
-        .query_row([], |r| r.get(0))
-        .optional()?
-        .unwrap_or(i64::MIN))
+    Ok(mark(conn, "raw_deleted_before")?.unwrap_or(i64::MIN))
 }
 
 /// Records that raw samples before `cutoff` may have been deleted.
 pub fn mark_raw_deleted_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO storage_marks (name, value) VALUES ('raw_deleted_before', ?1)
-         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-    )?
-    .execute([cutoff])?;
-    Ok(())
+    raise_mark(conn, "raw_deleted_before", cutoff)
+}
+
+/// Whether a backfill pass went through every series of this file once.
+pub fn backfill_done(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(mark(conn, "rollup_backfill_done")?.is_some())
+}
+
+/// Records that a backfill pass went through every series: chunks written
+/// since are rolled up by compaction, so later opens need no pass.
+pub fn mark_backfill_done(conn: &Connection) -> rusqlite::Result<()> {
+    raise_mark(conn, "rollup_backfill_done", 1)
 }
 
 /// Deletes a series' minute rows wholly before `cutoff_1m` and hour rows
@@ -660,26 +679,6 @@ mod tests {
     use crate::query::STALE_MARKER_BITS;
     use proptest::prelude::*;
 
-    fn bits(b: &Bucket) -> [u64; 15] {
-        [
-            b.end as u64,
-            u64::from(b.count),
-            b.first.0 as u64,
-            b.first.1.to_bits(),
-            b.last.0 as u64,
-            b.last.1.to_bits(),
-            b.sum.to_bits(),
-            b.min.to_bits(),
-            b.max.to_bits(),
-            b.reset_correction.to_bits(),
-            u64::from(b.resets),
-            u64::from(b.changes),
-            u64::from(b.stale_after.is_some()),
-            b.stale_after.unwrap_or(0) as u64,
-            0,
-        ]
-    }
-
     fn value() -> impl Strategy<Value = f64> {
         prop_oneof![
             any::<u64>().prop_map(f64::from_bits),
@@ -717,8 +716,8 @@ mod tests {
                 prop_assert_eq!(back.len(), segments.len());
                 for (a, b) in back.iter().zip(&segments) {
                     prop_assert_eq!(a.window_start, b.window_start);
-                    let a: Vec<_> = a.buckets.iter().map(bits).collect();
-                    let b: Vec<_> = b.buckets.iter().map(bits).collect();
+                    let a: Vec<_> = a.buckets.iter().map(Bucket::bits).collect();
+                    let b: Vec<_> = b.buckets.iter().map(Bucket::bits).collect();
                     prop_assert_eq!(a, b);
                 }
             }
@@ -752,8 +751,8 @@ mod tests {
         append_pieces(&mut joined, fold(&s[..cut], RES_1M));
         append_pieces(&mut joined, fold(&s[cut..], RES_1M));
         let whole = fold(&s, RES_1M);
-        let a: Vec<_> = joined.iter().map(bits).collect();
-        let b: Vec<_> = whole.iter().map(bits).collect();
+        let a: Vec<_> = joined.iter().map(Bucket::bits).collect();
+        let b: Vec<_> = whole.iter().map(Bucket::bits).collect();
         assert_eq!(a, b);
     }
 }

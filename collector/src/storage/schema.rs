@@ -107,7 +107,8 @@ CREATE TABLE rollup_1h (
 CREATE UNIQUE INDEX rollup_1h_key ON rollup_1h (series_id, day_start);
 -- Named values the store keeps about itself: raw_deleted_before, the
 -- largest raw retention cutoff ever applied (windows starting before it
--- may have lost chunks, so their rollup rows are not recomputed).
+-- may have lost chunks, so their rollup rows are not recomputed), and
+-- rollup_backfill_done, once a backfill pass went through every series.
 CREATE TABLE storage_marks (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -470,29 +470,7 @@ fn selector(metric: &str) -> Matchers {
     Matchers::new(vec![Matcher::new(MatchOp::Equal, "__name__", metric)])
 }
 
-/// A bucket as bits, so NaN payloads compare.
-fn bucket_bits(b: &crate::query::rollup::Bucket) -> (i64, u32, [u64; 9], u32, u32, Option<i64>) {
-    (
-        b.end,
-        b.count,
-        [
-            b.first.0 as u64,
-            b.first.1.to_bits(),
-            b.last.0 as u64,
-            b.last.1.to_bits(),
-            b.sum.to_bits(),
-            b.min.to_bits(),
-            b.max.to_bits(),
-            b.reset_correction.to_bits(),
-            0,
-        ],
-        b.resets,
-        b.changes,
-        b.stale_after,
-    )
-}
-
-type BucketBits = Vec<(i64, u32, [u64; 9], u32, u32, Option<i64>)>;
+type BucketBits = Vec<crate::query::rollup::BucketBits>;
 
 /// What the store answers for `select_buckets`, as bits.
 fn stored_buckets(s: &Storage, metric: &str, start: i64, end: i64, res: i64) -> BucketBits {
@@ -501,7 +479,7 @@ fn stored_buckets(s: &Storage, metric: &str, start: i64, end: i64, res: i64) -> 
         .unwrap();
     assert!(got.len() <= 1);
     got.iter()
-        .flat_map(|s| s.buckets.iter().map(bucket_bits))
+        .flat_map(|s| s.buckets.iter().map(Bucket::bits))
         .collect()
 }
 
@@ -513,7 +491,7 @@ fn folded_raw(s: &Storage, metric: &str, start: i64, end: i64, res: i64) -> Buck
         .unwrap()
         .iter()
         .flat_map(|s| crate::query::rollup::fold(&s.samples, res))
-        .map(|b| bucket_bits(&b))
+        .map(|b| b.bits())
         .collect()
 }
 
@@ -742,6 +720,13 @@ fn raw_retention_keeps_the_rollups_until_their_own_retention() {
     // Raw retention made longer again: the window lost its chunks, so a
     // late sample in it is kept raw but leaves the rows as they are.
     reopen_with_retention(&mut f, &path, [Some(7), Some(30), Some(60)]);
+    // Queries still know raw samples are gone up to the cutoff once applied
+    // (a day ago), not only the new one (seven days ago).
+    assert!(
+        f.s().raw_retention_start().is_some_and(|t| t > t0),
+        "{:?}",
+        f.s().raw_retention_start()
+    );
     f.write("g", &[(t0 + 5_000, 1e9f64.to_bits())]);
     f.compact();
     assert_eq!(f.read("g", i64::MIN, i64::MAX).len(), 1);

@@ -42,6 +42,7 @@ use nines_shared::{
 };
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -152,6 +153,16 @@ pub struct KeyedWrite {
     pub samples: Vec<(i64, f64)>,
 }
 
+impl From<SeriesWrite> for KeyedWrite {
+    /// A series known by its labels.
+    fn from(s: SeriesWrite) -> Self {
+        KeyedWrite {
+            key: SeriesKey::Labels(s.labels),
+            samples: s.samples,
+        }
+    }
+}
+
 /// What a request asks to write.
 enum Work {
     /// A native batch: de-duplicated by (stream, seq), refs resolved.
@@ -258,13 +269,7 @@ impl Handle {
         series: Vec<SeriesWrite>,
         metadata: Vec<MetricMetadata>,
     ) -> Result<Applied, WriteError> {
-        let writes = series
-            .into_iter()
-            .map(|s| KeyedWrite {
-                key: SeriesKey::Labels(s.labels),
-                samples: s.samples,
-            })
-            .collect();
+        let writes = series.into_iter().map(KeyedWrite::from).collect();
         self.send(Work::Series {
             writes,
             metadata,
@@ -321,10 +326,11 @@ pub(super) fn spawn(
     mem: Arc<Head>,
     metrics: StorageMetrics,
     options: StorageOptions,
+    raw_deleted_before: Arc<AtomicI64>,
 ) -> Result<Handle, super::StorageError> {
     let (tx, rx) = mpsc::sync_channel::<Msg>(256);
     let path = conn.path().unwrap_or_default().to_string();
-    let mut w = Writer::new(conn, index, mem, metrics, options);
+    let mut w = Writer::new(conn, index, mem, metrics, options, raw_deleted_before);
     w.replay()?;
     // An in-memory or temporary database has no WAL to checkpoint.
     let checkpointer = if path.is_empty() {
@@ -370,14 +376,16 @@ struct Writer {
     due: VecDeque<SeriesId>,
     /// A retention pass under way: the last series id done.
     retention_cursor: Option<i64>,
-    /// The rollup backfill pass under way (once per open): the last series
-    /// id done. Windows with chunks but no rollup rows (written before
+    /// The rollup backfill pass under way (at open, until one pass has
+    /// gone through every series; see `rollup::backfill_done`): the last
+    /// series id done. Windows with chunks but no rollup rows (written before
     /// rollups existed) get them.
     backfill_cursor: Option<i64>,
     /// The largest raw retention cutoff ever applied (kept in the file):
     /// windows starting before it may have lost chunks, so their rollup
-    /// rows are never recomputed from what is left.
-    raw_deleted_before: i64,
+    /// rows are never recomputed from what is left. Shared with readers,
+    /// whose queries must not look for raw samples before it.
+    raw_deleted_before: Arc<AtomicI64>,
     /// Samples the pass under way deleted.
     retention_deleted: usize,
     next_retention: Instant,
@@ -479,11 +487,19 @@ impl Writer {
         mem: Arc<Head>,
         metrics: StorageMetrics,
         options: StorageOptions,
+        raw_deleted_before: Arc<AtomicI64>,
     ) -> Writer {
         let now = Instant::now();
-        let raw_deleted_before = rollup::raw_deleted_before(&conn).unwrap_or_else(|e| {
+        let mark = rollup::raw_deleted_before(&conn).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the raw retention mark");
             i64::MIN
+        });
+        raw_deleted_before.store(mark, Ordering::Relaxed);
+        // Files that had chunks before there were rollups (version 3) are
+        // rolled up by one background pass; once done, never again.
+        let backfill_done = rollup::backfill_done(&conn).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the rollup backfill mark");
+            false
         });
         Writer {
             index,
@@ -498,7 +514,7 @@ impl Writer {
             forcing: false,
             due: VecDeque::new(),
             retention_cursor: None,
-            backfill_cursor: Some(i64::MIN),
+            backfill_cursor: (!backfill_done).then_some(i64::MIN),
             raw_deleted_before,
             retention_deleted: 0,
             // The first pass soon after start, not at once: opening stays quick.
@@ -617,6 +633,12 @@ impl Writer {
             [],
             |r| r.get(0),
         )
+    }
+
+    /// Where raw samples are complete from at `now_ms`: the raw retention
+    /// cutoff, or the largest one ever applied if later.
+    fn raw_complete_from(&self, now_ms: i64) -> i64 {
+        self.options.cutoffs(now_ms)[0].max(self.raw_deleted_before.load(Ordering::Relaxed))
     }
 
     fn note_head_rows(&mut self, id: SeriesId, (n, min, max): (usize, i64, i64), now: Instant) {
@@ -790,7 +812,7 @@ impl Writer {
                     let close = compact::Close {
                         force: self.forcing,
                         quiet_before: quiet.then_some(now_ms),
-                        rollups_from: self.options.cutoffs(now_ms)[0].max(self.raw_deleted_before),
+                        rollups_from: self.raw_complete_from(now_ms),
                     };
                     let (run, mut moved) = match work.take() {
                         Some((w, run, moved)) if w == id => (run, moved),
@@ -838,7 +860,7 @@ impl Writer {
                         expire.push(SeriesId(*id));
                     }
                     expire_cutoff = cutoff;
-                    if cutoff > self.raw_deleted_before {
+                    if cutoff > self.raw_deleted_before.load(Ordering::Relaxed) {
                         rollup::mark_raw_deleted_before(&self.conn, cutoff)?;
                     }
                     cursor = match ids.last() {
@@ -846,12 +868,15 @@ impl Writer {
                         _ => None,
                     };
                 } else if let Some(after) = backfill {
-                    let from = self.options.cutoffs(now_ms)[0].max(self.raw_deleted_before);
+                    let from = self.raw_complete_from(now_ms);
                     let (next, w) =
                         rollup::backfill_unit(&self.conn, after, from, &mut |id, c| {
                             report_corrupt(&self.index, &self.metrics, id, &c, "rollup backfill")
                         })?;
                     rollups.add(w);
+                    if next.is_none() {
+                        rollup::mark_backfill_done(&self.conn)?;
+                    }
                     backfill = next;
                 } else {
                     break;
@@ -967,7 +992,8 @@ impl Writer {
             self.next_retention = Instant::now() + RETENTION_EVERY;
         }
         self.retention_cursor = cursor;
-        self.raw_deleted_before = self.raw_deleted_before.max(expire_cutoff);
+        self.raw_deleted_before
+            .fetch_max(expire_cutoff, Ordering::Relaxed);
         if self.backfill_cursor.is_some() && backfill.is_none() {
             tracing::info!("rollup backfill pass done");
         }
@@ -1509,6 +1535,7 @@ mod tests {
             Arc::default(),
             StorageMetrics::register(&Registry::new()),
             StorageOptions::default(),
+            Arc::default(),
         )
     }
 
@@ -1559,13 +1586,7 @@ mod tests {
         let (reply, mut rx) = oneshot::channel();
         w.commit_round(vec![Request {
             work: Work::Series {
-                writes: writes
-                    .into_iter()
-                    .map(|s| KeyedWrite {
-                        key: SeriesKey::Labels(s.labels),
-                        samples: s.samples,
-                    })
-                    .collect(),
+                writes: writes.into_iter().map(KeyedWrite::from).collect(),
                 metadata: vec![],
                 checked: false,
             },
@@ -1971,13 +1992,7 @@ mod tests {
         let mut rxs = Vec::new();
         let mut reqs = vec![Request {
             work: Work::Series {
-                writes: big
-                    .into_iter()
-                    .map(|s| KeyedWrite {
-                        key: SeriesKey::Labels(s.labels),
-                        samples: s.samples,
-                    })
-                    .collect(),
+                writes: big.into_iter().map(KeyedWrite::from).collect(),
                 metadata: vec![],
                 checked: true,
             },

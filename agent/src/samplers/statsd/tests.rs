@@ -512,7 +512,6 @@ async fn live_udp_packets_reach_the_snapshot() {
 
 #[test]
 fn datagrams_the_kernel_drops_are_counted() {
-    use std::os::fd::AsRawFd;
     let listener = StatsdListener::bind(StatsdConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         ..StatsdConfig::default()
@@ -520,18 +519,7 @@ fn datagrams_the_kernel_drops_are_counted() {
     .expect("bind statsd listener");
     // The smallest receive buffer the kernel allows (it doubles the value
     // asked for and keeps a floor of a few KiB).
-    let small: libc::c_int = 1;
-    // SAFETY: a valid socket and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+    set_receive_buffer(&listener.socket, 1).expect("setsockopt SO_RCVBUF");
     let state = listener.state();
     assert_eq!(dropped(&snap(&state), KERNEL_DROPS), 0.0);
     let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
