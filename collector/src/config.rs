@@ -375,24 +375,28 @@ impl CollectorConfig {
             scrape.extend(scrape_targets(i, job, &in_file)?);
         }
         let fs = &file.storage;
+        let defaults = crate::storage::StorageOptions::default();
+        // A coarser resolution's default never falls below a finer one.
+        let at_least = |finer: Option<Duration>, default: Option<Duration>| {
+            finer.map(|r| default.map_or(r, |d| r.max(d)))
+        };
         let retention = parse_retention(
             &invalid,
             "storage.retention",
             fs.retention.as_deref(),
-            Some(Duration::from_secs(15 * DAY_SECS)),
+            defaults.retention,
         )?;
-        // A coarser resolution's default never falls below a finer one.
         let retention_1m = parse_retention(
             &invalid,
             "storage.retention_1m",
             fs.retention_1m.as_deref(),
-            retention.map(|r| r.max(Duration::from_secs(90 * DAY_SECS))),
+            at_least(retention, defaults.retention_1m),
         )?;
         let retention_1h = parse_retention(
             &invalid,
             "storage.retention_1h",
             fs.retention_1h.as_deref(),
-            retention_1m.map(|r| r.max(Duration::from_secs(730 * DAY_SECS))),
+            at_least(retention_1m, defaults.retention_1h),
         )?;
         for ((key, coarse, written), (finer_key, finer, finer_written)) in [
             (

@@ -56,7 +56,7 @@ use nines_shared::telemetry::Registry;
 use nines_shared::{Batch, SampleGroup, Seq, SeriesDefinition, SeriesRef, StreamId, UnixMillis};
 use nines_tests::loadgen::{Fleet, write_openmetrics};
 use nines_tests::prometheus::Prometheus;
-use nines_tests::{Collector, in_ci, peer, wait_for_within};
+use nines_tests::{Collector, in_ci, median, peer, wait_for_within};
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
@@ -476,16 +476,6 @@ fn load() -> Load {
         samples: rw.iter().map(|r| r.samples).sum(),
         rw,
         native,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

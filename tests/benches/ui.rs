@@ -26,7 +26,7 @@
 use nines_collector::ingest::remote_write::{SeriesWrite, encode};
 use nines_shared::{Labels, UnixMillis};
 use nines_tests::webdriver::{Browser, find_peers};
-use nines_tests::{Collector, bin_dir, http, in_ci, wait_for_within};
+use nines_tests::{Collector, bin_dir, http, in_ci, median, wait_for_within};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -321,11 +321,6 @@ fn backfill_hosts(c: &Collector) -> usize {
         assert_eq!(r.status().as_u16(), 204, "{:?}", r.text());
     }
     samples
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -425,6 +425,18 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// The median of `v` (the mean of the middle two when its length is even);
+/// NaN for none. Benches print it over their runs.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// MemTotal from /proc/meminfo, in bytes.
 pub fn proc_memtotal_bytes() -> f64 {
     let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
