@@ -1,6 +1,12 @@
-//! Counting TCP sockets in one pass inside the kernel, with a BPF iterator
-//! over the TCP socket table (`bpf_iter_tcp`, Linux 5.9 and later with
-//! BTF, and CAP_BPF with CAP_PERFMON, or root).
+//! Counting TCP sockets in one pass inside the kernel, with BPF (CAP_BPF
+//! with CAP_PERFMON, or root, and a kernel with BTF), two ways into the
+//! same two maps: a program that walks the TCP hash tables itself
+//! without locks ([`walk`], Linux 6.1 and later), tried first because it
+//! costs about half as much, and a BPF iterator over the TCP socket table
+//! (`bpf_iter_tcp`, Linux 5.9 and later), which counts where the walk does
+//! not load and any pass the walk does not finish. This part of the
+//! module is the iterator and what both ways share: the maps, the BTF
+//! parser, the instruction assembler and reading the counts.
 //!
 //! Netlink sock_diag makes the kernel fill one message per socket, and that
 //! is nearly all of a netlink round's cost. Here the kernel walks the same
@@ -50,9 +56,10 @@
 //! instructions assembled below), not of the agent.
 //!
 //! This module must never write to the system beyond creating its own maps,
-//! program and link (all closed when the counter is dropped), read any
-//! socket field other than those three, keep anything per socket, or hand
-//! out counts from a pass that did not finish.
+//! programs, BTF and link (all closed when the counter is dropped), read
+//! any socket field other than those three (and, in the walk, the
+//! socket's namespace and link), keep anything per socket, or hand out
+//! counts from a pass that did not finish.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -1088,6 +1095,23 @@ impl BpfSocketCounter {
         true
     }
 
+    /// Which BPF way counts, in words for the log: the table walk (and
+    /// whether the iterator stands behind it), or the iterator and why the
+    /// walk did not load.
+    pub fn describe(&self) -> String {
+        match (&self.walk, &self.iterator, &self.walk_refused) {
+            (Some(_), Some(_), _) => format!(
+                "BPF: {} (the TCP iterator for a pass it does not finish)",
+                Way::Walk.name()
+            ),
+            (Some(_), None, _) => format!("BPF: {}", Way::Walk.name()),
+            (None, _, Some(why)) => {
+                format!("BPF: {} (no table walk here: {why})", Way::Iterator.name())
+            }
+            (None, _, None) => format!("BPF: {}", Way::Iterator.name()),
+        }
+    }
+
     /// Why the table walk did not load here (None if it did).
     pub fn walk_refused(&self) -> Option<&str> {
         self.walk_refused.as_deref()
@@ -1107,6 +1131,11 @@ impl BpfSocketCounter {
             match self.pass(Way::Walk) {
                 Ok(()) => return Ok(self.counts()),
                 Err(e) => {
+                    if self.walk_fallbacks == 0 {
+                        tracing::warn!(
+                            "connections: {e}; that pass, and any other the walk does not finish, is counted by the TCP iterator"
+                        );
+                    }
                     self.walk_fallbacks += 1;
                     walk_error = Some(e);
                 }

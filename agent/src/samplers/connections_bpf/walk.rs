@@ -19,17 +19,23 @@
 //! tables may be shared by every namespace; only the agent's is counted)
 //! are read at the offsets the kernel's BTF gives.
 //!
-//! Why reading without locks is exact enough: TCP sockets are freed into
-//! slab caches that reuse memory only for sockets of the same kind
-//! (`SLAB_TYPESAFE_BY_RCU`), and every chain ends in a "nulls" marker
-//! that names its bucket. A socket freed and reused in another bucket
+//! Why reading without locks is safe and exact enough: the walk runs
+//! inside an RCU read-side section (the kfuncs `bpf_rcu_read_lock` and
+//! `bpf_rcu_read_unlock`), where TCP sockets, freed into slab caches
+//! that reuse memory only for sockets of the same kind
+//! (`SLAB_TYPESAFE_BY_RCU`), stay sockets; every read is fault-safe
+//! anyway; and every chain ends in a "nulls" marker that names its
+//! bucket. A socket freed and reused in another bucket
 //! while the walk is on it leads the walk into that other chain, which
 //! then ends in the wrong marker: the bucket's counts, kept aside until
 //! the marker is checked, are thrown away and the bucket is walked again
 //! (up to `MAX_RETRIES` times; a bucket still not walked cleanly, or
 //! with a chain longer than `MAX_CHAIN` sockets, is given up and the pass
-//! is reported incomplete, so that its counts are never handed out). A
-//! read that fails is treated the same way. What is counted is then what
+//! is reported incomplete, so that its counts are never handed out: the
+//! parent counts that pass with the iterator). A read that fails is
+//! treated the same way. Request sockets count with their own state
+//! (`TCP_NEW_SYN_RECV`), as the iterator's, and the sampler reports them
+//! as SYN_RECV, as netlink does. What is counted is then what
 //! one walk of the table sees, as with the iterator or netlink: a socket
 //! opened or closed during the walk may or may not be in it.
 //!
@@ -40,9 +46,14 @@
 //! before any ESTABLISHED socket is matched to its port.
 //!
 //! The program loops with the helper `bpf_loop`, one step per call of a
-//! callback subprogram; the kernel accepts a callback only from a program
-//! that describes its functions in BTF, so a minimal BTF blob (two
-//! function prototypes) is loaded with it.
+//! callback subprogram (a step reads one socket or counts one socket kept
+//! aside, and where that ends a chain or a bucket goes on in the same
+//! step: checking the marker, counting, finding the next bucket, refilling
+//! the 4 KiB buffer of bucket heads and passing up to `SKIP_AT_ONCE`
+//! empty ones; the verifier sees no loop inside a step); the kernel accepts a callback only
+//! from a program that describes its functions in BTF, so a minimal BTF
+//! blob (two functions and their prototypes) is loaded with it. The
+//! program declares the parent's license string, for the parent's reason.
 //!
 //! This module must never write to kernel memory (it only reads, through
 //! the fault-safe helper), follow a chain without a bound on its steps,
@@ -556,7 +567,9 @@ pub fn walk_program(
     a.push(Insn::store(BPF_W, R3, S_REC, R5));
     a.push(Insn::add_imm(R1, 1));
     st(&mut a, S_NREC, R1);
+    // The chain's end, met in this same step.
     a.place(Step::CountDone);
+    a.jump(BPF_JSET, R6, 1, Step::ChainEnd);
     a.push(Insn::mov_imm(R0, 0));
     a.push(Insn::exit());
 
@@ -570,8 +583,7 @@ pub fn walk_program(
     a.jump_reg(BPF_JNE, R6, R1, Step::Mismatch);
     st_imm(&mut a, S_MODE, MODE_COMMIT);
     st_imm(&mut a, S_K, 0);
-    a.push(Insn::mov_imm(R0, 0));
-    a.push(Insn::exit());
+    a.jump(BPF_JA, R0, 0, Step::Commit);
 
     // Another bucket's marker, or a read refused: walk the bucket again
     // from its head as it is now, or give it up.
@@ -609,8 +621,7 @@ pub fn walk_program(
     st_imm(&mut a, S_RETRIES, 0);
     st_imm(&mut a, S_MODE, 0);
     st_imm(&mut a, S_NREC, 0);
-    a.push(Insn::mov_imm(R0, 0));
-    a.push(Insn::exit());
+    a.jump(BPF_JA, R0, 0, Step::NextBucket);
 
     // The next bucket: its head from the buffer, refilled as needed.
     a.place(Step::NextBucket);
@@ -705,7 +716,8 @@ pub fn walk_program(
     a.push(Insn::mov_imm(R0, 1));
     a.push(Insn::exit());
 
-    // Committing the chain's sockets, one a step.
+    // Counting the chain's sockets kept aside, one a step; the last goes
+    // on to the next bucket.
     a.place(Step::Commit);
     ld(&mut a, R1, S_K);
     ld(&mut a, R2, S_NREC);
@@ -755,7 +767,11 @@ pub fn walk_program(
     a.jump(BPF_JNE, R3, 10, Step::NotListening);
     a.push(Insn::or_reg(R6, R5));
     a.push(Insn::store(BPF_B, R7, 0, R6));
+    // After the chain's last socket, on to the next bucket in this step.
     a.place(Step::NotListening);
+    ld(&mut a, R1, S_K);
+    ld(&mut a, R2, S_NREC);
+    a.jump_reg(BPF_JGE, R1, R2, Step::Advance);
     a.push(Insn::mov_imm(R0, 0));
     a.push(Insn::exit());
     a.place(Step::Established);
