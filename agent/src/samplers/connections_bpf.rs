@@ -968,11 +968,13 @@ impl BpfSocketCounter {
     /// Reads the kernel's BTF, creates the maps, loads and attaches the
     /// program. Fails (and leaves nothing behind) if any step is refused.
     pub fn load() -> Result<Self, BpfError> {
-        Self::load_with(Path::new(VMLINUX_BTF))
+        Self::load_with(Path::new(VMLINUX_BTF), |_| {})
     }
 
     /// As [`BpfSocketCounter::load`], with the kernel's BTF read from `btf`.
-    fn load_with(btf: &Path) -> Result<Self, BpfError> {
+    /// `adjust_walk` may change what the walk reads (tests make it fail
+    /// with it).
+    fn load_with(btf: &Path, adjust_walk: fn(&mut walk::WalkTarget)) -> Result<Self, BpfError> {
         let data = std::fs::read(btf).map_err(|error| BpfError::ReadBtf {
             path: btf.display().to_string(),
             error,
@@ -1015,7 +1017,8 @@ impl BpfSocketCounter {
                 path: btf.display().to_string(),
                 reason,
             })
-            .and_then(|walk_target| {
+            .and_then(|mut walk_target| {
+                adjust_walk(&mut walk_target);
                 walk::TableWalk::load(
                     &walk_target,
                     counts_map.as_raw_fd(),

@@ -29,8 +29,9 @@
 //! while the walk is on it leads the walk into that other chain, which
 //! then ends in the wrong marker: the bucket's counts, kept aside until
 //! the marker is checked, are thrown away and the bucket is walked again
-//! (up to `MAX_RETRIES` times; a bucket still not walked cleanly, or
-//! with a chain longer than `MAX_CHAIN` sockets, is given up and the pass
+//! (up to `MAX_RETRIES` times; a chain of more than `MAX_LINKS` links is
+//! taken for one gone astray too; a bucket still not walked cleanly, or
+//! with more than `MAX_CHAIN` sockets of the namespace, is given up and the pass
 //! is reported incomplete, so that its counts are never handed out: the
 //! parent counts that pass with the iterator). A read that fails is
 //! treated the same way. Request sockets count with their own state
@@ -100,6 +101,9 @@ pub struct WalkTarget {
     pub net: u16,
     /// `sock_common.skc_nulls_node` (its `next` pointer first).
     pub nulls_node: u16,
+    /// The end marker of listening bucket 0 (Linux's
+    /// `LISTENING_NULLS_BASE`); bucket `i`'s is this plus `i`.
+    pub listening_nulls: i32,
     /// BTF ids of the kfuncs `bpf_rcu_read_lock` and `bpf_rcu_read_unlock`.
     pub rcu_read_lock: u32,
     /// See `rcu_read_lock`.
@@ -257,6 +261,7 @@ pub fn parse_walk_target(data: &[u8], fields: SockFields) -> Result<WalkTarget, 
         fields,
         net,
         nulls_node,
+        listening_nulls: LISTENING_NULLS,
         rcu_read_lock: kfunc("bpf_rcu_read_lock")?,
         rcu_read_unlock: kfunc("bpf_rcu_read_unlock")?,
     })
@@ -273,6 +278,11 @@ const LISTENING_NULLS: i32 = 1 << 29;
 const BUF_BYTES: usize = 4096;
 /// Sockets of one chain kept aside until its end marker is checked.
 pub const MAX_CHAIN: usize = 1024;
+/// Links followed in one walk of a chain at most (sockets of every
+/// namespace): past that, the chain cannot be a real one (the read went
+/// astray in memory that changed under it), and the bucket is walked
+/// again.
+const MAX_LINKS: i32 = 1 << 14;
 /// Empty buckets passed over in one step at most.
 const SKIP_AT_ONCE: usize = 16;
 /// Walks of one bucket before it is given up.
@@ -302,6 +312,7 @@ const S_EHASH: i16 = 128;
 const S_EHASH_N: i16 = 136;
 const S_BUF_CAP: i16 = 144;
 const S_TMP: i16 = 152;
+const S_LINKS: i16 = 160;
 /// The socket's bytes read, up to 256.
 const S_SOCK: i16 = 256;
 const SOCK_BYTES: u16 = 256;
@@ -486,13 +497,14 @@ pub fn walk_program(
         (S_BUCKET, 0),
         (S_STRIDE, off(lstride)?),
         (S_HEAD_OFF, off(lhead)?),
-        (S_NULLS_BASE, LISTENING_NULLS),
+        (S_NULLS_BASE, t.listening_nulls),
         (S_PHASE, PHASE_LISTEN),
         (S_RETRIES, 0),
         (S_GIVEN_UP, 0),
         (S_BUF_START, 0),
         (S_BUF_COUNT, 0),
         (S_NREC, 0),
+        (S_LINKS, 0),
         (S_K, 0),
         (S_BUF_CAP, (BUF_BYTES as u32 / lstride) as i32),
     ] {
@@ -529,7 +541,12 @@ pub fn walk_program(
     a.jump(BPF_JEQ, R6, 0, Step::NextBucket);
     a.jump(BPF_JSET, R6, 1, Step::ChainEnd);
 
-    // A socket: read its fields and the next link.
+    // A socket: read its fields and the next link, if the chain is not
+    // longer than any chain can be.
+    ld(&mut a, R1, S_LINKS);
+    a.jump(BPF_JGE, R1, MAX_LINKS, Step::Mismatch);
+    a.push(Insn::add_imm(R1, 1));
+    st(&mut a, S_LINKS, R1);
     a.push(Insn::mov_reg(R3, R6));
     a.push(Insn::add_imm(
         R3,
@@ -606,6 +623,7 @@ pub fn walk_program(
     a.place(Step::StartChain);
     st(&mut a, S_NODE, R1);
     st_imm(&mut a, S_NREC, 0);
+    st_imm(&mut a, S_LINKS, 0);
     a.push(Insn::mov_imm(R0, 0));
     a.push(Insn::exit());
 
@@ -1534,6 +1552,34 @@ mod tests {
             return Err(format!("bringing lo up: {e}"));
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_pass_the_walk_gives_up_is_counted_by_the_iterator() {
+        if walking().is_none() {
+            return;
+        }
+        // With the wrong end marker expected, no listening bucket with a
+        // socket ends in its own: each is walked again, then given up.
+        let broken = |t: &mut WalkTarget| t.listening_nulls += 1;
+        let path = std::path::Path::new(super::super::VMLINUX_BTF);
+        let mut c = BpfSocketCounter::load_with(path, broken).expect("loads");
+        assert_eq!(c.way(), Way::Walk);
+        let (l, keep) = connections("127.0.0.1:0", 2).expect("IPv4 loopback");
+        let port = l.local_addr().unwrap().port();
+        let p = pass(&mut c);
+        assert_eq!(c.walk_fallbacks(), 1, "the walk gave up");
+        assert_eq!(on_port(&p, port), Some(2), "the iterator counted");
+        for &(q, _) in &p.2 {
+            assert_eq!(c.established_entry(q).unwrap(), 0, "port {q}");
+        }
+        // Without the iterator, the pass is an error, not the walk's
+        // partial counts.
+        c.iterator = None;
+        let e = c.count().map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("did not finish"), "{e}");
+        assert_eq!(c.walk_fallbacks(), 2);
+        drop((l, keep));
     }
 
     #[test]
