@@ -330,7 +330,8 @@ const PHASE_LISTEN: i32 = 0;
 const PHASE_DONE: i32 = 2;
 const PHASE_FAILED: i32 = 3;
 
-/// The program's return value when the tables could not be reached.
+/// The program's return value when the tables, or a run of a table's
+/// buckets, could not be read.
 pub const RET_NO_TABLES: u32 = u32::MAX - 1;
 /// The program's return value when the walk did not reach its end.
 pub const RET_INCOMPLETE: u32 = u32::MAX;
@@ -520,6 +521,8 @@ pub fn walk_program(
     a.push(Insn::call(HELPER_LOOP));
     a.push(kfunc_call(t.rcu_read_unlock));
     ld(&mut a, R1, S_PHASE);
+    a.push(Insn::mov_imm(R0, RET_NO_TABLES as i32));
+    a.jump(BPF_JEQ, R1, PHASE_FAILED, Step::Ret0);
     a.push(Insn::mov_imm(R0, RET_INCOMPLETE as i32));
     a.jump(BPF_JNE, R1, PHASE_DONE, Step::Ret0);
     ld(&mut a, R0, S_GIVEN_UP);
@@ -1279,6 +1282,30 @@ mod tests {
         // Its program assembles, with the callback after the main part.
         let (prog, callback) = walk_program(&t, 3, 4, 5).unwrap();
         assert!(callback > 0 && callback < prog.len());
+        // The one reference to a subprogram names the callback; every
+        // jump lands inside the part it is in (the kernel refuses a jump
+        // from one function into another).
+        let refs: Vec<usize> = (0..prog.len())
+            .filter(|&i| prog[i].code == 0x18 && prog[i].regs >> 4 == 4)
+            .collect();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(
+            refs[0] as i64 + 1 + i64::from(prog[refs[0]].imm),
+            callback as i64
+        );
+        for (i, insn) in prog.iter().enumerate() {
+            let class = insn.code & 0x07;
+            let op = insn.code & 0xf0;
+            if class == BPF_JMP && op != 0x80 && op != 0x90 {
+                let to = i as i64 + 1 + i64::from(insn.off);
+                let part = |at: i64| at >= callback as i64;
+                assert!((0..prog.len() as i64).contains(&to), "jump at {i}");
+                assert_eq!(part(i as i64), part(to), "jump at {i} leaves its function");
+            }
+        }
+        // Both parts end in an exit.
+        assert_eq!(prog[callback - 1], Insn::exit());
+        assert_eq!(prog[prog.len() - 1].code & 0x07, BPF_JMP);
     }
 
     #[test]
