@@ -1476,7 +1476,9 @@ mod tests {
             walk_sampler.sample(&mut x).expect("walk sample");
             let walked = iterator.then(|| {
                 let mut again = BpfSocketCounter::load().expect("loads again");
-                pass(&mut again)
+                let counted = pass(&mut again);
+                assert_eq!(again.walk_fallbacks(), 0, "the walk finished");
+                counted
             });
             netlink.sample(&mut y).expect("netlink sample");
             assert_eq!(walk_sampler.last_method(), Some("bpf"));
