@@ -1612,6 +1612,63 @@ mod tests {
     }
 
     #[test]
+    fn sockets_that_stay_are_counted_exactly_while_others_churn() {
+        const K: usize = 8;
+        let Some(mut c) = walking() else { return };
+        let (l, keep) = connections("127.0.0.1:0", K).expect("IPv4 loopback");
+        let port = l.local_addr().unwrap().port();
+        // Another thread opens and resets connections as fast as it can:
+        // sockets freed and their memory reused while the walk runs.
+        let churn = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let to = churn.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let churner = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(client) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let Ok((server, _)) = churn.accept() else {
+                    continue;
+                };
+                // Closing with a reset leaves no TIME_WAIT behind.
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                for s in [&client, &server] {
+                    // SAFETY: setting SO_LINGER on a socket we own.
+                    unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&linger as *const libc::linger).cast(),
+                            size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    };
+                }
+                drop((client, server));
+                n += 1;
+            }
+            n
+        });
+        for _ in 0..50 {
+            let p = pass(&mut c);
+            assert_eq!(on_port(&p, port), Some(K as u32));
+            assert!(p.0[10] >= 2, "both listeners: {:?}", p.0);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let churned = churner.join().expect("the churn thread ends");
+        eprintln!(
+            "{churned} connections churned; {} of 50 passes counted by the iterator",
+            c.walk_fallbacks()
+        );
+        drop((l, keep));
+    }
+
+    #[test]
     fn passes_carry_nothing_over_either_way() {
         let Some(mut c) = walking() else { return };
         let (l, keep) = connections("127.0.0.1:0", 4).expect("IPv4 loopback");
