@@ -5,9 +5,11 @@
 //! --web.disable-exporter-metrics`, so a scrape does the tcpstat work and
 //! nothing else). Target: at most one fifth of node_exporter's time.
 //!
-//! The sampler is timed as the agent runs it by default (`auto`: the BPF
-//! iterator counting in the kernel where it loads, as root; the line says
-//! which method it picked), through netlink split into parallel dumps (one
+//! The sampler is timed as the agent runs it by default (`auto`: BPF
+//! counting in the kernel where it loads, as root; the line says which
+//! method it picked), with each of the two BPF ways on its own (the walk
+//! of the TCP hash tables and the TCP iterator, with their ratio), through
+//! netlink split into parallel dumps (one
 //! per CPU up to four, cut from the round before; the default without the
 //! BPF iterator), and in one netlink walk (`connections_parallelism = 1`); the
 //! per-family netlink dump (two walks of the kernel's table, what the
@@ -34,7 +36,7 @@
 
 use nines_agent::samplers::Samples;
 use nines_agent::samplers::connections::ConnectionSampler;
-use nines_agent::samplers::connections_bpf::BpfSocketCounter;
+use nines_agent::samplers::connections_bpf::{BpfSocketCounter, Way};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -132,8 +134,20 @@ fn main() {
     println!("{n} loopback connections open ({:.1?})", started.elapsed());
 
     let root = PathBuf::from("/");
-    if let Err(e) = BpfSocketCounter::load() {
-        println!("BPF iterator unavailable here ({e}): the default is netlink");
+    // The two BPF ways, each on its own: the table walk and the iterator.
+    let mut bpf_ways: Vec<(Way, ConnectionSampler)> = Vec::new();
+    match BpfSocketCounter::load() {
+        Ok(counter) => {
+            println!("BPF loads here: {}", counter.describe());
+            for way in [Way::Walk, Way::Iterator] {
+                if let Ok(mut counter) = BpfSocketCounter::load()
+                    && counter.set_way(way)
+                {
+                    bpf_ways.push((way, ConnectionSampler::new(root.clone()).with_bpf(counter)));
+                }
+            }
+        }
+        Err(e) => println!("BPF unavailable here ({e}): the default is netlink"),
     }
     let mut default = ConnectionSampler::new(root.clone()).with_bpf_if_available();
     let mut parallel = ConnectionSampler::new(root.clone());
@@ -183,6 +197,16 @@ fn main() {
         .map(|l| l.local_addr().expect("address").port())
         .collect();
     let raw = RawDump::open();
+    for (way, sampler) in &mut bpf_ways {
+        let mut out = Samples::default();
+        sampler.sample(&mut out).expect("BPF round");
+        assert_eq!(sampler.last_method(), Some("bpf"), "{way:?}");
+        assert!(
+            established(&out) >= (2 * n) as f64,
+            "both ends of every connection, {way:?}"
+        );
+    }
+    let mut bpf_t: Vec<Timings> = bpf_ways.iter().map(|_| Timings::default()).collect();
     let mut default_t = Timings::default();
     let mut default_ways: Vec<(&str, usize)> = Vec::new();
     let mut parallel_t = Timings::default();
@@ -210,6 +234,11 @@ fn main() {
         match default_ways.iter_mut().find(|(m, _)| *m == way) {
             Some((_, n)) => *n += 1,
             None => default_ways.push((way, 1)),
+        }
+        for ((_, sampler), t) in bpf_ways.iter_mut().zip(&mut bpf_t) {
+            timed_here(t, || {
+                sampler.sample(&mut Samples::default()).expect("BPF round")
+            });
         }
         timed_here(&mut parallel_t, || {
             parallel
@@ -291,6 +320,24 @@ fn main() {
         "{:<42}                        cpu {longest:>9.2?}",
         "  its longest part"
     );
+    let bpf: Vec<(Way, (Duration, Duration))> = bpf_ways
+        .iter()
+        .zip(&mut bpf_t)
+        .map(|((way, _), t)| {
+            let what = match way {
+                Way::Walk => "nines connection sample (BPF table walk)",
+                Way::Iterator => "nines connection sample (BPF iterator)",
+            };
+            (*way, line(what, t))
+        })
+        .collect();
+    if let [(_, walk), (_, iter)] = bpf[..] {
+        println!(
+            "ratio table walk / iterator                  wall {:.3}, cpu {:.3}",
+            walk.0.as_secs_f64() / iter.0.as_secs_f64(),
+            walk.1.as_secs_f64() / iter.1.as_secs_f64()
+        );
+    }
     let single = line("nines connection sample (one walk)", &mut one_walk_t);
     line("nines connection sample (per family)", &mut per_family_t);
     line("nines connection sample (/proc)", &mut proc_t);
@@ -311,6 +358,9 @@ fn main() {
             };
             println!("nines / node_exporter (target: wall <= 0.200)");
             ratio(&format!("nines sample (default: {method})"), by_default);
+            for &(way, t) in &bpf {
+                ratio(&format!("nines sample (BPF {way:?})"), t);
+            }
             ratio("nines sample (netlink split)", ours);
             // With a CPU free for each part the split sample's wall time
             // is its longest part's CPU time; node_exporter's wall time was

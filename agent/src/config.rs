@@ -76,8 +76,9 @@ pub struct FileSamplers {
     /// Most netlink dumps one connection sample is split into, never more
     /// than the CPUs the agent may run on (default 4; 1: one dump).
     pub connections_parallelism: Option<usize>,
-    /// How connections are counted: "auto" (default: the BPF iterator
-    /// where it loads, else netlink), "bpf", "netlink" or "proc".
+    /// How connections are counted: "auto" (default: BPF, the table walk
+    /// or the iterator, where it loads, else netlink), "bpf", "netlink" or
+    /// "proc".
     pub connections_method: Option<String>,
 }
 

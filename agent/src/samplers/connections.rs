@@ -38,8 +38,9 @@
 //! CurrEstab also counts CLOSE_WAIT, and no counter gives per-port counts).
 //!
 //! Where the agent may load a BPF tracing program (root, or CAP_BPF and
-//! CAP_PERFMON) it counts with none of that: a BPF iterator program
-//! (`connections_bpf`) counts every socket inside the kernel in one pass,
+//! CAP_PERFMON) it counts with none of that: a BPF program
+//! (`connections_bpf`: a lockless walk of the TCP hash tables, else the
+//! TCP iterator) counts every socket inside the kernel in one pass,
 //! without a message per socket, and netlink is only its fallback (for
 //! good when the program does not load, for one round when a pass fails).
 //! Its counts are the same as netlink's: states of both families,
@@ -730,6 +731,10 @@ impl ConnectionSampler {
             ConnectionMethod::Auto => Ok(self.with_bpf_if_available()),
             ConnectionMethod::Bpf => {
                 let counter = BpfSocketCounter::load()?;
+                tracing::info!(
+                    "connections: counting TCP sockets with {}",
+                    counter.describe()
+                );
                 Ok(self.with_bpf(counter))
             }
             ConnectionMethod::Netlink => Ok(self.with_netlink(true)),
@@ -765,7 +770,8 @@ impl ConnectionSampler {
         match loaded {
             Ok(counter) => {
                 tracing::info!(
-                    "connections: counting TCP sockets with a BPF iterator or netlink sock_diag, whichever costs less"
+                    "connections: counting TCP sockets with {} or netlink sock_diag, whichever costs less",
+                    counter.describe()
                 );
                 self.bpf = Some(counter);
                 self.method = Method::Bpf;

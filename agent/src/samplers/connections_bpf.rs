@@ -1,6 +1,12 @@
-//! Counting TCP sockets in one pass inside the kernel, with a BPF iterator
-//! over the TCP socket table (`bpf_iter_tcp`, Linux 5.9 and later with
-//! BTF, and CAP_BPF with CAP_PERFMON, or root).
+//! Counting TCP sockets in one pass inside the kernel, with BPF (CAP_BPF
+//! with CAP_PERFMON, or root, and a kernel with BTF), two ways into the
+//! same two maps: a program that walks the TCP hash tables itself
+//! without locks ([`walk`], Linux 6.1 and later), tried first because it
+//! costs about half as much, and a BPF iterator over the TCP socket table
+//! (`bpf_iter_tcp`, Linux 5.9 and later), which counts where the walk does
+//! not load and any pass the walk does not finish. This part of the
+//! module is the iterator and what both ways share: the maps, the BTF
+//! parser, the instruction assembler and reading the counts.
 //!
 //! Netlink sock_diag makes the kernel fill one message per socket, and that
 //! is nearly all of a netlink round's cost. Here the kernel walks the same
@@ -50,14 +56,17 @@
 //! instructions assembled below), not of the agent.
 //!
 //! This module must never write to the system beyond creating its own maps,
-//! program and link (all closed when the counter is dropped), read any
-//! socket field other than those three, keep anything per socket, or hand
-//! out counts from a pass that did not finish.
+//! programs, BTF and link (all closed when the counter is dropped), read
+//! any socket field other than those three (and, in the walk, the
+//! socket's namespace and link), keep anything per socket, or hand out
+//! counts from a pass that did not finish.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
+
+pub mod walk;
 
 /// Where the running kernel describes its types.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -299,10 +308,10 @@ impl<'a> Btf<'a> {
         ))
     }
 
-    /// Byte offset of member `name` of struct or union `t` (searched
-    /// through anonymous struct and union members too), with the size of
-    /// its integer type; `base_bits` is where `t` starts.
-    fn member(
+    /// Bit offset of member `name` of struct or union `t` (searched
+    /// through anonymous struct and union members too), with its type id,
+    /// refusing a bitfield; `base_bits` is where `t` starts.
+    fn member_bits(
         &self,
         t: &BtfType,
         name: &str,
@@ -331,7 +340,7 @@ impl<'a> Btf<'a> {
             if member_name.is_empty() {
                 let inner = self.resolve(type_id)?;
                 if matches!(inner.kind, BTF_KIND_STRUCT | BTF_KIND_UNION)
-                    && let Some(found) = self.member(&inner, name, bits, depth + 1)?
+                    && let Some(found) = self.member_bits(&inner, name, bits, depth + 1)?
                 {
                     return Ok(Some(found));
                 }
@@ -343,25 +352,40 @@ impl<'a> Btf<'a> {
             if bitfield != 0 || bits % 8 != 0 {
                 return Err(format!("member {name} is a bitfield (bit offset {bits})"));
             }
-            let ty = self.resolve(type_id)?;
-            if ty.kind != BTF_KIND_INT {
-                return Err(format!(
-                    "member {name} is not an integer (BTF kind {})",
-                    ty.kind
-                ));
-            }
-            let encoding = u32_at(self.types, ty.extra)
-                .ok_or_else(|| format!("the integer type of member {name} is cut short"))?;
-            if encoding & 0xff != ty.size_or_type * 8 || (encoding >> 16) & 0xff != 0 {
-                return Err(format!(
-                    "member {name} is an integer of {} bits in {} bytes",
-                    encoding & 0xff,
-                    ty.size_or_type
-                ));
-            }
-            return Ok(Some((bits / 8, ty.size_or_type)));
+            return Ok(Some((bits, type_id)));
         }
         Ok(None)
+    }
+
+    /// Byte offset of integer member `name` of struct or union `t` (as
+    /// [`Self::member_bits`]), with the size of its integer type.
+    fn member(
+        &self,
+        t: &BtfType,
+        name: &str,
+        base_bits: u64,
+        depth: u32,
+    ) -> Result<Option<(u64, u32)>, String> {
+        let Some((bits, type_id)) = self.member_bits(t, name, base_bits, depth)? else {
+            return Ok(None);
+        };
+        let ty = self.resolve(type_id)?;
+        if ty.kind != BTF_KIND_INT {
+            return Err(format!(
+                "member {name} is not an integer (BTF kind {})",
+                ty.kind
+            ));
+        }
+        let encoding = u32_at(self.types, ty.extra)
+            .ok_or_else(|| format!("the integer type of member {name} is cut short"))?;
+        if encoding & 0xff != ty.size_or_type * 8 || (encoding >> 16) & 0xff != 0 {
+            return Err(format!(
+                "member {name} is an integer of {} bits in {} bytes",
+                encoding & 0xff,
+                ty.size_or_type
+            ));
+        }
+        Ok(Some((bits / 8, ty.size_or_type)))
     }
 }
 
@@ -448,6 +472,9 @@ const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// `src_reg` of a 64-bit immediate load that means "address of a map's
 /// value": imm is the map's fd, the next instruction's imm the offset.
 const BPF_PSEUDO_MAP_VALUE: u8 = 2;
+/// `src_reg` of a 64-bit immediate load that means "address of the
+/// subprogram": imm is its first instruction, relative to the next one.
+const BPF_PSEUDO_FUNC: u8 = 4;
 
 /// A register, r0 to r10.
 #[derive(Debug, Clone, Copy)]
@@ -602,41 +629,84 @@ enum Label {
     Established,
 }
 
-/// Builds a program, keeping jumps by label until every label is placed.
-#[derive(Default)]
-struct Assembler {
+/// Builds a program, keeping jumps (and references to subprograms) by
+/// label until every label is placed.
+struct Assembler<L = Label> {
     insns: Vec<Insn>,
-    labels: Vec<(Label, usize)>,
-    jumps: Vec<(usize, Label)>,
+    labels: Vec<(L, usize)>,
+    /// Jumps: the instruction's offset is resolved.
+    jumps: Vec<(usize, L)>,
+    /// References to a subprogram: the instruction's immediate is.
+    funcs: Vec<(usize, L)>,
 }
 
-impl Assembler {
+impl<L> Default for Assembler<L> {
+    fn default() -> Self {
+        Assembler {
+            insns: Vec::new(),
+            labels: Vec::new(),
+            jumps: Vec::new(),
+            funcs: Vec::new(),
+        }
+    }
+}
+
+impl<L: Copy + PartialEq + std::fmt::Debug> Assembler<L> {
     fn push(&mut self, insn: Insn) {
         self.insns.push(insn);
     }
 
-    fn place(&mut self, label: Label) {
+    fn place(&mut self, label: L) {
         self.labels.push((label, self.insns.len()));
     }
 
     /// `if dst op imm goto label` (`BPF_JA` for always).
-    fn jump(&mut self, op: u8, dst: Reg, imm: i32, label: Label) {
+    fn jump(&mut self, op: u8, dst: Reg, imm: i32, label: L) {
         self.jumps.push((self.insns.len(), label));
         self.insns
             .push(Insn::new(BPF_JMP | op | BPF_K, dst, R0, 0, imm));
     }
 
+    /// `if dst op src goto label`.
+    fn jump_reg(&mut self, op: u8, dst: Reg, src: Reg, label: L) {
+        self.jumps.push((self.insns.len(), label));
+        self.insns
+            .push(Insn::new(BPF_JMP | op | BPF_X, dst, src, 0, 0));
+    }
+
+    /// `dst = the subprogram at label` (for a helper's callback): two
+    /// instructions.
+    fn func_ref(&mut self, dst: Reg, label: L) {
+        self.funcs.push((self.insns.len(), label));
+        self.insns.push(Insn::new(
+            BPF_LD | BPF_DW | BPF_IMM,
+            dst,
+            Reg(BPF_PSEUDO_FUNC),
+            0,
+            0,
+        ));
+        self.insns.push(Insn::new(0, R0, R0, 0, 0));
+    }
+
+    fn target(&self, label: L) -> Result<usize, String> {
+        self.labels
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|&(_, to)| to)
+            .ok_or_else(|| format!("label {label:?} never placed"))
+    }
+
     fn finish(mut self) -> Result<Vec<Insn>, String> {
         for &(at, label) in &self.jumps {
-            let target = self
-                .labels
-                .iter()
-                .find(|(l, _)| *l == label)
-                .map(|&(_, to)| to)
-                .ok_or_else(|| format!("label {label:?} never placed"))?;
+            let target = self.target(label)?;
             let off = i16::try_from(target as i64 - at as i64 - 1)
                 .map_err(|_| format!("jump to {label:?} too far"))?;
             self.insns[at].off = off;
+        }
+        for &(at, label) in &self.funcs {
+            let target = self.target(label)?;
+            self.insns[at].imm = i32::try_from(target as i64 - at as i64 - 1)
+                .map_err(|_| format!("subprogram {label:?} too far"))?;
         }
         Ok(self.insns)
     }
@@ -833,15 +903,44 @@ impl PassCounts<'_> {
     }
 }
 
-/// A loaded, attached TCP iterator program and the maps it counts into.
+/// How a pass counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// The table walk ([`walk`]).
+    Walk,
+    /// The TCP iterator.
+    Iterator,
+}
+
+impl Way {
+    /// The way's name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Way::Walk => "a walk of the TCP hash tables",
+            Way::Iterator => "the TCP iterator",
+        }
+    }
+}
+
+/// Loaded BPF programs (the table walk, the TCP iterator, or both) and
+/// the maps they count into.
 pub struct BpfSocketCounter {
     /// Held so that the map lives as long as the mapping.
     _counts_map: OwnedFd,
     /// ESTABLISHED sockets per listening port (65,536 u32, not mapped).
     established_map: OwnedFd,
-    /// Held so that the program lives as long as the link.
-    _prog: OwnedFd,
-    link: OwnedFd,
+    /// The iterator program and its link (the program is held so that it
+    /// lives as long as the link), where it loads.
+    iterator: Option<(OwnedFd, OwnedFd)>,
+    /// The table walk, where it loads: tried first.
+    walk: Option<walk::TableWalk>,
+    /// Why the table walk did not load.
+    walk_refused: Option<String>,
+    /// Whether passes try the table walk first (they do, unless set
+    /// otherwise to compare the two ways).
+    prefer_walk: bool,
+    /// Passes the table walk did not finish, counted by the iterator.
+    walk_fallbacks: u64,
     /// The counts map's value, mapped: state counters, then the bitmap.
     value: NonNull<u8>,
     mapped_bytes: usize,
@@ -869,11 +968,13 @@ impl BpfSocketCounter {
     /// Reads the kernel's BTF, creates the maps, loads and attaches the
     /// program. Fails (and leaves nothing behind) if any step is refused.
     pub fn load() -> Result<Self, BpfError> {
-        Self::load_with(Path::new(VMLINUX_BTF))
+        Self::load_with(Path::new(VMLINUX_BTF), |_| {})
     }
 
     /// As [`BpfSocketCounter::load`], with the kernel's BTF read from `btf`.
-    fn load_with(btf: &Path) -> Result<Self, BpfError> {
+    /// `adjust_walk` may change what the walk reads (tests make it fail
+    /// with it).
+    fn load_with(btf: &Path, adjust_walk: fn(&mut walk::WalkTarget)) -> Result<Self, BpfError> {
         let data = std::fs::read(btf).map_err(|error| BpfError::ReadBtf {
             path: btf.display().to_string(),
             error,
@@ -882,7 +983,6 @@ impl BpfSocketCounter {
             path: btf.display().to_string(),
             reason,
         })?;
-        drop(data);
 
         let counts_map = bpf_fd(
             BPF_MAP_CREATE,
@@ -912,66 +1012,25 @@ impl BpfSocketCounter {
             error,
         })?;
 
-        let program = counting_program(
-            target.fields,
-            counts_map.as_raw_fd(),
-            established_map.as_raw_fd(),
-        )
-        .map_err(|reason| BpfError::Btf {
-            path: btf.display().to_string(),
-            reason,
-        })?;
-        let prog_attr = |log: Option<&mut [u8]>| {
-            let attr = Attr::new()
-                .u32(0, BPF_PROG_TYPE_TRACING)
-                .u32(4, program.len() as u32)
-                .u64(8, program.as_ptr() as u64)
-                .u64(16, LICENSE.as_ptr() as u64)
-                .name(48, b"nines_tcp_count")
-                .u32(68, BPF_TRACE_ITER)
-                .u32(108, target.func_id);
-            match log {
-                Some(log) => attr
-                    .u32(24, 1)
-                    .u32(28, log.len() as u32)
-                    .u64(32, log.as_mut_ptr() as u64),
-                None => attr,
-            }
+        let walk = walk::parse_walk_target(&data, target.fields)
+            .map_err(|reason| BpfError::Btf {
+                path: btf.display().to_string(),
+                reason,
+            })
+            .and_then(|mut walk_target| {
+                adjust_walk(&mut walk_target);
+                walk::TableWalk::load(
+                    &walk_target,
+                    counts_map.as_raw_fd(),
+                    established_map.as_raw_fd(),
+                )
+            });
+        let iterator = load_iterator(&target, counts_map.as_raw_fd(), established_map.as_raw_fd());
+        let (walk, walk_refused, iterator) = match (walk, iterator) {
+            (Ok(walk), iterator) => (Some(walk), None, iterator.ok()),
+            (Err(refused), Ok(iterator)) => (None, Some(refused.to_string()), Some(iterator)),
+            (Err(_), Err(e)) => return Err(e),
         };
-        let prog = match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(None)) {
-            Ok(prog) => prog,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
-                return Err(BpfError::Syscall {
-                    what: "program load",
-                    error: e,
-                });
-            }
-            Err(_) => {
-                // Load again with the verifier's log to say why.
-                let mut log = vec![0u8; LOG_BYTES];
-                match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(Some(&mut log))) {
-                    Ok(prog) => prog,
-                    Err(error) => {
-                        return Err(BpfError::Verifier {
-                            error,
-                            log: log_tail(&log),
-                        });
-                    }
-                }
-            }
-        };
-
-        let link = bpf_fd(
-            BPF_LINK_CREATE,
-            &mut Attr::new()
-                .u32(0, prog.as_raw_fd() as u32)
-                .u32(8, BPF_TRACE_ITER),
-        )
-        .map_err(|error| BpfError::Syscall {
-            what: "link create",
-            error,
-        })?;
-
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .ok()
@@ -1004,8 +1063,11 @@ impl BpfSocketCounter {
         Ok(BpfSocketCounter {
             _counts_map: counts_map,
             established_map,
-            _prog: prog,
-            link,
+            iterator,
+            walk,
+            walk_refused,
+            prefer_walk: true,
+            walk_fallbacks: 0,
             value,
             mapped_bytes,
             target,
@@ -1014,37 +1076,128 @@ impl BpfSocketCounter {
         })
     }
 
-    /// Runs the program over every TCP socket of this network namespace and
-    /// returns the counts. An error means the pass did not finish.
+    /// Which way passes count: [`Way::Walk`] where the table walk loaded
+    /// (falling back to the iterator for a pass it does not finish), else
+    /// [`Way::Iterator`].
+    pub fn way(&self) -> Way {
+        if self.walk.is_some() && (self.prefer_walk || self.iterator.is_none()) {
+            Way::Walk
+        } else {
+            Way::Iterator
+        }
+    }
+
+    /// Counts the next passes `way`, if it loaded here (for comparing the
+    /// two); false if it did not.
+    pub fn set_way(&mut self, way: Way) -> bool {
+        match way {
+            Way::Walk if self.walk.is_some() => self.prefer_walk = true,
+            Way::Iterator if self.iterator.is_some() => self.prefer_walk = false,
+            _ => return false,
+        }
+        true
+    }
+
+    /// Which BPF way counts, in words for the log: the table walk (and
+    /// whether the iterator stands behind it), or the iterator and why the
+    /// walk did not load.
+    pub fn describe(&self) -> String {
+        match (&self.walk, &self.iterator, &self.walk_refused) {
+            (Some(_), Some(_), _) => format!(
+                "BPF: {} (the TCP iterator for a pass it does not finish)",
+                Way::Walk.name()
+            ),
+            (Some(_), None, _) => format!("BPF: {}", Way::Walk.name()),
+            (None, _, Some(why)) => {
+                format!("BPF: {} (no table walk here: {why})", Way::Iterator.name())
+            }
+            (None, _, None) => format!("BPF: {}", Way::Iterator.name()),
+        }
+    }
+
+    /// Why the table walk did not load here (None if it did).
+    pub fn walk_refused(&self) -> Option<&str> {
+        self.walk_refused.as_deref()
+    }
+
+    /// Passes the table walk did not finish (and the iterator counted
+    /// instead, or that failed).
+    pub fn walk_fallbacks(&self) -> u64 {
+        self.walk_fallbacks
+    }
+
+    /// Counts every TCP socket of this network namespace and returns the
+    /// counts. An error means the pass did not finish.
     pub fn count(&mut self) -> io::Result<PassCounts<'_>> {
+        let mut walk_error = None;
+        if self.way() == Way::Walk {
+            match self.pass(Way::Walk) {
+                Ok(()) => return Ok(self.counts()),
+                Err(e) => {
+                    if self.walk_fallbacks == 0 {
+                        tracing::warn!(
+                            "connections: {e}; that pass, and any other the walk does not finish, is counted by the TCP iterator"
+                        );
+                    }
+                    self.walk_fallbacks += 1;
+                    walk_error = Some(e);
+                }
+            }
+        }
+        match (self.iterator.is_some(), walk_error) {
+            (false, Some(e)) => Err(e),
+            _ => {
+                self.pass(Way::Iterator)?;
+                Ok(self.counts())
+            }
+        }
+    }
+
+    /// One pass `way` into the maps, then the listening ports out of them.
+    fn pass(&mut self, way: Way) -> io::Result<()> {
         // SAFETY: the mapping is VALUE_BYTES long (or more) and ours alone;
         // no borrow of it outlives this call.
         unsafe { std::ptr::write_bytes(self.value.as_ptr(), 0, VALUE_BYTES) };
-        let walked = self.walk();
+        let walked = match (way, &self.walk) {
+            (Way::Walk, Some(walk)) => match walk.run() {
+                Ok(walk::WalkEnd::Complete) => Ok(()),
+                Ok(end) => Err(io::Error::other(format!(
+                    "the TCP table walk did not finish: {end}"
+                ))),
+                Err(e) => Err(e),
+            },
+            _ => self.iterate(),
+        };
         // Whether or not the walk finished, the established map holds
         // counts only for ports whose bit is set now: take them and zero
         // them, so that the next pass starts from zero.
         let taken = self.take_listeners();
         walked?;
-        taken?;
-        // SAFETY: the pass is over (the iterator is closed); the state
-        // counters are the value's first STATE_COUNTERS u32, and the
-        // mapping is page aligned.
+        taken
+    }
+
+    /// The counts of the pass that just finished.
+    fn counts(&mut self) -> PassCounts<'_> {
+        // SAFETY: the pass is over; the state counters are the value's
+        // first STATE_COUNTERS u32, and the mapping is page aligned.
         let states = unsafe {
             std::slice::from_raw_parts(self.value.as_ptr().cast::<u32>(), STATE_COUNTERS)
         };
         self.states.copy_from_slice(states);
-        Ok(PassCounts {
+        PassCounts {
             states: &self.states,
             listeners: &self.listeners,
-        })
+        }
     }
 
     /// One walk of the iterator over the socket table, to its end.
-    fn walk(&self) -> io::Result<()> {
+    fn iterate(&self) -> io::Result<()> {
+        let Some((_, link)) = &self.iterator else {
+            return Err(io::Error::other("the BPF iterator is not loaded"));
+        };
         let iter = bpf_fd(
             BPF_ITER_CREATE,
-            &mut Attr::new().u32(0, self.link.as_raw_fd() as u32),
+            &mut Attr::new().u32(0, link.as_raw_fd() as u32),
         )?;
         // The program prints nothing, so each read returns 0 once the walk
         // is over; the kernel stops a read early (EAGAIN) after a million
@@ -1131,6 +1284,73 @@ impl BpfSocketCounter {
                 .u64(16, &value as *const u32 as u64),
         )
     }
+}
+
+/// Loads the iterator program counting into the two maps, and attaches
+/// it: the program and its link.
+fn load_iterator(
+    target: &IterTarget,
+    counts_fd: RawFd,
+    established_fd: RawFd,
+) -> Result<(OwnedFd, OwnedFd), BpfError> {
+    let program = counting_program(target.fields, counts_fd, established_fd).map_err(|reason| {
+        BpfError::Btf {
+            path: VMLINUX_BTF.to_string(),
+            reason,
+        }
+    })?;
+    let prog_attr = |log: Option<&mut [u8]>| {
+        let attr = Attr::new()
+            .u32(0, BPF_PROG_TYPE_TRACING)
+            .u32(4, program.len() as u32)
+            .u64(8, program.as_ptr() as u64)
+            .u64(16, LICENSE.as_ptr() as u64)
+            .name(48, b"nines_tcp_count")
+            .u32(68, BPF_TRACE_ITER)
+            .u32(108, target.func_id);
+        match log {
+            Some(log) => attr
+                .u32(24, 1)
+                .u32(28, log.len() as u32)
+                .u64(32, log.as_mut_ptr() as u64),
+            None => attr,
+        }
+    };
+    let prog = match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(None)) {
+        Ok(prog) => prog,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
+            return Err(BpfError::Syscall {
+                what: "program load",
+                error: e,
+            });
+        }
+        Err(_) => {
+            // Load again with the verifier's log to say why.
+            let mut log = vec![0u8; LOG_BYTES];
+            match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(Some(&mut log))) {
+                Ok(prog) => prog,
+                Err(error) => {
+                    return Err(BpfError::Verifier {
+                        error,
+                        log: log_tail(&log),
+                    });
+                }
+            }
+        }
+    };
+
+    let link = bpf_fd(
+        BPF_LINK_CREATE,
+        &mut Attr::new()
+            .u32(0, prog.as_raw_fd() as u32)
+            .u32(8, BPF_TRACE_ITER),
+    )
+    .map_err(|error| BpfError::Syscall {
+        what: "link create",
+        error,
+    })?;
+
+    Ok((prog, link))
 }
 
 impl Drop for BpfSocketCounter {
