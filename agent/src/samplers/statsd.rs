@@ -36,7 +36,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nines_shared::MetricKind;
 use tokio::sync::watch;
@@ -98,7 +98,6 @@ impl Default for StatsdConfig {
 pub struct StatsdListener {
     socket: std::net::UdpSocket,
     state: StatsdState,
-    max_packet_bytes: usize,
 }
 
 impl StatsdListener {
@@ -107,19 +106,16 @@ impl StatsdListener {
     pub fn bind(cfg: StatsdConfig) -> Result<StatsdListener, io::Error> {
         let socket = std::net::UdpSocket::bind(cfg.listen)?;
         socket.set_nonblocking(true)?;
-        if let Err(e) = set_receive_buffer(&socket, RECEIVE_BUFFER_BYTES) {
-            tracing::debug!(error = %e, "statsd receive buffer left at the default");
+        match set_receive_buffer(&socket, RECEIVE_BUFFER_BYTES) {
+            Ok(granted) => tracing::debug!(bytes = granted, "statsd receive buffer"),
+            Err(e) => tracing::debug!(error = %e, "statsd receive buffer left at the default"),
         }
         let mut state = StatsdState::new(&cfg);
-        // A second descriptor of the same socket, for the round to read
-        // the kernel's drop count from while the receive task owns the
-        // first.
+        // A second descriptor of the same socket, for the round to drain
+        // and read the kernel's drop count from while the receive task
+        // owns the first.
         state.socket = Some(Arc::new(socket.try_clone()?));
-        Ok(StatsdListener {
-            socket,
-            state,
-            max_packet_bytes: cfg.max_packet_bytes,
-        })
+        Ok(StatsdListener { socket, state })
     }
 
     /// The address actually bound (useful when binding port 0).
@@ -133,11 +129,20 @@ impl StatsdListener {
     }
 
     /// Receives datagrams and applies them until `stop` turns true (or its
-    /// sender is dropped, as then nothing could ever stop us). Each time
-    /// the socket turns readable, every datagram queued is read and
-    /// applied under one lock of the state. Socket errors are logged and
-    /// the loop goes on: StatsD is fire-and-forget, and one bad datagram
-    /// must not end the listener.
+    /// sender is dropped, as then nothing could ever stop us).
+    ///
+    /// When the socket turns readable the task does not read at once: it
+    /// waits for the pause [`Pacing`] sets, then reads every datagram
+    /// queued, [`RECEIVE_BATCH`] per system call, under one lock of the
+    /// state, and waits for the socket to turn readable again. A burst of
+    /// datagrams and those that follow it within the pause thus cost two
+    /// wake-ups (readiness, then the timer) instead of one or more each.
+    /// The sampling round drains the socket too before it reports (see
+    /// [`StatsdState::sample`]), so the pause never delays a value past
+    /// the round after it was sent.
+    ///
+    /// Socket errors are logged and the loop goes on: StatsD is
+    /// fire-and-forget, and one bad datagram must not end the listener.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let socket = match tokio::net::UdpSocket::from_std(self.socket) {
             Ok(s) => s,
@@ -146,9 +151,7 @@ impl StatsdListener {
                 return;
             }
         };
-        // One byte more than the limit, to tell a datagram of exactly the
-        // limit from one the kernel cut to fit the buffer.
-        let mut buf = vec![0u8; self.max_packet_bytes.saturating_add(1)];
+        let mut pacing = Pacing::new();
         loop {
             if *stop.borrow() {
                 return;
@@ -162,59 +165,169 @@ impl StatsdListener {
                 }
                 ready = socket.readable() => ready,
             };
-            let pause = match ready.and_then(|()| self.state.drain(&socket, &mut buf)) {
-                // Few were queued: let the next ones gather in the socket's
-                // buffer rather than waking for each.
-                Ok(n) if n < BUSY_DRAIN => GATHER_PAUSE,
-                Ok(_) => continue,
+            let ready_at = Instant::now();
+            let pause = match ready {
+                Ok(()) => pacing.pause(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "statsd receive failed");
+                    tracing::warn!(error = %e, "statsd socket failed");
                     ERROR_PAUSE
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => {}
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => continue,
+                }
+            }
+            match self.state.drain_listener(&socket, ready_at, &mut pacing) {
+                Ok(Drained::Empty) => {}
+                // More is queued: let other tasks run, then read on.
+                Ok(Drained::Capped) => tokio::task::yield_now().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "statsd receive failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
             }
         }
     }
 }
 
-/// How long the listener waits after a wake-up that found fewer than
-/// [`BUSY_DRAIN`] datagrams, while the kernel queues the next ones: at a
-/// steady 1,000 datagrams/s that is some 50 wake-ups a second instead of
-/// 1,000 (each a trip through the runtime's poller). StatsD values are
-/// only read once a round, so nothing is late for it. The socket's buffer
-/// ([`RECEIVE_BUFFER_BYTES`]) holds what arrives meanwhile; a datagram the
-/// kernel drops for want of room is counted (`receive_buffer_full`).
-const GATHER_PAUSE: Duration = Duration::from_millis(20);
+/// How long the listener lets datagrams gather in the socket's receive
+/// buffer before it reads them, from how fast the buffer filled lately.
+///
+/// The policy: after each drain, the rate at which the buffer filled is
+/// the kernel's count of buffer bytes queued (`SO_MEMINFO`: what the
+/// datagrams really cost it, payload plus per-datagram overhead) over the
+/// time since the listener saw the socket readable (or since the last
+/// drain, if the round drained meanwhile). The estimate is that rate, or
+/// half the previous estimate if that is more, so it follows a rise at
+/// once and a fall over a few drains. The next pause is the time the
+/// estimate takes to fill a quarter of the buffer (`SO_RCVBUF` as
+/// granted, which may be far below [`RECEIVE_BUFFER_BYTES`]), at most
+/// [`PAUSE_MAX`]; under [`PAUSE_MIN`] there is no pause (the traffic is
+/// heavy: each wake-up finds plenty to read anyway). A steady rate thus
+/// keeps the buffer under a quarter full, and a rate that jumps fourfold
+/// between two drains still fits in it; what the kernel drops regardless
+/// is counted (`receive_buffer_full`). The first pause is [`PAUSE_FIRST`]
+/// and a pause at most doubles from one wake-up to the next, so a
+/// listener idle for a long time does not meet a flood with a long pause.
+///
+/// StatsD values are only read once a sampling round, and the round
+/// drains the socket itself first, so the pause costs no freshness.
+#[derive(Debug)]
+struct Pacing {
+    /// Estimated rate the receive buffer fills at, in bytes per second.
+    bytes_per_second: f64,
+    /// The receive buffer's size as last read (`SO_RCVBUF`), in bytes.
+    buffer_bytes: f64,
+}
 
-/// A wake-up that finds at least this many datagrams does not pause: the
-/// traffic is heavy, and the next read follows at once.
-const BUSY_DRAIN: usize = 32;
+/// The longest pause: at low rates the listener wakes about twice per
+/// this span (the datagram that makes the socket readable, and the timer).
+const PAUSE_MAX: Duration = Duration::from_millis(250);
 
-/// The receive buffer asked for (the kernel grants at most its
-/// `net.core.rmem_max`): room for the datagrams of a pause at high rates.
+/// A pause shorter than this is not taken: a timer wake-up would cost
+/// about what the reads it saves cost.
+const PAUSE_MIN: Duration = Duration::from_millis(2);
+
+/// The pause before the first drain, when no rate is known yet.
+const PAUSE_FIRST: Duration = Duration::from_millis(20);
+
+/// The part of the receive buffer a pause is sized to fill at the
+/// estimated rate: a quarter.
+const FILL_TARGET: f64 = 0.25;
+
+impl Pacing {
+    fn new() -> Self {
+        // Any buffer size works here: the first estimate is set so that
+        // it gives PAUSE_FIRST, and each drain reads the real size.
+        let buffer_bytes = f64::from(RECEIVE_BUFFER_BYTES);
+        Pacing {
+            bytes_per_second: buffer_bytes * FILL_TARGET / PAUSE_FIRST.as_secs_f64(),
+            buffer_bytes,
+        }
+    }
+
+    /// The pause before the next drain.
+    fn pause(&self) -> Duration {
+        let seconds = self.buffer_bytes * FILL_TARGET / self.bytes_per_second;
+        if seconds.is_nan() || seconds < PAUSE_MIN.as_secs_f64() {
+            // Also a zero buffer: read at once.
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(seconds.min(PAUSE_MAX.as_secs_f64()))
+    }
+
+    /// Takes in what a drain found: `queued` bytes of the receive buffer
+    /// (of `buffer` in all) used by datagrams that arrived over `window`.
+    fn drained(&mut self, queued: u32, buffer: u32, window: Duration) {
+        // A window too short to measure says the traffic is heavy.
+        let seconds = window.as_secs_f64().max(1e-6);
+        let rate = f64::from(queued) / seconds;
+        self.bytes_per_second = rate.max(self.bytes_per_second / 2.0);
+        if buffer > 0 {
+            self.buffer_bytes = f64::from(buffer);
+        }
+    }
+}
+
+/// How a drain by the listener ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Every datagram queued was read.
+    Empty,
+    /// [`DRAIN_MAX`] datagrams were read and more may be queued.
+    Capped,
+}
+
+/// The receive buffer asked for: room for the datagrams of a pause at
+/// high rates. With `CAP_NET_ADMIN` the kernel grants it whole
+/// (`SO_RCVBUFFORCE`), otherwise at most its `net.core.rmem_max`
+/// (often 208 KiB), which [`Pacing`] then sizes its pauses to.
 const RECEIVE_BUFFER_BYTES: libc::c_int = 4 << 20;
 
-/// Most datagrams read at one wake-up before the loop lets other tasks
-/// run (the socket stays readable, so it comes straight back).
-const DRAIN_MAX: usize = 256;
+/// Most datagrams one system call reads (`recvmmsg`). Each has a buffer
+/// of `max_packet_bytes + 1` bytes, allocated on the first read; the
+/// pages of one are only made resident as datagrams fill them.
+const RECEIVE_BATCH: usize = 32;
+
+/// Most datagrams read at one wake-up before the listener lets other
+/// tasks run (it then reads on), and at most one sampling round reads.
+const DRAIN_MAX: usize = 8 * RECEIVE_BATCH;
 
 /// The aggregated StatsD data, shared between the receive task and the
 /// sampling round. Cheap to clone (a shared handle).
 #[derive(Debug, Clone)]
 pub struct StatsdState {
-    inner: Arc<Mutex<Registry>>,
-    /// The listener's socket, whose kernel drop count each round reads.
+    inner: Arc<Mutex<Intake>>,
+    /// The listener's socket, which each round drains and reads the
+    /// kernel's drop count of.
     socket: Option<Arc<std::net::UdpSocket>>,
+}
+
+/// What the receive task and the sampling round share under one lock:
+/// the registry, the buffers datagrams are read into, and when they were
+/// last read.
+#[derive(Debug)]
+struct Intake {
+    registry: Registry,
+    buffers: ReceiveBuffers,
+    /// When a drain last ended, whoever ran it.
+    last_drain: Option<Instant>,
 }
 
 impl StatsdState {
     /// Empty state with `cfg`'s limits (its `listen` is not used).
     pub fn new(cfg: &StatsdConfig) -> Self {
         StatsdState {
-            inner: Arc::new(Mutex::new(Registry::new(cfg))),
+            inner: Arc::new(Mutex::new(Intake {
+                registry: Registry::new(cfg),
+                buffers: ReceiveBuffers::new(cfg.max_packet_bytes),
+                last_drain: None,
+            })),
             socket: None,
         }
     }
@@ -223,41 +336,183 @@ impl StatsdState {
     /// as dropped. Of a datagram over `max_packet_bytes`, what follows the
     /// last newline within the limit is dropped as one `parse_error` line.
     pub fn ingest(&self, packet: &[u8]) {
-        self.lock().ingest_packet(packet);
+        self.lock().registry.ingest_packet(packet);
     }
 
-    /// Reads and applies the datagrams queued on `socket` (up to
-    /// [`DRAIN_MAX`]) under one lock; stops at the first that is not
-    /// there yet. Returns how many it read.
-    fn drain(&self, socket: &tokio::net::UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
-        let mut registry = self.lock();
-        for read in 0..DRAIN_MAX {
-            match socket.try_recv(buf) {
-                Ok(n) => registry.ingest_packet(buf.get(..n).unwrap_or(buf)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(read),
-                Err(e) => return Err(e),
+    /// The listener's drain: reads and applies the datagrams queued on
+    /// `socket` (up to [`DRAIN_MAX`]) under one lock, and tells `pacing`
+    /// how full the buffer was for the time since `ready_at`.
+    fn drain_listener(
+        &self,
+        socket: &tokio::net::UdpSocket,
+        ready_at: Instant,
+        pacing: &mut Pacing,
+    ) -> io::Result<Drained> {
+        use std::os::fd::AsRawFd;
+        let fd = socket.as_raw_fd();
+        let mut intake = self.lock();
+        let now = Instant::now();
+        if let Some(info) = meminfo(fd) {
+            let since = intake.last_drain.map_or(ready_at, |t| t.max(ready_at));
+            pacing.drained(
+                info[libc::SK_MEMINFO_RMEM_ALLOC as usize],
+                info[libc::SK_MEMINFO_RCVBUF as usize],
+                now.saturating_duration_since(since),
+            );
+        }
+        let mut drained = Drained::Capped;
+        for _ in 0..DRAIN_MAX / RECEIVE_BATCH {
+            let got = socket.try_io(tokio::io::Interest::READABLE, || {
+                let Intake {
+                    registry, buffers, ..
+                } = &mut *intake;
+                if buffers.receive(fd, registry)? < RECEIVE_BATCH {
+                    // The kernel ran out of datagrams (recvmmsg stops at
+                    // the first it does not have): saying so clears the
+                    // socket's readiness without one more call to find
+                    // out. One arriving since makes it readable again.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match got {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = Drained::Empty;
+                    break;
+                }
+                Err(e) => {
+                    intake.last_drain = Some(Instant::now());
+                    return Err(e);
+                }
             }
         }
-        Ok(DRAIN_MAX)
+        intake.last_drain = Some(Instant::now());
+        Ok(drained)
     }
 
     /// Reports the listener's own counters and every series' current
-    /// cumulative value into `out`. Set gauges report the distinct members
-    /// seen since the previous call and then start over, so exactly one
-    /// sampling round should call this.
+    /// cumulative value into `out`, after reading what the socket holds
+    /// (up to [`DRAIN_MAX`] datagrams), so a round includes everything
+    /// sent before it. Set gauges report the distinct members seen since
+    /// the previous call and then start over, so exactly one sampling
+    /// round should call this.
     pub fn sample(&self, out: &mut Samples) {
-        let kernel_drops = self.socket.as_deref().and_then(kernel_drops);
-        let mut registry = self.lock();
-        if let Some(now) = kernel_drops {
-            registry.note_kernel_drops(now);
+        let mut intake = self.lock();
+        if let Some(socket) = self.socket.as_deref() {
+            use std::os::fd::AsRawFd;
+            let fd = socket.as_raw_fd();
+            let Intake {
+                registry,
+                buffers,
+                last_drain,
+            } = &mut *intake;
+            let mut read = 0;
+            while read < DRAIN_MAX {
+                match buffers.receive(fd, registry) {
+                    Ok(n) => {
+                        read += n;
+                        if n < RECEIVE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::warn!(error = %e, "statsd receive failed");
+                        }
+                        break;
+                    }
+                }
+            }
+            *last_drain = Some(Instant::now());
+            if let Some(info) = meminfo(fd) {
+                registry.note_kernel_drops(info[libc::SK_MEMINFO_DROPS as usize]);
+            }
         }
-        registry.sample(out);
+        intake.registry.sample(out);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Registry> {
+    fn lock(&self) -> MutexGuard<'_, Intake> {
         // A panic while holding the lock cannot leave the registry half
         // updated in a way that matters more than losing all of it would.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Buffers that datagrams are read into, [`RECEIVE_BATCH`] at a time.
+#[derive(Debug)]
+struct ReceiveBuffers {
+    /// [`RECEIVE_BATCH`] slots of `slot` bytes; empty until the first
+    /// read.
+    bytes: Vec<u8>,
+    /// One byte more than the largest datagram read whole, to tell a
+    /// datagram of exactly the limit from one the kernel cut to fit.
+    slot: usize,
+}
+
+impl ReceiveBuffers {
+    fn new(max_packet_bytes: usize) -> Self {
+        ReceiveBuffers {
+            bytes: Vec::new(),
+            slot: max_packet_bytes.saturating_add(1),
+        }
+    }
+
+    /// Reads up to [`RECEIVE_BATCH`] queued datagrams from `fd` with one
+    /// `recvmmsg` call and applies each to `registry`; how many it read.
+    /// `WouldBlock` when none was queued.
+    fn receive(&mut self, fd: std::os::fd::RawFd, registry: &mut Registry) -> io::Result<usize> {
+        if self.bytes.is_empty() {
+            // Zeroed, so a large allocation (pages of its own) only
+            // becomes resident where datagrams land.
+            self.bytes = vec![0; self.slot.saturating_mul(RECEIVE_BATCH)];
+        }
+        // SAFETY: all-zero iovecs and mmsghdrs are valid (null pointers,
+        // zero lengths); they are filled in below.
+        let mut iovecs: [libc::iovec; RECEIVE_BATCH] = unsafe { std::mem::zeroed() };
+        let mut headers: [libc::mmsghdr; RECEIVE_BATCH] = unsafe { std::mem::zeroed() };
+        for ((iov, header), slot) in iovecs
+            .iter_mut()
+            .zip(headers.iter_mut())
+            .zip(self.bytes.chunks_exact_mut(self.slot))
+        {
+            iov.iov_base = slot.as_mut_ptr().cast();
+            iov.iov_len = slot.len();
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: each header points at one iovec, each iovec at a
+        // distinct slot of `self.bytes` of the length it gives; all of
+        // them live and are not otherwise used across the call, and the
+        // count passed is the number of headers.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                RECEIVE_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            return Err(io::Error::last_os_error());
+        };
+        for (header, slot) in headers
+            .iter()
+            .zip(self.bytes.chunks_exact(self.slot))
+            .take(n)
+        {
+            // A datagram longer than the slot was cut to it (MSG_TRUNC):
+            // it then has `max_packet_bytes + 1` bytes, which
+            // `ingest_packet` treats as over the limit.
+            let len = if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                slot.len()
+            } else {
+                header.msg_len as usize
+            };
+            registry.ingest_packet(slot.get(..len).unwrap_or(slot));
+        }
+        Ok(n)
     }
 }
 
@@ -1059,39 +1314,47 @@ fn label_set_into(tags: &[(&str, Option<&str>)], kind: SeriesKind, set: &mut Lab
     set.sort();
 }
 
-/// Asks for a receive buffer of `bytes` (the kernel caps it at
-/// `net.core.rmem_max`).
-fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) -> io::Result<()> {
+/// Asks for a receive buffer of `bytes`: whole if the process may
+/// (`SO_RCVBUFFORCE`, with `CAP_NET_ADMIN`), else capped by the kernel at
+/// `net.core.rmem_max` (`SO_RCVBUF`). Returns the size granted, as the
+/// kernel counts it (twice the payload asked for, to cover overhead).
+fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: libc::c_int) -> io::Result<u32> {
     use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is open for the call, and the option value is
-    // a c_int living across it, of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
+    let set = |option| {
+        // SAFETY: the descriptor is open for the call, and the option
+        // value is a c_int living across it, of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))?;
+    Ok(meminfo(socket.as_raw_fd()).map_or(0, |info| info[libc::SK_MEMINFO_RCVBUF as usize]))
 }
 
-/// How many datagrams the kernel dropped on `socket` since it was
-/// opened (mostly for want of room in its receive buffer), or `None`
-/// where it does not say.
-fn kernel_drops(socket: &std::net::UdpSocket) -> Option<u32> {
-    use std::os::fd::AsRawFd;
+/// The kernel's memory figures of the socket `fd` (`SO_MEMINFO`, indexed
+/// by `SK_MEMINFO_*`): bytes queued for reading, the receive buffer's
+/// size, datagrams dropped since it was opened (mostly for want of room
+/// in that buffer; the count wraps at 2^32), and more. `None` where the
+/// kernel does not give them all.
+fn meminfo(fd: std::os::fd::RawFd) -> Option<[u32; 16]> {
     let mut info = [0u32; 16];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: the buffer and its length are valid for writing; the kernel
     // writes at most `len` bytes and updates `len`.
     let rc = unsafe {
         libc::getsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_MEMINFO,
             info.as_mut_ptr().cast(),
@@ -1099,7 +1362,7 @@ fn kernel_drops(socket: &std::net::UdpSocket) -> Option<u32> {
         )
     };
     let drops = libc::SK_MEMINFO_DROPS as usize;
-    (rc == 0 && len as usize >= (drops + 1) * 4).then(|| info[drops])
+    (rc == 0 && len as usize >= (drops + 1) * 4).then_some(info)
 }
 
 /// A set member's fingerprint. Collisions (2^-64 per pair) would only

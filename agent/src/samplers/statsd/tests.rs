@@ -341,7 +341,7 @@ fn blank_lines_and_crlf_are_framing() {
 /// A state that resolves every line the full way.
 fn state_without_resolution() -> StatsdState {
     let s = state();
-    s.lock().resolved_max = 0;
+    s.lock().registry.resolved_max = 0;
     s
 }
 
@@ -360,7 +360,7 @@ fn values(out: &Samples) -> Vec<(String, u64)> {
 fn a_line_of_a_known_shape_is_checked_and_applied_as_the_first_was() {
     let s = state();
     s.ingest(b"r:1|c|#code:200\nt:100|ms|#a:b\ng:5|g\nu:x|s");
-    assert_eq!(s.lock().resolved.len(), 4);
+    assert_eq!(s.lock().registry.resolved.len(), 4);
     // The same names, types and tags again: rates and values are still
     // checked, and a line with one bad value applies none of them.
     s.ingest(b"r:2|c|@0.5|#code:200\nr:x|c|#code:200\nr:1|c|@2|#code:200");
@@ -387,7 +387,7 @@ fn a_line_of_a_known_shape_is_checked_and_applied_as_the_first_was() {
 fn a_refused_line_is_not_remembered() {
     let s = state_with(|c| c.max_series = 1);
     s.ingest(b"a:1|c\nb:1|c\nb:1|c\n__x:1|c\n__x:1|c");
-    assert_eq!(s.lock().resolved.len(), 1);
+    assert_eq!(s.lock().registry.resolved.len(), 1);
     let out = snap(&s);
     assert_eq!(dropped(&out, "too_many_series"), 2.0);
     assert_eq!(dropped(&out, "parse_error"), 2.0);
@@ -510,6 +510,152 @@ async fn live_udp_packets_reach_the_snapshot() {
         .expect("listener task did not panic");
 }
 
+/// A listener on an ephemeral loopback port with `max_packet_bytes`, and
+/// a client socket to send to it.
+fn listener_and_client(max_packet_bytes: usize) -> (StatsdListener, std::net::UdpSocket) {
+    let listener = StatsdListener::bind(StatsdConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        max_packet_bytes,
+        ..StatsdConfig::default()
+    })
+    .expect("bind statsd listener");
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
+    client
+        .connect(listener.local_addr().expect("address"))
+        .expect("connect client");
+    (listener, client)
+}
+
+/// The datagrams counted so far, without reading the socket.
+fn packets_applied(state: &StatsdState) -> u64 {
+    state.lock().registry.packets
+}
+
+#[tokio::test]
+async fn the_listener_applies_a_burst_of_several_batches_whole() {
+    let (listener, client) = listener_and_client(65_535);
+    let state = listener.state();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(listener.run(stop_rx));
+    // Over three recvmmsg batches, each datagram with lines for two
+    // series.
+    let burst = 3 * RECEIVE_BATCH + 5;
+    for i in 0..burst {
+        client
+            .send(format!("burst:1|c\nburst.size:{i}|ms").as_bytes())
+            .expect("send");
+    }
+    crate::test_support::poll_until(Duration::from_secs(10), "the burst", || {
+        (packets_applied(&state) == burst as u64).then_some(())
+    })
+    .await;
+    let out = snap(&state);
+    assert_eq!(out.value_of("burst_total", &[]), Some(burst as f64));
+    assert_eq!(
+        out.value_of("burst_size_seconds_count", &[]),
+        Some(burst as f64)
+    );
+    assert_eq!(out.value_of(LINES, &[]), Some(2.0 * burst as f64));
+    assert_eq!(dropped(&out, "parse_error"), 0.0);
+    stop_tx.send(true).expect("listener still running");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("listener stops when told")
+        .expect("listener task did not panic");
+}
+
+#[test]
+fn the_round_reads_what_the_socket_holds_before_reporting() {
+    let (listener, client) = listener_and_client(65_535);
+    // No receive task runs: only the round reads the socket.
+    let state = listener.state();
+    let burst = 2 * RECEIVE_BATCH + 1;
+    for _ in 0..burst {
+        client.send(b"queued:2|c").expect("send");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = snap(&state);
+        if out.value_of(PACKETS, &[]) == Some(burst as f64) {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the round read {:?} of {burst} datagrams",
+            out.value_of(PACKETS, &[])
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(out.value_of("queued_total", &[]), Some(2.0 * burst as f64));
+}
+
+#[test]
+fn datagrams_over_the_limit_keep_their_whole_lines_when_received() {
+    let (listener, client) = listener_and_client(20);
+    let state = listener.state();
+    // Exactly the limit: read whole.
+    let exact = b"a:1|c\nb:2|c\nccc:3|c\n";
+    assert_eq!(exact.len(), 20);
+    client.send(exact).expect("send");
+    // One byte over: the kernel cuts it to the 21-byte buffer, and only
+    // the lines ending within 20 bytes count.
+    client.send(b"a:1|c\nb:2|c\ndddd:4|c\n").expect("send");
+    // Far over (the kernel's MSG_TRUNC): the same.
+    let long = format!("a:1|c\neeee:5|c\n{}", "f:6|c\n".repeat(500));
+    client.send(long.as_bytes()).expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = snap(&state);
+        if out.value_of(PACKETS, &[]) == Some(3.0) {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "datagrams not read");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(out.value_of("a_total", &[]), Some(3.0));
+    assert_eq!(out.value_of("b_total", &[]), Some(4.0));
+    assert_eq!(out.value_of("ccc_total", &[]), Some(3.0));
+    assert_eq!(out.value_of("dddd_total", &[]), None);
+    assert_eq!(out.value_of("eeee_total", &[]), Some(5.0));
+    assert_eq!(out.value_of("f_total", &[]), None);
+    // One line each for what the two long datagrams lost.
+    assert_eq!(dropped(&out, "parse_error"), 2.0);
+    assert_eq!(out.value_of(LINES, &[]), Some(3.0 + 3.0 + 3.0));
+}
+
+#[test]
+fn the_pause_keeps_the_buffer_a_quarter_full_and_stays_bounded() {
+    let buffer = 400_000;
+    let mut p = Pacing::new();
+    assert_eq!(p.pause(), PAUSE_FIRST);
+    // A steady 1 MB/s into a 400 kB buffer: a quarter fills in 100 ms.
+    for _ in 0..10 {
+        p.drained(50_000, buffer, Duration::from_millis(50));
+    }
+    let pause = p.pause().as_secs_f64();
+    assert!((pause - 0.1).abs() < 1e-6, "{pause}");
+    // Heavy traffic: no pause.
+    p.drained(200_000, buffer, Duration::from_millis(1));
+    assert_eq!(p.pause(), Duration::ZERO);
+    // Traffic falling away: the pause at most doubles per drain, up to
+    // the bound.
+    let mut last = p.pause();
+    for _ in 0..40 {
+        p.drained(0, buffer, Duration::from_millis(250));
+        let next = p.pause();
+        assert!(next <= PAUSE_MAX, "{next:?}");
+        assert!(next.as_secs_f64() <= 2.0 * last.as_secs_f64().max(PAUSE_MIN.as_secs_f64()));
+        last = next;
+    }
+    assert_eq!(last, PAUSE_MAX);
+    // A small buffer shortens the pause for the same rate.
+    let mut small = Pacing::new();
+    for _ in 0..10 {
+        small.drained(10_000, 40_000, Duration::from_millis(100));
+    }
+    assert!((small.pause().as_secs_f64() - 0.1).abs() < 1e-6);
+}
+
 #[test]
 fn datagrams_the_kernel_drops_are_counted() {
     let listener = StatsdListener::bind(StatsdConfig {
@@ -536,4 +682,68 @@ fn datagrams_the_kernel_drops_are_counted() {
     assert!(drops > 0.0 && drops < 200.0, "{drops} datagrams dropped");
     // Counted once: the next round reports the same total.
     assert_eq!(dropped(&snap(&state), KERNEL_DROPS), drops);
+}
+
+/// The footprint bench's datagrams (agent/benches/footprint.rs): 100 lines
+/// every 100 ms over 100 names (counters, timers, gauges), cut into
+/// datagrams of at most 1,400 bytes; `ticks` ticks of them.
+fn footprint_datagrams(ticks: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i: u64 = 0;
+    for _ in 0..ticks {
+        let mut packet = String::new();
+        for _ in 0..100 {
+            let name = i % 100;
+            let line = match name % 3 {
+                0 => format!("bench.requests.n{name}:1|c|#route:r{}\n", i % 4),
+                1 => format!("bench.latency.n{name}:{}|ms|#route:r{}\n", i % 400, i % 4),
+                _ => format!("bench.queue.n{name}:{}|g\n", i % 50),
+            };
+            if packet.len() + line.len() > 1400 {
+                out.push(std::mem::take(&mut packet).into_bytes());
+            }
+            packet.push_str(&line);
+            i += 1;
+        }
+        out.push(packet.into_bytes());
+    }
+    out
+}
+
+/// Cost per line of the footprint bench's traffic and of a sampling
+/// round over its series. A measurement, not a check: run it on the
+/// release build with
+/// `cargo test --release -p nines-agent --lib ingest_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run on the release build"]
+fn ingest_cost_per_line_and_per_round() {
+    let datagrams = footprint_datagrams(40);
+    let s = state();
+    for d in &datagrams {
+        s.ingest(d);
+    }
+    let lines_per_pass = 40 * 100;
+    let passes = 1_000_000 / lines_per_pass;
+    let start = std::time::Instant::now();
+    for _ in 0..passes {
+        for d in &datagrams {
+            s.ingest(std::hint::black_box(d));
+        }
+    }
+    let per_line = start.elapsed().as_nanos() as f64 / (passes * lines_per_pass) as f64;
+    let rounds = 1_000;
+    let mut out = Samples::default();
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        // As the sampling round does: this round reuses the last one's
+        // label sets.
+        out = out.recycle();
+        s.sample(&mut out);
+    }
+    let per_round = start.elapsed().as_micros() as f64 / f64::from(rounds);
+    println!(
+        "statsd ingest: {per_line:.1} ns/line; sample: {per_round:.1} us/round over {} observations",
+        out.observations.len()
+    );
+    assert_eq!(dropped(&out, "parse_error"), 0.0);
 }
