@@ -449,6 +449,61 @@ proptest! {
         prop_assert!(nines_shared::is_valid_metric_name(&s));
         prop_assert!(nines_shared::is_valid_label_name(&s));
     }
+
+    #[test]
+    fn plain_decimals_read_as_str_parse_reads_them(
+        raw in "[0-9]{0,18}(\\.[0-9]{0,18})?|[0-9.+eE-]{1,12}",
+    ) {
+        if let Some(x) = plain_decimal(&raw) {
+            prop_assert_eq!(Some(x.to_bits()), raw.parse::<f64>().ok().map(f64::to_bits), "{}", raw);
+        }
+    }
+
+    #[test]
+    fn equal_keys_hash_equally_and_lengths_count(
+        a in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        use std::hash::BuildHasher;
+        let h = KeyHashing::new();
+        prop_assert_eq!(h.hash_one(a.as_slice()), h.hash_one(a.clone().as_slice()));
+        let mut longer = a.clone();
+        longer.push(0);
+        prop_assert_ne!(h.hash_one(a.as_slice()), h.hash_one(longer.as_slice()));
+    }
+}
+
+#[test]
+fn plain_decimals_cover_the_usual_values_only() {
+    for (s, x) in [
+        ("0", 0.0),
+        ("42", 42.0),
+        ("12.5", 12.5),
+        (".5", 0.5),
+        ("3.", 3.0),
+    ] {
+        assert_eq!(plain_decimal(s), Some(x), "{s}");
+    }
+    for s in [
+        "",
+        ".",
+        "1.2.3",
+        "-1",
+        "+1",
+        "1e3",
+        "0x10",
+        "1234567890123456",
+        "inf",
+    ] {
+        assert_eq!(plain_decimal(s), None, "{s}");
+    }
+}
+
+#[test]
+fn registries_hash_keys_with_their_own_seeds() {
+    use std::hash::BuildHasher;
+    let key = b"checkout.latency|ms|#route:pay".as_slice();
+    let hashes: HashSet<u64> = (0..8).map(|_| KeyHashing::new().hash_one(key)).collect();
+    assert!(hashes.len() > 1, "every registry hashed {key:?} alike");
 }
 
 #[tokio::test]
