@@ -131,60 +131,77 @@ impl StatsdListener {
     /// Receives datagrams and applies them until `stop` turns true (or its
     /// sender is dropped, as then nothing could ever stop us).
     ///
-    /// When the socket turns readable the task does not read at once: it
-    /// waits for the pause [`Pacing`] sets, then reads every datagram
-    /// queued, [`RECEIVE_BATCH`] per system call, under one lock of the
-    /// state, and waits for the socket to turn readable again. A burst of
-    /// datagrams and those that follow it within the pause thus cost two
-    /// wake-ups (readiness, then the timer) instead of one or more each.
-    /// The sampling round drains the socket too before it reports (see
-    /// [`StatsdState::sample`]), so the pause never delays a value past
-    /// the round after it was sent.
+    /// While datagrams flow, the task sleeps for the pause [`Pacing`]
+    /// sets, then reads every datagram queued, [`RECEIVE_BATCH`] per
+    /// system call, under one lock of the state, and sleeps again: one
+    /// wake-up per pause, however many bursts arrived during it. The
+    /// socket is not registered with the runtime's poller meanwhile, so
+    /// arrivals do not wake the thread either. Only when a drain finds
+    /// nothing does the task register it and wait for it to turn readable
+    /// (then it pauses before reading, as bursts come in several
+    /// datagrams). The sampling round drains the socket too before it
+    /// reports (see [`StatsdState::sample`]), so the pause never delays a
+    /// value past the round after it was sent.
     ///
     /// Socket errors are logged and the loop goes on: StatsD is
     /// fire-and-forget, and one bad datagram must not end the listener.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let socket = match tokio::net::UdpSocket::from_std(self.socket) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "statsd listener cannot use its socket; not listening");
-                return;
-            }
-        };
         let mut pacing = Pacing::new();
+        // Whether the last drain found datagrams (more are likely on
+        // their way) and whether it stopped at DRAIN_MAX with more
+        // queued.
+        let (mut flowing, mut capped) = (false, false);
         loop {
             if *stop.borrow() {
                 return;
             }
-            let ready = tokio::select! {
-                changed = stop.changed() => {
-                    if changed.is_err() {
-                        return;
+            let ready_at = if flowing {
+                None
+            } else {
+                let ready = tokio::select! {
+                    changed = stop.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    ready = readable(&self.socket) => ready,
+                };
+                if let Err(e) = ready {
+                    tracing::warn!(error = %e, "statsd socket cannot be waited on");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                        _ = stop.changed() => {}
                     }
                     continue;
                 }
-                ready = socket.readable() => ready,
+                Some(Instant::now())
             };
-            let ready_at = Instant::now();
-            let pause = match ready {
-                Ok(()) => pacing.pause(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "statsd socket failed");
-                    ERROR_PAUSE
-                }
+            let pause = if capped {
+                Duration::ZERO
+            } else {
+                pacing.pause()
             };
-            if !pause.is_zero() {
+            if pause.is_zero() {
+                // Heavy traffic: read on, but let other tasks run first.
+                tokio::task::yield_now().await;
+            } else {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => continue,
                 }
             }
-            match self.state.drain_listener(&socket, ready_at, &mut pacing) {
-                Ok(Drained::Empty) => {}
-                // More is queued: let other tasks run, then read on.
-                Ok(Drained::Capped) => tokio::task::yield_now().await,
+            match self
+                .state
+                .drain_listener(&self.socket, ready_at, &mut pacing)
+            {
+                Ok(read) => {
+                    flowing = read > 0;
+                    capped = read >= DRAIN_MAX;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "statsd receive failed");
+                    (flowing, capped) = (false, false);
                     tokio::select! {
                         _ = tokio::time::sleep(ERROR_PAUSE) => {}
                         _ = stop.changed() => {}
@@ -193,6 +210,35 @@ impl StatsdListener {
             }
         }
     }
+}
+
+/// Waits until `socket` has a datagram queued. The socket is registered
+/// with the runtime's poller only for the wait, so that datagrams that
+/// arrive while the listener pauses do not wake the thread.
+async fn readable(socket: &std::net::UdpSocket) -> io::Result<()> {
+    use std::os::fd::{AsRawFd, RawFd};
+    /// The socket's descriptor, borrowed for the wait.
+    struct Borrowed(RawFd);
+    impl AsRawFd for Borrowed {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0
+        }
+    }
+    // SAFETY: the descriptor is the socket's, which `socket` keeps open
+    // and unchanged until after the AsyncFd is dropped at the end of this
+    // function.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            Borrowed(socket.as_raw_fd()),
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(io::Error::from)?;
+    // Registering reports datagrams already queued at once.
+    let mut guard = fd.readable().await?;
+    // Nothing is read here: the drain reads, without the poller.
+    guard.retain_ready();
+    Ok(())
 }
 
 /// How long the listener lets datagrams gather in the socket's receive
@@ -274,15 +320,6 @@ impl Pacing {
     }
 }
 
-/// How a drain by the listener ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Drained {
-    /// Every datagram queued was read.
-    Empty,
-    /// [`DRAIN_MAX`] datagrams were read and more may be queued.
-    Capped,
-}
-
 /// The receive buffer asked for: room for the datagrams of a pause at
 /// high rates. With `CAP_NET_ADMIN` the kernel grants it whole
 /// (`SO_RCVBUFFORCE`), otherwise at most its `net.core.rmem_max`
@@ -341,54 +378,38 @@ impl StatsdState {
 
     /// The listener's drain: reads and applies the datagrams queued on
     /// `socket` (up to [`DRAIN_MAX`]) under one lock, and tells `pacing`
-    /// how full the buffer was for the time since `ready_at`.
+    /// how full the buffer was for the time since the last drain (or
+    /// since `ready_at`, when the socket turned readable after a drain
+    /// that found nothing). Returns how many datagrams it read.
     fn drain_listener(
         &self,
-        socket: &tokio::net::UdpSocket,
-        ready_at: Instant,
+        socket: &std::net::UdpSocket,
+        ready_at: Option<Instant>,
         pacing: &mut Pacing,
-    ) -> io::Result<Drained> {
+    ) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         let fd = socket.as_raw_fd();
         let mut intake = self.lock();
         let now = Instant::now();
-        if let Some(info) = meminfo(fd) {
-            let since = intake.last_drain.map_or(ready_at, |t| t.max(ready_at));
+        let since = match (ready_at, intake.last_drain) {
+            (Some(r), Some(d)) => Some(r.max(d)),
+            (r, d) => r.or(d),
+        };
+        if let (Some(since), Some(info)) = (since, meminfo(fd)) {
             pacing.drained(
                 info[libc::SK_MEMINFO_RMEM_ALLOC as usize],
                 info[libc::SK_MEMINFO_RCVBUF as usize],
                 now.saturating_duration_since(since),
             );
         }
-        let mut drained = Drained::Capped;
-        for _ in 0..DRAIN_MAX / RECEIVE_BATCH {
-            let got = socket.try_io(tokio::io::Interest::READABLE, || {
-                let Intake {
-                    registry, buffers, ..
-                } = &mut *intake;
-                if buffers.receive(fd, registry)? < RECEIVE_BATCH {
-                    // The kernel ran out of datagrams (recvmmsg stops at
-                    // the first it does not have): saying so clears the
-                    // socket's readiness without one more call to find
-                    // out. One arriving since makes it readable again.
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(())
-            });
-            match got {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    drained = Drained::Empty;
-                    break;
-                }
-                Err(e) => {
-                    intake.last_drain = Some(Instant::now());
-                    return Err(e);
-                }
-            }
-        }
-        intake.last_drain = Some(Instant::now());
-        Ok(drained)
+        let Intake {
+            registry,
+            buffers,
+            last_drain,
+        } = &mut *intake;
+        let drained = buffers.drain(fd, registry);
+        *last_drain = Some(Instant::now());
+        drained
     }
 
     /// Reports the listener's own counters and every series' current
@@ -407,22 +428,8 @@ impl StatsdState {
                 buffers,
                 last_drain,
             } = &mut *intake;
-            let mut read = 0;
-            while read < DRAIN_MAX {
-                match buffers.receive(fd, registry) {
-                    Ok(n) => {
-                        read += n;
-                        if n < RECEIVE_BATCH {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        if e.kind() != io::ErrorKind::WouldBlock {
-                            tracing::warn!(error = %e, "statsd receive failed");
-                        }
-                        break;
-                    }
-                }
+            if let Err(e) = buffers.drain(fd, registry) {
+                tracing::warn!(error = %e, "statsd receive failed");
             }
             *last_drain = Some(Instant::now());
             if let Some(info) = meminfo(fd) {
@@ -456,6 +463,27 @@ impl ReceiveBuffers {
             bytes: Vec::new(),
             slot: max_packet_bytes.saturating_add(1),
         }
+    }
+
+    /// Reads and applies the datagrams queued on `fd`, up to
+    /// [`DRAIN_MAX`]; how many it read. Stops at the first call that
+    /// reads fewer than [`RECEIVE_BATCH`] (recvmmsg stops when the kernel
+    /// has no more), so an empty queue costs no extra call.
+    fn drain(&mut self, fd: std::os::fd::RawFd, registry: &mut Registry) -> io::Result<usize> {
+        let mut read = 0;
+        while read < DRAIN_MAX {
+            match self.receive(fd, registry) {
+                Ok(n) => {
+                    read += n;
+                    if n < RECEIVE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(read)
     }
 
     /// Reads up to [`RECEIVE_BATCH`] queued datagrams from `fd` with one
