@@ -191,10 +191,10 @@ impl StatsdListener {
                     _ = stop.changed() => continue,
                 }
             }
-            match self
-                .state
-                .drain_listener(&self.socket, ready_at, &mut pacing)
-            {
+            // A drain that goes on from a capped one says nothing of the
+            // rate: what it finds gathered before the one just done.
+            let measure = (!capped).then_some(&mut pacing);
+            match self.state.drain_listener(&self.socket, ready_at, measure) {
                 Ok(read) => {
                     flowing = read > 0;
                     capped = read >= DRAIN_MAX;
@@ -378,14 +378,14 @@ impl StatsdState {
 
     /// The listener's drain: reads and applies the datagrams queued on
     /// `socket` (up to [`DRAIN_MAX`]) under one lock, and tells `pacing`
-    /// how full the buffer was for the time since the last drain (or
-    /// since `ready_at`, when the socket turned readable after a drain
-    /// that found nothing). Returns how many datagrams it read.
+    /// (if given) how full the buffer was for the time since the last
+    /// drain (or since `ready_at`, when the socket turned readable after
+    /// a drain that found nothing). Returns how many datagrams it read.
     fn drain_listener(
         &self,
         socket: &std::net::UdpSocket,
         ready_at: Option<Instant>,
-        pacing: &mut Pacing,
+        pacing: Option<&mut Pacing>,
     ) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         let fd = socket.as_raw_fd();
@@ -395,7 +395,7 @@ impl StatsdState {
             (Some(r), Some(d)) => Some(r.max(d)),
             (r, d) => r.or(d),
         };
-        if let (Some(since), Some(info)) = (since, meminfo(fd)) {
+        if let (Some(pacing), Some(since), Some(info)) = (pacing, since, meminfo(fd)) {
             pacing.drained(
                 info[libc::SK_MEMINFO_RMEM_ALLOC as usize],
                 info[libc::SK_MEMINFO_RCVBUF as usize],
