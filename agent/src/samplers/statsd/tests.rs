@@ -645,6 +645,39 @@ async fn the_listener_applies_a_burst_of_several_batches_whole() {
         .expect("listener task did not panic");
 }
 
+#[tokio::test]
+async fn the_listener_reads_datagrams_that_come_after_a_quiet_spell() {
+    let (listener, client) = listener_and_client(65_535);
+    let state = listener.state();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(listener.run(stop_rx));
+    // Each datagram waits for the one before to be read by the listener
+    // (not the round). Every other one is sent only once a later drain
+    // found nothing, so it finds the listener waiting for the socket;
+    // the others find it pausing between drains.
+    for sent in 1..=6u64 {
+        client.send(b"spell:1|c").expect("send");
+        let read_at =
+            crate::test_support::poll_until(Duration::from_secs(10), "the datagram", || {
+                let intake = state.lock();
+                (intake.registry.packets == sent).then_some(intake.last_drain)
+            })
+            .await;
+        if sent % 2 == 1 {
+            crate::test_support::poll_until(Duration::from_secs(10), "an empty drain", || {
+                (state.lock().last_drain != read_at).then_some(())
+            })
+            .await;
+        }
+    }
+    assert_eq!(snap(&state).value_of("spell_total", &[]), Some(6.0));
+    stop_tx.send(true).expect("listener still running");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("listener stops when told")
+        .expect("listener task did not panic");
+}
+
 #[test]
 fn the_round_reads_what_the_socket_holds_before_reporting() {
     let (listener, client) = listener_and_client(65_535);
