@@ -247,8 +247,9 @@ async fn readable(socket: &std::net::UdpSocket) -> io::Result<()> {
 /// The policy: after each drain, the rate at which the buffer filled is
 /// the kernel's count of buffer bytes queued (`SO_MEMINFO`: what the
 /// datagrams really cost it, payload plus per-datagram overhead) over the
-/// time since the listener saw the socket readable (or since the last
-/// drain, if the round drained meanwhile). The estimate is that rate, or
+/// time since the last drain, the listener's or the round's (or since
+/// the socket turned readable, if the listener had found it empty and
+/// waited for it). The estimate is that rate, or
 /// half the previous estimate if that is more, so it follows a rise at
 /// once and a fall over a few drains. The next pause is the time the
 /// estimate takes to fill a quarter of the buffer (`SO_RCVBUF` as
@@ -256,10 +257,11 @@ async fn readable(socket: &std::net::UdpSocket) -> io::Result<()> {
 /// [`PAUSE_MAX`]; under [`PAUSE_MIN`] there is no pause (the traffic is
 /// heavy: each wake-up finds plenty to read anyway). A steady rate thus
 /// keeps the buffer under a quarter full, and a rate that jumps fourfold
-/// between two drains still fits in it; what the kernel drops regardless
-/// is counted (`receive_buffer_full`). The first pause is [`PAUSE_FIRST`]
-/// and a pause at most doubles from one wake-up to the next, so a
-/// listener idle for a long time does not meet a flood with a long pause.
+/// between two drains still fits in it. A jump from a low rate to one
+/// that fills the buffer within [`PAUSE_MAX`] can overflow it once: the
+/// kernel's drops are counted (`receive_buffer_full`), and the next pause
+/// is short. The first pause is [`PAUSE_FIRST`], and a pause at most
+/// doubles from one drain to the next.
 ///
 /// StatsD values are only read once a sampling round, and the round
 /// drains the socket itself first, so the pause costs no freshness.
@@ -271,8 +273,9 @@ struct Pacing {
     buffer_bytes: f64,
 }
 
-/// The longest pause: at low rates the listener wakes about twice per
-/// this span (the datagram that makes the socket readable, and the timer).
+/// The longest pause: at low rates the listener wakes once per this span
+/// while datagrams keep coming (its timer), and twice per quiet spell
+/// (the datagram that makes the socket readable, then the timer).
 const PAUSE_MAX: Duration = Duration::from_millis(250);
 
 /// A pause shorter than this is not taken: a timer wake-up would cost
