@@ -4,6 +4,7 @@
 use super::*;
 use nines_shared::{LabelLimits, Labels};
 use proptest::prelude::*;
+use std::os::fd::AsRawFd;
 
 fn state() -> StatsdState {
     StatsdState::new(&StatsdConfig::default())
@@ -341,7 +342,7 @@ fn blank_lines_and_crlf_are_framing() {
 /// A state that resolves every line the full way.
 fn state_without_resolution() -> StatsdState {
     let s = state();
-    s.lock().resolved_max = 0;
+    s.lock().registry.resolved_max = 0;
     s
 }
 
@@ -360,7 +361,7 @@ fn values(out: &Samples) -> Vec<(String, u64)> {
 fn a_line_of_a_known_shape_is_checked_and_applied_as_the_first_was() {
     let s = state();
     s.ingest(b"r:1|c|#code:200\nt:100|ms|#a:b\ng:5|g\nu:x|s");
-    assert_eq!(s.lock().resolved.len(), 4);
+    assert_eq!(s.lock().registry.resolved.len(), 4);
     // The same names, types and tags again: rates and values are still
     // checked, and a line with one bad value applies none of them.
     s.ingest(b"r:2|c|@0.5|#code:200\nr:x|c|#code:200\nr:1|c|@2|#code:200");
@@ -384,10 +385,32 @@ fn a_line_of_a_known_shape_is_checked_and_applied_as_the_first_was() {
 }
 
 #[test]
+fn long_and_short_keys_resolve_alike() {
+    let s = state();
+    let long = format!("long:1|c|#tag:{}", "v".repeat(INLINE_KEY_BYTES));
+    let edge = format!(
+        "e:1|c|#t:{}",
+        "v".repeat(INLINE_KEY_BYTES - "e|c|#t:".len())
+    );
+    for _ in 0..3 {
+        s.ingest(long.as_bytes());
+        s.ingest(edge.as_bytes());
+        s.ingest(b"short:1|c");
+    }
+    assert_eq!(s.lock().registry.resolved.len(), 3);
+    let out = snap(&s);
+    let v = "v".repeat(INLINE_KEY_BYTES);
+    assert_eq!(out.value_of("long_total", &[("tag", &v)]), Some(3.0));
+    let v = "v".repeat(INLINE_KEY_BYTES - "e|c|#t:".len());
+    assert_eq!(out.value_of("e_total", &[("t", &v)]), Some(3.0));
+    assert_eq!(out.value_of("short_total", &[]), Some(3.0));
+}
+
+#[test]
 fn a_refused_line_is_not_remembered() {
     let s = state_with(|c| c.max_series = 1);
     s.ingest(b"a:1|c\nb:1|c\nb:1|c\n__x:1|c\n__x:1|c");
-    assert_eq!(s.lock().resolved.len(), 1);
+    assert_eq!(s.lock().registry.resolved.len(), 1);
     let out = snap(&s);
     assert_eq!(dropped(&out, "too_many_series"), 2.0);
     assert_eq!(dropped(&out, "parse_error"), 2.0);
@@ -449,6 +472,61 @@ proptest! {
         prop_assert!(nines_shared::is_valid_metric_name(&s));
         prop_assert!(nines_shared::is_valid_label_name(&s));
     }
+
+    #[test]
+    fn plain_decimals_read_as_str_parse_reads_them(
+        raw in "[0-9]{0,18}(\\.[0-9]{0,18})?|[0-9.+eE-]{1,12}",
+    ) {
+        if let Some(x) = plain_decimal(&raw) {
+            prop_assert_eq!(Some(x.to_bits()), raw.parse::<f64>().ok().map(f64::to_bits), "{}", raw);
+        }
+    }
+
+    #[test]
+    fn equal_keys_hash_equally_and_lengths_count(
+        a in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        use std::hash::BuildHasher;
+        let h = KeyHashing::new();
+        prop_assert_eq!(h.hash_one(a.as_slice()), h.hash_one(a.clone().as_slice()));
+        let mut longer = a.clone();
+        longer.push(0);
+        prop_assert_ne!(h.hash_one(a.as_slice()), h.hash_one(longer.as_slice()));
+    }
+}
+
+#[test]
+fn plain_decimals_cover_the_usual_values_only() {
+    for (s, x) in [
+        ("0", 0.0),
+        ("42", 42.0),
+        ("12.5", 12.5),
+        (".5", 0.5),
+        ("3.", 3.0),
+    ] {
+        assert_eq!(plain_decimal(s), Some(x), "{s}");
+    }
+    for s in [
+        "",
+        ".",
+        "1.2.3",
+        "-1",
+        "+1",
+        "1e3",
+        "0x10",
+        "1234567890123456",
+        "inf",
+    ] {
+        assert_eq!(plain_decimal(s), None, "{s}");
+    }
+}
+
+#[test]
+fn registries_hash_keys_with_their_own_seeds() {
+    use std::hash::BuildHasher;
+    let key = b"checkout.latency|ms|#route:pay".as_slice();
+    let hashes: HashSet<u64> = (0..8).map(|_| KeyHashing::new().hash_one(key)).collect();
+    assert!(hashes.len() > 1, "every registry hashed {key:?} alike");
 }
 
 #[tokio::test]
@@ -510,6 +588,188 @@ async fn live_udp_packets_reach_the_snapshot() {
         .expect("listener task did not panic");
 }
 
+/// A listener on an ephemeral loopback port with `max_packet_bytes`, and
+/// a client socket to send to it.
+fn listener_and_client(max_packet_bytes: usize) -> (StatsdListener, std::net::UdpSocket) {
+    let listener = StatsdListener::bind(StatsdConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        max_packet_bytes,
+        ..StatsdConfig::default()
+    })
+    .expect("bind statsd listener");
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
+    client
+        .connect(listener.local_addr().expect("address"))
+        .expect("connect client");
+    (listener, client)
+}
+
+/// The datagrams counted so far, without reading the socket.
+fn packets_applied(state: &StatsdState) -> u64 {
+    state.lock().registry.packets
+}
+
+#[tokio::test]
+async fn the_listener_applies_a_burst_of_several_batches_whole() {
+    let (listener, client) = listener_and_client(65_535);
+    let state = listener.state();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(listener.run(stop_rx));
+    // More than one drain reads at a wake-up, over several recvmmsg
+    // batches, each datagram with lines for two series.
+    let burst = DRAIN_MAX + RECEIVE_BATCH + 5;
+    for i in 0..burst {
+        client
+            .send(format!("burst:1|c\nburst.size:{i}|ms").as_bytes())
+            .expect("send");
+    }
+    // Whatever the kernel had no room for (a small net.core.rmem_max) is
+    // counted by it, and the rest reaches the registry.
+    let socket = state.socket.clone().expect("a bound listener's socket");
+    crate::test_support::poll_until(Duration::from_secs(10), "the burst", || {
+        let kernel = meminfo(socket.as_raw_fd()).map_or(0, |i| i[libc::SK_MEMINFO_DROPS as usize]);
+        (packets_applied(&state) + u64::from(kernel) == burst as u64).then_some(())
+    })
+    .await;
+    let applied = packets_applied(&state) as f64;
+    let out = snap(&state);
+    assert_eq!(out.value_of("burst_total", &[]), Some(applied));
+    assert_eq!(out.value_of("burst_size_seconds_count", &[]), Some(applied));
+    assert_eq!(out.value_of(LINES, &[]), Some(2.0 * applied));
+    assert_eq!(dropped(&out, KERNEL_DROPS), burst as f64 - applied);
+    assert_eq!(dropped(&out, "parse_error"), 0.0);
+    stop_tx.send(true).expect("listener still running");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("listener stops when told")
+        .expect("listener task did not panic");
+}
+
+#[tokio::test]
+async fn the_listener_reads_datagrams_that_come_after_a_quiet_spell() {
+    let (listener, client) = listener_and_client(65_535);
+    let state = listener.state();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(listener.run(stop_rx));
+    // Each datagram waits for the one before to be read by the listener
+    // (not the round). Every other one is sent only once a later drain
+    // found nothing, so it finds the listener waiting for the socket;
+    // the others find it pausing between drains.
+    for sent in 1..=6u64 {
+        client.send(b"spell:1|c").expect("send");
+        let read_at =
+            crate::test_support::poll_until(Duration::from_secs(10), "the datagram", || {
+                let intake = state.lock();
+                (intake.registry.packets == sent).then_some(intake.last_drain)
+            })
+            .await;
+        if sent % 2 == 1 {
+            crate::test_support::poll_until(Duration::from_secs(10), "an empty drain", || {
+                (state.lock().last_drain != read_at).then_some(())
+            })
+            .await;
+        }
+    }
+    assert_eq!(snap(&state).value_of("spell_total", &[]), Some(6.0));
+    stop_tx.send(true).expect("listener still running");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("listener stops when told")
+        .expect("listener task did not panic");
+}
+
+#[test]
+fn the_round_reads_what_the_socket_holds_before_reporting() {
+    let (listener, client) = listener_and_client(65_535);
+    // No receive task runs: only the round reads the socket.
+    let state = listener.state();
+    let burst = 2 * RECEIVE_BATCH + 1;
+    for _ in 0..burst {
+        client.send(b"queued:2|c").expect("send");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = snap(&state);
+        if out.value_of(PACKETS, &[]) == Some(burst as f64) {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the round read {:?} of {burst} datagrams",
+            out.value_of(PACKETS, &[])
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(out.value_of("queued_total", &[]), Some(2.0 * burst as f64));
+}
+
+#[test]
+fn datagrams_over_the_limit_keep_their_whole_lines_when_received() {
+    let (listener, client) = listener_and_client(20);
+    let state = listener.state();
+    // Exactly the limit: read whole.
+    let exact = b"a:1|c\nb:2|c\nccc:3|c\n";
+    assert_eq!(exact.len(), 20);
+    client.send(exact).expect("send");
+    // One byte over: the kernel cuts it to the 21-byte buffer, and only
+    // the lines ending within 20 bytes count.
+    client.send(b"a:1|c\nb:2|c\ndddd:4|c\n").expect("send");
+    // Far over (the kernel's MSG_TRUNC): the same.
+    let long = format!("a:1|c\neeee:5|c\n{}", "f:6|c\n".repeat(500));
+    client.send(long.as_bytes()).expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = snap(&state);
+        if out.value_of(PACKETS, &[]) == Some(3.0) {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "datagrams not read");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(out.value_of("a_total", &[]), Some(3.0));
+    assert_eq!(out.value_of("b_total", &[]), Some(4.0));
+    assert_eq!(out.value_of("ccc_total", &[]), Some(3.0));
+    assert_eq!(out.value_of("dddd_total", &[]), None);
+    assert_eq!(out.value_of("eeee_total", &[]), Some(5.0));
+    assert_eq!(out.value_of("f_total", &[]), None);
+    // One line each for what the two long datagrams lost.
+    assert_eq!(dropped(&out, "parse_error"), 2.0);
+    assert_eq!(out.value_of(LINES, &[]), Some(3.0 + 3.0 + 3.0));
+}
+
+#[test]
+fn the_pause_keeps_the_buffer_a_quarter_full_and_stays_bounded() {
+    let buffer = 400_000;
+    let mut p = Pacing::new();
+    assert_eq!(p.pause(), PAUSE_FIRST);
+    // A steady 1 MB/s into a 400 kB buffer: a quarter fills in 100 ms.
+    for _ in 0..10 {
+        p.drained(50_000, buffer, Duration::from_millis(50));
+    }
+    let pause = p.pause().as_secs_f64();
+    assert!((pause - 0.1).abs() < 1e-6, "{pause}");
+    // Heavy traffic: no pause.
+    p.drained(200_000, buffer, Duration::from_millis(1));
+    assert_eq!(p.pause(), Duration::ZERO);
+    // Traffic falling away: the pause at most doubles per drain, up to
+    // the bound.
+    let mut last = p.pause();
+    for _ in 0..40 {
+        p.drained(0, buffer, Duration::from_millis(250));
+        let next = p.pause();
+        assert!(next <= PAUSE_MAX, "{next:?}");
+        assert!(next.as_secs_f64() <= 2.0 * last.as_secs_f64().max(PAUSE_MIN.as_secs_f64()));
+        last = next;
+    }
+    assert_eq!(last, PAUSE_MAX);
+    // A small buffer shortens the pause for the same rate.
+    let mut small = Pacing::new();
+    for _ in 0..10 {
+        small.drained(10_000, 40_000, Duration::from_millis(100));
+    }
+    assert!((small.pause().as_secs_f64() - 0.1).abs() < 1e-6);
+}
+
 #[test]
 fn datagrams_the_kernel_drops_are_counted() {
     let listener = StatsdListener::bind(StatsdConfig {
@@ -536,4 +796,81 @@ fn datagrams_the_kernel_drops_are_counted() {
     assert!(drops > 0.0 && drops < 200.0, "{drops} datagrams dropped");
     // Counted once: the next round reports the same total.
     assert_eq!(dropped(&snap(&state), KERNEL_DROPS), drops);
+}
+
+/// The footprint bench's datagrams (agent/benches/footprint.rs): 100 lines
+/// every 100 ms over 100 names (counters, timers, gauges), cut into
+/// datagrams of at most 1,400 bytes; `ticks` ticks of them.
+fn footprint_datagrams(ticks: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i: u64 = 0;
+    for _ in 0..ticks {
+        let mut packet = String::new();
+        for _ in 0..100 {
+            let name = i % 100;
+            let line = match name % 3 {
+                0 => format!("bench.requests.n{name}:1|c|#route:r{}\n", i % 4),
+                1 => format!("bench.latency.n{name}:{}|ms|#route:r{}\n", i % 400, i % 4),
+                _ => format!("bench.queue.n{name}:{}|g\n", i % 50),
+            };
+            if packet.len() + line.len() > 1400 {
+                out.push(std::mem::take(&mut packet).into_bytes());
+            }
+            packet.push_str(&line);
+            i += 1;
+        }
+        out.push(packet.into_bytes());
+    }
+    out
+}
+
+/// CPU time this thread has used, in nanoseconds: unlike the wall clock,
+/// it does not count the time other processes had the CPU.
+fn thread_cpu_nanos() -> u128 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime");
+    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+}
+
+/// Cost per line of the footprint bench's traffic and of a sampling
+/// round over its series, in CPU time. A measurement, not a check: run it on the
+/// release build with
+/// `cargo test --release -p nines-agent --lib ingest_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run on the release build"]
+fn ingest_cost_per_line_and_per_round() {
+    let datagrams = footprint_datagrams(40);
+    let s = state();
+    for d in &datagrams {
+        s.ingest(d);
+    }
+    let lines_per_pass = 40 * 100;
+    let passes = 1_000_000 / lines_per_pass;
+    let start = thread_cpu_nanos();
+    for _ in 0..passes {
+        for d in &datagrams {
+            s.ingest(std::hint::black_box(d));
+        }
+    }
+    let per_line = (thread_cpu_nanos() - start) as f64 / (passes * lines_per_pass) as f64;
+    let rounds = 1_000;
+    let mut out = Samples::default();
+    let start = thread_cpu_nanos();
+    for _ in 0..rounds {
+        // As the sampling round does: this round reuses the last one's
+        // label sets.
+        out = out.recycle();
+        s.sample(&mut out);
+    }
+    let per_round = (thread_cpu_nanos() - start) as f64 / 1e3 / f64::from(rounds);
+    println!(
+        "statsd ingest: {per_line:.1} ns/line; sample: {per_round:.1} us/round over {} observations",
+        out.observations.len()
+    );
+    assert_eq!(dropped(&out, "parse_error"), 0.0);
 }
