@@ -561,7 +561,7 @@ struct ProcStat {
 fn parse_stat(text: &str, user_hz: f64) -> Result<ProcStat, String> {
     let mut stat = ProcStat::default();
     for line in text.lines() {
-        let mut fields = line.split_whitespace();
+        let mut fields = line.split_ascii_whitespace();
         let Some(key) = fields.next() else {
             continue;
         };
@@ -658,7 +658,7 @@ fn parse_meminfo(text: &str) -> Result<Vec<MeminfoField>, String> {
 fn parse_meminfo_line(line: &str) -> Option<MeminfoField> {
     let (key, rest) = line.split_once(':')?;
     let key = key.trim();
-    let mut words = rest.split_whitespace();
+    let mut words = rest.split_ascii_whitespace();
     let mut value = parse_count(words.next()?)?;
     let unit = words.next();
     if words.next().is_some() {
@@ -699,7 +699,7 @@ fn meminfo_metric_key(key: &str) -> String {
 /// The 1, 5 and 15 minute load averages from /proc/loadavg.
 fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     let mut loads = text
-        .split_whitespace()
+        .split_ascii_whitespace()
         .map(|s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0));
     Some([loads.next()??, loads.next()??, loads.next()??])
 }
@@ -865,7 +865,7 @@ fn parse_net_dev(text: &str) -> Vec<NetDevice> {
             if name.is_empty() {
                 return None;
             }
-            let mut values = rest.split_whitespace();
+            let mut values = rest.split_ascii_whitespace();
             let mut counters = [0.0; 16];
             for counter in &mut counters {
                 *counter = parse_count(values.next()?)?;

@@ -485,7 +485,7 @@ fn parse_diskstats(text: &str) -> Vec<Disk> {
 }
 
 fn parse_diskstats_line(line: &str) -> Option<Disk> {
-    let mut fields = line.split_whitespace();
+    let mut fields = line.split_ascii_whitespace();
     parse_u64(fields.next()?)?;
     parse_u64(fields.next()?)?;
     let name = fields.next()?;
@@ -554,7 +554,7 @@ struct PressureTotals {
 fn parse_pressure(text: &str) -> PressureTotals {
     let mut totals = PressureTotals::default();
     for line in text.lines() {
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         let slot = match words.next() {
             Some("some") => &mut totals.some,
             Some("full") => &mut totals.full,
@@ -573,7 +573,7 @@ fn parse_pressure(text: &str) -> PressureTotals {
 /// /proc/sys/fs/file-nr: allocated handles, allocated-but-unused handles
 /// (always 0 since 2.6) and the maximum. Returns (allocated, maximum).
 fn parse_file_nr(text: &str) -> Option<(f64, f64)> {
-    let mut words = text.split_whitespace().map(parse_u64);
+    let mut words = text.split_ascii_whitespace().map(parse_u64);
     let allocated = words.next()??;
     let _unused = words.next()??;
     let maximum = words.next()??;
@@ -678,12 +678,12 @@ fn parse_netstat_pairs(text: &str, stats: &mut Vec<NetStat>) {
         };
         match header.take() {
             Some((head_protocol, names)) if head_protocol == protocol => {
-                let names = names.split_whitespace();
-                if names.clone().count() != rest.split_whitespace().count() {
+                let names = names.split_ascii_whitespace();
+                if names.clone().count() != rest.split_ascii_whitespace().count() {
                     tracing::debug!(protocol, "names and values differ in length; left out");
                     continue;
                 }
-                for (name, value) in names.zip(rest.split_whitespace()) {
+                for (name, value) in names.zip(rest.split_ascii_whitespace()) {
                     add_netstat(stats, protocol, name, value);
                 }
             }
@@ -697,7 +697,7 @@ fn parse_netstat_pairs(text: &str, stats: &mut Vec<NetStat>) {
 /// `Icmp6`, `Udp6`, `UdpLite6`), the field the rest.
 fn parse_snmp6(text: &str, stats: &mut Vec<NetStat>) {
     for line in text.lines() {
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         let (Some(name), Some(value), None) = (words.next(), words.next(), words.next()) else {
             continue;
         };
