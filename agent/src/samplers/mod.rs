@@ -257,13 +257,7 @@ impl Samples {
 
     /// Reports one value of `metric` with the given labels.
     pub fn push(&mut self, metric: &str, labels: &[(&str, &str)], value: f64) {
-        match SortedPairs::new(metric, labels, None) {
-            Some(want) => self.push_sorted(&want, value),
-            None => {
-                let labels = Labels::new(metric, labels.iter().copied());
-                self.push_labels(labels, value);
-            }
-        }
+        self.push_sorted(&SortedPairs::new(metric, labels, None), value);
     }
 
     /// Reports the buckets of the histogram series `bucket` with `labels`:
@@ -279,12 +273,7 @@ impl Samples {
         // The `le` slot's place in the sort depends on its value only when
         // another pair is also named `le` (the caller's mistake): those
         // buckets take the general path.
-        let le_slot = if labels.iter().any(|(n, v)| *n == LE && !v.is_empty()) {
-            None
-        } else {
-            SortedPairs::new(bucket, labels, Some((LE, "+Inf")))
-        };
-        let Some(mut want) = le_slot else {
+        if labels.iter().any(|(n, v)| *n == LE && !v.is_empty()) {
             let mut with_le = Vec::with_capacity(labels.len() + 1);
             with_le.extend_from_slice(labels);
             with_le.push((LE, ""));
@@ -293,7 +282,8 @@ impl Samples {
                 self.push(bucket, &with_le, value);
             }
             return;
-        };
+        }
+        let mut want = SortedPairs::new(bucket, labels, Some((LE, "+Inf")));
         let slot = want
             .pairs()
             .iter()
@@ -301,7 +291,7 @@ impl Samples {
             .expect("the le pair was put in");
         for (le, value) in buckets {
             debug_assert!(!le.is_empty(), "an empty le would drop the label");
-            want.pairs[slot].1 = le;
+            want.pairs_mut()[slot].1 = le;
             self.push_sorted(&want, value);
         }
     }
@@ -355,56 +345,82 @@ impl Samples {
 /// The `le` label of histogram buckets.
 const LE: &str = "le";
 
-/// Most pairs (`__name__` included) a push compares without allocating;
-/// a push with more builds its label set and compares that.
-const MAX_SORTED_PAIRS: usize = 16;
+/// Most pairs (`__name__` included) a push sorts on the stack; one with
+/// more sorts them in a vector.
+const INLINE_PAIRS: usize = 8;
 
 /// A push's metric name and non-empty pairs, sorted as [`Labels::new`]
 /// sorts them (by name, then value), so that a label set is the one the
 /// push would build exactly when it equals these pair by pair: one pass
-/// of compares, no searches and no allocation.
+/// of compares, no searches, and no allocation for a push of up to
+/// [`INLINE_PAIRS`] pairs.
 struct SortedPairs<'a> {
-    pairs: [(&'a str, &'a str); MAX_SORTED_PAIRS],
+    inline: [(&'a str, &'a str); INLINE_PAIRS],
+    /// How many of `inline` are used; unused once `spilled` holds them.
     len: usize,
+    /// All the pairs, when there are more than fit `inline`.
+    spilled: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> SortedPairs<'a> {
-    /// `(__name__, metric)`, the non-empty `pairs` and `extra`, sorted;
-    /// None when there are more than [`MAX_SORTED_PAIRS`].
+    /// `(__name__, metric)`, the non-empty `pairs` and `extra`, sorted.
     fn new(
         metric: &'a str,
         pairs: &[(&'a str, &'a str)],
         extra: Option<(&'a str, &'a str)>,
-    ) -> Option<Self> {
+    ) -> Self {
         let mut sorted = SortedPairs {
-            pairs: [("", ""); MAX_SORTED_PAIRS],
+            inline: [("", ""); INLINE_PAIRS],
             len: 0,
+            spilled: Vec::new(),
         };
         let given = pairs.iter().copied().filter(|(_, v)| !v.is_empty());
         for pair in std::iter::once((METRIC_NAME_LABEL, metric))
             .chain(given)
             .chain(extra)
         {
-            let slot = sorted.pairs.get_mut(sorted.len)?;
-            *slot = pair;
-            sorted.len += 1;
+            if sorted.spilled.is_empty() && sorted.len < INLINE_PAIRS {
+                sorted.inline[sorted.len] = pair;
+                sorted.len += 1;
+            } else {
+                if sorted.spilled.is_empty() {
+                    sorted.spilled.reserve(pairs.len() + 2);
+                    sorted
+                        .spilled
+                        .extend_from_slice(&sorted.inline[..sorted.len]);
+                }
+                sorted.spilled.push(pair);
+            }
             // Insertion sort: samplers give few pairs, often in order.
-            let mut i = sorted.len - 1;
-            while i > 0 && pair_before(sorted.pairs[i], sorted.pairs[i - 1]) {
-                sorted.pairs.swap(i, i - 1);
+            let sorting = sorted.pairs_mut();
+            let mut i = sorting.len() - 1;
+            while i > 0 && pair_before(sorting[i], sorting[i - 1]) {
+                sorting.swap(i, i - 1);
                 i -= 1;
             }
         }
-        Some(sorted)
+        sorted
     }
 
     fn pairs(&self) -> &[(&'a str, &'a str)] {
-        &self.pairs[..self.len]
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    fn pairs_mut(&mut self) -> &mut [(&'a str, &'a str)] {
+        if self.spilled.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
     }
 
     /// Whether `l` is the label set these pairs make.
     fn is(&self, l: &Labels) -> bool {
-        l.len() == self.len
+        l.len() == self.pairs().len()
             && l.iter()
                 .zip(self.pairs())
                 .all(|(l, (n, v))| l.name == *n && l.value == *v)
@@ -729,7 +745,7 @@ mod tests {
 
     /// Whether a push of `metric` with `pairs` may take over `l`.
     fn same_series(l: &Labels, metric: &str, pairs: &[(&str, &str)]) -> bool {
-        SortedPairs::new(metric, pairs, None).is_some_and(|want| want.is(l))
+        SortedPairs::new(metric, pairs, None).is(l)
     }
 
     #[test]
@@ -756,13 +772,31 @@ mod tests {
         let twice = Labels::new("m", [("a", "2"), ("a", "1")]);
         assert!(same_series(&twice, "m", &[("a", "1"), ("a", "2")]));
         assert!(!same_series(&twice, "m", &[("a", "1"), ("a", "1")]));
-        // More pairs than are compared in place: never taken over here.
-        let many: Vec<(String, String)> = (0..MAX_SORTED_PAIRS)
-            .map(|i| (format!("l{i}"), "v".to_string()))
+        // More pairs than are sorted on the stack, given in reverse, with
+        // empty values among them; or any count around that.
+        let many: Vec<(String, String)> = (0..3 * INLINE_PAIRS)
+            .rev()
+            .map(|i| {
+                (
+                    format!("l{i:02}"),
+                    if i % 5 == 0 { "" } else { "v" }.to_string(),
+                )
+            })
             .collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (&**n, &**v)).collect();
-        let l = Labels::new("m", many.iter().copied());
-        assert!(!same_series(&l, "m", &many));
+        for n in 0..many.len() {
+            let l = Labels::new("m", many[..n].iter().copied());
+            assert_eq!(SortedPairs::new("m", &many[..n], None).to_labels(), l);
+            assert!(same_series(&l, "m", &many[..n]), "{n} pairs");
+            let mut changed = many[..n].to_vec();
+            if let Some(last) = changed.last_mut() {
+                last.1 = "w";
+                assert!(!same_series(&l, "m", &changed), "{n} pairs");
+                let dropped_empty = many[n - 1].1.is_empty();
+                assert_eq!(same_series(&l, "m", &many[..n - 1]), dropped_empty);
+            }
+            assert!(!same_series(&l, "m", &many[..=n]) || many[n].1.is_empty());
+        }
     }
 
     #[test]
@@ -805,7 +839,7 @@ mod tests {
         built.dedup();
         assert!(built.len() > 300, "{}", built.len());
         for (metric, p) in &inputs {
-            let want = SortedPairs::new(metric, p, None).expect("few pairs");
+            let want = SortedPairs::new(metric, p, None);
             let made = Labels::new(metric, p.iter().copied());
             assert_eq!(want.to_labels(), made, "{metric} {p:?}");
             for l in &built {
@@ -848,8 +882,20 @@ mod tests {
     #[test]
     fn buckets_pushed_together_are_the_pushes_one_by_one() {
         let les = ["0.1", "1", "+Inf"];
-        let cases: [&[(&str, &str)]; 5] = [
+        let cases: [&[(&str, &str)]; 6] = [
             &[],
+            // More than sorted on the stack.
+            &[
+                ("t9", "9"),
+                ("t8", "8"),
+                ("t7", "7"),
+                ("t6", "6"),
+                ("t5", ""),
+                ("t4", "4"),
+                ("t3", "3"),
+                ("t2", "2"),
+                ("t1", "1"),
+            ],
             &[("vhost", "a"), ("code", "")],
             &[("A", "x"), ("z", "y")],
             // The caller's mistake, still reported as a push would.
