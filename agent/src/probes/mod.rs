@@ -28,23 +28,24 @@
 mod cert;
 pub mod config;
 mod exec;
-mod histogram;
 mod tls;
 pub use tls::system_roots_blocking;
 
 #[cfg(test)]
 mod tests;
 
+/// Upper bounds of probe durations, in seconds: the latency buckets every
+/// request-latency source shares.
+pub use crate::samplers::histogram::LATENCY_BUCKETS_SECONDS as DURATION_BUCKETS;
 pub use config::{
     DEFAULT_EXPECT_STATUS, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, MAX_PROBE_INTERVAL,
     MIN_PROBE_INTERVAL, ProbeConfig, ProbeConfigError, ProbeKind, StatusSpec, ValidProbe,
     validate_all,
 };
 pub use exec::{BODY_LIMIT, FailureReason, MAX_REDIRECTS, ProbeFailure, ProbeOutcome, run_once};
-pub use histogram::DURATION_BUCKETS;
 
 use crate::samplers::Samples;
-use histogram::Histogram;
+use crate::samplers::histogram::Histogram;
 use nines_shared::MetricKind;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,7 +205,7 @@ impl ProbeState {
         for (i, phase) in PHASES.iter().enumerate() {
             let h = &s.durations[i];
             if h.count() > 0 || self.phases.contains(&i) {
-                h.write(out, DURATION, &[("probe", &self.name), ("phase", phase)]);
+                h.report(out, DURATION, &[("probe", &self.name), ("phase", phase)]);
             }
         }
         if let Some(up) = s.up {

@@ -9,6 +9,8 @@
 //! value (NaN, infinity) poison the sum: such observations are ignored.
 
 use super::Samples;
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 /// Bucket upper bounds, in seconds, of every request-latency histogram the
 /// agent produces. Fine enough that the usual SLO thresholds (100 ms,
@@ -25,8 +27,9 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 19] = [
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
     bounds: &'static [f64],
-    /// `le` label of each bound, formatted once rather than every round.
-    le: Vec<String>,
+    /// `le` label of each bound, formatted once rather than every round:
+    /// once per process for [`LATENCY_BUCKETS_SECONDS`].
+    le: Cow<'static, [String]>,
     /// Observations per bucket, *not* cumulative: `counts[i]` counts values
     /// in `(bounds[i-1], bounds[i]]`; values above the last bound are only
     /// in `count`. Kept per bucket so `observe` touches one slot.
@@ -44,11 +47,22 @@ impl Histogram {
             bounds.windows(2).all(|w| w[0] < w[1]) && bounds.iter().all(|b| b.is_finite()),
             "histogram bounds must be finite and strictly ascending"
         );
+        static LATENCY_LE: OnceLock<Vec<String>> = OnceLock::new();
+        // Rust's shortest round-trip formatting gives "0.005", "1", "10":
+        // the same strings Prometheus clients write for `le`.
+        let format = |bounds: &[f64]| bounds.iter().map(|b| format!("{b}")).collect::<Vec<_>>();
+        let le = if bounds == LATENCY_BUCKETS_SECONDS {
+            Cow::Borrowed(
+                LATENCY_LE
+                    .get_or_init(|| format(&LATENCY_BUCKETS_SECONDS))
+                    .as_slice(),
+            )
+        } else {
+            Cow::Owned(format(bounds))
+        };
         Histogram {
             bounds,
-            // Rust's shortest round-trip formatting gives "0.005", "1",
-            // "10": the same strings Prometheus clients write for `le`.
-            le: bounds.iter().map(|b| format!("{b}")).collect(),
+            le,
             counts: vec![0; bounds.len()],
             sum: 0.0,
             count: 0,
@@ -110,19 +124,22 @@ impl Histogram {
     /// `labels`. The caller declares the family (kind Histogram) and must
     /// not pass an `le` label itself.
     pub fn report(&self, out: &mut Samples, name: &str, labels: &[(&str, &str)]) {
-        let bucket = format!("{name}_bucket");
-        let mut with_le: Vec<(&str, &str)> = Vec::with_capacity(labels.len() + 1);
-        with_le.extend_from_slice(labels);
-        with_le.push(("le", ""));
-        let le_slot = with_le.len() - 1;
-        for (le, (_, n)) in self.le.iter().zip(self.cumulative()) {
-            with_le[le_slot].1 = le;
-            out.push(&bucket, &with_le, n as f64);
-        }
-        with_le[le_slot].1 = "+Inf";
-        out.push(&bucket, &with_le, self.count as f64);
-        out.push(&format!("{name}_sum"), labels, self.sum);
-        out.push(&format!("{name}_count"), labels, self.count as f64);
+        let mut metric = String::with_capacity(name.len() + "_bucket".len());
+        metric.push_str(name);
+        metric.push_str("_bucket");
+        let mut acc = 0u64;
+        let finite = self.le.iter().zip(&self.counts).map(|(le, &c)| {
+            acc = acc.saturating_add(c);
+            (le.as_str(), acc as f64)
+        });
+        let inf = std::iter::once(("+Inf", self.count as f64));
+        out.push_buckets(&metric, labels, finite.chain(inf));
+        metric.truncate(name.len());
+        metric.push_str("_sum");
+        out.push(&metric, labels, self.sum);
+        metric.truncate(name.len());
+        metric.push_str("_count");
+        out.push(&metric, labels, self.count as f64);
     }
 }
 
@@ -190,5 +207,50 @@ mod tests {
             out.value_of("x_seconds_count", &[("vhost", "a")]),
             Some(2.0)
         );
+    }
+
+    #[test]
+    fn probe_durations_report_every_bucket_with_the_probes_labels() {
+        let mut h = Histogram::latency();
+        for v in [0.1, 0.25, 1.0, 0.1000001, 0.0, 11.0, f64::NAN] {
+            h.observe(v);
+        }
+        let mut out = Samples::default();
+        let labels = [("probe", "a"), ("phase", "total")];
+        h.report(&mut out, "d_seconds", &labels);
+        let at = |le: &str| {
+            out.value_of(
+                "d_seconds_bucket",
+                &[("probe", "a"), ("phase", "total"), ("le", le)],
+            )
+        };
+        assert_eq!(at("0.005"), Some(1.0)); // 0.0
+        assert_eq!(at("0.075"), Some(1.0));
+        assert_eq!(at("0.1"), Some(2.0)); // + 0.1
+        assert_eq!(at("0.15"), Some(3.0)); // + 0.1000001
+        assert_eq!(at("0.25"), Some(4.0)); // + 0.25
+        assert_eq!(at("0.75"), Some(4.0));
+        assert_eq!(at("1"), Some(5.0)); // + 1.0
+        assert_eq!(at("10"), Some(5.0));
+        assert_eq!(at("+Inf"), Some(6.0)); // + 11.0; NaN ignored
+        assert_eq!(out.value_of("d_seconds_count", &labels), Some(6.0));
+        let sum = out.value_of("d_seconds_sum", &labels).unwrap();
+        assert!((sum - 12.4500001).abs() < 1e-9, "{sum}");
+        // One series per bound, plus +Inf, sum and count; the bucket
+        // labels made once for the shared bounds are the ones formatted
+        // for any other histogram.
+        assert_eq!(out.observations.len(), LATENCY_BUCKETS_SECONDS.len() + 3);
+        // (A copy of the bounds elsewhere in memory is the same layout.)
+        static COPY: [f64; 19] = LATENCY_BUCKETS_SECONDS;
+        assert!(matches!(Histogram::new(&COPY).le, Cow::Borrowed(_)));
+        let other = Histogram::new(&[0.5, 2.0, 10.0]);
+        assert!(matches!(other.le, Cow::Owned(_)));
+        assert_eq!(other.le.as_ref(), ["0.5", "2", "10"]);
+        let shared = Histogram::latency();
+        let formatted: Vec<String> = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .map(|b| nines_shared::exposition::format_value(*b))
+            .collect();
+        assert_eq!(shared.le.as_ref(), formatted.as_slice());
     }
 }

@@ -254,6 +254,9 @@ pub struct HostSampler {
     mounts: ProcFile,
     mountinfo: ProcFile,
     net_dev: ProcFile,
+    /// The meminfo fields read last round, whose names the next round
+    /// takes over line by line where the file has not changed shape.
+    meminfo_fields: Vec<MeminfoField>,
 }
 
 impl HostSampler {
@@ -278,6 +281,7 @@ impl HostSampler {
             root,
             user_hz,
             reported_cpu: BTreeMap::new(),
+            meminfo_fields: Vec::new(),
         }
     }
 
@@ -366,9 +370,10 @@ impl HostSampler {
 
     fn sample_meminfo(&mut self, out: &mut Samples) -> Result<(), SampleError> {
         let text = self.meminfo.text()?;
-        let fields =
-            parse_meminfo(&text).map_err(|reason| parse_error(self.meminfo.path(), reason))?;
-        for field in fields {
+        let before = std::mem::take(&mut self.meminfo_fields);
+        let fields = parse_meminfo_reusing(&text, before)
+            .map_err(|reason| parse_error(self.meminfo.path(), reason))?;
+        for field in &fields {
             // node_exporter makes a key a counter only if it ends in
             // "_total"; no kernel key does today (HugePages_Total is upper
             // case), but keep the rule so a future one is typed the same.
@@ -388,6 +393,7 @@ impl HostSampler {
             });
             out.push(&field.metric, &[], field.value);
         }
+        self.meminfo_fields = fields;
         Ok(())
     }
 
@@ -561,7 +567,7 @@ struct ProcStat {
 fn parse_stat(text: &str, user_hz: f64) -> Result<ProcStat, String> {
     let mut stat = ProcStat::default();
     for line in text.lines() {
-        let mut fields = line.split_whitespace();
+        let mut fields = line.split_ascii_whitespace();
         let Some(key) = fields.next() else {
             continue;
         };
@@ -638,10 +644,21 @@ struct MeminfoField {
 /// the fields are independent, and one odd line from a future kernel must
 /// not take MemAvailable alerts down with it. A file without MemTotal is not
 /// meminfo at all and is an error.
+#[cfg(test)]
 fn parse_meminfo(text: &str) -> Result<Vec<MeminfoField>, String> {
-    let mut fields: Vec<MeminfoField> = Vec::new();
+    parse_meminfo_reusing(text, Vec::new())
+}
+
+/// [`parse_meminfo`], taking the key and name of a field of `before` (an
+/// earlier read's fields) over for the line at the same place when it has
+/// the same key and unit, so a steady file costs no allocation per line.
+fn parse_meminfo_reusing(
+    text: &str,
+    mut before: Vec<MeminfoField>,
+) -> Result<Vec<MeminfoField>, String> {
+    let mut fields: Vec<MeminfoField> = Vec::with_capacity(before.len());
     for line in text.lines() {
-        let Some(field) = parse_meminfo_line(line) else {
+        let Some(field) = parse_meminfo_line(line, before.get_mut(fields.len())) else {
             continue;
         };
         // A key twice would make two series with the same labels.
@@ -655,24 +672,44 @@ fn parse_meminfo(text: &str) -> Result<Vec<MeminfoField>, String> {
     Ok(fields)
 }
 
-fn parse_meminfo_line(line: &str) -> Option<MeminfoField> {
+/// One meminfo line as a field; its key and name are taken from `earlier`
+/// when that is a field of the same key and unit (its strings are then
+/// left empty).
+fn parse_meminfo_line(line: &str, earlier: Option<&mut MeminfoField>) -> Option<MeminfoField> {
     let (key, rest) = line.split_once(':')?;
     let key = key.trim();
-    let mut words = rest.split_whitespace();
+    let mut words = rest.split_ascii_whitespace();
     let mut value = parse_count(words.next()?)?;
     let unit = words.next();
     if words.next().is_some() {
         return None;
     }
-    let name = meminfo_metric_key(key);
-    let (metric, in_bytes) = match unit {
-        None => (format!("node_memory_{name}"), false),
+    let in_bytes = match unit {
+        None => false,
         // The kernel's "kB" is KiB.
         Some("kB") => {
             value *= 1024.0;
-            (format!("node_memory_{name}_bytes"), true)
+            true
         }
         Some(_) => return None,
+    };
+    let same =
+        |e: &&mut MeminfoField| !e.metric.is_empty() && e.key == key && e.in_bytes == in_bytes;
+    if let Some(earlier) = earlier.filter(same) {
+        // The name follows from the key and unit alone: the same as
+        // building it again, and valid, since it was kept.
+        return Some(MeminfoField {
+            key: std::mem::take(&mut earlier.key),
+            metric: std::mem::take(&mut earlier.metric),
+            value,
+            in_bytes,
+        });
+    }
+    let name = meminfo_metric_key(key);
+    let metric = if in_bytes {
+        format!("node_memory_{name}_bytes")
+    } else {
+        format!("node_memory_{name}")
     };
     is_valid_metric_name(&metric).then(|| MeminfoField {
         key: key.to_string(),
@@ -699,7 +736,7 @@ fn meminfo_metric_key(key: &str) -> String {
 /// The 1, 5 and 15 minute load averages from /proc/loadavg.
 fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     let mut loads = text
-        .split_whitespace()
+        .split_ascii_whitespace()
         .map(|s| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0));
     Some([loads.next()??, loads.next()??, loads.next()??])
 }
@@ -865,7 +902,7 @@ fn parse_net_dev(text: &str) -> Vec<NetDevice> {
             if name.is_empty() {
                 return None;
             }
-            let mut values = rest.split_whitespace();
+            let mut values = rest.split_ascii_whitespace();
             let mut counters = [0.0; 16];
             for counter in &mut counters {
                 *counter = parse_count(values.next()?)?;
@@ -1154,6 +1191,34 @@ short line
             (total.kind, total.unit.as_str()),
             (MetricKind::Gauge, "bytes")
         );
+    }
+
+    #[test]
+    fn meminfo_read_after_another_is_parsed_as_if_alone() {
+        let texts = [
+            MEMINFO,
+            "MemTotal: 1 kB\nActive(anon): 2 kB\nHugePages_Total: 3\n",
+            "MemTotal: 1 kB\nActive(anon): 2\nHugePages_Total: 3 kB\n",
+            "MemTotal: 1 kB\nActive_anon: 2 kB\nActive(anon): 5 kB\nActive(anon): 6 kB\n",
+            "Active(anon): 2 kB\nMemTotal: 1 kB\n: 4 kB\n: 5 kB\n:7\n",
+            "MemTotal: 1 kB\nMemFree: x kB\nMemFree: 9 kB\nBuffers: 8 kB\n",
+            "MemTotal: 1 kB\n",
+            "MemFree: 9 kB\n",
+            // A line that takes over a field and then turns out to repeat
+            // one, followed by a line with an empty key.
+            "Buffers: 1 kB\nMemTotal: 1 kB\n",
+            "MemTotal: 1 kB\nMemTotal: 2 kB\n: 3 kB\n",
+        ];
+        for a in texts {
+            for b in texts {
+                let alone = parse_meminfo(b);
+                let before = parse_meminfo(a).unwrap_or_default();
+                assert_eq!(parse_meminfo_reusing(b, before), alone, "{a:?} then {b:?}");
+                // And a third read of the same text.
+                let twice = parse_meminfo_reusing(b, alone.clone().unwrap_or_default());
+                assert_eq!(twice, alone, "{b:?} twice");
+            }
+        }
     }
 
     #[test]

@@ -11,8 +11,9 @@ mod proc_file;
 pub mod statsd;
 pub mod system;
 
-use nines_shared::{Labels, METRIC_NAME_LABEL, MetricKind, MetricMetadata, SeriesRef};
+use nines_shared::{Label, Labels, METRIC_NAME_LABEL, MetricKind, MetricMetadata, SeriesRef};
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A metric family with fixed metadata, declared once per round by the
@@ -122,7 +123,7 @@ pub struct Samples {
     /// Where in `previous` the next observation is looked for.
     previous_at: usize,
     /// Hashes of the family names declared this round.
-    declared: HashSet<u64>,
+    declared: HashSet<u64, BuildHasherDefault<NameHashHasher>>,
 }
 
 /// A family entry whose strings have been moved out.
@@ -140,6 +141,28 @@ fn name_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Hashes the [`name_hash`] of a name, which is a hash already, to
+/// itself: a set of them needs no second hash.
+#[derive(Debug, Default, Clone)]
+struct NameHashHasher(u64);
+
+impl Hasher for NameHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64s are hashed with it; anything else still hashes.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// How far past the expected place a reused series is looked for, so a
@@ -234,11 +257,51 @@ impl Samples {
 
     /// Reports one value of `metric` with the given labels.
     pub fn push(&mut self, metric: &str, labels: &[(&str, &str)], value: f64) {
-        if !self.reuse(|old| same_series(old, metric, labels), value) {
-            self.observations.push(Observation::new(
-                Labels::new(metric, labels.iter().copied()),
-                value,
-            ));
+        self.push_sorted(&SortedPairs::new(metric, labels, None), value);
+    }
+
+    /// Reports the buckets of the histogram series `bucket` with `labels`:
+    /// for each `(le, value)` the same as `push(bucket, labels + [("le",
+    /// le)], value)`, but with the labels sorted once for all of them.
+    /// Every `le` must be non-empty.
+    pub(crate) fn push_buckets<'a>(
+        &mut self,
+        bucket: &str,
+        labels: &[(&str, &str)],
+        buckets: impl IntoIterator<Item = (&'a str, f64)>,
+    ) {
+        // The `le` slot's place in the sort depends on its value only when
+        // another pair is also named `le` (the caller's mistake): those
+        // buckets take the general path.
+        if labels.iter().any(|(n, v)| *n == LE && !v.is_empty()) {
+            let mut with_le = Vec::with_capacity(labels.len() + 1);
+            with_le.extend_from_slice(labels);
+            with_le.push((LE, ""));
+            for (le, value) in buckets {
+                with_le[labels.len()].1 = le;
+                self.push(bucket, &with_le, value);
+            }
+            return;
+        }
+        let mut want = SortedPairs::new(bucket, labels, Some((LE, "+Inf")));
+        let slot = want
+            .pairs()
+            .iter()
+            .position(|(n, _)| *n == LE)
+            .expect("the le pair was put in");
+        for (le, value) in buckets {
+            debug_assert!(!le.is_empty(), "an empty le would drop the label");
+            want.pairs_mut()[slot].1 = le;
+            self.push_sorted(&want, value);
+        }
+    }
+
+    /// Pushes the series `want` names: the earlier round's label set when
+    /// it is the same, else one built from `want`.
+    fn push_sorted(&mut self, want: &SortedPairs<'_>, value: f64) {
+        if !self.reuse(|old| want.is(old), value) {
+            self.observations
+                .push(Observation::new(want.to_labels(), value));
         }
     }
 
@@ -279,26 +342,111 @@ impl Samples {
     }
 }
 
-/// Whether `l` is exactly `Labels::new(metric, pairs)`, without building
-/// it: same size, same name, every non-empty pair in it, names distinct.
-fn same_series(l: &Labels, metric: &str, pairs: &[(&str, &str)]) -> bool {
-    if l.len() > pairs.len() + 1 || l.metric_name() != Some(metric) {
-        return false;
-    }
-    let mut n = 0;
-    for (i, (name, value)) in pairs.iter().enumerate() {
-        if value.is_empty() {
-            continue;
-        }
-        n += 1;
-        if *name == METRIC_NAME_LABEL
-            || l.get(name) != Some(*value)
-            || pairs[..i].iter().any(|(o, v)| o == name && !v.is_empty())
+/// The `le` label of histogram buckets.
+const LE: &str = "le";
+
+/// Most pairs (`__name__` included) a push sorts on the stack; one with
+/// more sorts them in a vector.
+const INLINE_PAIRS: usize = 8;
+
+/// A push's metric name and non-empty pairs, sorted as [`Labels::new`]
+/// sorts them (by name, then value), so that a label set is the one the
+/// push would build exactly when it equals these pair by pair: one pass
+/// of compares, no searches, and no allocation for a push of up to
+/// [`INLINE_PAIRS`] pairs.
+struct SortedPairs<'a> {
+    inline: [(&'a str, &'a str); INLINE_PAIRS],
+    /// How many of `inline` are used; unused once `spilled` holds them.
+    len: usize,
+    /// All the pairs, when there are more than fit `inline`.
+    spilled: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> SortedPairs<'a> {
+    /// `(__name__, metric)`, the non-empty `pairs` and `extra`, sorted.
+    fn new(
+        metric: &'a str,
+        pairs: &[(&'a str, &'a str)],
+        extra: Option<(&'a str, &'a str)>,
+    ) -> Self {
+        let mut sorted = SortedPairs {
+            inline: [("", ""); INLINE_PAIRS],
+            len: 0,
+            spilled: Vec::new(),
+        };
+        let given = pairs.iter().copied().filter(|(_, v)| !v.is_empty());
+        for pair in std::iter::once((METRIC_NAME_LABEL, metric))
+            .chain(given)
+            .chain(extra)
         {
-            return false;
+            if sorted.spilled.is_empty() && sorted.len < INLINE_PAIRS {
+                sorted.inline[sorted.len] = pair;
+                sorted.len += 1;
+            } else {
+                if sorted.spilled.is_empty() {
+                    sorted.spilled.reserve(pairs.len() + 2);
+                    sorted
+                        .spilled
+                        .extend_from_slice(&sorted.inline[..sorted.len]);
+                }
+                sorted.spilled.push(pair);
+            }
+            // Insertion sort: samplers give few pairs, often in order.
+            let sorting = sorted.pairs_mut();
+            let mut i = sorting.len() - 1;
+            while i > 0 && pair_before(sorting[i], sorting[i - 1]) {
+                sorting.swap(i, i - 1);
+                i -= 1;
+            }
+        }
+        sorted
+    }
+
+    fn pairs(&self) -> &[(&'a str, &'a str)] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
         }
     }
-    l.len() == n + 1
+
+    fn pairs_mut(&mut self) -> &mut [(&'a str, &'a str)] {
+        if self.spilled.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
+    }
+
+    /// Whether `l` is the label set these pairs make.
+    fn is(&self, l: &Labels) -> bool {
+        l.len() == self.pairs().len()
+            && l.iter()
+                .zip(self.pairs())
+                .all(|(l, (n, v))| l.name == *n && l.value == *v)
+    }
+
+    /// The label set these pairs make.
+    fn to_labels(&self) -> Labels {
+        Labels::from_unsorted(
+            self.pairs()
+                .iter()
+                .map(|(n, v)| Label {
+                    name: (*n).to_string(),
+                    value: (*v).to_string(),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Whether `a` sorts before `b` as [`Label`]s do: by name, then value.
+/// Names mostly differ in their first byte, which is looked at first.
+fn pair_before(a: (&str, &str), b: (&str, &str)) -> bool {
+    match (a.0.as_bytes().first(), b.0.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x < y,
+        _ => a < b,
+    }
 }
 
 /// Why a sampler could not read what it needs.
@@ -595,6 +743,11 @@ mod tests {
         );
     }
 
+    /// Whether a push of `metric` with `pairs` may take over `l`.
+    fn same_series(l: &Labels, metric: &str, pairs: &[(&str, &str)]) -> bool {
+        SortedPairs::new(metric, pairs, None).is(l)
+    }
+
     #[test]
     fn only_the_same_label_set_counts_as_the_same_series() {
         let l = Labels::new("m", [("a", "1"), ("b", "2")]);
@@ -602,10 +755,179 @@ mod tests {
         assert!(same_series(&l, "m", &[("b", "2"), ("c", ""), ("a", "1")]));
         assert!(!same_series(&l, "n", &[("a", "1"), ("b", "2")]));
         assert!(!same_series(&l, "m", &[("a", "1"), ("b", "3")]));
+        assert!(!same_series(&l, "m", &[("a", "2"), ("b", "1")]));
+        assert!(!same_series(&l, "m", &[("b", "1"), ("a", "2")]));
         assert!(!same_series(&l, "m", &[("a", "1")]));
         assert!(!same_series(&l, "m", &[("a", "1"), ("a", "1")]));
         assert!(!same_series(&l, "m", &[("a", "1"), ("b", "2"), ("c", "3")]));
+        assert!(!same_series(&l, "m", &[("a", "1"), ("c", "2")]));
         let named = Labels::new("m", [("a", "1")]);
         assert!(!same_series(&named, "m", &[("__name__", "m")]));
+        assert!(!same_series(&named, "m", &[("a", "1"), ("__name__", "m")]));
+        // Names that sort before `__name__` (upper case) and repeated names
+        // compare as the label set they would build.
+        let upper = Labels::new("m", [("B", "1"), ("a", "2")]);
+        assert!(same_series(&upper, "m", &[("a", "2"), ("B", "1")]));
+        assert!(!same_series(&upper, "m", &[("a", "1"), ("B", "2")]));
+        let twice = Labels::new("m", [("a", "2"), ("a", "1")]);
+        assert!(same_series(&twice, "m", &[("a", "1"), ("a", "2")]));
+        assert!(!same_series(&twice, "m", &[("a", "1"), ("a", "1")]));
+        // More pairs than are sorted on the stack, given in reverse, with
+        // empty values among them; or any count around that.
+        let many: Vec<(String, String)> = (0..3 * INLINE_PAIRS)
+            .rev()
+            .map(|i| {
+                (
+                    format!("l{i:02}"),
+                    if i % 5 == 0 { "" } else { "v" }.to_string(),
+                )
+            })
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (&**n, &**v)).collect();
+        for n in 0..many.len() {
+            let l = Labels::new("m", many[..n].iter().copied());
+            assert_eq!(SortedPairs::new("m", &many[..n], None).to_labels(), l);
+            assert!(same_series(&l, "m", &many[..n]), "{n} pairs");
+            let mut changed = many[..n].to_vec();
+            if let Some(last) = changed.last_mut() {
+                last.1 = "w";
+                assert!(!same_series(&l, "m", &changed), "{n} pairs");
+                let dropped_empty = many[n - 1].1.is_empty();
+                assert_eq!(same_series(&l, "m", &many[..n - 1]), dropped_empty);
+            }
+            assert!(!same_series(&l, "m", &many[..=n]) || many[n].1.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_push_takes_over_a_label_set_exactly_when_it_would_build_the_same() {
+        // Every list of up to three pairs over a few names (one sorting
+        // before `__name__`, `__name__` itself) and values (empty
+        // included), against every label set any of them builds.
+        let names = ["a", "b", "A", "__name__"];
+        let values = ["", "1", "2"];
+        let pairs: Vec<(&str, &str)> = names
+            .iter()
+            .flat_map(|n| values.iter().map(move |v| (*n, *v)))
+            .collect();
+        let mut inputs: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
+        let mut lists: Vec<Vec<(&str, &str)>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<_> = lists
+                .iter()
+                .filter(|l| l.len() == lists.last().map_or(0, Vec::len))
+                .flat_map(|l| {
+                    pairs.iter().map(move |p| {
+                        let mut l = l.clone();
+                        l.push(*p);
+                        l
+                    })
+                })
+                .collect();
+            lists.extend(longer);
+        }
+        for metric in ["m", "n"] {
+            for l in &lists {
+                inputs.push((metric, l.clone()));
+            }
+        }
+        let mut built: Vec<Labels> = inputs
+            .iter()
+            .map(|(m, p)| Labels::new(m, p.iter().copied()))
+            .collect();
+        built.sort();
+        built.dedup();
+        assert!(built.len() > 300, "{}", built.len());
+        for (metric, p) in &inputs {
+            let want = SortedPairs::new(metric, p, None);
+            let made = Labels::new(metric, p.iter().copied());
+            assert_eq!(want.to_labels(), made, "{metric} {p:?}");
+            for l in &built {
+                assert_eq!(want.is(l), *l == made, "{metric} {p:?} against {l}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_recycled_round_never_reports_a_value_under_another_series_labels() {
+        let round = |out: &mut Samples, swap: bool, v: f64| {
+            let (x, y) = if swap { ("2", "1") } else { ("1", "2") };
+            out.push("m", &[("a", x), ("b", y)], v);
+            out.push("m", &[("b", y), ("a", x), ("c", "")], v + 1.0);
+            out.push("m", &[("c", "3")], v + 2.0);
+            out.push("n", &[("c", "3")], v + 3.0);
+        };
+        let mut first = Samples::default();
+        round(&mut first, false, 1.0);
+        let mut second = first.recycle();
+        round(&mut second, true, 10.0);
+        let mut fresh = Samples::default();
+        round(&mut fresh, true, 10.0);
+        assert_eq!(second.observations, fresh.observations);
+        // Only the two series that are the same as before were taken over.
+        let taken = second.previous.iter().filter(|o| o.labels.is_empty());
+        assert_eq!(taken.count(), 2);
+        // A series reported with fewer labels, or under another name, at
+        // the same place is built anew too.
+        let mut third = second.recycle();
+        third.push("m", &[("a", "2")], 0.0);
+        third.push("n", &[("b", "1"), ("a", "2")], 0.0);
+        assert_eq!(third.observations[0].labels, Labels::new("m", [("a", "2")]));
+        assert_eq!(
+            third.observations[1].labels,
+            Labels::new("n", [("a", "2"), ("b", "1")])
+        );
+    }
+
+    #[test]
+    fn buckets_pushed_together_are_the_pushes_one_by_one() {
+        let les = ["0.1", "1", "+Inf"];
+        let cases: [&[(&str, &str)]; 6] = [
+            &[],
+            // More than sorted on the stack.
+            &[
+                ("t9", "9"),
+                ("t8", "8"),
+                ("t7", "7"),
+                ("t6", "6"),
+                ("t5", ""),
+                ("t4", "4"),
+                ("t3", "3"),
+                ("t2", "2"),
+                ("t1", "1"),
+            ],
+            &[("vhost", "a"), ("code", "")],
+            &[("A", "x"), ("z", "y")],
+            // The caller's mistake, still reported as a push would.
+            &[("le", "5")],
+            &[("__name__", "x_bucket")],
+        ];
+        for labels in cases {
+            let one_by_one = |out: &mut Samples, v: f64| {
+                for (i, le) in les.iter().enumerate() {
+                    let mut with_le = labels.to_vec();
+                    with_le.push(("le", le));
+                    out.push("x_bucket", &with_le, v + i as f64);
+                }
+            };
+            let together = |out: &mut Samples, v: f64| {
+                let values = les.iter().enumerate().map(|(i, le)| (*le, v + i as f64));
+                out.push_buckets("x_bucket", labels, values);
+            };
+            let mut a = Samples::default();
+            one_by_one(&mut a, 1.0);
+            let mut b = Samples::default();
+            together(&mut b, 1.0);
+            assert_eq!(a.observations, b.observations, "{labels:?}");
+            // Recycled rounds, each way after the other.
+            let mut a = a.recycle();
+            together(&mut a, 2.0);
+            let mut b = b.recycle();
+            one_by_one(&mut b, 2.0);
+            assert_eq!(a.observations, b.observations, "{labels:?}");
+            let mut c = Samples::default();
+            one_by_one(&mut c, 2.0);
+            assert_eq!(a.observations, c.observations, "{labels:?}");
+        }
     }
 }

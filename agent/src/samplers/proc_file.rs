@@ -29,7 +29,11 @@ pub(crate) struct ProcFile {
     path: PathBuf,
     /// Kept open while it is on procfs.
     file: Option<File>,
+    /// Zero-filled once as it grows, never again: a read writes over the
+    /// bytes the last one left, and only `buf[..filled]` is the file.
     buf: Vec<u8>,
+    /// How much of `buf` the last read filled.
+    filled: usize,
 }
 
 impl ProcFile {
@@ -39,6 +43,7 @@ impl ProcFile {
             path,
             file: None,
             buf: Vec::new(),
+            filled: 0,
         }
     }
 
@@ -49,20 +54,23 @@ impl ProcFile {
 
     /// The whole file as it is now.
     pub(crate) fn read(&mut self) -> io::Result<&[u8]> {
+        self.filled = 0;
         if let Some(file) = &self.file {
-            if read_whole(file, &mut self.buf).is_ok() {
-                return Ok(&self.buf);
+            if let Ok(n) = read_whole(file, &mut self.buf) {
+                self.filled = n;
+                return Ok(&self.buf[..n]);
             }
             // Opened again below: the error may have been the old
             // descriptor's alone.
             self.file = None;
         }
         let file = File::open(&self.path)?;
-        read_whole(&file, &mut self.buf)?;
+        let n = read_whole(&file, &mut self.buf)?;
+        self.filled = n;
         if is_procfs(&file) {
             self.file = Some(file);
         }
-        Ok(&self.buf)
+        Ok(&self.buf[..n])
     }
 
     /// The whole file as text. Invalid UTF-8 (possible only in device
@@ -70,7 +78,7 @@ impl ProcFile {
     /// digits anyway.
     pub(crate) fn text(&mut self) -> Result<Cow<'_, str>, SampleError> {
         match self.read() {
-            Ok(_) => Ok(String::from_utf8_lossy(&self.buf)),
+            Ok(_) => Ok(String::from_utf8_lossy(&self.buf[..self.filled])),
             Err(source) => Err(SampleError::Read {
                 path: self.path.display().to_string(),
                 source,
@@ -79,27 +87,21 @@ impl ProcFile {
     }
 }
 
-/// Reads `file` from offset 0 to its end into `buf`.
-fn read_whole(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
+/// Reads `file` from offset 0 to its end into the start of `buf`,
+/// returning how many bytes it has. `buf` only grows, by zero-filled
+/// chunks, when the file no longer fits: what a file's earlier read left
+/// behind its end is not part of it and is never zeroed again.
+fn read_whole(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut filled = 0;
     loop {
-        if buf.capacity() - buf.len() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
+        if buf.len() - filled < READ_CHUNK {
+            buf.resize(filled + READ_CHUNK, 0);
         }
-        let start = buf.len();
-        buf.resize(buf.capacity(), 0);
-        let read = file.read_at(&mut buf[start..], start as u64);
-        match read {
-            Ok(0) => {
-                buf.truncate(start);
-                return Ok(());
-            }
-            Ok(n) => buf.truncate(start + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e);
-            }
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => return Ok(filled),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -167,6 +169,10 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "two, longer than one").unwrap();
         assert_eq!(f.text().unwrap(), "two, longer than one");
+        // Shorter again: nothing of the longer read shows behind it.
+        std::fs::write(&path, "3").unwrap();
+        assert_eq!(f.text().unwrap(), "3");
+        assert_eq!(f.read().unwrap(), b"3");
         std::fs::remove_file(&path).unwrap();
         assert!(f.read().is_err());
     }
@@ -177,8 +183,10 @@ mod tests {
         let path = dir.path().join("big");
         let text: String = (0..20_000).map(|i| format!("{i}\n")).collect();
         std::fs::write(&path, &text).unwrap();
-        let mut f = ProcFile::new(path);
+        let mut f = ProcFile::new(path.clone());
         assert_eq!(f.text().unwrap(), text);
+        std::fs::write(&path, &text[..100]).unwrap();
+        assert_eq!(f.text().unwrap(), &text[..100]);
         let mut mounts = ProcFile::new(PathBuf::from("/proc/self/mountinfo"));
         let once = mounts.read().unwrap().to_vec();
         assert_eq!(once, std::fs::read("/proc/self/mountinfo").unwrap());

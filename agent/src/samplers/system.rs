@@ -290,6 +290,9 @@ pub struct SystemSampler {
     snmp: ProcFile,
     netstat: ProcFile,
     snmp6: ProcFile,
+    /// The protocol statistics of the round before, whose strings the
+    /// next round takes over where the files have not changed shape.
+    netstats: Vec<NetStat>,
 }
 
 impl SystemSampler {
@@ -310,6 +313,7 @@ impl SystemSampler {
             snmp: proc_file("net/snmp"),
             netstat: proc_file("net/netstat"),
             snmp6: proc_file("net/snmp6"),
+            netstats: Vec::new(),
         }
     }
 
@@ -400,17 +404,18 @@ impl SystemSampler {
     }
 
     fn sample_netstat(&mut self, out: &mut Samples) -> Result<(), SampleError> {
-        let mut stats = Vec::new();
+        let mut before = std::mem::take(&mut self.netstats);
+        let mut stats = Vec::with_capacity(before.len());
         let snmp = self
             .snmp
             .text()
-            .map(|t| parse_netstat_pairs(&t, &mut stats));
+            .map(|t| parse_netstat_pairs(&t, &mut stats, &mut before));
         let netstat = self
             .netstat
             .text()
-            .map(|t| parse_netstat_pairs(&t, &mut stats));
+            .map(|t| parse_netstat_pairs(&t, &mut stats, &mut before));
         match self.snmp6.text() {
-            Ok(text) => parse_snmp6(&text, &mut stats),
+            Ok(text) => parse_snmp6(&text, &mut stats, &mut before),
             Err(e) => tracing::debug!(error = %e, "leaving IPv6 protocol counters out"),
         }
         for stat in &stats {
@@ -421,6 +426,7 @@ impl SystemSampler {
             });
             out.push(&stat.metric, &[], stat.value);
         }
+        self.netstats = stats;
         snmp.and(netstat)
     }
 }
@@ -485,7 +491,7 @@ fn parse_diskstats(text: &str) -> Vec<Disk> {
 }
 
 fn parse_diskstats_line(line: &str) -> Option<Disk> {
-    let mut fields = line.split_whitespace();
+    let mut fields = line.split_ascii_whitespace();
     parse_u64(fields.next()?)?;
     parse_u64(fields.next()?)?;
     let name = fields.next()?;
@@ -554,7 +560,7 @@ struct PressureTotals {
 fn parse_pressure(text: &str) -> PressureTotals {
     let mut totals = PressureTotals::default();
     for line in text.lines() {
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         let slot = match words.next() {
             Some("some") => &mut totals.some,
             Some("full") => &mut totals.full,
@@ -573,7 +579,7 @@ fn parse_pressure(text: &str) -> PressureTotals {
 /// /proc/sys/fs/file-nr: allocated handles, allocated-but-unused handles
 /// (always 0 since 2.6) and the maximum. Returns (allocated, maximum).
 fn parse_file_nr(text: &str) -> Option<(f64, f64)> {
-    let mut words = text.split_whitespace().map(parse_u64);
+    let mut words = text.split_ascii_whitespace().map(parse_u64);
     let allocated = words.next()??;
     let _unused = words.next()??;
     let maximum = words.next()??;
@@ -645,14 +651,36 @@ fn parse_stat_value(s: &str) -> Option<f64> {
 
 /// Adds one selected statistic, unless it is already there (a protocol
 /// printed twice would make two identical series) or would not make a
-/// valid metric name.
-fn add_netstat(stats: &mut Vec<NetStat>, protocol: &str, field: &str, value: &str) {
+/// valid metric name. The strings of the statistic at the same place in
+/// `before` (an earlier read's) are taken over when it is the same one.
+fn add_netstat(
+    stats: &mut Vec<NetStat>,
+    before: &mut [NetStat],
+    protocol: &str,
+    field: &str,
+    value: &str,
+) {
     if !is_reported_netstat_field(protocol, field) {
         return;
     }
     let Some(value) = parse_stat_value(value) else {
         return;
     };
+    let earlier = before
+        .get_mut(stats.len())
+        .filter(|e| !e.metric.is_empty() && e.protocol == protocol && e.field == field);
+    if let Some(earlier) = earlier {
+        // Its name follows from protocol and field: valid, since kept.
+        if !stats.iter().any(|s| s.metric == earlier.metric) {
+            stats.push(NetStat {
+                protocol: std::mem::take(&mut earlier.protocol),
+                field: std::mem::take(&mut earlier.field),
+                metric: std::mem::take(&mut earlier.metric),
+                value,
+            });
+        }
+        return;
+    }
     let metric = format!("node_netstat_{protocol}_{field}");
     if !is_valid_metric_name(&metric) || stats.iter().any(|s| s.metric == metric) {
         return;
@@ -669,7 +697,7 @@ fn add_netstat(stats: &mut Vec<NetStat>, protocol: &str, field: &str, value: &st
 /// field names and then a line of values, both starting `Proto:`. A pair
 /// whose lengths differ is left out whole, since values could not be
 /// matched to names; so is a header without its values line.
-fn parse_netstat_pairs(text: &str, stats: &mut Vec<NetStat>) {
+fn parse_netstat_pairs(text: &str, stats: &mut Vec<NetStat>, before: &mut [NetStat]) {
     let mut header: Option<(&str, &str)> = None;
     for line in text.lines() {
         let Some((protocol, rest)) = line.split_once(':') else {
@@ -678,13 +706,13 @@ fn parse_netstat_pairs(text: &str, stats: &mut Vec<NetStat>) {
         };
         match header.take() {
             Some((head_protocol, names)) if head_protocol == protocol => {
-                let names = names.split_whitespace();
-                if names.clone().count() != rest.split_whitespace().count() {
+                let names = names.split_ascii_whitespace();
+                if names.clone().count() != rest.split_ascii_whitespace().count() {
                     tracing::debug!(protocol, "names and values differ in length; left out");
                     continue;
                 }
-                for (name, value) in names.zip(rest.split_whitespace()) {
-                    add_netstat(stats, protocol, name, value);
+                for (name, value) in names.zip(rest.split_ascii_whitespace()) {
+                    add_netstat(stats, before, protocol, name, value);
                 }
             }
             _ => header = Some((protocol, rest)),
@@ -695,9 +723,9 @@ fn parse_netstat_pairs(text: &str, stats: &mut Vec<NetStat>) {
 /// Parses /proc/net/snmp6: one `Udp6InDatagrams  123` per line. The
 /// protocol is the name up to and including its first '6' (`Ip6`,
 /// `Icmp6`, `Udp6`, `UdpLite6`), the field the rest.
-fn parse_snmp6(text: &str, stats: &mut Vec<NetStat>) {
+fn parse_snmp6(text: &str, stats: &mut Vec<NetStat>, before: &mut [NetStat]) {
     for line in text.lines() {
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         let (Some(name), Some(value), None) = (words.next(), words.next(), words.next()) else {
             continue;
         };
@@ -706,7 +734,7 @@ fn parse_snmp6(text: &str, stats: &mut Vec<NetStat>) {
         };
         let (protocol, field) = name.split_at(six + 1);
         if !field.is_empty() {
-            add_netstat(stats, protocol, field, value);
+            add_netstat(stats, before, protocol, field, value);
         }
     }
 }
@@ -1297,6 +1325,44 @@ UdpLite6InErrors                \t48
     }
 
     #[test]
+    fn protocol_statistics_read_after_others_are_parsed_as_if_alone() {
+        // (snmp, netstat, snmp6) as one round reads them.
+        let parse = |texts: [&str; 3], before: &mut Vec<NetStat>| {
+            let mut stats = Vec::new();
+            parse_netstat_pairs(texts[0], &mut stats, before);
+            parse_netstat_pairs(texts[1], &mut stats, before);
+            parse_snmp6(texts[2], &mut stats, before);
+            stats
+        };
+        let rounds = [
+            [SNMP, NETSTAT, SNMP6],
+            [SNMP, "", SNMP6],
+            ["", NETSTAT, SNMP6],
+            [NETSTAT, SNMP, ""],
+            // Same fields in another order; repeated; another protocol.
+            [
+                "Tcp: InSegs ActiveOpens\nTcp: 1 2\n",
+                "Tcp: ActiveOpens InSegs\nTcp: 3 4\n",
+                "Udp6InErrors 5\nUdp6InErrors 6\n",
+            ],
+            [
+                "Tcp: ActiveOpens InSegs\nTcp: 3 4\n",
+                "Udp: InSegs ActiveOpens\nUdp: 1 2\n",
+                "Udp6InErrors 5\nIcmp6InErrors 6\n",
+            ],
+        ];
+        for a in rounds {
+            for b in rounds {
+                let alone = parse(b, &mut Vec::new());
+                let mut before = parse(a, &mut Vec::new());
+                assert_eq!(parse(b, &mut before), alone, "{a:?} then {b:?}");
+                let mut before = alone.clone();
+                assert_eq!(parse(b, &mut before), alone, "{b:?} twice");
+            }
+        }
+    }
+
+    #[test]
     fn netstat_pairs_that_do_not_line_up_are_skipped_whole() {
         let mut stats = Vec::new();
         parse_netstat_pairs(
@@ -1305,6 +1371,7 @@ UdpLite6InErrors                \t48
              Ip: Forwarding\nIp: x\n\
              Udp: NoPorts InErrors\nUdp: 3 4\nUdp: NoPorts\nUdp: 9\n",
             &mut stats,
+            &mut [],
         );
         let got: Vec<(&str, f64)> = stats.iter().map(|s| (s.metric.as_str(), s.value)).collect();
         assert_eq!(
@@ -1480,8 +1547,8 @@ UdpLite6InErrors                \t48
                 let _ = parse_pressure(cut);
                 let _ = parse_file_nr(cut);
                 let mut stats = Vec::new();
-                parse_netstat_pairs(cut, &mut stats);
-                parse_snmp6(cut, &mut stats);
+                parse_netstat_pairs(cut, &mut stats, &mut []);
+                parse_snmp6(cut, &mut stats, &mut []);
                 for name in cut.split_whitespace() {
                     let _ = is_excluded_disk(name);
                 }
