@@ -14,8 +14,10 @@ use nines_shared::telemetry::{
 use nines_shared::{Batch, UnixMillis};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The sampling loop's own metrics.
 #[derive(Clone)]
@@ -125,48 +127,96 @@ pub async fn sample_and_spool_forever(
     round_forever(round, interval, None, stop).await;
 }
 
-/// Runs a round every `interval` on a blocking thread, in one hand-off:
-/// /proc reads and statvfs can block (a hung network mount), and so can
-/// the spool's fdatasync, so neither runs on the async thread. A batch the
-/// round did not spool goes to `tx`.
+/// Runs a round every `interval` on a thread of its own, which sleeps
+/// between rounds: /proc reads and statvfs can block (a hung network
+/// mount), and so can the spool's fdatasync, so neither runs on the async
+/// thread, and the async thread is not woken to start a round (only, once
+/// per round, by the lanes' batch). A batch the round did not spool goes
+/// to `tx`. Returns once the thread has stopped (after `stop`, it finishes
+/// the round under way).
 async fn round_forever(
     round: Round,
     interval: Duration,
     tx: Option<mpsc::Sender<Batch>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut round = Some(round);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => {
-                if *stop.borrow() { return; }
-                continue;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (done_tx, mut done) = oneshot::channel::<()>();
+    let thread = {
+        let stopped = stopped.clone();
+        std::thread::Builder::new()
+            .name("sampling".into())
+            .spawn(move || {
+                rounds_until_stopped(round, interval, tx.as_ref(), &stopped);
+                let _ = done_tx.send(());
+            })
+    };
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the sampling thread; not sampling");
+            return;
+        }
+    };
+    let stopping = async {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                // Nobody can stop us any more: sample for good.
+                std::future::pending::<()>().await;
             }
         }
-        let Some(mut r) = round.take() else { return };
-        let joined = tokio::task::spawn_blocking(move || {
-            let batch = r.run();
-            (r, batch)
-        })
-        .await;
-        let Ok((r, batch)) = joined else {
-            tracing::error!("a sampler panicked; stopping sampling");
+    };
+    tokio::select! {
+        ended = &mut done => {
+            if ended.is_err() {
+                tracing::error!("a sampler panicked; stopping sampling");
+            }
             return;
-        };
-        round = Some(r);
-        if let (Some(tx), Some(batch)) = (&tx, batch) {
-            if tx.send(batch).await.is_err() {
+        }
+        () = stopping => {}
+    }
+    stopped.store(true, Ordering::Release);
+    thread.thread().unpark();
+    if done.await.is_err() {
+        tracing::error!("a sampler panicked; stopping sampling");
+    }
+}
+
+/// Runs `round` every `interval` (the first at once; one that overran
+/// delays the next by a whole interval) until `stopped`, or `tx` closes.
+fn rounds_until_stopped(
+    mut round: Round,
+    interval: Duration,
+    tx: Option<&mpsc::Sender<Batch>>,
+    stopped: &AtomicBool,
+) {
+    let mut next = Instant::now();
+    loop {
+        loop {
+            if stopped.load(Ordering::Acquire) {
                 return;
             }
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            std::thread::park_timeout(next - now);
+        }
+        let batch = round.run();
+        if let (Some(tx), Some(batch)) = (tx, batch) {
+            if tx.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now + interval;
         }
     }
 }
 
-/// What one sampling round needs, moved to the blocking thread that runs
-/// it and back.
+/// What one sampling round needs, owned by the thread that runs rounds.
 struct Round {
     samplers: SamplerSet,
     batcher: Batcher,
@@ -470,4 +520,49 @@ pub fn stop_on_signal() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rounds_run_on_their_thread_until_stopped() {
+        let registry = Registry::new();
+        let metrics = SamplingMetrics::register(&registry).with_health_in_batches(&registry);
+        let rounds = metrics.rounds.clone();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (stop_tx, stop) = watch::channel(false);
+        let sampling = tokio::spawn(sample_forever(
+            SamplerSet::new(PathBuf::from("/")),
+            Batcher::new("test-agent", "test", "node"),
+            Duration::from_millis(20),
+            tx,
+            metrics,
+            None,
+            stop,
+        ));
+        let deadline = Duration::from_secs(30);
+        let first = tokio::time::timeout(deadline, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let second = tokio::time::timeout(deadline, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.seq.0, first.seq.0 + 1);
+        assert!(!second.groups.is_empty());
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(deadline, sampling)
+            .await
+            .expect("sampling stops")
+            .unwrap();
+        // Stopped: no round starts any more.
+        let done = rounds.get();
+        assert!(done >= 2);
+        while rx.try_recv().is_ok() {}
+        assert!(rx.recv().await.is_none(), "the thread dropped its sender");
+        assert_eq!(rounds.get(), done);
+    }
 }

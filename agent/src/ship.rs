@@ -938,6 +938,38 @@ mod tests {
     }
 
     #[test]
+    fn pending_acknowledgements_are_marked_by_the_next_blocking_call() {
+        use crate::spool::{SpoolMetrics, SpoolOptions, SyncPolicy};
+        let dir = tempfile::tempdir().unwrap();
+        let registry = nines_shared::telemetry::Registry::new();
+        let metrics = ShipMetrics::register(&registry);
+        let opts = SpoolOptions {
+            sync: SyncPolicy::None,
+            ..SpoolOptions::default()
+        };
+        let mut spool = Spool::open(dir.path(), opts, SpoolMetrics::register(&registry)).unwrap();
+        let c = spool.cursor("c-x").unwrap();
+        for _ in 0..5 {
+            spool.append(b"record").unwrap();
+        }
+        let spool = Mutex::new(spool);
+        let pending = PendingAcks::default();
+        // Acks made while the spool was busy, out of order: the furthest
+        // counts.
+        pending.add(&c, RecordId(3));
+        pending.add(&c, RecordId(2));
+        assert_eq!(spool.lock().unwrap().next_unread(&c).unwrap(), RecordId(1));
+        write_acks(&spool, &pending, &metrics);
+        let s = spool.lock().unwrap();
+        assert_eq!(s.next_unread(&c).unwrap(), RecordId(4));
+        assert_eq!(metrics.lag.with(&["c-x"]).get(), 2.0);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cursor-c-x")).unwrap(),
+            "00000000000000000004\n"
+        );
+    }
+
+    #[test]
     fn cursor_names_are_usable_and_distinct() {
         assert_eq!(cursor_name("http://10.0.0.5:9797"), "c-10.0.0.5_9797");
         assert_ne!(cursor_name("http://a:1"), cursor_name("http://a:2"));
