@@ -226,6 +226,7 @@ struct Round {
     spooler: Option<Spooler>,
     /// The round before last, whose label sets the next round reuses.
     spare: Samples,
+    /// Whether the start-up pages were given back (after the first round).
     started_up: bool,
 }
 
