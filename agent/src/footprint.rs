@@ -43,16 +43,37 @@ pub fn one_heap() {
 /// Free heap bytes above which they are given back.
 pub const RELEASE_ABOVE_BYTES: usize = 1 << 20;
 
+/// How often [`release_free_memory`] looks at the heap at most: asking
+/// the allocator how much is free walks its free lists, which cost more
+/// than the rest of it each round at a 1 s interval.
+pub const RELEASE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Gives the free pages of the heap back to the kernel when more than
-/// [`RELEASE_ABOVE_BYTES`] have come free since it last did. (Free bytes
-/// the kernel already has back still count as free to the allocator, so
-/// the total alone would have it trim every round once that much was.)
+/// [`RELEASE_ABOVE_BYTES`] have come free since it last did, looking at
+/// most every [`RELEASE_CHECK_EVERY`] (a call in between does nothing; the
+/// first looks). (Free bytes the kernel already has back still count as
+/// free to the allocator, so the total alone would have it trim every
+/// round once that much was.) The heap's free top goes back as soon as it
+/// passes [`RELEASE_ABOVE_BYTES`] either way (see [`one_heap`]): what waits
+/// is free memory below the top.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        use std::sync::Mutex;
         use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Instant;
         /// Free heap bytes right after the last trim.
         static AFTER_TRIM: AtomicUsize = AtomicUsize::new(0);
+        /// When the heap was last looked at.
+        static LOOKED: Mutex<Option<Instant>> = Mutex::new(None);
+        {
+            let mut looked = LOOKED.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if looked.is_some_and(|t| now.duration_since(t) < RELEASE_CHECK_EVERY) {
+                return;
+            }
+            *looked = Some(now);
+        }
         // SAFETY: mallinfo2 only reads the allocator's statistics and
         // malloc_trim only returns free memory to the kernel.
         unsafe {

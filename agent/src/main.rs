@@ -82,8 +82,9 @@ fn run(o: Overrides) -> ExitCode {
     nines_agent::logging::init(cfg.log_format);
     nines_agent::footprint::one_heap();
     // One thread does all the network work (pushes, probes, StatsD,
-    // /metrics); sampling and spool writes run on the blocking pool, so
-    // they never delay a probe's timings.
+    // /metrics); sampling rounds and spool appends run on a sampling
+    // thread of their own (spool reads on the blocking pool), so they
+    // never delay a probe's timings.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -2,22 +2,31 @@
 //! client libraries name them), read from /proc/self. Both binaries
 //! register these; nothing here samples the host.
 
-use nines_shared::telemetry::Registry;
+use nines_shared::telemetry::{FnKind, Registry};
 
 /// Registers `process_resident_memory_bytes`, `process_cpu_seconds_total`
-/// and `process_start_time_seconds`. The first two read /proc/self/stat
-/// whenever the registry is rendered; the start time, fixed, is read once
-/// here (it needs the boot time from /proc/stat, a dearer file).
+/// and `process_start_time_seconds`. The first two come from one read of
+/// /proc/self/stat whenever the registry is rendered; the start time,
+/// fixed, is read once here (it needs the boot time from /proc/stat, a
+/// dearer file).
 pub fn register(r: &Registry) {
-    r.gauge_fn(
-        "process_resident_memory_bytes",
-        "Resident memory of this process in bytes.",
-        || self_stat().map(|s| s.rss_bytes).unwrap_or(f64::NAN),
-    );
-    r.counter_fn(
-        "process_cpu_seconds_total",
-        "User and system CPU time of this process in seconds.",
-        || self_stat().map(|s| s.cpu_seconds).unwrap_or(f64::NAN),
+    r.fn_group(
+        &[
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of this process in bytes.",
+                FnKind::Gauge,
+            ),
+            (
+                "process_cpu_seconds_total",
+                "User and system CPU time of this process in seconds.",
+                FnKind::Counter,
+            ),
+        ],
+        || match self_stat() {
+            Some(s) => vec![s.rss_bytes, s.cpu_seconds],
+            None => vec![f64::NAN, f64::NAN],
+        },
     );
     let start = start_time_seconds().unwrap_or(f64::NAN);
     r.gauge_fn(

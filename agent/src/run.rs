@@ -6,7 +6,7 @@ use crate::batch::Batcher;
 use crate::config::AgentConfig;
 use crate::pull::LatestRound;
 use crate::samplers::{SamplerSet, Samples};
-use crate::ship::{Destinations, ShipMetrics};
+use crate::ship::{Destinations, ShipMetrics, Spooler};
 use nines_shared::exposition::TEXT_CONTENT_TYPE;
 use nines_shared::telemetry::{
     Counter, CounterVec, Gauge, GaugeVec, Histogram, LATENCY_BUCKETS, Registry,
@@ -14,8 +14,10 @@ use nines_shared::telemetry::{
 use nines_shared::{Batch, UnixMillis};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The sampling loop's own metrics.
 #[derive(Clone)]
@@ -71,7 +73,7 @@ impl SamplingMetrics {
         }
     }
 
-    /// After every round (once its batch is handed on), the heap's free
+    /// After every round (once its batch is spooled), the heap's free
     /// pages go back to the kernel when many are free (see
     /// [`crate::footprint::release_free_memory`]), so the agent's resident
     /// memory stays near what it holds.
@@ -95,46 +97,167 @@ impl SamplingMetrics {
     }
 }
 
-/// Samples the host at `root` every `interval` and sends one batch per
-/// round to `tx`, until `stop` turns true or `tx` closes.
+/// Samples the host every `interval` and sends one batch per round to
+/// `tx`, until `stop` turns true or `tx` closes.
 pub async fn sample_forever(
     samplers: SamplerSet,
-    mut batcher: Batcher,
+    batcher: Batcher,
     interval: Duration,
     tx: mpsc::Sender<Batch>,
     metrics: SamplingMetrics,
     latest: Option<LatestRound>,
+    stop: watch::Receiver<bool>,
+) {
+    let round = Round::new(samplers, batcher, metrics, latest, None);
+    round_forever(round, interval, Some(tx), stop).await;
+}
+
+/// Samples the host every `interval` and spools one batch per round
+/// (which wakes the shipper's lanes), until `stop` turns true.
+pub async fn sample_and_spool_forever(
+    samplers: SamplerSet,
+    batcher: Batcher,
+    interval: Duration,
+    spooler: Spooler,
+    metrics: SamplingMetrics,
+    latest: Option<LatestRound>,
+    stop: watch::Receiver<bool>,
+) {
+    let round = Round::new(samplers, batcher, metrics, latest, Some(spooler));
+    round_forever(round, interval, None, stop).await;
+}
+
+/// Runs a round every `interval` on a thread of its own, which sleeps
+/// between rounds: /proc reads and statvfs can block (a hung network
+/// mount), and so can the spool's fdatasync, so neither runs on the async
+/// thread, and the async thread is not woken to start a round (only, once
+/// per round, by the lanes' batch). A batch the round did not spool goes
+/// to `tx`. Returns once the thread has stopped (after `stop`, it finishes
+/// the round under way).
+async fn round_forever(
+    round: Round,
+    interval: Duration,
+    tx: Option<mpsc::Sender<Batch>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sampler = Some(samplers);
-    // The round before last, whose label sets the next round reuses.
-    let mut spare = Samples::default();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut started_up = false;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => {
-                if *stop.borrow() { return; }
-                continue;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (done_tx, mut done) = oneshot::channel::<()>();
+    let thread = {
+        let stopped = stopped.clone();
+        std::thread::Builder::new()
+            .name("sampling".into())
+            .spawn(move || {
+                rounds_until_stopped(round, interval, tx.as_ref(), &stopped);
+                let _ = done_tx.send(());
+            })
+    };
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the sampling thread; not sampling");
+            return;
+        }
+    };
+    let stopping = async {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                // Nobody can stop us any more: sample for good.
+                std::future::pending::<()>().await;
             }
         }
+    };
+    tokio::select! {
+        ended = &mut done => {
+            if ended.is_err() {
+                tracing::error!("a sampler panicked; stopping sampling");
+            }
+            return;
+        }
+        () = stopping => {}
+    }
+    stopped.store(true, Ordering::Release);
+    thread.thread().unpark();
+    if done.await.is_err() {
+        tracing::error!("a sampler panicked; stopping sampling");
+    }
+}
+
+/// Runs `round` every `interval` (the first at once; one that overran
+/// delays the next by a whole interval) until `stopped`, or `tx` closes.
+fn rounds_until_stopped(
+    mut round: Round,
+    interval: Duration,
+    tx: Option<&mpsc::Sender<Batch>>,
+    stopped: &AtomicBool,
+) {
+    let mut next = Instant::now();
+    loop {
+        loop {
+            if stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            std::thread::park_timeout(next - now);
+        }
+        let batch = round.run();
+        if let (Some(tx), Some(batch)) = (tx, batch) {
+            if tx.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now + interval;
+        }
+    }
+}
+
+/// What one sampling round needs, owned by the thread that runs rounds.
+struct Round {
+    samplers: SamplerSet,
+    batcher: Batcher,
+    metrics: SamplingMetrics,
+    latest: Option<LatestRound>,
+    /// Where batches go, if the round spools them itself.
+    spooler: Option<Spooler>,
+    /// The round before last, whose label sets the next round reuses.
+    spare: Samples,
+    /// Whether the start-up pages were given back (after the first round).
+    started_up: bool,
+}
+
+impl Round {
+    fn new(
+        samplers: SamplerSet,
+        batcher: Batcher,
+        metrics: SamplingMetrics,
+        latest: Option<LatestRound>,
+        spooler: Option<Spooler>,
+    ) -> Self {
+        Round {
+            samplers,
+            batcher,
+            metrics,
+            latest,
+            spooler,
+            spare: Samples::default(),
+            started_up: false,
+        }
+    }
+
+    /// Samples, batches and (with a spooler) spools one round; returns the
+    /// batch when there is no spooler to take it. Blocks.
+    fn run(&mut self) -> Option<Batch> {
         let at = UnixMillis::now();
         let started = Instant::now();
-        let Some(mut s) = sampler.take() else { return };
-        let mut out = std::mem::take(&mut spare).recycle();
-        // /proc reads and statvfs can block (a hung network mount): keep
-        // them off the async workers.
-        let joined = tokio::task::spawn_blocking(move || {
-            let failed = s.sample(&mut out);
-            (s, out, failed)
-        })
-        .await;
-        let Ok((s, out, failed)) = joined else {
-            tracing::error!("a sampler panicked; stopping sampling");
-            return;
-        };
+        let metrics = &self.metrics;
+        let mut out = std::mem::take(&mut self.spare).recycle();
+        let failed = self.samplers.sample(&mut out);
+        let s = &self.samplers;
         metrics
             .connection_dumps
             .set(s.connection_dumps().unwrap_or(0) as f64);
@@ -145,7 +268,6 @@ pub async fn sample_forever(
                 .with(&[method])
                 .set(if used == Some(method) { 1.0 } else { 0.0 });
         }
-        sampler = Some(s);
         for (name, e) in failed {
             metrics.errors.with(&[name]).inc();
             tracing::warn!(sampler = name, error = %e, "sampler failed");
@@ -161,29 +283,31 @@ pub async fn sample_forever(
         if let Some(r) = &metrics.health {
             if let Err(e) = crate::health::append_registry(r, &mut round) {
                 metrics.errors.with(&["health"]).inc();
-                tracing::warn!(error = %e, "cannot read the agent's own metrics");
+                tracing::warn!(error = %e, "cannot read all of the agent's own metrics");
             }
         }
-        let batch = (!round.observations.is_empty()).then(|| batcher.batch(&round, at));
-        spare = match &latest {
+        let batch = (!round.observations.is_empty()).then(|| self.batcher.batch(&round, at));
+        self.spare = match &self.latest {
             Some(l) => l.replace(round, sampled, families),
             None => round,
         };
-        let Some(batch) = batch else {
-            continue;
+        let batch = match (batch, &self.spooler) {
+            (Some(b), Some(spooler)) => {
+                spooler.append_blocking(b);
+                None
+            }
+            (batch, _) => batch,
         };
-        if tx.send(batch).await.is_err() {
-            return;
-        }
-        if metrics.release_memory {
+        if self.metrics.release_memory {
             crate::footprint::release_free_memory();
-            if !started_up {
+            if !self.started_up {
                 // Start-up (config, spool, client, samplers' first round)
                 // is done: its code need not stay resident.
                 crate::footprint::release_start_up_pages();
-                started_up = true;
+                self.started_up = true;
             }
         }
+        batch
     }
 }
 
@@ -281,24 +405,19 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
         "agent started"
     );
 
-    let (tx, mut rx) = mpsc::channel::<Batch>(64);
     let latest = listener.as_ref().map(|_| LatestRound::default());
     let samplers = build_samplers(&cfg, stop.clone())?;
-    let sampling_task = tokio::spawn(sample_forever(
+    // Every batch goes to disk before any lane sends it: the round spools
+    // it before it wakes them.
+    let sampling_task = tokio::spawn(sample_and_spool_forever(
         samplers,
         batcher,
         cfg.interval,
-        tx,
+        spooler,
         sampling,
         latest.clone(),
         stop.clone(),
     ));
-    // Every batch goes to disk before any lane sends it.
-    let spool_task = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            spooler.append(b).await;
-        }
-    });
     let server = listener.map(|l| {
         tokio::spawn(serve_metrics(
             l,
@@ -323,7 +442,6 @@ pub async fn run(cfg: AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Resul
     );
 
     let _ = sampling_task.await;
-    let _ = spool_task.await;
     for lane in lanes {
         let _ = lane.await;
     }
@@ -403,4 +521,49 @@ pub fn stop_on_signal() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rounds_run_on_their_thread_until_stopped() {
+        let registry = Registry::new();
+        let metrics = SamplingMetrics::register(&registry).with_health_in_batches(&registry);
+        let rounds = metrics.rounds.clone();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (stop_tx, stop) = watch::channel(false);
+        let sampling = tokio::spawn(sample_forever(
+            SamplerSet::new(PathBuf::from("/")),
+            Batcher::new("test-agent", "test", "node"),
+            Duration::from_millis(20),
+            tx,
+            metrics,
+            None,
+            stop,
+        ));
+        let deadline = Duration::from_secs(30);
+        let first = tokio::time::timeout(deadline, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let second = tokio::time::timeout(deadline, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.seq.0, first.seq.0 + 1);
+        assert!(!second.groups.is_empty());
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(deadline, sampling)
+            .await
+            .expect("sampling stops")
+            .unwrap();
+        // Stopped: no round starts any more.
+        let done = rounds.get();
+        assert!(done >= 2);
+        while rx.try_recv().is_ok() {}
+        assert!(rx.recv().await.is_none(), "the thread dropped its sender");
+        assert_eq!(rounds.get(), done);
+    }
 }

@@ -125,18 +125,61 @@ pub struct Destinations {
 /// up sends it without reading it back from disk.
 type Latest = Option<(RecordId, Arc<Batch>)>;
 
+/// Acknowledgements a lane made while the spool was busy (another lane's
+/// read, a round's append), by cursor: the next blocking call on the spool
+/// marks them before it does anything else.
+#[derive(Clone, Default)]
+struct PendingAcks(Arc<Mutex<HashMap<String, (Cursor, RecordId)>>>);
+
+impl PendingAcks {
+    fn add(&self, cursor: &Cursor, upto: RecordId) {
+        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = p
+            .entry(cursor.name().to_string())
+            .or_insert_with(|| (cursor.clone(), upto));
+        entry.1 = entry.1.max(upto);
+    }
+
+    /// Marks every pending acknowledgement in `spool` and sets the lanes'
+    /// lag gauges.
+    fn mark(&self, spool: &mut Spool, metrics: &ShipMetrics) {
+        let pending = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for (cursor, upto) in pending.into_values() {
+            mark_acked(spool, &cursor, upto, metrics);
+        }
+    }
+}
+
+/// Marks `upto` acknowledged for `cursor` (in memory: the file follows at
+/// the spool's next append) and sets the lane's lag gauge.
+fn mark_acked(spool: &mut Spool, cursor: &Cursor, upto: RecordId, metrics: &ShipMetrics) {
+    let res = spool
+        .mark_acked(cursor, upto)
+        .and_then(|()| spool.lag(cursor));
+    match res {
+        Ok(lag) => metrics.lag.with(&[cursor.name()]).set(lag as f64),
+        Err(e) => {
+            tracing::error!(lane = %cursor.name(), error = %e, "cannot record delivery in the spool; batches may be sent again")
+        }
+    }
+}
+
 /// Puts batches into the spool and wakes the lanes.
 pub struct Spooler {
     spool: Arc<Mutex<Spool>>,
     table: Arc<Mutex<SeriesTable>>,
     appended: watch::Sender<Latest>,
+    pending: PendingAcks,
     metrics: ShipMetrics,
 }
 
 impl Spooler {
     /// Spools a batch with every definition it uses, so any later agent
-    /// process can deliver it.
-    pub async fn append(&self, batch: Batch) {
+    /// process can deliver it, then wakes the lanes. Blocks on disk I/O
+    /// (the record is fdatasync'd, and acknowledgements made since the
+    /// last append are written to the cursor files): call it from a
+    /// blocking thread.
+    pub fn append_blocking(&self, batch: Batch) {
         let record = self
             .table
             .lock()
@@ -151,27 +194,30 @@ impl Spooler {
             metadata: Vec::new(),
             ..batch
         };
-        let spool = self.spool.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            spool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .append(&record)
-        })
-        .await;
+        let res = {
+            let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+            self.pending.mark(&mut spool, &self.metrics);
+            spool.append(&record)
+        };
         match res {
-            Ok(Ok(id)) => {
+            Ok(id) => {
                 self.appended.send_replace(Some((id, Arc::new(batch))));
-            }
-            Ok(Err(e)) => {
-                self.metrics.dropped.with(&["spool_error"]).inc();
-                tracing::error!(error = %e, seq = batch.seq.0, "batch could not be spooled; dropped");
             }
             Err(e) => {
                 self.metrics.dropped.with(&["spool_error"]).inc();
-                tracing::error!(error = %e, "spool task failed; batch dropped");
+                tracing::error!(error = %e, seq = batch.seq.0, "batch could not be spooled; dropped");
             }
         }
+    }
+}
+
+/// Writes every acknowledgement made so far to the cursor files. Blocks
+/// on disk I/O.
+fn write_acks(spool: &Mutex<Spool>, pending: &PendingAcks, metrics: &ShipMetrics) {
+    let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+    pending.mark(&mut spool, metrics);
+    if let Err(e) = spool.write_acks() {
+        tracing::error!(error = %e, "cannot record deliveries in the spool; those batches will be sent again");
     }
 }
 
@@ -234,6 +280,7 @@ pub fn start(
     }
     let spool = Arc::new(Mutex::new(spool));
     let (appended, appended_rx) = watch::channel(None);
+    let pending = PendingAcks::default();
     let tasks = cursors
         .into_iter()
         .map(|(cursor, links)| {
@@ -245,6 +292,7 @@ pub fn start(
             }
             let lane = Lane {
                 spool: spool.clone(),
+                pending: pending.clone(),
                 cursor,
                 links,
                 preferred: 0,
@@ -265,6 +313,7 @@ pub fn start(
             spool,
             table,
             appended,
+            pending,
             metrics,
         },
         tasks,
@@ -332,6 +381,8 @@ enum Delivered {
 /// One spool cursor and the collectors it delivers to.
 struct Lane {
     spool: Arc<Mutex<Spool>>,
+    /// Acknowledgements made while the spool was busy.
+    pending: PendingAcks,
     cursor: Cursor,
     links: Vec<Link>,
     /// The link that last worked (failover).
@@ -368,7 +419,27 @@ impl Item {
 }
 
 impl Lane {
-    async fn run(mut self, mut appended: watch::Receiver<Latest>, mut stop: watch::Receiver<bool>) {
+    /// Delivers until the agent stops, then writes this lane's
+    /// acknowledgements to its cursor file.
+    async fn run(self, appended: watch::Receiver<Latest>, stop: watch::Receiver<bool>) {
+        let (spool, pending, metrics) = (
+            self.spool.clone(),
+            self.pending.clone(),
+            self.metrics.clone(),
+        );
+        self.deliver_forever(appended, stop).await;
+        let written =
+            tokio::task::spawn_blocking(move || write_acks(&spool, &pending, &metrics)).await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "spool task failed; batches may be sent again");
+        }
+    }
+
+    async fn deliver_forever(
+        mut self,
+        mut appended: watch::Receiver<Latest>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let limits = WireLimits::default();
         // The id this lane's cursor reads next, once known.
         let mut next: Option<u64> = None;
@@ -387,7 +458,7 @@ impl Lane {
                         {
                             return;
                         }
-                        self.ack(Some(id)).await;
+                        self.ack(Some(id));
                         next = Some(n + 1);
                         continue;
                     }
@@ -442,7 +513,7 @@ impl Lane {
                 match self.deliver(&Item::Spooled(batch), &mut stop).await {
                     Delivered::Yes | Delivered::Rejected => done = Some(id),
                     Delivered::Stopped => {
-                        self.ack(done).await;
+                        self.ack(done);
                         return;
                     }
                 }
@@ -453,12 +524,12 @@ impl Lane {
                     if spent < self.drain_gap
                         && sleep_or_stop(self.drain_gap - spent, &mut stop).await
                     {
-                        self.ack(done).await;
+                        self.ack(done);
                         return;
                     }
                 }
             }
-            self.ack(done).await;
+            self.ack(done);
             next = done.map(|d| d.0 + 1);
         }
     }
@@ -468,8 +539,12 @@ impl Lane {
     async fn read(&self) -> Result<(Vec<(RecordId, Vec<u8>)>, RecordId), String> {
         let spool = self.spool.clone();
         let cursor = self.cursor.clone();
+        let (pending, metrics) = (self.pending.clone(), self.metrics.clone());
         tokio::task::spawn_blocking(move || {
-            let s = spool.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+            // This lane's own acknowledgement may be among them: the read
+            // starts past everything it delivered.
+            pending.mark(&mut s, &metrics);
             let chunk = s.read(&cursor, READ_CHUNK).map_err(|e| e.to_string())?;
             let position = s.next_unread(&cursor).map_err(|e| e.to_string())?;
             Ok((chunk, position))
@@ -478,22 +553,20 @@ impl Lane {
         .map_err(|e| e.to_string())?
     }
 
-    async fn ack(&self, upto: Option<RecordId>) {
+    /// Acknowledges every record up to `upto` without leaving the async
+    /// thread: marked in the spool's memory at once when no blocking call
+    /// holds it (the usual case: a round's append is done before its batch
+    /// is sent), else left pending for the next one, which marks it before
+    /// anything else. Either way the cursor file is written by the next
+    /// append (or read, or shutdown).
+    fn ack(&self, upto: Option<RecordId>) {
         let Some(upto) = upto else { return };
-        let spool = self.spool.clone();
-        let cursor = self.cursor.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
-            s.ack(&cursor, upto)?;
-            s.lag(&cursor)
-        })
-        .await;
-        match res {
-            Ok(Ok(lag)) => self.metrics.lag.with(&[self.cursor.name()]).set(lag as f64),
-            Ok(Err(e)) => {
-                tracing::error!(lane = %self.cursor.name(), error = %e, "cannot record delivery in the spool; batches may be sent again")
+        match self.spool.try_lock() {
+            Ok(mut s) => mark_acked(&mut s, &self.cursor, upto, &self.metrics),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                mark_acked(&mut p.into_inner(), &self.cursor, upto, &self.metrics)
             }
-            Err(e) => tracing::error!(error = %e, "spool task failed"),
+            Err(std::sync::TryLockError::WouldBlock) => self.pending.add(&self.cursor, upto),
         }
     }
 
@@ -862,6 +935,38 @@ mod tests {
         let s = decode(stripped_body(Vec::new(), &b, None, UnixMillis(5)));
         assert_eq!(s.definitions.len(), 2);
         assert_eq!(s.metadata, b.metadata);
+    }
+
+    #[test]
+    fn pending_acknowledgements_are_marked_by_the_next_blocking_call() {
+        use crate::spool::{SpoolMetrics, SpoolOptions, SyncPolicy};
+        let dir = tempfile::tempdir().unwrap();
+        let registry = nines_shared::telemetry::Registry::new();
+        let metrics = ShipMetrics::register(&registry);
+        let opts = SpoolOptions {
+            sync: SyncPolicy::None,
+            ..SpoolOptions::default()
+        };
+        let mut spool = Spool::open(dir.path(), opts, SpoolMetrics::register(&registry)).unwrap();
+        let c = spool.cursor("c-x").unwrap();
+        for _ in 0..5 {
+            spool.append(b"record").unwrap();
+        }
+        let spool = Mutex::new(spool);
+        let pending = PendingAcks::default();
+        // Acks made while the spool was busy, out of order: the furthest
+        // counts.
+        pending.add(&c, RecordId(3));
+        pending.add(&c, RecordId(2));
+        assert_eq!(spool.lock().unwrap().next_unread(&c).unwrap(), RecordId(1));
+        write_acks(&spool, &pending, &metrics);
+        let s = spool.lock().unwrap();
+        assert_eq!(s.next_unread(&c).unwrap(), RecordId(4));
+        assert_eq!(metrics.lag.with(&["c-x"]).get(), 2.0);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cursor-c-x")).unwrap(),
+            "00000000000000000004\n"
+        );
     }
 
     #[test]

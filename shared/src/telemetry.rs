@@ -111,22 +111,34 @@ impl<T: Clone + Default> Labelled<T> {
         cells.entry(key).or_default().clone()
     }
 
-    /// Writes every cell as a sample line of `name`.
-    fn write(&self, out: &mut String, name: &str, value: impl Fn(&T) -> f64) {
+    /// Hands every cell to `v` as a sample of `name`.
+    fn visit(&self, v: &mut impl Visitor, name: &str, value: impl Fn(&T) -> f64) {
         let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(self.labels.len());
         for (values, cell) in cells.iter() {
-            let pairs: Vec<(&str, &str)> = self
-                .labels
-                .iter()
-                .copied()
-                .zip(values.iter().map(String::as_str))
-                .collect();
-            write_sample(out, name, &pairs, value(cell));
+            pairs.clear();
+            pairs.extend(
+                self.labels
+                    .iter()
+                    .copied()
+                    .zip(values.iter().map(String::as_str)),
+            );
+            v.sample(name, &pairs, value(cell));
         }
     }
 }
 
 type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;
+type GroupFn = dyn Fn() -> Vec<f64> + Send + Sync;
+
+/// The type of a family registered with [`Registry::fn_group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FnKind {
+    /// A count that only goes up (kept elsewhere, such as the kernel's).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+}
 
 enum Family {
     Counter(Counter),
@@ -136,6 +148,12 @@ enum Family {
     GaugeFn(GaugeFn),
     CounterFn(GaugeFn),
     Histogram(Histogram),
+    /// Family `index` of values computed together.
+    Group {
+        kind: FnKind,
+        index: usize,
+        values: Arc<GroupFn>,
+    },
 }
 
 struct Entry {
@@ -216,55 +234,144 @@ impl Registry {
         h
     }
 
-    /// The whole registry in the text exposition format.
-    pub fn render(&self) -> String {
+    /// Registers families whose values one call of `f` computes at each
+    /// scrape, in the order given (for figures read together, such as
+    /// several fields of one /proc file): `f` runs once per render or
+    /// visit, not once per family. Each family is `(name, help, kind)`;
+    /// only counters and gauges can be computed this way, and `f` returns
+    /// one value per family (a missing one is NaN).
+    pub fn fn_group(
+        &self,
+        families: &[(&str, &str, FnKind)],
+        f: impl Fn() -> Vec<f64> + Send + Sync + 'static,
+    ) {
+        let group: Arc<GroupFn> = Arc::new(f);
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for (index, (name, help, kind)) in families.iter().enumerate() {
+            e.push(Entry {
+                name: name.to_string(),
+                help: help.to_string(),
+                family: Family::Group {
+                    kind: *kind,
+                    index,
+                    values: group.clone(),
+                },
+            });
+        }
+    }
+
+    /// Hands every family and its samples to `v`, in registration order:
+    /// each family's header once, then its samples (a histogram's as
+    /// `_bucket` with `le`, `_sum` and `_count`, as the text format lays
+    /// them out). [`render`](Self::render) is this visit written as text,
+    /// so both always agree.
+    pub fn visit(&self, v: &mut impl Visitor) {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::with_capacity(4096);
+        // The values of the group being visited (its families are
+        // registered next to each other).
+        let mut group: Option<(*const (), Vec<f64>)> = None;
+        let mut suffixed = String::new();
         for e in entries.iter() {
             match &e.family {
                 Family::Counter(c) => {
-                    write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
-                    write_sample(&mut out, &e.name, &[], c.get() as f64);
+                    v.family(&e.name, MetricKind::Counter, &e.help);
+                    v.sample(&e.name, &[], c.get() as f64);
                 }
-                Family::CounterVec(v) => {
-                    write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
-                    v.write(&mut out, &e.name, |c| c.get() as f64);
+                Family::CounterVec(c) => {
+                    v.family(&e.name, MetricKind::Counter, &e.help);
+                    c.visit(v, &e.name, |c| c.get() as f64);
                 }
-                Family::GaugeVec(v) => {
-                    write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
-                    v.write(&mut out, &e.name, Gauge::get);
+                Family::GaugeVec(g) => {
+                    v.family(&e.name, MetricKind::Gauge, &e.help);
+                    g.visit(v, &e.name, Gauge::get);
                 }
                 Family::Gauge(g) => {
-                    write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
-                    write_sample(&mut out, &e.name, &[], g.get());
+                    v.family(&e.name, MetricKind::Gauge, &e.help);
+                    v.sample(&e.name, &[], g.get());
                 }
                 Family::GaugeFn(f) => {
-                    write_header(&mut out, &e.name, MetricKind::Gauge, &e.help);
-                    write_sample(&mut out, &e.name, &[], f());
+                    v.family(&e.name, MetricKind::Gauge, &e.help);
+                    v.sample(&e.name, &[], f());
                 }
                 Family::CounterFn(f) => {
-                    write_header(&mut out, &e.name, MetricKind::Counter, &e.help);
-                    write_sample(&mut out, &e.name, &[], f());
+                    v.family(&e.name, MetricKind::Counter, &e.help);
+                    v.sample(&e.name, &[], f());
+                }
+                Family::Group {
+                    kind,
+                    index,
+                    values,
+                } => {
+                    let id = Arc::as_ptr(values) as *const ();
+                    let fresh = group.as_ref().is_some_and(|(g, _)| *g == id);
+                    if !fresh || *index == 0 {
+                        group = Some((id, values()));
+                    }
+                    let value = group
+                        .as_ref()
+                        .and_then(|(_, vals)| vals.get(*index).copied())
+                        .unwrap_or(f64::NAN);
+                    let kind = match kind {
+                        FnKind::Counter => MetricKind::Counter,
+                        FnKind::Gauge => MetricKind::Gauge,
+                    };
+                    v.family(&e.name, kind, &e.help);
+                    v.sample(&e.name, &[], value);
                 }
                 Family::Histogram(h) => {
-                    write_header(&mut out, &e.name, MetricKind::Histogram, &e.help);
+                    v.family(&e.name, MetricKind::Histogram, &e.help);
                     let c = &h.0;
-                    let bucket = format!("{}_bucket", e.name);
+                    suffixed.clear();
+                    suffixed.push_str(&e.name);
+                    suffixed.push_str("_bucket");
                     let mut cumulative = 0u64;
                     for (b, n) in c.bounds.iter().zip(&c.buckets) {
                         cumulative += n.load(Ordering::Relaxed);
                         let le = crate::exposition::format_value(*b);
-                        write_sample(&mut out, &bucket, &[("le", &le)], cumulative as f64);
+                        v.sample(&suffixed, &[("le", &le)], cumulative as f64);
                     }
                     let count = c.count.load(Ordering::Relaxed);
-                    write_sample(&mut out, &bucket, &[("le", "+Inf")], count as f64);
+                    v.sample(&suffixed, &[("le", "+Inf")], count as f64);
                     let sum = c.sum.lock().map(|s| *s).unwrap_or(0.0);
-                    write_sample(&mut out, &format!("{}_sum", e.name), &[], sum);
-                    write_sample(&mut out, &format!("{}_count", e.name), &[], count as f64);
+                    suffixed.truncate(e.name.len());
+                    suffixed.push_str("_sum");
+                    v.sample(&suffixed, &[], sum);
+                    suffixed.truncate(e.name.len());
+                    suffixed.push_str("_count");
+                    v.sample(&suffixed, &[], count as f64);
                 }
             }
         }
-        out
+    }
+
+    /// The whole registry in the text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = Text(String::with_capacity(4096));
+        self.visit(&mut text);
+        text.0
+    }
+}
+
+/// What [`Registry::visit`] hands its families and samples to.
+pub trait Visitor {
+    /// A family starts: its name, type and help.
+    fn family(&mut self, name: &str, kind: MetricKind, help: &str);
+    /// One sample of the family last started: the series name (a
+    /// histogram's carries its `_bucket`/`_sum`/`_count` suffix), its
+    /// labels in the family's declared order, and its value.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64);
+}
+
+/// The registry as text: the visitor behind [`Registry::render`].
+struct Text(String);
+
+impl Visitor for Text {
+    fn family(&mut self, name: &str, kind: MetricKind, help: &str) {
+        write_header(&mut self.0, name, kind, help);
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        write_sample(&mut self.0, name, labels, value);
     }
 }
 
@@ -301,5 +408,72 @@ mod tests {
         assert!(text.contains("d_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("d_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("d_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn a_group_of_computed_families_is_computed_once_per_render() {
+        use std::sync::atomic::AtomicUsize;
+        let r = Registry::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        r.fn_group(
+            &[
+                ("rss_bytes", "Resident.", FnKind::Gauge),
+                ("cpu_seconds_total", "CPU.", FnKind::Counter),
+            ],
+            move || {
+                c.fetch_add(1, Ordering::Relaxed);
+                vec![4096.0, 1.5]
+            },
+        );
+        let text = r.render();
+        assert!(text.contains("# TYPE rss_bytes gauge\nrss_bytes 4096\n"));
+        assert!(text.contains("# TYPE cpu_seconds_total counter\ncpu_seconds_total 1.5\n"));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        r.render();
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_visit_sees_what_render_writes() {
+        /// Writes what it is handed back as text, by other means than
+        /// `render` does.
+        #[derive(Default)]
+        struct Lines(Vec<String>);
+        impl Visitor for Lines {
+            fn family(&mut self, name: &str, kind: MetricKind, _help: &str) {
+                self.0.push(format!("{name} {}", kind.as_str()));
+            }
+            fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                self.0
+                    .push(format!("{name}{{{}}} {value}", labels.join(",")));
+            }
+        }
+        let r = Registry::new();
+        r.counter_vec("b_total", "By reason.", &["reason", "where"])
+            .with(&["bad", "x"])
+            .add(2);
+        r.histogram("d_seconds", "Latency.", &[0.1]).observe(0.5);
+        r.gauge_fn("f", "Computed.", || 3.0);
+        let mut seen = Lines::default();
+        r.visit(&mut seen);
+        assert_eq!(
+            seen.0,
+            [
+                "b_total counter",
+                "b_total{reason=bad,where=x} 2",
+                "d_seconds histogram",
+                "d_seconds_bucket{le=0.1} 0",
+                "d_seconds_bucket{le=+Inf} 1",
+                "d_seconds_sum{} 0.5",
+                "d_seconds_count{} 1",
+                "f gauge",
+                "f{} 3",
+            ]
+        );
+        let text = r.render();
+        assert!(text.contains("b_total{reason=\"bad\",where=\"x\"} 2\n"));
+        assert!(text.contains("d_seconds_bucket{le=\"+Inf\"} 1\nd_seconds_sum 0.5\n"));
     }
 }

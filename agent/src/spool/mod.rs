@@ -39,10 +39,16 @@
 //! same records again until they are acknowledged.
 //!
 //! An acknowledgement survives the agent's own crash or SIGKILL as soon as
-//! [`Spool::ack`] returns (it is in the page cache, which outlives the
-//! process), but it is not synced: after a power loss or a kernel crash a
-//! cursor can come back as it was up to the kernel's writeback delay
-//! (about 30 s) before, and the batches since are sent again, which the
+//! [`Spool::ack`] or [`Spool::write_acks`] returns (it is in the page
+//! cache, which outlives the process). One made with [`Spool::mark_acked`]
+//! (memory only, no I/O, so an async caller need not leave its thread)
+//! counts at once for reads, lag, gauges and the spool-full drop count, and
+//! reaches the file at the next append, `write_acks` or drop of the spool:
+//! the shipper's cursor files trail its deliveries by at most one sampling
+//! interval, and a SIGKILL within it sends those batches again, which the
+//! collector applies once (see below). It is not synced either: after a
+//! power loss or a kernel crash a cursor can come back as it was up to the
+//! kernel's writeback delay (about 30 s) before, and the batches since are sent again, which the
 //! collector applies once (it de-duplicates by stream and sequence
 //! number). It can never come back ahead of what was acknowledged, and a
 //! segment deleted because every cursor was past it only held records
@@ -318,6 +324,9 @@ pub struct Spool {
     /// Cursor files kept open once acknowledged through, for writing
     /// acknowledgements in place.
     cursor_files: BTreeMap<String, File>,
+    /// Cursors acknowledged with [`Spool::mark_acked`] whose files do not
+    /// hold their position yet.
+    unwritten: BTreeSet<String>,
     /// (cursor, id) of records found damaged at read time, so each is
     /// counted and logged once per cursor.
     bad_reads: Mutex<BTreeSet<(String, u64)>>,
@@ -490,6 +499,7 @@ impl Spool {
             next_id,
             cursors,
             cursor_files: BTreeMap::new(),
+            unwritten: BTreeSet::new(),
             bad_reads: Mutex::default(),
             recovery: spool_recovery,
             write_buf: Vec::new(),
@@ -536,6 +546,12 @@ impl Spool {
         }
         if self.next_id == u64::MAX {
             return Err(SpoolError::IdsExhausted(self.dir.clone()));
+        }
+        // Acknowledgements marked since the last write go to their files
+        // (and consumed segments go) before the spool grows: a full spool
+        // then drops only what no cursor acknowledged.
+        if let Err(e) = self.write_acks() {
+            tracing::error!(error = %e, "spool: cannot record deliveries in a cursor file; will retry");
         }
         let size = (HEADER_LEN + payload.len()) as u64;
         if self.tail_dirty {
@@ -645,6 +661,7 @@ impl Spool {
         }
         self.cursors.remove(name);
         self.cursor_files.remove(name);
+        self.unwritten.remove(name);
         self.sync_dir()?;
         self.bad_reads
             .lock()
@@ -689,6 +706,18 @@ impl Spool {
     /// past. Acknowledging an id at or behind the cursor
     /// changes nothing.
     pub fn ack(&mut self, cursor: &Cursor, upto: RecordId) -> Result<(), SpoolError> {
+        self.mark_acked(cursor, upto)?;
+        self.write_acks()
+    }
+
+    /// Marks every record up to and including `upto` as done for this
+    /// cursor in memory only, without any file I/O: reads, [`lag`](Self::lag),
+    /// the gauges and the counting of records dropped when full see it at
+    /// once, and the cursor file gets it at the next [`append`](Self::append),
+    /// [`write_acks`](Self::write_acks) or when the spool is dropped
+    /// (see the module's Guarantees). Acknowledging an id at or behind the
+    /// cursor changes nothing.
+    pub fn mark_acked(&mut self, cursor: &Cursor, upto: RecordId) -> Result<(), SpoolError> {
         let pos = self.position(cursor)?;
         if upto.0 >= self.next_id {
             return Err(SpoolError::AckBeyondEnd {
@@ -701,11 +730,36 @@ impl Spool {
         if new <= pos {
             return Ok(());
         }
-        self.write_cursor(&cursor.name, new)?;
         self.cursors.insert(cursor.name.clone(), new);
-        self.collect_garbage();
+        self.unwritten.insert(cursor.name.clone());
         self.refresh_gauges();
         Ok(())
+    }
+
+    /// Writes the position of every cursor acknowledged since its file was
+    /// last written (in place, not synced), then deletes segments that
+    /// every cursor is past. A cursor whose file cannot be written stays
+    /// to be written next time; the first error is returned.
+    pub fn write_acks(&mut self) -> Result<(), SpoolError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let mut first_error = None;
+        for name in std::mem::take(&mut self.unwritten) {
+            let Some(&pos) = self.cursors.get(&name) else {
+                continue;
+            };
+            if let Err(e) = self.write_cursor(&name, pos) {
+                self.unwritten.insert(name);
+                first_error.get_or_insert(e);
+            }
+        }
+        // Segments every cursor is past go even if a cursor file could not
+        // be written: they hold only acknowledged records, and a cursor
+        // file left behind restarts at the oldest record present.
+        self.collect_garbage();
+        self.refresh_gauges();
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Records present that this cursor has not acknowledged. The shipper
@@ -1002,6 +1056,15 @@ impl Spool {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Spool {
+    /// Acknowledgements marked but not written yet go to their files.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_acks() {
+            tracing::error!(error = %e, "spool: cannot record deliveries in a cursor file at close; those batches will be sent again");
+        }
     }
 }
 

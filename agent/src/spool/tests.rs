@@ -517,6 +517,76 @@ fn acknowledgements_overwrite_the_cursor_file_in_place() {
 }
 
 #[test]
+fn an_acknowledgement_marked_in_memory_counts_at_once_and_reaches_the_file_at_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = SpoolOptions {
+        sync: SyncPolicy::EveryRecord,
+        ..opts(256, 4096)
+    };
+    let m = metrics();
+    let mut s = open(dir.path(), o.clone(), m.clone());
+    let c = s.cursor("c").unwrap();
+    let file = dir.path().join("cursor-c");
+    append_n(&mut s, 12);
+    let segments = segment_files(dir.path());
+    assert!(segments.len() > 2, "{segments:?}");
+    s.mark_acked(&c, RecordId(5)).unwrap();
+    // Reads, lag and the gauge see it at once...
+    assert_eq!(read_all(&s, &c), expected(6..=12));
+    assert_eq!(s.next_unread(&c).unwrap(), RecordId(6));
+    assert_eq!(s.lag(&c).unwrap(), 7);
+    assert_eq!(m.records.get(), 7.0);
+    // ...without any file I/O: the cursor file and the segments stay.
+    assert_eq!(fs::read_to_string(&file).unwrap(), "1\n");
+    assert_eq!(segment_files(dir.path()), segments);
+    // The next append writes it and deletes what every cursor is past.
+    append_n(&mut s, 1);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000006\n");
+    let oldest = s.stats().oldest.unwrap().0;
+    assert!(oldest > 1 && oldest <= 6, "oldest {oldest}");
+    assert_eq!(m.segments.get(), segment_files(dir.path()).len() as f64);
+    // An ack at or behind the cursor changes nothing; beyond the end is
+    // refused.
+    s.mark_acked(&c, RecordId(3)).unwrap();
+    assert_eq!(s.next_unread(&c).unwrap(), RecordId(6));
+    assert!(matches!(
+        s.mark_acked(&c, RecordId(14)),
+        Err(SpoolError::AckBeyondEnd { .. })
+    ));
+    // Closing the spool writes what was marked since.
+    s.mark_acked(&c, RecordId(9)).unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000006\n");
+    drop(s);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000010\n");
+    let mut s = open(dir.path(), o, m);
+    assert_eq!(s.next_unread(&c).unwrap(), RecordId(10));
+    s.mark_acked(&c, RecordId(13)).unwrap();
+    s.write_acks().unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "00000000000000000014\n");
+    assert_eq!(s.stats().unacked_records, 0);
+}
+
+#[test]
+fn a_full_spool_drops_nothing_a_cursor_marked_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = metrics();
+    let mut s = open(dir.path(), opts(512, 2048), m.clone());
+    let idle = s.cursor("idle").unwrap();
+    let busy = s.cursor("busy").unwrap();
+    for id in 1..=300u64 {
+        assert_eq!(s.append(&payload(id)).unwrap(), RecordId(id));
+        assert_eq!(read_all(&s, &busy), expected([id]));
+        s.mark_acked(&busy, RecordId(id)).unwrap();
+    }
+    let oldest = s.stats().oldest.unwrap().0;
+    assert!(oldest > 1, "old segments were deleted");
+    assert_eq!(dropped(&m, "busy", "spool_full"), (0, 0));
+    assert_eq!(dropped(&m, "idle", "spool_full").0, oldest - 1);
+    assert_eq!(s.lag(&busy).unwrap(), 0);
+    assert_eq!(s.lag(&idle).unwrap(), 301 - oldest);
+}
+
+#[test]
 fn ids_never_go_back_when_every_segment_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(256, 4096);
