@@ -58,7 +58,7 @@ impl SamplingMetrics {
             connection_dumps: r.gauge(
                 "nines_agent_connection_dumps",
                 "Netlink socket dumps the last connection sample ran side by side \
-                 (1: one dump; 0: counted by the BPF iterator, read /proc/net/tcp, \
+                 (1: one dump; 0: counted with BPF in the kernel, read /proc/net/tcp, \
                  or connections are off).",
             ),
             connection_method: r.gauge_vec(
@@ -482,7 +482,7 @@ fn build_samplers(cfg: &AgentConfig, stop: watch::Receiver<bool>) -> anyhow::Res
         tailers.push(t);
     }
     let set = SamplerSet::with(PathBuf::from("/"), &cfg.samplers, statsd, tailers).context(
-        "samplers.connections_method is \"bpf\", but the BPF iterator cannot count here \
+        "samplers.connections_method is \"bpf\", but BPF cannot count sockets here \
          (it needs root, or CAP_BPF and CAP_PERFMON, on Linux 5.9 or later with BTF)",
     )?;
     Ok(if cfg.probes.is_empty() {

@@ -2,8 +2,8 @@
 //! StatsD listener (real UDP packets) and from an access log written,
 //! rotated and truncated while the agent runs, or copied and truncated
 //! while it is stopped; TCP connection counts per listening port follow
-//! connections the test holds open, counted by the default method (the
-//! BPF iterator as root) and when the agent splits a netlink sample into
+//! connections the test holds open, counted by the default method (BPF
+//! in the kernel as root) and when the agent splits a netlink sample into
 //! parallel dumps.
 
 use nines_tests::*;
@@ -76,7 +76,7 @@ fn statsd_access_logs_and_connections_reach_the_collector() {
     assert_eq!(out.lines().count(), 7, "ss printed:\n{out}");
     // Counted by the method the default ("auto") picks here.
     let used = |m: &str| connection_method_used(&listen, m);
-    // With the BPF iterator loaded, auto counts each round the cheaper way
+    // With BPF loaded, auto counts each round the cheaper way
     // of the two; either way one method counted the round.
     match bpf_expected() {
         true => assert_eq!(used("bpf") + used("netlink"), 1.0, "auto: BPF or netlink"),
@@ -183,7 +183,7 @@ fn connection_method_used(listen: &str, method: &str) -> f64 {
     )
 }
 
-/// Whether the agent's "auto" connection method is the BPF iterator here
+/// Whether the agent's "auto" connection method may count with BPF here
 /// (the capabilities it needs in effect, on a kernel with BTF).
 fn bpf_expected() -> bool {
     nines_agent::samplers::connections_bpf::privileged_with_btf()
@@ -198,13 +198,14 @@ fn connection_counts_stay_exact_when_a_sample_is_split() {
     many_connections_counted_exactly("netlink");
 }
 
-/// The same 1,200 connections counted by the BPF iterator (which `auto`
-/// uses where it loads and costs less), exact as `ss` agrees.
+/// The same 1,200 connections counted with BPF (the walk of the kernel's
+/// TCP tables where it loads, else the TCP iterator; `auto` uses BPF where
+/// it loads and costs less), exact as `ss` agrees.
 #[test]
-fn connection_counts_by_the_bpf_iterator_match_ss() {
+fn connection_counts_counted_with_bpf_match_ss() {
     if !bpf_expected() {
         eprintln!(
-            "skipping: the BPF iterator needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and a kernel with BTF"
+            "skipping: counting with BPF needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and a kernel with BTF"
         );
         return;
     }
@@ -253,7 +254,7 @@ fn many_connections_counted_exactly(method: &str) {
     let bpf = method == "bpf";
     let splits = !bpf && cpus >= 2 && nines_agent::samplers::connections::kernel_splits_dumps();
     // More parts on a host with more CPUs and other sockets; no dump at
-    // all when the BPF iterator counts.
+    // all when BPF counts.
     let as_planned = || {
         let dumps = agent_metric(&listen, "nines_agent_connection_dumps", "");
         let used = |m: &str| connection_method_used(&listen, m);

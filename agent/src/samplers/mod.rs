@@ -53,7 +53,8 @@ pub(crate) const fn gauge(name: &'static str, unit: &'static str, help: &'static
 }
 
 /// One sampled value of one series, before `instance`/`job` are added.
-#[derive(Debug, Clone, PartialEq)]
+/// Two are equal when their labels and values are.
+#[derive(Debug, Clone)]
 pub struct Observation {
     /// Metric name and the sampler's own labels.
     pub labels: Labels,
@@ -62,6 +63,17 @@ pub struct Observation {
     /// The series' ref in a batcher's stream, once that batcher has seen
     /// these labels: kept with the labels when a later round reuses them.
     pub(crate) series: SeriesCache,
+    /// Its labels are those of the observation pushed just before it in
+    /// the same round but for the value of `le` (a histogram's next
+    /// bucket, pushed by [`Samples::push_buckets`]); the next round
+    /// recognises it by that value alone.
+    pub(crate) next_bucket: bool,
+}
+
+impl PartialEq for Observation {
+    fn eq(&self, other: &Self) -> bool {
+        self.labels == other.labels && self.value == other.value
+    }
 }
 
 impl Observation {
@@ -71,6 +83,7 @@ impl Observation {
             labels,
             value,
             series: SeriesCache::default(),
+            next_bucket: false,
         }
     }
 }
@@ -289,20 +302,39 @@ impl Samples {
             .iter()
             .position(|(n, _)| *n == LE)
             .expect("the le pair was put in");
-        for (le, value) in buckets {
+        // Whether the bucket just pushed is the earlier round's observation
+        // before `previous_at`: then the earlier round's next bucket, if it
+        // is one, differs from `want` in `le` alone, which is all there is
+        // left to compare.
+        let mut reused = false;
+        for (k, (le, value)) in buckets.into_iter().enumerate() {
             debug_assert!(!le.is_empty(), "an empty le would drop the label");
             want.pairs_mut()[slot].1 = le;
-            self.push_sorted(&want, value);
+            let at = self.previous_at;
+            let next = self.previous.get(at).is_some_and(|o| {
+                o.next_bucket && o.labels.iter().nth(slot).is_some_and(|l| l.value == le)
+            });
+            if reused && next {
+                self.take_previous(at, value);
+            } else {
+                reused = self.push_sorted(&want, value);
+            }
+            if let Some(o) = self.observations.last_mut() {
+                o.next_bucket = k > 0;
+            }
         }
     }
 
     /// Pushes the series `want` names: the earlier round's label set when
-    /// it is the same, else one built from `want`.
-    fn push_sorted(&mut self, want: &SortedPairs<'_>, value: f64) {
-        if !self.reuse(|old| want.is(old), value) {
+    /// it is the same, else one built from `want`. True if it was the
+    /// earlier round's.
+    fn push_sorted(&mut self, want: &SortedPairs<'_>, value: f64) -> bool {
+        let reused = self.reuse(|old| want.is(old), value);
+        if !reused {
             self.observations
                 .push(Observation::new(want.to_labels(), value));
         }
+        reused
     }
 
     /// Reports one value of a series whose labels are already built.
@@ -321,15 +353,22 @@ impl Samples {
         let Some(i) = (from..to).find(|&i| is_it(&self.previous[i].labels)) else {
             return false;
         };
+        self.take_previous(i, value);
+        true
+    }
+
+    /// Pushes the earlier round's observation `i` with `value`; the
+    /// earlier round then stands past it.
+    fn take_previous(&mut self, i: usize, value: f64) {
         let old = &mut self.previous[i];
         let reused = Observation {
             labels: std::mem::take(&mut old.labels),
             value,
             series: std::mem::take(&mut old.series),
+            next_bucket: false,
         };
         self.observations.push(reused);
         self.previous_at = i + 1;
-        true
     }
 
     /// The value reported for a series, if any (for tests).
@@ -483,7 +522,7 @@ pub struct SamplerToggles {
     pub connections_max_ports: usize,
     /// Most netlink dumps one connection sample is split into.
     pub connections_parallelism: usize,
-    /// How connections are counted: BPF iterator, netlink or /proc.
+    /// How connections are counted: BPF (the table walk or the TCP iterator), netlink or /proc.
     pub connections_method: connections::ConnectionMethod,
 }
 
@@ -520,7 +559,7 @@ impl SamplerSet {
 
     /// The samplers `toggles` turns on, plus a StatsD listener's state and
     /// access-log tailers. Fails only when `connections_method` is `bpf`
-    /// and the BPF iterator cannot be loaded here.
+    /// and neither BPF way (table walk, TCP iterator) can be loaded here.
     pub fn with(
         root: std::path::PathBuf,
         toggles: &SamplerToggles,
@@ -644,7 +683,7 @@ mod tests {
                 "{method:?}: {used:?}"
             );
         }
-        // auto: netlink while the host has few sockets (the BPF iterator is
+        // auto: netlink while the host has few sockets (BPF is
         // loaded only once a round counted thousands).
         let mut set = SamplerSet::with(
             root,
@@ -929,5 +968,44 @@ mod tests {
             one_by_one(&mut c, 2.0);
             assert_eq!(a.observations, c.observations, "{labels:?}");
         }
+    }
+
+    #[test]
+    fn buckets_taken_over_by_le_alone_are_the_right_ones() {
+        // Rounds of histograms whose labels, bucket layouts and order
+        // change from round to round: each round must equal the same
+        // pushes into a fresh round, whatever the round before held.
+        type Round<'a> = &'a [(&'a str, &'a [&'a str])];
+        let rounds: [Round<'_>; 7] = [
+            &[("a", &["1", "2", "+Inf"]), ("b", &["1", "2", "+Inf"])],
+            &[("a", &["1", "2", "+Inf"]), ("b", &["1", "2", "+Inf"])],
+            // Another route first: its first bucket is compared whole.
+            &[("b", &["1", "2", "+Inf"]), ("a", &["1", "2", "+Inf"])],
+            // A bucket gone, one added, one moved.
+            &[("b", &["1", "+Inf"]), ("a", &["1", "2", "3", "+Inf"])],
+            &[("b", &["2", "1", "+Inf"]), ("a", &["1", "2", "3", "+Inf"])],
+            // Two histograms of one route in a row.
+            &[("a", &["1", "2", "+Inf"]), ("a", &["1", "2", "+Inf"])],
+            &[("a", &["1", "2", "+Inf"]), ("a", &["1", "+Inf"])],
+        ];
+        let push = |out: &mut Samples, round: Round<'_>, v: f64| {
+            for (route, les) in round {
+                let values = les.iter().enumerate().map(|(i, le)| (*le, v + i as f64));
+                out.push_buckets("x_bucket", &[("route", route), ("job", "")], values);
+                out.push("x_count", &[("route", route)], v);
+            }
+        };
+        let mut carried = Samples::default();
+        for (n, round) in rounds.iter().enumerate() {
+            carried = carried.recycle();
+            push(&mut carried, round, n as f64);
+            let mut fresh = Samples::default();
+            push(&mut fresh, round, n as f64);
+            assert_eq!(carried.observations, fresh.observations, "round {n}");
+        }
+        // After an unchanged round every series was taken over.
+        let mut again = carried.recycle();
+        push(&mut again, rounds[6], 7.0);
+        assert!(again.previous.iter().all(|o| o.labels.is_empty()));
     }
 }
