@@ -28,6 +28,7 @@ pub struct SamplingMetrics {
     series: Gauge,
     connection_dumps: Gauge,
     connection_method: GaugeVec,
+    walk_fallbacks: Counter,
     /// Beats after every round: the systemd watchdog's sign of life.
     liveness: crate::systemd::Liveness,
     /// The registry whose families every batch also carries, if any.
@@ -66,6 +67,12 @@ impl SamplingMetrics {
                 "How the last connection sample counted TCP sockets: 1 for the method \
                  used (bpf, netlink or proc), 0 for the others.",
                 &["method"],
+            ),
+            walk_fallbacks: r.counter(
+                "nines_agent_connection_walk_fallbacks_total",
+                "BPF walks of the kernel's TCP tables that did not finish (a bucket kept \
+                 changing under the walk or held too many sockets, a table could not be \
+                 read) and were counted by the TCP iterator instead.",
             ),
             liveness: crate::systemd::Liveness::new(),
             health: None,
@@ -261,6 +268,9 @@ impl Round {
         metrics
             .connection_dumps
             .set(s.connection_dumps().unwrap_or(0) as f64);
+        let fallbacks = s.connection_walk_fallbacks();
+        let counted = &metrics.walk_fallbacks;
+        counted.add(fallbacks.saturating_sub(counted.get()));
         let used = s.connection_method();
         for method in crate::samplers::connections::METHOD_NAMES {
             metrics

@@ -278,6 +278,15 @@ fn many_connections_counted_exactly(method: &str) {
     )
     .unwrap();
     assert!(established >= (2 * N) as f64, "{established}");
+    if bpf {
+        // Walks the iterator had to finish are counted, and the count goes
+        // to the collector with the agent's health.
+        let fallbacks = value(
+            &c,
+            "nines_agent_connection_walk_fallbacks_total{instance=\"many\"}",
+        );
+        assert!(fallbacks.is_some(), "walk fallbacks are reported");
+    }
     let (code, out, err) = run(std::process::Command::new("ss").args([
         "-Htn",
         "state",

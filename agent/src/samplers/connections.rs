@@ -819,6 +819,14 @@ impl ConnectionSampler {
         self
     }
 
+    /// BPF table-walk passes that could not finish and were counted by the
+    /// TCP iterator instead, since the counter was loaded.
+    pub fn walk_fallbacks(&self) -> u64 {
+        self.bpf
+            .as_ref()
+            .map_or(0, BpfSocketCounter::walk_fallbacks)
+    }
+
     /// How many netlink dumps the last round ran side by side: 1 for one
     /// dump, more for a split round, 0 when it read /proc (or none ran).
     pub fn last_dumps(&self) -> usize {

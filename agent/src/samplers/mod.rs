@@ -601,6 +601,14 @@ impl SamplerSet {
             .map(connections::ConnectionSampler::last_dumps)
     }
 
+    /// BPF table-walk passes the TCP iterator had to count instead, so
+    /// far (0 when connections are off or BPF is not loaded).
+    pub fn connection_walk_fallbacks(&self) -> u64 {
+        self.connections
+            .as_ref()
+            .map_or(0, connections::ConnectionSampler::walk_fallbacks)
+    }
+
     /// How the connection sampler's last round counted ("bpf", "netlink"
     /// or "proc"), or None when it is off or has not counted.
     pub fn connection_method(&self) -> Option<&'static str> {
