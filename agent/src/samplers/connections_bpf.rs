@@ -811,6 +811,7 @@ const LOG_LINES: usize = 8;
 
 /// `union bpf_attr`, as bytes: each command fills the fields it uses at
 /// the offsets linux/bpf.h gives them, the rest stay zero.
+#[derive(Clone)]
 #[repr(C, align(8))]
 struct Attr([u8; 128]);
 
@@ -871,6 +872,57 @@ fn bpf_cmd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Loads the program `attr` describes (`BPF_PROG_LOAD`, without a log
+/// buffer); when the kernel refuses it for anything but permissions,
+/// loads it again with one, to quote the verifier's reason.
+fn load_program(attr: Attr) -> Result<OwnedFd, BpfError> {
+    match bpf_fd(BPF_PROG_LOAD, &mut attr.clone()) {
+        Ok(prog) => Ok(prog),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
+            Err(BpfError::Syscall {
+                what: "program load",
+                error: e,
+            })
+        }
+        Err(_) => {
+            let mut log = vec![0u8; LOG_BYTES];
+            let mut logged = attr
+                .u32(24, 1)
+                .u32(28, log.len() as u32)
+                .u64(32, log.as_mut_ptr() as u64);
+            bpf_fd(BPF_PROG_LOAD, &mut logged).map_err(|error| BpfError::Verifier {
+                error,
+                log: log_tail(&log),
+            })
+        }
+    }
+}
+
+/// A BTF blob (header, type section, string section) of `types`, each
+/// the u32 words of one type record, and `strings`.
+pub(crate) fn btf_blob(types: &[Vec<u32>], strings: &[u8]) -> Vec<u8> {
+    let type_bytes: Vec<u8> = types
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    // Magic 0xeb9f, version 1, no flags; then the header's length and
+    // the sections' offsets and lengths.
+    let mut data = vec![0x9f, 0xeb, 1, 0];
+    for v in [
+        24u32,
+        0,
+        type_bytes.len() as u32,
+        type_bytes.len() as u32,
+        strings.len() as u32,
+    ] {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    data.extend_from_slice(&type_bytes);
+    data.extend_from_slice(strings);
+    data
 }
 
 /// The last `LOG_LINES` non-empty lines of a verifier log.
@@ -1299,45 +1351,16 @@ fn load_iterator(
             reason,
         }
     })?;
-    let prog_attr = |log: Option<&mut [u8]>| {
-        let attr = Attr::new()
+    let prog = load_program(
+        Attr::new()
             .u32(0, BPF_PROG_TYPE_TRACING)
             .u32(4, program.len() as u32)
             .u64(8, program.as_ptr() as u64)
             .u64(16, LICENSE.as_ptr() as u64)
             .name(48, b"nines_tcp_count")
             .u32(68, BPF_TRACE_ITER)
-            .u32(108, target.func_id);
-        match log {
-            Some(log) => attr
-                .u32(24, 1)
-                .u32(28, log.len() as u32)
-                .u64(32, log.as_mut_ptr() as u64),
-            None => attr,
-        }
-    };
-    let prog = match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(None)) {
-        Ok(prog) => prog,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
-            return Err(BpfError::Syscall {
-                what: "program load",
-                error: e,
-            });
-        }
-        Err(_) => {
-            // Load again with the verifier's log to say why.
-            let mut log = vec![0u8; LOG_BYTES];
-            match bpf_fd(BPF_PROG_LOAD, &mut prog_attr(Some(&mut log))) {
-                Ok(prog) => prog,
-                Err(error) => {
-                    return Err(BpfError::Verifier {
-                        error,
-                        log: log_tail(&log),
-                    });
-                }
-            }
-        }
-    };
+            .u32(108, target.func_id),
+    )?;
 
     let link = bpf_fd(
         BPF_LINK_CREATE,
@@ -1517,24 +1540,7 @@ mod tests {
             // 10: the iterator function
             vec![name(ITER_FUNC), info(BTF_KIND_FUNC, 1, false), 9],
         ];
-        let type_bytes: Vec<u8> = types
-            .iter()
-            .flatten()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let mut data = vec![0x9f, 0xeb, 1, 0];
-        for v in [
-            24u32,
-            0,
-            type_bytes.len() as u32,
-            type_bytes.len() as u32,
-            strings.len() as u32,
-        ] {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        data.extend_from_slice(&type_bytes);
-        data.extend_from_slice(&strings);
-        data
+        btf_blob(&types, &strings)
     }
 
     #[test]

@@ -68,8 +68,8 @@ use super::{
     Assembler, Attr, BPF_ALU64, BPF_B, BPF_CALL, BPF_DW, BPF_H, BPF_JA, BPF_JEQ, BPF_JMP, BPF_JNE,
     BPF_K, BPF_MEM, BPF_W, BPF_X, BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO, BTF_KIND_INT, BTF_KIND_PTR,
     BTF_KIND_STRUCT, BTF_KIND_UNION, BpfError, Btf, BtfType, HELPER_MAP_LOOKUP_ELEM, Insn, LICENSE,
-    LISTEN_BITMAP, LOG_BYTES, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Reg, STATES_PER_FAMILY,
-    SockFields, bpf_fd, log_tail,
+    LISTEN_BITMAP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Reg, STATES_PER_FAMILY, SockFields,
+    bpf_fd, log_tail,
 };
 
 /// Where the walk finds the tables and what it reads of each socket:
@@ -858,24 +858,7 @@ fn functions_btf() -> Vec<u8> {
         // 7: the callback, static
         vec![name("nines_tcp_walk_step"), info(BTF_KIND_FUNC, 0), 6],
     ];
-    let type_bytes: Vec<u8> = types
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let mut data = vec![0x9f, 0xeb, 1, 0];
-    for v in [
-        24u32,
-        0,
-        type_bytes.len() as u32,
-        type_bytes.len() as u32,
-        strings.len() as u32,
-    ] {
-        data.extend_from_slice(&v.to_ne_bytes());
-    }
-    data.extend_from_slice(&type_bytes);
-    data.extend_from_slice(&strings);
-    data
+    super::btf_blob(&types, &strings)
 }
 
 /// The loaded walk program and its scratch map.
@@ -962,8 +945,8 @@ impl TableWalk {
             log: log_tail(&btf_log),
         })?;
         let func_info: [u32; 4] = [0, 4, callback as u32, 7];
-        let prog_attr = |log: Option<&mut [u8]>| {
-            let attr = Attr::new()
+        let prog = super::load_program(
+            Attr::new()
                 .u32(0, BPF_PROG_TYPE_SYSCALL)
                 .u32(4, program.len() as u32)
                 .u64(8, program.as_ptr() as u64)
@@ -973,36 +956,8 @@ impl TableWalk {
                 .u32(72, btf.as_raw_fd() as u32)
                 .u32(76, 8)
                 .u64(80, func_info.as_ptr() as u64)
-                .u32(88, 2);
-            match log {
-                Some(log) => attr
-                    .u32(24, 1)
-                    .u32(28, log.len() as u32)
-                    .u64(32, log.as_mut_ptr() as u64),
-                None => attr,
-            }
-        };
-        let prog = match bpf_fd(super::BPF_PROG_LOAD, &mut prog_attr(None)) {
-            Ok(prog) => prog,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS)) => {
-                return Err(BpfError::Syscall {
-                    what: "program load",
-                    error: e,
-                });
-            }
-            Err(_) => {
-                let mut log = vec![0u8; LOG_BYTES];
-                match bpf_fd(super::BPF_PROG_LOAD, &mut prog_attr(Some(&mut log))) {
-                    Ok(prog) => prog,
-                    Err(error) => {
-                        return Err(BpfError::Verifier {
-                            error,
-                            log: log_tail(&log),
-                        });
-                    }
-                }
-            }
-        };
+                .u32(88, 2),
+        )?;
         Ok(TableWalk {
             _scratch: scratch,
             _btf: btf,
