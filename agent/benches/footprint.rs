@@ -21,6 +21,8 @@
 //! (`NINES_BENCH_SECONDS=N` for the measured window, default 60). Only
 //! 127.0.0.1 is used.
 
+mod common;
+
 use nines_shared::wire;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -31,8 +33,6 @@ use std::time::{Duration, Instant};
 
 const WARM_UP: Duration = Duration::from_secs(5);
 const PROBES: usize = 10;
-const STATSD_LINES_PER_SECOND: u64 = 1_000;
-const STATSD_NAMES: u64 = 100;
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
 fn main() {
@@ -263,32 +263,16 @@ fn scrape_every_second(port: u16, stop: &AtomicBool) -> (u64, u64) {
     (n, bytes)
 }
 
-/// Sends StatsD lines at a steady rate, 10 packets of 10 lines every
-/// 100 ms, cycling over a bounded set of names.
+/// Sends StatsD lines at a steady rate, a tick of datagrams
+/// ([`common::statsd_tick`]) every 100 ms.
 fn send_statsd(port: u16, stop: &AtomicBool) {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("statsd socket");
     socket.connect(("127.0.0.1", port)).expect("statsd connect");
-    let per_tick = STATSD_LINES_PER_SECOND / 10;
     let mut i: u64 = 0;
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let mut packet = String::new();
-        for _ in 0..per_tick {
-            let name = i % STATSD_NAMES;
-            let line = match name % 3 {
-                0 => format!("bench.requests.n{name}:1|c|#route:r{}\n", i % 4),
-                1 => format!("bench.latency.n{name}:{}|ms|#route:r{}\n", i % 400, i % 4),
-                _ => format!("bench.queue.n{name}:{}|g\n", i % 50),
-            };
-            if packet.len() + line.len() > 1400 {
-                let _ = socket.send(packet.as_bytes());
-                packet.clear();
-            }
-            packet.push_str(&line);
-            i += 1;
-        }
-        if !packet.is_empty() {
-            let _ = socket.send(packet.as_bytes());
+        for datagram in common::statsd_tick(&mut i) {
+            let _ = socket.send(&datagram);
         }
         next += Duration::from_millis(100);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));

@@ -11,6 +11,10 @@
 //!   durations), each reported as 19 buckets, `+Inf`, sum and count.
 //! - `observe`: 1,000 histogram observations spread over the 33 timers
 //!   (a second of the footprint bench's StatsD traffic).
+//! - `statsd lines`: a second of the footprint bench's StatsD traffic
+//!   (1,000 lines in datagrams of up to 1,400 bytes) applied to the
+//!   listener's state, per line.
+//! - `statsd report`: the round reporting the series that traffic made.
 //!
 //! Each part is timed in this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`,
 //! so other processes on the host change it little); the figure is the
@@ -19,7 +23,10 @@
 //! Run: `cargo bench -p nines-agent --bench sampling`
 //! (`NINES_BENCH_ROUNDS=N` for the rounds timed, default 2,000).
 
+mod common;
+
 use nines_agent::samplers::histogram::Histogram;
+use nines_agent::samplers::statsd::{StatsdConfig, StatsdState};
 use nines_agent::samplers::{SamplerSet, SamplerToggles, Samples};
 use nines_shared::MetricKind;
 use std::path::PathBuf;
@@ -57,10 +64,16 @@ fn main() {
         p.observe(0.001 * (i + 1) as f64);
     }
 
+    let statsd = StatsdState::new(&StatsdConfig::default());
+    let mut line = 0;
+    let second: Vec<Vec<u8>> = (0..10)
+        .flat_map(|_| common::statsd_tick(&mut line))
+        .collect();
+    let mut statsd_out = Samples::default();
     let mut host_out = Samples::default();
     let mut connections_out = Samples::default();
     let mut histograms_out = Samples::default();
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut times: [Vec<Duration>; 6] = Default::default();
     let mut series = [0usize; 3];
     for round in 0..WARM_UP_ROUNDS + rounds {
         let timed = round >= WARM_UP_ROUNDS;
@@ -105,6 +118,13 @@ fn main() {
                 timers[i % TIMERS].observe_n(v, 1);
             }
         });
+        time(4, &mut || {
+            for datagram in &second {
+                statsd.ingest(datagram);
+            }
+        });
+        statsd_out = statsd_out.recycle();
+        time(5, &mut || statsd.sample(&mut statsd_out));
         series = [
             host_out.observations.len(),
             connections_out.observations.len(),
@@ -120,10 +140,30 @@ fn main() {
             _ => format!("{} series", series[i]),
         };
         println!(
-            "{part:<12} {:>8.1} us CPU per round (median of {rounds}; {what})",
+            "{part:<13} {:>8.1} us CPU per round (median of {rounds}; {what})",
             median(&mut times[i]).as_secs_f64() * 1e6
         );
     }
+    assert_eq!(
+        statsd_out.value_of(
+            "nines_statsd_dropped_lines_total",
+            &[("reason", "parse_error")]
+        ),
+        Some(0.0),
+        "the bench's StatsD lines all parse"
+    );
+    let lines = (line as f64).max(1.0);
+    println!(
+        "{:<13} {:>8.1} ns CPU per line (median of {rounds} seconds of traffic, {line} lines each)",
+        "statsd lines",
+        median(&mut times[4]).as_secs_f64() * 1e9 / lines
+    );
+    println!(
+        "{:<13} {:>8.1} us CPU per round (median of {rounds}; {} series)",
+        "statsd report",
+        median(&mut times[5]).as_secs_f64() * 1e6,
+        statsd_out.observations.len()
+    );
 }
 
 fn median(v: &mut [Duration]) -> Duration {

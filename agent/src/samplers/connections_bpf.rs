@@ -734,20 +734,39 @@ fn counting_program(
     a.jump(BPF_JNE, R2, libc::AF_INET6, Label::Exit);
     a.push(Insn::mov_imm(R5, (STATES_PER_FAMILY * 4) as i32));
     a.place(Label::Counted);
+    for insn in Insn::map_value(R8, counts_fd, 0) {
+        a.push(insn);
+    }
+    count_socket(&mut a, established_fd, Label::Established, Label::Exit);
+    a.place(Label::Exit);
+    a.push(Insn::mov_imm(R0, 0));
+    a.push(Insn::exit());
+    a.finish()
+}
+
+/// Emits the counting of one socket, shared by both programs:
+/// counts[family][state] += 1; a listener sets its port's LISTEN bit; an
+/// ESTABLISHED socket on a port whose bit is set adds one to that port's
+/// entry of the map `established_fd`. In: r3 the state, r4 the local
+/// port, r5 the byte offset of the family's counters, r8 the counts map's
+/// value. Clobbers r0-r7. Goes on at `done`, which the caller places
+/// right after (`established` is a label of its own for this code).
+fn count_socket<L: Copy + PartialEq + std::fmt::Debug>(
+    a: &mut Assembler<L>,
+    established_fd: RawFd,
+    established: L,
+    done: L,
+) {
     // counts[family][state & 15] += 1
     a.push(Insn::and_imm(R3, 15));
     a.push(Insn::mov_reg(R7, R3));
     a.push(Insn::lsh_imm(R7, 2));
     a.push(Insn::add_reg(R7, R5));
-    for insn in Insn::map_value(R8, counts_fd, 0) {
-        a.push(insn);
-    }
-    a.push(Insn::mov_reg(R9, R8));
-    a.push(Insn::add_reg(R9, R7));
-    a.push(Insn::load(BPF_W, R0, R9, 0));
+    a.push(Insn::add_reg(R7, R8));
+    a.push(Insn::load(BPF_W, R0, R7, 0));
     a.push(Insn::add_imm(R0, 1));
-    a.push(Insn::store(BPF_W, R9, 0, R0));
-    // r7: the port's byte of the LISTEN bitmap, r5: its bit, r9: the
+    a.push(Insn::store(BPF_W, R7, 0, R0));
+    // r7: the port's byte of the LISTEN bitmap, r5: its bit, r6: the
     // byte's value. The mask keeps the index provably in the bitmap.
     a.push(Insn::and_imm(R4, 0xffff));
     a.push(Insn::mov_reg(R7, R4));
@@ -758,18 +777,18 @@ fn counting_program(
     a.push(Insn::and_imm(R2, 7));
     a.push(Insn::mov_imm(R5, 1));
     a.push(Insn::lsh_reg(R5, R2));
-    a.push(Insn::load(BPF_B, R9, R7, 0));
-    a.jump(BPF_JEQ, R3, 1, Label::Established);
-    a.jump(BPF_JNE, R3, 10, Label::Exit);
+    a.push(Insn::load(BPF_B, R6, R7, 0));
+    a.jump(BPF_JEQ, R3, 1, established);
+    a.jump(BPF_JNE, R3, 10, done);
     // LISTEN: set the port's bit.
-    a.push(Insn::or_reg(R9, R5));
-    a.push(Insn::store(BPF_B, R7, 0, R9));
-    a.jump(BPF_JA, R0, 0, Label::Exit);
+    a.push(Insn::or_reg(R6, R5));
+    a.push(Insn::store(BPF_B, R7, 0, R6));
+    a.jump(BPF_JA, R0, 0, done);
     // ESTABLISHED on a port with a listener seen (every listener comes
     // before the first established socket): established[port] += 1.
-    a.place(Label::Established);
-    a.push(Insn::and_reg(R9, R5));
-    a.jump(BPF_JEQ, R9, 0, Label::Exit);
+    a.place(established);
+    a.push(Insn::and_reg(R6, R5));
+    a.jump(BPF_JEQ, R6, 0, done);
     a.push(Insn::store(BPF_W, R10, -4, R4));
     for insn in Insn::map_fd(R1, established_fd) {
         a.push(insn);
@@ -777,14 +796,10 @@ fn counting_program(
     a.push(Insn::mov_reg(R2, R10));
     a.push(Insn::add_imm(R2, -4));
     a.push(Insn::call(HELPER_MAP_LOOKUP_ELEM));
-    a.jump(BPF_JEQ, R0, 0, Label::Exit);
+    a.jump(BPF_JEQ, R0, 0, done);
     a.push(Insn::load(BPF_W, R1, R0, 0));
     a.push(Insn::add_imm(R1, 1));
     a.push(Insn::store(BPF_W, R0, 0, R1));
-    a.place(Label::Exit);
-    a.push(Insn::mov_imm(R0, 0));
-    a.push(Insn::exit());
-    a.finish()
 }
 
 // ---------------------------------------------------------------------------
@@ -837,29 +852,10 @@ impl Attr {
     }
 }
 
-/// Runs one bpf() command that returns a new file descriptor.
-fn bpf_fd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
+/// Runs one bpf() command; what it returned when not an error.
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, writable bpf_attr of the size passed; the
     // pointers inside it (if any) point to live buffers of the sizes given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            size_of::<Attr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("bpf() returned a bad fd"))?;
-    // SAFETY: the kernel just handed us this descriptor, owned by no one.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Runs one bpf() command that returns 0 or an error.
-fn bpf_cmd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
-    // SAFETY: as in bpf_fd.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -871,7 +867,20 @@ fn bpf_cmd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(r)
+}
+
+/// Runs one bpf() command that returns a new file descriptor.
+fn bpf_fd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("bpf() returned a bad fd"))?;
+    // SAFETY: the kernel just handed us this descriptor, owned by no one.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs one bpf() command that returns 0 or an error.
+fn bpf_cmd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
+    bpf(cmd, attr).map(|_| ())
 }
 
 /// Loads the program `attr` describes (`BPF_PROG_LOAD`, without a log

@@ -67,9 +67,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::{
     Assembler, Attr, BPF_ALU64, BPF_B, BPF_CALL, BPF_DW, BPF_H, BPF_JA, BPF_JEQ, BPF_JMP, BPF_JNE,
     BPF_K, BPF_MEM, BPF_W, BPF_X, BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO, BTF_KIND_INT, BTF_KIND_PTR,
-    BTF_KIND_STRUCT, BTF_KIND_UNION, BpfError, Btf, BtfType, HELPER_MAP_LOOKUP_ELEM, Insn, LICENSE,
-    LISTEN_BITMAP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Reg, STATES_PER_FAMILY, SockFields,
-    bpf_fd, log_tail,
+    BTF_KIND_STRUCT, BTF_KIND_UNION, BpfError, Btf, BtfType, Insn, LICENSE, R0, R1, R2, R3, R4, R5,
+    R6, R7, R8, R9, Reg, STATES_PER_FAMILY, SockFields, bpf_fd, log_tail,
 };
 
 /// Where the walk finds the tables and what it reads of each socket:
@@ -754,7 +753,6 @@ pub fn walk_program(
     // r3: state, r5: the family's counters (byte offset), r4: port.
     a.push(Insn::mov_reg(R3, R4));
     a.push(Insn::rsh_imm(R3, 16));
-    a.push(Insn::and_imm(R3, 15));
     a.push(Insn::mov_reg(R5, R4));
     a.push(Insn::rsh_imm(R5, 24));
     a.push(Insn::and_imm(R5, 1));
@@ -762,32 +760,15 @@ pub fn walk_program(
         R5,
         (STATES_PER_FAMILY * 4).trailing_zeros() as i32,
     ));
-    a.push(Insn::and_imm(R4, 0xffff));
     for insn in Insn::map_value(R8, counts_fd, 0) {
         a.push(insn);
     }
-    a.push(Insn::mov_reg(R7, R3));
-    a.push(Insn::lsh_imm(R7, 2));
-    a.push(Insn::add_reg(R7, R5));
-    a.push(Insn::add_reg(R7, R8));
-    a.push(Insn::load(BPF_W, R0, R7, 0));
-    a.push(Insn::add_imm(R0, 1));
-    a.push(Insn::store(BPF_W, R7, 0, R0));
-    // r7: the port's byte of the LISTEN bitmap, r5: its bit, r6: the
-    // byte's value.
-    a.push(Insn::mov_reg(R7, R4));
-    a.push(Insn::rsh_imm(R7, 3));
-    a.push(Insn::add_imm(R7, LISTEN_BITMAP as i32));
-    a.push(Insn::add_reg(R7, R8));
-    a.push(Insn::mov_reg(R2, R4));
-    a.push(Insn::and_imm(R2, 7));
-    a.push(Insn::mov_imm(R5, 1));
-    a.push(Insn::lsh_reg(R5, R2));
-    a.push(Insn::load(BPF_B, R6, R7, 0));
-    a.jump(BPF_JEQ, R3, 1, Step::Established);
-    a.jump(BPF_JNE, R3, 10, Step::NotListening);
-    a.push(Insn::or_reg(R6, R5));
-    a.push(Insn::store(BPF_B, R7, 0, R6));
+    super::count_socket(
+        &mut a,
+        established_fd,
+        Step::Established,
+        Step::NotListening,
+    );
     // After the chain's last socket, on to the next bucket in this step.
     a.place(Step::NotListening);
     ld(&mut a, R1, S_K);
@@ -795,21 +776,6 @@ pub fn walk_program(
     a.jump_reg(BPF_JGE, R1, R2, Step::Advance);
     a.push(Insn::mov_imm(R0, 0));
     a.push(Insn::exit());
-    a.place(Step::Established);
-    a.push(Insn::and_reg(R6, R5));
-    a.jump(BPF_JEQ, R6, 0, Step::NotListening);
-    a.push(Insn::store(BPF_W, R10, -4, R4));
-    for insn in Insn::map_fd(R1, established_fd) {
-        a.push(insn);
-    }
-    a.push(Insn::mov_reg(R2, R10));
-    a.push(Insn::add_imm(R2, -4));
-    a.push(Insn::call(HELPER_MAP_LOOKUP_ELEM));
-    a.jump(BPF_JEQ, R0, 0, Step::NotListening);
-    a.push(Insn::load(BPF_W, R1, R0, 0));
-    a.push(Insn::add_imm(R1, 1));
-    a.push(Insn::store(BPF_W, R0, 0, R1));
-    a.jump(BPF_JA, R0, 0, Step::NotListening);
     Ok((a.finish()?, callback))
 }
 
